@@ -1,0 +1,19 @@
+//! The resource model (API group `snapback.dev`, version `v1alpha1`).
+//!
+//! These are the CRD types: the Kubernetes front-end serves them as custom resources and the
+//! single-host front-end reads and writes the same documents as YAML files.
+
+pub mod common;
+pub mod policy;
+pub mod run;
+pub mod target;
+
+pub use common::*;
+pub use policy::*;
+pub use run::*;
+pub use target::*;
+
+/// The API group of every snapback resource.
+pub const GROUP: &str = "snapback.dev";
+/// The API version served today.
+pub const VERSION: &str = "v1alpha1";

@@ -1,0 +1,174 @@
+//! BackupPolicy: what to back up, when, how, and for how long.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Hooks};
+
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "snapback.dev",
+    version = "v1alpha1",
+    kind = "BackupPolicy",
+    namespaced,
+    shortname = "bp",
+    category = "snapback",
+    status = "BackupPolicyStatus",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Suspend","type":"boolean","jsonPath":".spec.suspend"}"#,
+    printcolumn = r#"{"name":"Last Success","type":"date","jsonPath":".status.lastSuccessfulTime"}"#,
+    printcolumn = r#"{"name":"Next","type":"date","jsonPath":".status.nextScheduleTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicySpec {
+    pub domain_selector: DomainSelector,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Name of the BackupTarget in the same namespace.
+    pub target_ref: String,
+    /// A cron expression (5 fields).
+    pub schedule: String,
+    /// IANA time zone the schedule is read in; UTC when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub suspend: bool,
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_deadline_seconds: Option<i64>,
+    #[serde(default)]
+    pub mode: BackupMode,
+    #[serde(default)]
+    pub consistency: Consistency,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub full_cadence: FullCadence,
+    /// Backing-chain depth: 0 = whole chain, -1 = all but the shared base, N = top N images.
+    #[serde(default)]
+    pub depth: i32,
+    #[serde(default = "default_success_limit")]
+    pub successful_runs_history_limit: u32,
+    #[serde(default = "default_failed_limit")]
+    pub failed_runs_history_limit: u32,
+}
+
+fn default_success_limit() -> u32 {
+    10
+}
+fn default_failed_limit() -> u32 {
+    3
+}
+
+/// Which domains a policy covers. A domain matches when any listed rule matches it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainSelector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Shell-style globs on the domain name (`web-*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub globs: Vec<String>,
+    /// Key/value pairs from the domain's `<metadata>` snapback element.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ConcurrencyPolicy {
+    #[default]
+    Forbid,
+    Allow,
+    Replace,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum BackupMode {
+    #[default]
+    Image,
+    Files,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum Quiesce {
+    /// Freeze guest filesystems when a guest agent answers; warn when none does.
+    #[default]
+    Preferred,
+    /// Fail the run when the guest filesystems cannot be frozen.
+    Required,
+    /// Crash-consistent: never freeze.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum OfflinePolicy {
+    /// Back up a shut-off domain from its disk files.
+    #[default]
+    Backup,
+    /// Skip a shut-off domain and record why.
+    Skip,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Consistency {
+    #[serde(default)]
+    pub quiesce: Quiesce,
+    /// Pause the guest's vCPUs around the snapshot point.
+    #[serde(default)]
+    pub pause: bool,
+    #[serde(default)]
+    pub offline: OfflinePolicy,
+    /// How long the guest agent may take to freeze or thaw.
+    #[serde(default = "default_freeze_timeout")]
+    pub freeze_timeout_seconds: u32,
+}
+
+fn default_freeze_timeout() -> u32 {
+    10
+}
+
+impl Default for Consistency {
+    fn default() -> Self {
+        Self {
+            quiesce: Quiesce::default(),
+            pause: false,
+            offline: OfflinePolicy::default(),
+            freeze_timeout_seconds: default_freeze_timeout(),
+        }
+    }
+}
+
+/// When a full backup is forced even though an incremental would be possible.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FullCadence {
+    /// Take a full when the chain's full is older than this (e.g. `7d`, `12h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_every: Option<String>,
+    /// Take a full after this many incrementals in a chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_incrementals: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicyStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_domains: Vec<String>,
+}

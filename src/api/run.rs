@@ -1,0 +1,253 @@
+//! BackupRun: one backup of one domain. Its status is the journal of the run's phases.
+
+use jiff::Timestamp;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Failure, Hooks};
+use super::policy::{Consistency, FullCadence};
+
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "snapback.dev",
+    version = "v1alpha1",
+    kind = "BackupRun",
+    namespaced,
+    shortname = "br",
+    category = "snapback",
+    status = "BackupRunStatus",
+    printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".status.type"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRunSpec {
+    /// Domain name or UUID.
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<String>,
+    /// Name of a BackupTarget (Kubernetes) or the target URL (single host).
+    pub target_ref: String,
+    #[serde(default, rename = "type")]
+    pub type_: RequestedType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Settings copied from the policy (or the command line) when the run was created, so a
+    /// run is reproducible even if the policy changes while it runs.
+    #[serde(default)]
+    pub consistency: Consistency,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub full_cadence: FullCadence,
+    #[serde(default)]
+    pub depth: i32,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum RequestedType {
+    /// Incremental when libvirt and the target hold a valid chain, else full.
+    #[default]
+    Auto,
+    Full,
+    Incremental,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum BackupType {
+    Full,
+    Incremental,
+}
+
+/// Why a run is a full backup (stable words).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum FullReason {
+    /// The type was `Full`.
+    Requested,
+    /// No earlier successful backup of this domain to this target.
+    NoChain,
+    /// The previous run's checkpoint is gone from libvirt.
+    CheckpointMissing,
+    /// The previous run's checkpoint bitmap is missing or inconsistent (e.g. after a qemu crash).
+    CheckpointInconsistent,
+    /// The target no longer holds the chain the previous run wrote.
+    TargetChainMissing,
+    /// Disks were added or removed since the chain's full.
+    DiskSetChanged,
+    /// A disk was resized since the chain's full.
+    DiskSizeChanged,
+    /// The policy's full cadence (`fullEvery` / `maxIncrementals`) has passed.
+    FullCadence,
+    /// The domain is shut off: its disks are exported whole from their files.
+    DomainShutOff,
+}
+
+/// The phases of a backup run, in order.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum BackupPhase {
+    #[default]
+    Pending,
+    Preparing,
+    Snapshotting,
+    Exporting,
+    Uploading,
+    Finalizing,
+    Succeeded,
+    Failed,
+    /// The domain was shut off and the policy says `offline: Skip`.
+    Skipped,
+}
+
+impl BackupPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped)
+    }
+}
+
+/// One disk of the run.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunDisk {
+    /// The target device name (`vda`).
+    pub name: String,
+    /// The disk's top image (file or block device).
+    pub source: String,
+    pub format: String,
+    pub virtual_size: u64,
+    /// The export file name inside the staging directory (and on the target).
+    pub export_file: String,
+    #[serde(default)]
+    pub export_bytes: u64,
+    /// SHA-256 of the export file, recorded for verification at restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The output of one hook execution.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HookResult {
+    pub hook: String,
+    /// preSnapshot, onSnapshot, postSnapshot ...
+    pub stage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// stdout and stderr, truncated.
+    #[serde(default)]
+    pub output: String,
+    pub duration_ms: u64,
+    pub succeeded: bool,
+}
+
+/// The start and end of one phase.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseRecord {
+    pub phase: BackupPhase,
+    #[schemars(with = "String")]
+    pub start_time: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub end_time: Option<Timestamp>,
+}
+
+/// Progress of the current long step.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRunStatus {
+    #[serde(default)]
+    pub phase: BackupPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub start_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub completion_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+
+    /// The domain's UUID, resolved in Preparing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_uuid: Option<String>,
+    /// The resolved type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<BackupType>,
+    /// Why this run is a full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<FullReason>,
+    /// The checkpoint this run creates (the base of the next incremental).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// The checkpoint an incremental is taken since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_checkpoint: Option<String>,
+    /// The name of the run holding this chain's full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// Position in the chain: 0 for the full.
+    #[serde(default)]
+    pub chain_index: u32,
+    /// Whether the domain was running (push-mode job) or shut off (exported from files).
+    #[serde(default)]
+    pub online: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<RunDisk>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging_dir: Option<String>,
+    /// The target URL with any password removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+
+    /// Recorded before the guest is frozen and cleared after thaw, so a resumed run thaws.
+    #[serde(default)]
+    pub guest_frozen: bool,
+    /// Recorded before the guest is paused and cleared after resume.
+    #[serde(default)]
+    pub guest_paused: bool,
+    #[serde(default)]
+    pub quiesced: bool,
+    /// How long guest filesystems were frozen (or vCPUs paused), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_window_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub snapshot_time: Option<Timestamp>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Total bytes of the exports.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// `size_bytes` for humans (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Wall time from start to completion, for humans (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// How many times the upload was started (more than one after a resume).
+    #[serde(default)]
+    pub upload_attempts: u32,
+    #[serde(default)]
+    pub uploaded: bool,
+
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseRecord>,
+}

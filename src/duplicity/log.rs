@@ -1,0 +1,135 @@
+//! Parsing of duplicity's `--log-fd` stream (pure) and classification of its failures.
+
+use crate::api::FailureReason;
+
+/// One message from the log stream: `LEVEL CODE [control...]` then `. text` lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogMessage {
+    pub level: String,
+    pub code: u32,
+    pub control: Vec<String>,
+    pub text: String,
+}
+
+/// Upload progress from an `NOTICE 16` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub percent: u32,
+}
+
+/// Splits the log stream into messages. Tolerates a trailing partial message.
+#[derive(Default)]
+pub struct LogParser {
+    current: Option<LogMessage>,
+}
+
+impl LogParser {
+    /// Feeds one line; returns a message when one is complete.
+    pub fn line(&mut self, line: &str) -> Option<LogMessage> {
+        if let Some(text) = line.strip_prefix(". ").or_else(|| (line == ".").then_some("")) {
+            if let Some(m) = self.current.as_mut() {
+                if !m.text.is_empty() {
+                    m.text.push('\n');
+                }
+                m.text.push_str(text);
+            }
+            return None;
+        }
+        if line.trim().is_empty() {
+            return self.current.take();
+        }
+        let mut parts = line.split_whitespace();
+        let level = parts.next().unwrap_or("").to_string();
+        let code = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let control = parts.map(str::to_string).collect();
+        self.current.replace(LogMessage { level, code, control, text: String::new() })
+    }
+
+    pub fn finish(&mut self) -> Option<LogMessage> {
+        self.current.take()
+    }
+}
+
+impl LogMessage {
+    /// `NOTICE 16 changed_bytes elapsed progress eta speed stalled`.
+    pub fn transfer(&self) -> Option<Transfer> {
+        if self.level != "NOTICE" || self.code != 16 {
+            return None;
+        }
+        let bytes = self.control.first()?.parse().ok()?;
+        let percent = self.control.get(2)?.parse().ok()?;
+        Some(Transfer { bytes, percent })
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.level == "ERROR" || self.level == "CRITICAL"
+    }
+}
+
+/// Maps a duplicity failure to a reason word. `code` is duplicity's ErrorCode (0 if unknown),
+/// `text` the error text.
+pub fn classify(code: u32, text: &str) -> FailureReason {
+    let t = text.to_ascii_lowercase();
+    match code {
+        8 => FailureReason::TargetInvalid,                 // bad_url
+        10 | 31 | 45 => FailureReason::EncryptionKeyError, // bad_sign_key, gpg_failed, encryption mismatch
+        35 | 53 => FailureReason::StagingFull,             // not enough free space
+        38 | 50 | 51 | 52 => FailureReason::TargetUnreachable,
+        _ if t.contains("no space left") => FailureReason::StagingFull,
+        _ if t.contains("gpg") && (t.contains("bad passphrase") || t.contains("decryption failed") || t.contains("no secret key") || t.contains("public key not found") || t.contains("no public key")) => {
+            FailureReason::EncryptionKeyError
+        }
+        _ if t.contains("connection refused")
+            || t.contains("could not connect")
+            || t.contains("name or service not known")
+            || t.contains("timed out")
+            || t.contains("nosuchbucket")
+            || t.contains("permission denied")
+            || t.contains("accessdenied")
+            || t.contains("endpointconnectionerror")
+            || t.contains("backendexception") =>
+        {
+            FailureReason::TargetUnreachable
+        }
+        _ => FailureReason::UploadFailed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_splits_messages_and_reads_transfer_progress() {
+        let mut p = LogParser::default();
+        let mut out = vec![];
+        for l in ["NOTICE 1", ". Last full backup date: none", "", "NOTICE 16 17636352 1 100 0 0 0", ". 16.8MB", ""] {
+            out.extend(p.line(l));
+        }
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].text, "Last full backup date: none");
+        assert_eq!(out[1].transfer(), Some(Transfer { bytes: 17636352, percent: 100 }));
+        assert_eq!(out[0].transfer(), None);
+    }
+
+    #[test]
+    fn parser_returns_a_message_cut_off_at_the_end() {
+        let mut p = LogParser::default();
+        assert!(p.line("ERROR 38 'BackendException'").is_none());
+        assert!(p.line(". connection refused").is_none());
+        let m = p.finish().unwrap();
+        assert!(m.is_error());
+        assert_eq!(m.code, 38);
+    }
+
+    #[test]
+    fn failures_are_classified_into_reason_words() {
+        assert_eq!(classify(38, ""), FailureReason::TargetUnreachable);
+        assert_eq!(classify(31, ""), FailureReason::EncryptionKeyError);
+        assert_eq!(classify(30, "gpg: decryption failed: Bad session key / gpg bad passphrase"), FailureReason::EncryptionKeyError);
+        assert_eq!(classify(30, "OSError: [Errno 28] No space left on device"), FailureReason::StagingFull);
+        assert_eq!(classify(30, "Could not connect to the endpoint URL"), FailureReason::TargetUnreachable);
+        assert_eq!(classify(1, "something odd"), FailureReason::UploadFailed);
+    }
+}

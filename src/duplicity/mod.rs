@@ -1,0 +1,10 @@
+//! The duplicity adapter: a pure argv/env builder, log parsing, and a process runner.
+
+pub mod argv;
+pub mod log;
+pub mod runner;
+pub mod url;
+
+pub use argv::{Action, Crypto, TargetConfig};
+pub use runner::{run, DuplicityError};
+pub use url::TargetUrl;

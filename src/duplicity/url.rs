@@ -1,0 +1,108 @@
+//! Target URL checks (pure): which duplicity backends snapback accepts, and redaction.
+
+/// A target URL that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetUrl {
+    raw: String,
+    pub scheme: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid target URL '{url}': {why}")]
+pub struct UrlError {
+    pub url: String,
+    pub why: String,
+}
+
+/// Backends snapback knows how to drive and test. Others are refused rather than half-supported.
+const SCHEMES: &[&str] = &["file", "boto3+s3", "s3", "s3+http", "sftp", "scp", "ftp", "ftps", "rsync"];
+
+impl TargetUrl {
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        let err = |why: &str| UrlError { url: redact(url), why: why.to_string() };
+        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(err("contains whitespace or control characters"));
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(err("expected SCHEME://..., e.g. file:///var/backups or boto3+s3://bucket/prefix"));
+        };
+        if !SCHEMES.contains(&scheme) {
+            return Err(err(&format!("unsupported scheme '{scheme}' (supported: {})", SCHEMES.join(", "))));
+        }
+        if scheme == "file" {
+            if !rest.starts_with('/') || rest.len() < 2 {
+                return Err(err("a file:// URL needs an absolute path: file:///path"));
+            }
+        } else {
+            let host = rest.split('/').next().unwrap_or("");
+            let host = host.rsplit('@').next().unwrap_or("");
+            if host.is_empty() {
+                return Err(err("missing host or bucket"));
+            }
+        }
+        Ok(Self { raw: url.to_string(), scheme: scheme.to_string() })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn is_s3(&self) -> bool {
+        self.scheme.contains("s3")
+    }
+
+    /// The local directory of a file:// target.
+    pub fn local_path(&self) -> Option<&str> {
+        (self.scheme == "file").then(|| &self.raw["file://".len()..])
+    }
+
+    /// The URL safe to print: any password in the user-info part replaced.
+    pub fn redacted(&self) -> String {
+        redact(&self.raw)
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/...` with `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match auth.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_supported_backends() {
+        for u in ["file:///var/b", "boto3+s3://bucket/prefix", "sftp://u@h:22/p", "s3://b"] {
+            TargetUrl::parse(u).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_urls_with_a_reason() {
+        assert!(TargetUrl::parse("/var/b").unwrap_err().why.contains("SCHEME://"));
+        assert!(TargetUrl::parse("file://relative").is_err());
+        assert!(TargetUrl::parse("gopher://x/y").unwrap_err().why.contains("unsupported"));
+        assert!(TargetUrl::parse("file:///a b").is_err());
+        assert!(TargetUrl::parse("sftp:///p").is_err());
+    }
+
+    #[test]
+    fn redaction_hides_passwords_in_errors_and_status() {
+        assert_eq!(redact("sftp://me:s3cret@h/p"), "sftp://me:***@h/p");
+        assert_eq!(redact("file:///x"), "file:///x");
+        let e = TargetUrl::parse("gopher://me:s3cret@h/p").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"));
+    }
+}

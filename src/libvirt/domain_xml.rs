@@ -1,0 +1,250 @@
+//! Pure reading of libvirt domain and checkpoint XML: disks, backing chains, the depth rule.
+
+use roxmltree::{Document, Node};
+
+/// How a disk's top image is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskKind {
+    File,
+    Block,
+    Network,
+}
+
+/// One image of a disk's backing chain, top first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainImage {
+    pub path: String,
+    pub format: String,
+}
+
+/// A disk of a domain that snapback backs up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// Target device name (`vda`): the stable key of a disk across runs.
+    pub name: String,
+    pub kind: DiskKind,
+    /// The whole backing chain, top image first.
+    pub chain: Vec<ChainImage>,
+}
+
+impl Disk {
+    pub fn source(&self) -> &str {
+        self.chain.first().map(|c| c.path.as_str()).unwrap_or("")
+    }
+    pub fn format(&self) -> &str {
+        self.chain.first().map(|c| c.format.as_str()).unwrap_or("raw")
+    }
+}
+
+/// What the domain XML says snapback needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainFacts {
+    pub name: String,
+    pub uuid: String,
+    pub disks: Vec<Disk>,
+    /// Whether a qemu guest agent channel is configured.
+    pub has_agent_channel: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read domain XML: {0}")]
+pub struct XmlError(pub String);
+
+fn child<'a, 'i>(n: Node<'a, 'i>, tag: &str) -> Option<Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(tag))
+}
+
+fn source_of(n: Node) -> Option<String> {
+    let src = child(n, "source")?;
+    src.attribute("file")
+        .or_else(|| src.attribute("dev"))
+        .or_else(|| src.attribute("name"))
+        .or_else(|| src.attribute("volume"))
+        .map(str::to_string)
+}
+
+/// Reads a `<disk>` or `<backingStore>` chain, top first.
+fn chain_of(disk: Node) -> Vec<ChainImage> {
+    let mut chain = Vec::new();
+    let format = child(disk, "driver").and_then(|d| d.attribute("type")).unwrap_or("raw");
+    if let Some(path) = source_of(disk) {
+        chain.push(ChainImage { path, format: format.to_string() });
+    }
+    let mut cur = child(disk, "backingStore");
+    while let Some(bs) = cur {
+        let Some(path) = source_of(bs) else { break };
+        let format = child(bs, "format").and_then(|f| f.attribute("type")).unwrap_or("raw");
+        chain.push(ChainImage { path, format: format.to_string() });
+        cur = child(bs, "backingStore");
+    }
+    chain
+}
+
+/// Parses the disks (device='disk', writable, with a source) and identity of a domain.
+/// CD-ROMs, floppies, read-only and shareable disks are not backed up: they are not the
+/// domain's own data, and a shareable disk cannot be captured consistently from one domain.
+pub fn parse_domain(xml: &str) -> Result<DomainFacts, XmlError> {
+    let doc = Document::parse(xml).map_err(|e| XmlError(e.to_string()))?;
+    let root = doc.root_element();
+    let text = |tag: &str| child(root, tag).and_then(|n| n.text()).unwrap_or("").trim().to_string();
+    let name = text("name");
+    let uuid = text("uuid");
+    if name.is_empty() {
+        return Err(XmlError("no <name>".into()));
+    }
+    let mut disks = Vec::new();
+    let mut has_agent_channel = false;
+    if let Some(devices) = child(root, "devices") {
+        for d in devices.children().filter(|c| c.has_tag_name("disk")) {
+            if d.attribute("device").unwrap_or("disk") != "disk" {
+                continue;
+            }
+            if child(d, "readonly").is_some() || child(d, "shareable").is_some() {
+                continue;
+            }
+            let Some(target) = child(d, "target").and_then(|t| t.attribute("dev")) else { continue };
+            let kind = match d.attribute("type").unwrap_or("file") {
+                "block" => DiskKind::Block,
+                "network" => DiskKind::Network,
+                _ => DiskKind::File,
+            };
+            let chain = chain_of(d);
+            if chain.is_empty() {
+                continue; // an empty drive
+            }
+            disks.push(Disk { name: target.to_string(), kind, chain });
+        }
+        has_agent_channel = devices.children().filter(|c| c.has_tag_name("channel")).any(|c| {
+            child(c, "target").and_then(|t| t.attribute("name")) == Some("org.qemu.guest_agent.0")
+        });
+    }
+    Ok(DomainFacts { name, uuid, disks, has_agent_channel })
+}
+
+/// The depth rule: how many images of a backing chain of `len` images a backup covers.
+/// 0 = the whole chain, -1 = all but the shared base, N > 0 = the top N images.
+/// Always at least the top image.
+pub fn depth_images(len: usize, depth: i32) -> usize {
+    let n = match depth {
+        0 => len,
+        d if d < 0 => len.saturating_sub(d.unsigned_abs() as usize),
+        d => (d as usize).min(len),
+    };
+    n.clamp(1.min(len), len)
+}
+
+/// The bitmap names per disk of a checkpoint XML (`<disk name='vda' bitmap='cp1'/>`).
+pub fn checkpoint_disks(xml: &str) -> Result<Vec<String>, XmlError> {
+    let doc = Document::parse(xml).map_err(|e| XmlError(e.to_string()))?;
+    let Some(disks) = child(doc.root_element(), "disks") else { return Ok(Vec::new()) };
+    Ok(disks
+        .children()
+        .filter(|d| d.has_tag_name("disk") && d.attribute("checkpoint") == Some("bitmap"))
+        .filter_map(|d| d.attribute("name").map(str::to_string))
+        .collect())
+}
+
+/// Escapes text for an XML attribute value.
+pub fn escape_attr(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `<domainbackup>` XML of a push-mode job writing one qcow2 per disk.
+/// `exports` pairs each disk name with its export path.
+pub fn backup_xml(incremental_since: Option<&str>, exports: &[(String, String)]) -> String {
+    let mut x = String::from("<domainbackup mode='push'>");
+    if let Some(cp) = incremental_since {
+        x.push_str(&format!("<incremental>{}</incremental>", escape_attr(cp)));
+    }
+    x.push_str("<disks>");
+    for (disk, path) in exports {
+        x.push_str(&format!(
+            "<disk name='{}' backup='yes' type='file'><driver type='qcow2'/><target file='{}'/></disk>",
+            escape_attr(disk),
+            escape_attr(path)
+        ));
+    }
+    x.push_str("</disks></domainbackup>");
+    x
+}
+
+/// The `<domaincheckpoint>` XML creating a bitmap on every listed disk.
+pub fn checkpoint_create_xml(name: &str, disks: &[String]) -> String {
+    let mut x = format!("<domaincheckpoint><name>{}</name><disks>", escape_attr(name));
+    for d in disks {
+        x.push_str(&format!("<disk name='{}' checkpoint='bitmap'/>", escape_attr(d)));
+    }
+    x.push_str("</disks></domaincheckpoint>");
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='qemu'><name>web</name><uuid>u-1</uuid><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+        <source file='/img/top.qcow2'/>
+        <backingStore type='file'><format type='qcow2'/><source file='/img/mid.qcow2'/>
+          <backingStore type='file'><format type='raw'/><source file='/img/base.raw'/><backingStore/></backingStore>
+        </backingStore>
+        <target dev='vda' bus='virtio'/></disk>
+      <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/sdb'/><target dev='vdb'/></disk>
+      <disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='hdc'/><readonly/></disk>
+      <disk type='file' device='disk'><source file='/img/shared.raw'/><target dev='vdc'/><shareable/></disk>
+      <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    </devices></domain>"#;
+
+    #[test]
+    fn parse_domain_lists_writable_disks_with_their_backing_chains() {
+        let f = parse_domain(XML).unwrap();
+        assert_eq!(f.name, "web");
+        assert_eq!(f.uuid, "u-1");
+        assert!(f.has_agent_channel);
+        let names: Vec<_> = f.disks.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["vda", "vdb"]);
+        let chain: Vec<_> = f.disks[0].chain.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(chain, ["/img/top.qcow2", "/img/mid.qcow2", "/img/base.raw"]);
+        assert_eq!(f.disks[0].chain[2].format, "raw");
+        assert_eq!(f.disks[1].kind, DiskKind::Block);
+        assert_eq!(f.disks[1].source(), "/dev/sdb");
+    }
+
+    #[test]
+    fn depth_rule_selects_whole_chain_all_but_base_or_top_n() {
+        assert_eq!(depth_images(3, 0), 3);
+        assert_eq!(depth_images(3, -1), 2);
+        assert_eq!(depth_images(1, -1), 1, "a single image is never dropped");
+        assert_eq!(depth_images(3, 1), 1);
+        assert_eq!(depth_images(3, 7), 3);
+        assert_eq!(depth_images(0, 0), 0);
+    }
+
+    #[test]
+    fn generated_xml_escapes_names_and_paths() {
+        let x = backup_xml(Some("cp'1"), &[("vda".into(), "/s/a&b.qcow2".into())]);
+        assert!(x.contains("<incremental>cp&apos;1</incremental>"));
+        assert!(x.contains("file='/s/a&amp;b.qcow2'"));
+        Document::parse(&x).unwrap();
+        let c = checkpoint_create_xml("n<1", &["vda".into()]);
+        Document::parse(&c).unwrap();
+        assert!(c.contains("n&lt;1"));
+    }
+
+    #[test]
+    fn checkpoint_disks_reads_bitmap_disks() {
+        let x = "<domaincheckpoint><name>c</name><disks><disk name='vda' checkpoint='bitmap' bitmap='c'/><disk name='vdb' checkpoint='no'/></disks></domaincheckpoint>";
+        assert_eq!(checkpoint_disks(x).unwrap(), ["vda"]);
+    }
+}

@@ -1,0 +1,244 @@
+//! The libvirt adapter: one connection, every operation as one blocking closure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+
+use super::domain_xml::{self, DomainFacts};
+use super::error::{LibvirtError, VirtErrorKind};
+use super::ffi;
+
+/// The run state of a domain as snapback sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    Paused,
+    ShutOff,
+    /// Crashed, being shut down, suspended to disk, ...: nothing to back up safely now.
+    Other,
+}
+
+/// A domain as observed now.
+#[derive(Clone, Debug)]
+pub struct DomainView {
+    pub facts: DomainFacts,
+    pub state: DomainState,
+    /// The live (or inactive) XML, saved with each backup.
+    pub xml: String,
+    /// Virtual size of each disk, in the order of `facts.disks`.
+    pub sizes: Vec<u64>,
+}
+
+/// The state of the domain's backup job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Active { done: u64, total: u64 },
+    /// No job runs; the last one completed successfully.
+    Completed,
+    /// No job runs; the last one failed or was aborted.
+    Failed(String),
+    /// No job runs and libvirt knows of no completed one.
+    None,
+}
+
+#[derive(Clone)]
+pub struct LibvirtHost {
+    conn: Arc<Connect>,
+    pub uri: String,
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LibvirtError> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, LibvirtError>> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| LibvirtError::new(VirtErrorKind::Other, format!("libvirt worker panicked: {e}")))?
+    }
+}
+
+impl LibvirtHost {
+    /// Opens a read-write connection. Fails fast with `Unavailable` when libvirtd is not there.
+    pub async fn connect(uri: &str) -> Result<Self, LibvirtError> {
+        let u = uri.to_string();
+        let conn = blocking(move || {
+            Connect::open(Some(&u)).map_err(|e| {
+                let mut err = LibvirtError::from(e);
+                err.kind = VirtErrorKind::Unavailable;
+                err.message = format!("cannot connect to libvirt at {u}: {}", err.message);
+                err
+            })
+        })
+        .await?;
+        Ok(Self { conn: Arc::new(conn), uri: uri.to_string() })
+    }
+
+    fn lookup(conn: &Connect, id: &str) -> Result<Domain, LibvirtError> {
+        match conn.lookup_domain_by_name(id) {
+            Ok(d) => Ok(d),
+            Err(_) => conn.lookup_domain_by_uuid_string(id).map_err(|_| {
+                LibvirtError::new(VirtErrorKind::DomainNotFound, format!("domain '{id}' not found"))
+            }),
+        }
+    }
+
+    async fn with_domain<T: Send + 'static>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Domain) -> Result<T, LibvirtError> + Send + 'static,
+    ) -> Result<T, LibvirtError> {
+        let conn = self.conn.clone();
+        let id = id.to_string();
+        blocking(move || {
+            let dom = Self::lookup(&conn, &id)?;
+            f(&dom)
+        })
+        .await
+    }
+
+    /// libvirt and hypervisor versions as "major.minor.micro".
+    pub async fn versions(&self) -> Result<(String, String), LibvirtError> {
+        let conn = self.conn.clone();
+        blocking(move || {
+            let fmt = |v: u32| format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000);
+            Ok((fmt(conn.lib_version()?), fmt(conn.hyp_version()?)))
+        })
+        .await
+    }
+
+    /// Finds a domain by name or UUID and reads its state, XML, disks and disk sizes.
+    pub async fn domain(&self, id: &str) -> Result<DomainView, LibvirtError> {
+        self.with_domain(id, |dom| {
+            use virt::domain::DomainState as S;
+            use virt::enumutil::Enum;
+            let (state, _) = dom.state()?;
+            let state = match state {
+                Enum::Known(S::Running) | Enum::Known(S::Blocked) => DomainState::Running,
+                Enum::Known(S::Paused) => DomainState::Paused,
+                Enum::Known(S::Shutoff) => DomainState::ShutOff,
+                _ => DomainState::Other,
+            };
+            let xml = dom.xml_desc(0)?;
+            let facts = domain_xml::parse_domain(&xml)
+                .map_err(|e| LibvirtError::new(VirtErrorKind::Other, e.to_string()))?;
+            let mut sizes = Vec::with_capacity(facts.disks.len());
+            for d in &facts.disks {
+                sizes.push(dom.block_info(&d.name, 0)?.capacity);
+            }
+            Ok(DomainView { facts, state, xml, sizes })
+        })
+        .await
+    }
+
+    pub async fn checkpoints(&self, dom: &str) -> Result<Vec<String>, LibvirtError> {
+        self.with_domain(dom, |d| Ok(ffi::list_checkpoints(d)?)).await
+    }
+
+    pub async fn checkpoint_xml(&self, dom: &str, name: &str) -> Result<String, LibvirtError> {
+        let name = name.to_string();
+        self.with_domain(dom, move |d| Ok(ffi::checkpoint_xml(d, &name, false)?)).await
+    }
+
+    /// Redefines the checkpoint from its own XML with validation: fails with
+    /// `CheckpointInconsistent` when a bitmap is missing or broken (e.g. after a qemu crash).
+    pub async fn validate_checkpoint(&self, dom: &str, name: &str) -> Result<(), LibvirtError> {
+        let name = name.to_string();
+        self.with_domain(dom, move |d| {
+            let xml = ffi::checkpoint_xml(d, &name, true)?;
+            ffi::checkpoint_redefine(d, &xml, true).map_err(|e| {
+                let mut err = LibvirtError::from(e);
+                if err.kind == VirtErrorKind::Other && err.message.contains("bitmap") {
+                    err.kind = VirtErrorKind::CheckpointInconsistent;
+                }
+                err
+            })
+        })
+        .await
+    }
+
+    /// Deletes a checkpoint, merging its bitmap into its parent. When the bitmap is already
+    /// gone, only libvirt's record of it is dropped.
+    pub async fn delete_checkpoint(&self, dom: &str, name: &str) -> Result<(), LibvirtError> {
+        let name = name.to_string();
+        self.with_domain(dom, move |d| match ffi::checkpoint_delete(d, &name, false) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = LibvirtError::from(e);
+                if err.kind == VirtErrorKind::CheckpointNotFound {
+                    return Ok(());
+                }
+                ffi::checkpoint_delete(d, &name, true).map_err(LibvirtError::from)
+            }
+        })
+        .await
+    }
+
+    pub async fn begin_backup(
+        &self,
+        dom: &str,
+        backup_xml: String,
+        checkpoint_xml: Option<String>,
+    ) -> Result<(), LibvirtError> {
+        self.with_domain(dom, move |d| Ok(ffi::backup_begin(d, &backup_xml, checkpoint_xml.as_deref())?)).await
+    }
+
+    /// The state of the domain's backup job, with progress while it runs.
+    pub async fn job(&self, dom: &str) -> Result<JobState, LibvirtError> {
+        self.with_domain(dom, |d| {
+            if !d.is_active()? {
+                return Ok(JobState::None);
+            }
+            let now = d.job_stats(0)?;
+            if now.r#type != sys::VIR_DOMAIN_JOB_NONE as i32 {
+                return Ok(JobState::Active {
+                    done: now.data_processed.unwrap_or(0),
+                    total: now.data_total.unwrap_or(0),
+                });
+            }
+            let done = d.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED)?;
+            Ok(match done.r#type as u32 {
+                sys::VIR_DOMAIN_JOB_COMPLETED => JobState::Completed,
+                sys::VIR_DOMAIN_JOB_FAILED | sys::VIR_DOMAIN_JOB_CANCELLED => {
+                    JobState::Failed(done.error_message.unwrap_or_else(|| "backup job failed".into()))
+                }
+                _ => JobState::None,
+            })
+        })
+        .await
+    }
+
+    pub async fn abort_job(&self, dom: &str) -> Result<(), LibvirtError> {
+        self.with_domain(dom, |d| Ok(ffi::abort_job(d)?)).await
+    }
+
+    /// Freezes the guest's filesystems through the guest agent, bounded by `timeout`.
+    pub async fn freeze(&self, dom: &str, timeout: Duration) -> Result<u32, LibvirtError> {
+        let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+        self.with_domain(dom, move |d| {
+            ffi::agent_set_timeout(d, secs)?;
+            Ok(ffi::fs_freeze(d)?)
+        })
+        .await
+    }
+
+    pub async fn thaw(&self, dom: &str) -> Result<u32, LibvirtError> {
+        self.with_domain(dom, |d| Ok(ffi::fs_thaw(d)?)).await
+    }
+
+    pub async fn suspend(&self, dom: &str) -> Result<(), LibvirtError> {
+        self.with_domain(dom, |d| Ok(d.suspend()?)).await
+    }
+
+    pub async fn resume(&self, dom: &str) -> Result<(), LibvirtError> {
+        self.with_domain(dom, |d| Ok(d.resume()?)).await
+    }
+
+    /// Sends one guest agent command (JSON) and returns the JSON answer.
+    pub async fn agent_command(&self, dom: &str, json: String, timeout: Duration) -> Result<String, LibvirtError> {
+        let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+        self.with_domain(dom, move |d| Ok(d.qemu_agent_command(&json, secs, 0)?)).await
+    }
+}

@@ -1,0 +1,11 @@
+//! The libvirt adapter (on the `virt` crate), with the unsafe FFI for calls the crate does not
+//! wrap kept in `ffi`.
+
+pub mod domain_xml;
+mod error;
+mod ffi;
+mod host;
+
+pub use domain_xml::{Disk, DiskKind, DomainFacts};
+pub use error::{LibvirtError, VirtErrorKind};
+pub use host::{DomainState, DomainView, JobState, LibvirtHost};
