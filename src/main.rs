@@ -1,1 +1,62 @@
-fn main() {}
+use clap::Parser;
+
+use snapback::cli::{backup, get, Cli, Command, Kind};
+use snapback::store::FileStore;
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPBACK_LOG").unwrap_or_else(|_| "warn".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let code = match cli.command {
+        Command::Backup(args) => backup::execute(args).await,
+        Command::Resume(args) => resume(args).await,
+        Command::Get(args) => match args.kind {
+            Kind::Backupruns => match FileStore::new(&args.state_dir).backup_runs() {
+                Ok(runs) => {
+                    print!("{}", get::backup_runs_table(&runs));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("Internal: {e}");
+                    1
+                }
+            },
+        },
+    };
+    std::process::exit(code);
+}
+
+async fn resume(args: snapback::cli::ResumeArgs) -> i32 {
+    let store = FileStore::new(&args.common.state_dir);
+    let host = match snapback::libvirt::LibvirtHost::connect(&args.common.connect).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("LibvirtUnavailable: {e}");
+            return 1;
+        }
+    };
+    let cancel = backup::cancel_on_signal();
+    match backup::resume_stale(&host, &store, &args.target, &args.common.state_dir, None, &cancel).await {
+        Ok(runs) => {
+            for r in &runs {
+                println!("{}", r.metadata.name.clone().unwrap_or_default());
+            }
+            let failed = runs.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.phase == snapback::api::BackupPhase::Failed)).count();
+            i32::from(failed > 0)
+        }
+        Err(e) => {
+            eprintln!("{}: {}", e.reason, e.message);
+            1
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `snapback backup`: one backup of one domain, recorded in the state dir.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use jiff::Timestamp;
+use kube::api::ObjectMeta;
+
+use super::progress::stderr_reporter;
+use super::target_args::TargetArgs;
+use crate::api::{
+    BackupPhase, BackupRun, BackupRunSpec, BackupRunStatus, Consistency, Failure, FailureReason, FullCadence, Hooks,
+    OfflinePolicy, Quiesce, RequestedType,
+};
+use crate::engine::{BackupEngine, RunContext, StepError};
+use crate::libvirt::LibvirtHost;
+use crate::store::FileStore;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TypeArg {
+    Auto,
+    Full,
+    Incremental,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum QuiesceArg {
+    Preferred,
+    Required,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OfflineArg {
+    Backup,
+    Skip,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Domain name or UUID
+    #[arg(long)]
+    pub domain: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long = "type", value_enum, default_value = "auto")]
+    pub type_: TypeArg,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, value_enum, default_value = "preferred")]
+    pub quiesce: QuiesceArg,
+    /// Pause the guest's vCPUs around the snapshot point
+    #[arg(long)]
+    pub pause: bool,
+    /// What to do with a shut-off domain
+    #[arg(long, value_enum, default_value = "backup")]
+    pub offline: OfflineArg,
+    /// Force a full when the chain's full is older than this (e.g. 7d)
+    #[arg(long)]
+    pub full_every: Option<String>,
+    /// Force a full after this many incrementals
+    #[arg(long)]
+    pub max_incrementals: Option<u32>,
+    /// Backing-chain depth for shut-off domains: 0 whole chain, -1 all but the base, N top N
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub depth: i32,
+    /// A YAML file with hooks (preSnapshot, onSnapshot, postSnapshot), each an argv list
+    #[arg(long)]
+    pub hooks_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// libvirt connection URI
+    #[arg(long, default_value = "qemu:///system", env = "SNAPBACK_CONNECT")]
+    pub connect: String,
+    /// Where runs, staging and caches live
+    #[arg(long, default_value = "/var/lib/snapback", env = "SNAPBACK_STATE_DIR")]
+    pub state_dir: PathBuf,
+}
+
+/// A DNS-1123 name from the domain name and the time: `web-20260101-120000-3f2a`.
+pub fn run_name(domain: &str, now: Timestamp) -> String {
+    let mut base: String = domain
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    base.truncate(30);
+    if base.is_empty() {
+        base = "domain".into();
+    }
+    let t = now.strftime("%Y%m%d-%H%M%S");
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..4];
+    format!("{}-{t}-{suffix}", base.trim_end_matches('-'))
+}
+
+fn fail_early(store: &FileStore, mut run: BackupRun, e: StepError) -> BackupRun {
+    let now = Timestamp::now();
+    run.status = Some(BackupRunStatus {
+        phase: BackupPhase::Failed,
+        start_time: Some(now),
+        completion_time: Some(now),
+        failure: Some(Failure { reason: e.reason, message: e.message }),
+        ..Default::default()
+    });
+    if let Err(err) = store.write("backupruns", run.metadata.name.as_deref().unwrap_or("run"), &run) {
+        eprintln!("warning: cannot record the run: {err}");
+    }
+    run
+}
+
+/// Sets a flag on SIGINT/SIGTERM so the engine cleans up and fails the run as Interrupted.
+pub fn cancel_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Runs the engine over every unfinished run in the store whose process died (its lock is
+/// free), so each resumes at the step it stopped in. Returns the finished runs.
+pub async fn resume_stale(
+    host: &LibvirtHost,
+    store: &FileStore,
+    target: &TargetArgs,
+    state_dir: &std::path::Path,
+    only_domain: Option<&str>,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<BackupRun>, StepError> {
+    let runs = store.backup_runs().map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+    let url = crate::duplicity::url::redact(&target.target);
+    let mut done = Vec::new();
+    for run in runs.iter().filter(|r| r.status.as_ref().is_some_and(|s| !s.phase.is_terminal())) {
+        if run.spec.target_ref != url || only_domain.is_some_and(|d| d != run.spec.domain) {
+            continue;
+        }
+        let name = run.metadata.name.clone().unwrap_or_default();
+        let ctx = RunContext {
+            target: target.to_config(state_dir)?,
+            state_dir: state_dir.to_path_buf(),
+            history: runs.clone(),
+            poll: Duration::from_millis(250),
+        };
+        eprintln!("{name}: resuming an interrupted run");
+        let engine = BackupEngine::new(host, store, ctx, run.clone(), stderr_reporter(name.clone()), cancel.clone());
+        let finished = engine.run().await;
+        if finished.status.as_ref().and_then(|s| s.failure.as_ref()).is_some_and(|f| f.reason == FailureReason::Busy) {
+            // The run is alive in another process: it was not ours to resume. Restore its record.
+            store.write("backupruns", &name, run).map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+            continue;
+        }
+        done.push(finished);
+    }
+    Ok(done)
+}
+
+pub async fn execute(args: BackupArgs) -> i32 {
+    let store = FileStore::new(&args.common.state_dir);
+    let now = Timestamp::now();
+    let name = run_name(&args.domain, now);
+    let hooks = match &args.hooks_file {
+        Some(f) => match std::fs::read_to_string(f).map_err(|e| e.to_string()).and_then(|t| serde_saphyr::from_str::<Hooks>(&t).map_err(|e| e.to_string())) {
+            Ok(h) => h,
+            Err(e) => return report_failure(&name, StepError::new(FailureReason::InvalidSpec, format!("hooks file {}: {e}", f.display()))),
+        },
+        None => Hooks::default(),
+    };
+    let spec = BackupRunSpec {
+        domain: args.domain.clone(),
+        policy_ref: None,
+        target_ref: crate::duplicity::url::redact(&args.target.target),
+        type_: match args.type_ {
+            TypeArg::Auto => RequestedType::Auto,
+            TypeArg::Full => RequestedType::Full,
+            TypeArg::Incremental => RequestedType::Incremental,
+        },
+        node_name: None,
+        consistency: Consistency {
+            quiesce: match args.quiesce {
+                QuiesceArg::Preferred => Quiesce::Preferred,
+                QuiesceArg::Required => Quiesce::Required,
+                QuiesceArg::None => Quiesce::None,
+            },
+            pause: args.pause,
+            offline: match args.offline {
+                OfflineArg::Backup => OfflinePolicy::Backup,
+                OfflineArg::Skip => OfflinePolicy::Skip,
+            },
+            ..Default::default()
+        },
+        hooks,
+        full_cadence: FullCadence { full_every: args.full_every.clone(), max_incrementals: args.max_incrementals },
+        depth: args.depth,
+    };
+    let run = BackupRun { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, spec, status: None };
+
+    if let Err(e) = std::fs::create_dir_all(&args.common.state_dir) {
+        return report_failure(&name, StepError::new(FailureReason::InvalidSpec, format!("cannot create state dir: {e}")));
+    }
+    let target = match args.target.to_config(&args.common.state_dir) {
+        Ok(t) => t,
+        Err(e) => return finish(fail_early(&store, run, e)),
+    };
+    let host = match LibvirtHost::connect(&args.common.connect).await {
+        Ok(h) => h,
+        Err(e) => return finish(fail_early(&store, run, e.into())),
+    };
+    let cancel = cancel_on_signal();
+    if let Err(e) = resume_stale(&host, &store, &args.target, &args.common.state_dir, Some(&args.domain), &cancel).await {
+        eprintln!("warning: could not resume earlier runs: {e}");
+    }
+    let history = match store.backup_runs() {
+        Ok(h) => h,
+        Err(e) => return finish(fail_early(&store, run, StepError::new(FailureReason::Internal, e.to_string()))),
+    };
+    let ctx = RunContext { target, state_dir: args.common.state_dir.clone(), history, poll: Duration::from_millis(250) };
+    let engine = BackupEngine::new(&host, &store, ctx, run, stderr_reporter(name.clone()), cancel);
+    finish(engine.run().await)
+}
+
+fn report_failure(name: &str, e: StepError) -> i32 {
+    println!("{name}");
+    eprintln!("{}: {}", e.reason, e.message);
+    1
+}
+
+/// Prints the run's name on stdout; on failure the last stderr line starts with the reason word.
+fn finish(run: BackupRun) -> i32 {
+    println!("{}", run.metadata.name.clone().unwrap_or_default());
+    let s = run.status.unwrap_or_default();
+    match (s.phase, s.failure) {
+        (BackupPhase::Succeeded, _) => {
+            eprintln!(
+                "Succeeded: {} backup, {} in {}",
+                s.type_.map(|t| format!("{t:?}").to_lowercase()).unwrap_or_default(),
+                s.size.unwrap_or_default(),
+                s.duration.unwrap_or_default()
+            );
+            0
+        }
+        (BackupPhase::Skipped, Some(f)) => {
+            eprintln!("Skipped: {}: {}", f.reason, f.message);
+            0
+        }
+        (_, Some(f)) => {
+            eprintln!("{}: {}", f.reason, f.message);
+            1
+        }
+        (p, None) => {
+            eprintln!("Internal: the run ended in phase {p:?} without a reason");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_are_dns_safe_even_for_hostile_domain_names() {
+        let n = run_name("Web;rm -rf /`x`", "2026-01-02T03:04:05Z".parse().unwrap());
+        assert!(n.starts_with("web-rm-rf-x-20260102-030405-"), "{n}");
+        assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(run_name("", Timestamp::now()).starts_with("domain-"));
+    }
+}

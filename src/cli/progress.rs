@@ -1,0 +1,23 @@
+//! Progress on stderr: phase changes, and bytes done of total at most once a second.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::engine::{human_bytes, Event, Reporter};
+
+pub fn stderr_reporter(run: String) -> Reporter {
+    let last: Mutex<Option<Instant>> = Mutex::new(None);
+    Box::new(move |ev| match ev {
+        crate::engine::Event::Phase(p) => eprintln!("{run}: {p:?}"),
+        Event::Note(n) => eprintln!("{run}: {n}"),
+        Event::Progress { phase, done, total } => {
+            let mut l = last.lock().unwrap();
+            if l.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) && done < total {
+                return;
+            }
+            *l = Some(Instant::now());
+            let pct = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
+            eprintln!("{run}: {phase:?} {} / {} ({pct:.0}%)", human_bytes(done), human_bytes(total));
+        }
+    })
+}

@@ -1,0 +1,78 @@
+//! Command-line flags that describe a target, turned into a duplicity TargetConfig.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::api::FailureReason;
+use crate::duplicity::{Crypto, TargetConfig, TargetUrl};
+use crate::engine::{staging, StepError};
+
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// duplicity target URL: file:///path, boto3+s3://bucket/prefix, sftp://user@host/path
+    #[arg(long)]
+    pub target: String,
+    /// Endpoint of an S3-compatible server (e.g. http://127.0.0.1:9000)
+    #[arg(long)]
+    pub s3_endpoint_url: Option<String>,
+    /// Symmetric encryption: a file holding the passphrase
+    #[arg(long, conflicts_with = "gpg_recipient")]
+    pub encrypt_passphrase_file: Option<PathBuf>,
+    /// Public-key encryption to this GPG key (repeatable)
+    #[arg(long)]
+    pub gpg_recipient: Vec<String>,
+    /// Sign volumes with this GPG key
+    #[arg(long, requires = "gpg_recipient")]
+    pub gpg_sign_key: Option<String>,
+    /// A file holding the signing key's passphrase
+    #[arg(long, requires = "gpg_sign_key")]
+    pub gpg_sign_passphrase_file: Option<PathBuf>,
+    /// duplicity volume size in MiB
+    #[arg(long, default_value_t = 1024)]
+    pub volsize: u32,
+    /// How often duplicity retries a failing backend operation
+    #[arg(long, default_value_t = 3)]
+    pub num_retries: u32,
+}
+
+/// Reads a secret file: first line, without the line ending. Never echoes the content.
+pub fn read_secret_file(path: &Path) -> Result<String, StepError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        StepError::new(FailureReason::EncryptionKeyError, format!("cannot read passphrase file {}: {e}", path.display()))
+    })?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        return Err(StepError::new(FailureReason::EncryptionKeyError, format!("passphrase file {} is empty", path.display())));
+    }
+    Ok(line)
+}
+
+impl TargetArgs {
+    pub fn to_config(&self, state_dir: &Path) -> Result<TargetConfig, StepError> {
+        let url = TargetUrl::parse(&self.target).map_err(|e| StepError::new(FailureReason::TargetInvalid, e.to_string()))?;
+        let crypto = if let Some(f) = &self.encrypt_passphrase_file {
+            Crypto::Symmetric { passphrase: read_secret_file(f)? }
+        } else if !self.gpg_recipient.is_empty() {
+            Crypto::Gpg {
+                recipients: self.gpg_recipient.clone(),
+                sign_key: self.gpg_sign_key.clone(),
+                sign_passphrase: self.gpg_sign_passphrase_file.as_deref().map(read_secret_file).transpose()?,
+                gnupg_home: None,
+            }
+        } else {
+            Crypto::None
+        };
+        Ok(TargetConfig {
+            url,
+            s3_endpoint_url: self.s3_endpoint_url.clone(),
+            crypto,
+            volsize_mib: self.volsize,
+            extra_options: vec![],
+            archive_dir: staging::archive_dir(state_dir).display().to_string(),
+            name: String::new(),
+            backend_env: vec![],
+            num_retries: self.num_retries,
+        })
+    }
+}

@@ -1,0 +1,337 @@
+//! The pure heart of the engine: what to do next, and whether a run is full or incremental.
+//! No I/O here: everything comes in as arguments, so the rules are tested as tables.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::api::{BackupPhase, BackupRunStatus, BackupType, FailureReason, FullReason, RequestedType};
+use crate::libvirt::JobState;
+
+/// What the engine saw of the world just now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// Whether the domain still exists.
+    pub domain_exists: bool,
+    /// The backup job of the domain (online runs).
+    pub job: JobState,
+    /// Whether the checkpoint this run creates exists in libvirt.
+    pub checkpoint_exists: bool,
+    /// Whether every export file of the run is present and complete in staging.
+    pub exports_present: bool,
+}
+
+/// The next step of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Resolve the domain and disks, choose full or incremental, set up staging.
+    Prepare,
+    /// The process died while the guest was frozen or paused: thaw/resume it first.
+    Recover,
+    /// Hooks, freeze, (pause), begin the job, thaw, hooks.
+    Snapshot,
+    /// The job already began (we died right after): move on to waiting for it.
+    MarkExporting,
+    /// Wait for the running job (online) or export from the files (offline).
+    Export,
+    Upload,
+    Finalize,
+    /// Clean up and fail.
+    Fail(FailureReason, String),
+    /// Terminal: nothing to do.
+    Done,
+}
+
+pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
+    if s.phase.is_terminal() {
+        return Step::Done;
+    }
+    if s.guest_frozen || s.guest_paused {
+        return Step::Recover;
+    }
+    if s.phase != BackupPhase::Pending && s.phase != BackupPhase::Preparing && !o.domain_exists {
+        return Step::Fail(FailureReason::DomainNotFound, "the domain disappeared during the run".into());
+    }
+    match s.phase {
+        BackupPhase::Pending | BackupPhase::Preparing => Step::Prepare,
+        BackupPhase::Snapshotting => {
+            let begun = s.online && (matches!(o.job, JobState::Active { .. }) || o.checkpoint_exists);
+            if begun {
+                Step::MarkExporting
+            } else {
+                Step::Snapshot
+            }
+        }
+        BackupPhase::Exporting => {
+            if !s.online {
+                return Step::Export; // re-exporting from files is idempotent
+            }
+            match &o.job {
+                JobState::Active { .. } => Step::Export,
+                JobState::Completed if o.exports_present => Step::Export,
+                JobState::Failed(msg) => Step::Fail(FailureReason::BackupJobFailed, msg.clone()),
+                _ => Step::Fail(
+                    FailureReason::BackupJobFailed,
+                    "the backup job is gone and its exports are incomplete (libvirtd or qemu restarted?)".into(),
+                ),
+            }
+        }
+        BackupPhase::Uploading => Step::Upload,
+        BackupPhase::Finalizing => Step::Finalize,
+        BackupPhase::Succeeded | BackupPhase::Failed | BackupPhase::Skipped => Step::Done,
+    }
+}
+
+/// What is known about the previous successful run of the same domain to the same target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreviousRun {
+    pub name: String,
+    pub checkpoint: Option<String>,
+    pub chain: String,
+    pub chain_index: u32,
+    /// When the chain's full was taken.
+    pub chain_start: Timestamp,
+    /// (disk name, virtual size) of the previous run.
+    pub disks: Vec<(String, u64)>,
+}
+
+/// What Preparing found out about the chain before choosing the type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainFacts {
+    pub previous: Option<PreviousRun>,
+    /// Whether the domain runs (push-mode job) or is shut off.
+    pub online: bool,
+    /// The previous checkpoint: present in libvirt, and its bitmaps valid.
+    pub checkpoint_present: bool,
+    pub checkpoint_valid: bool,
+    /// Whether the target still ends with the previous run.
+    pub target_has_previous: bool,
+    /// (disk name, virtual size) now.
+    pub disks: Vec<(String, u64)>,
+    pub now: Timestamp,
+    pub full_every: Option<SignedDuration>,
+    pub max_incrementals: Option<u32>,
+}
+
+/// The outcome of choosing: type plus the reason for a full, or a refusal.
+pub type TypeChoice = Result<(BackupType, Option<FullReason>), (FailureReason, String)>;
+
+/// Why an incremental is impossible, in the order the checks are made.
+pub fn full_reason(f: &ChainFacts) -> Option<FullReason> {
+    if !f.online {
+        return Some(FullReason::DomainShutOff);
+    }
+    let Some(prev) = &f.previous else { return Some(FullReason::NoChain) };
+    if prev.checkpoint.is_none() || !f.checkpoint_present {
+        return Some(FullReason::CheckpointMissing);
+    }
+    if !f.checkpoint_valid {
+        return Some(FullReason::CheckpointInconsistent);
+    }
+    let names = |v: &[(String, u64)]| {
+        let mut n: Vec<String> = v.iter().map(|d| d.0.clone()).collect();
+        n.sort();
+        n
+    };
+    if names(&prev.disks) != names(&f.disks) {
+        return Some(FullReason::DiskSetChanged);
+    }
+    if prev.disks.iter().any(|(n, size)| f.disks.iter().any(|(m, s2)| m == n && s2 != size)) {
+        return Some(FullReason::DiskSizeChanged);
+    }
+    if !f.target_has_previous {
+        return Some(FullReason::TargetChainMissing);
+    }
+    if let Some(every) = f.full_every {
+        if f.now.duration_since(prev.chain_start) >= every {
+            return Some(FullReason::FullCadence);
+        }
+    }
+    if let Some(max) = f.max_incrementals {
+        // The next run would be incremental number prev.chain_index + 1.
+        if prev.chain_index + 1 > max {
+            return Some(FullReason::FullCadence);
+        }
+    }
+    None
+}
+
+/// Applies the requested type to the facts.
+pub fn choose_type(requested: RequestedType, f: &ChainFacts) -> TypeChoice {
+    match requested {
+        RequestedType::Full => Ok((BackupType::Full, Some(FullReason::Requested))),
+        RequestedType::Auto => match full_reason(f) {
+            Some(r) => Ok((BackupType::Full, Some(r))),
+            None => Ok((BackupType::Incremental, None)),
+        },
+        RequestedType::Incremental => match full_reason(f) {
+            // Cadence is advice for Auto; an explicit incremental only needs a valid chain.
+            None | Some(FullReason::FullCadence) => Ok((BackupType::Incremental, None)),
+            Some(r) => Err((
+                FailureReason::CheckpointInconsistent,
+                format!("an incremental backup is not possible: {r:?}; run with --type auto or full"),
+            )),
+        },
+    }
+}
+
+/// Parses a duration like `7d`, `12h`, `30m`, `90s`, `2w`.
+pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num.parse().map_err(|_| format!("invalid duration '{s}': expected a number then s, m, h, d or w"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("invalid duration '{s}': unknown unit '{unit}' (use s, m, h, d or w)")),
+    };
+    if n <= 0 {
+        return Err(format!("invalid duration '{s}': must be positive"));
+    }
+    Ok(SignedDuration::from_secs(n * secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(phase: BackupPhase) -> BackupRunStatus {
+        BackupRunStatus { phase, online: true, ..Default::default() }
+    }
+    fn obs(job: JobState, cp: bool, exports: bool) -> Observed {
+        Observed { domain_exists: true, job, checkpoint_exists: cp, exports_present: exports }
+    }
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn decide_follows_the_phase_table() {
+        use JobState::*;
+        let active = Active { done: 1, total: 2 };
+        let rows: Vec<(BackupPhase, Observed, Step)> = vec![
+            (BackupPhase::Pending, obs(None, false, false), Step::Prepare),
+            (BackupPhase::Preparing, obs(None, false, false), Step::Prepare),
+            (BackupPhase::Snapshotting, obs(None, false, false), Step::Snapshot),
+            (BackupPhase::Snapshotting, obs(active.clone(), true, false), Step::MarkExporting),
+            (BackupPhase::Snapshotting, obs(Completed, true, true), Step::MarkExporting),
+            (BackupPhase::Exporting, obs(active, true, false), Step::Export),
+            (BackupPhase::Exporting, obs(Completed, true, true), Step::Export),
+            (BackupPhase::Uploading, obs(None, true, true), Step::Upload),
+            (BackupPhase::Finalizing, obs(None, true, false), Step::Finalize),
+            (BackupPhase::Succeeded, obs(None, true, false), Step::Done),
+            (BackupPhase::Failed, obs(None, false, false), Step::Done),
+            (BackupPhase::Skipped, obs(None, false, false), Step::Done),
+        ];
+        for (phase, o, want) in rows {
+            assert_eq!(decide(&status(phase), &o), want, "phase {phase:?} with {o:?}");
+        }
+    }
+
+    #[test]
+    fn decide_fails_an_export_whose_job_failed_or_vanished() {
+        let s = status(BackupPhase::Exporting);
+        assert!(matches!(
+            decide(&s, &obs(JobState::Failed("EIO".into()), true, false)),
+            Step::Fail(FailureReason::BackupJobFailed, m) if m == "EIO"
+        ));
+        assert!(matches!(decide(&s, &obs(JobState::None, true, false)), Step::Fail(FailureReason::BackupJobFailed, _)));
+        assert!(matches!(decide(&s, &obs(JobState::Completed, true, false)), Step::Fail(FailureReason::BackupJobFailed, _)));
+    }
+
+    #[test]
+    fn decide_reexports_an_offline_run_after_a_crash() {
+        let s = BackupRunStatus { phase: BackupPhase::Exporting, online: false, ..Default::default() };
+        assert_eq!(decide(&s, &obs(JobState::None, false, false)), Step::Export);
+    }
+
+    #[test]
+    fn decide_thaws_first_when_a_crash_left_the_guest_frozen_or_paused() {
+        let mut s = status(BackupPhase::Snapshotting);
+        s.guest_frozen = true;
+        assert_eq!(decide(&s, &obs(JobState::None, false, false)), Step::Recover);
+        s.guest_frozen = false;
+        s.guest_paused = true;
+        assert_eq!(decide(&s, &obs(JobState::None, false, false)), Step::Recover);
+    }
+
+    #[test]
+    fn decide_fails_when_the_domain_disappears_mid_run() {
+        let o = Observed { domain_exists: false, job: JobState::None, checkpoint_exists: false, exports_present: false };
+        assert!(matches!(decide(&status(BackupPhase::Uploading), &o), Step::Fail(FailureReason::DomainNotFound, _)));
+        assert_eq!(decide(&status(BackupPhase::Pending), &o), Step::Prepare, "Prepare reports it itself");
+    }
+
+    fn facts() -> ChainFacts {
+        ChainFacts {
+            previous: Some(PreviousRun {
+                name: "r1".into(),
+                checkpoint: Some("snapback-r1".into()),
+                chain: "r0".into(),
+                chain_index: 1,
+                chain_start: t("2026-01-01T00:00:00Z"),
+                disks: vec![("vda".into(), 100), ("vdb".into(), 50)],
+            }),
+            online: true,
+            checkpoint_present: true,
+            checkpoint_valid: true,
+            target_has_previous: true,
+            disks: vec![("vdb".into(), 50), ("vda".into(), 100)],
+            now: t("2026-01-03T00:00:00Z"),
+            full_every: None,
+            max_incrementals: None,
+        }
+    }
+
+    #[test]
+    fn auto_gives_an_incremental_when_libvirt_and_target_hold_the_chain() {
+        assert_eq!(choose_type(RequestedType::Auto, &facts()), Ok((BackupType::Incremental, None)));
+    }
+
+    #[test]
+    fn auto_falls_back_to_a_full_and_says_why() {
+        let cases: Vec<(Box<dyn Fn(&mut ChainFacts)>, FullReason)> = vec![
+            (Box::new(|f| f.previous = None), FullReason::NoChain),
+            (Box::new(|f| f.online = false), FullReason::DomainShutOff),
+            (Box::new(|f| f.checkpoint_present = false), FullReason::CheckpointMissing),
+            (Box::new(|f| f.checkpoint_valid = false), FullReason::CheckpointInconsistent),
+            (Box::new(|f| f.disks.push(("vdc".into(), 1))), FullReason::DiskSetChanged),
+            (Box::new(|f| f.disks[1].1 = 200), FullReason::DiskSizeChanged),
+            (Box::new(|f| f.target_has_previous = false), FullReason::TargetChainMissing),
+            (Box::new(|f| f.full_every = Some(SignedDuration::from_hours(24))), FullReason::FullCadence),
+            (Box::new(|f| f.max_incrementals = Some(1)), FullReason::FullCadence),
+        ];
+        for (change, want) in cases {
+            let mut f = facts();
+            change(&mut f);
+            assert_eq!(choose_type(RequestedType::Auto, &f), Ok((BackupType::Full, Some(want))), "{want:?}");
+        }
+    }
+
+    #[test]
+    fn cadence_not_yet_due_keeps_the_incremental() {
+        let mut f = facts();
+        f.full_every = Some(SignedDuration::from_hours(24 * 7));
+        f.max_incrementals = Some(2);
+        assert_eq!(choose_type(RequestedType::Auto, &f), Ok((BackupType::Incremental, None)));
+    }
+
+    #[test]
+    fn explicit_incremental_without_a_chain_is_refused_not_silently_full() {
+        let mut f = facts();
+        f.checkpoint_valid = false;
+        assert!(matches!(choose_type(RequestedType::Incremental, &f), Err((FailureReason::CheckpointInconsistent, _))));
+        assert_eq!(choose_type(RequestedType::Full, &facts()), Ok((BackupType::Full, Some(FullReason::Requested))));
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_reject_the_rest() {
+        assert_eq!(parse_duration("7d").unwrap(), SignedDuration::from_hours(168));
+        assert_eq!(parse_duration("90s").unwrap(), SignedDuration::from_secs(90));
+        assert!(parse_duration("7x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("0h").is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! Finding the previous run of a chain among stored runs (pure).
+
+use crate::api::{BackupPhase, BackupRun};
+
+use super::decide::PreviousRun;
+
+/// The newest successful run of the same domain (by UUID) to the same target, if any.
+pub fn previous_run(runs: &[BackupRun], domain_uuid: &str, target_url: &str, exclude: &str) -> Option<PreviousRun> {
+    runs.iter()
+        .filter(|r| r.metadata.name.as_deref() != Some(exclude))
+        .filter_map(|r| r.status.as_ref().map(|s| (r, s)))
+        .filter(|(_, s)| {
+            s.phase == BackupPhase::Succeeded
+                && s.domain_uuid.as_deref() == Some(domain_uuid)
+                && s.target_url.as_deref() == Some(target_url)
+        })
+        .max_by_key(|(_, s)| s.snapshot_time.or(s.start_time))
+        .and_then(|(r, s)| {
+            let chain = s.chain.clone()?;
+            let chain_start = runs
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(chain.as_str()))
+                .and_then(|c| c.status.as_ref())
+                .and_then(|c| c.snapshot_time.or(c.start_time))
+                .or(s.snapshot_time)?;
+            Some(PreviousRun {
+                name: r.metadata.name.clone().unwrap_or_default(),
+                checkpoint: s.checkpoint.clone(),
+                chain,
+                chain_index: s.chain_index,
+                chain_start,
+                disks: s.disks.iter().map(|d| (d.name.clone(), d.virtual_size)).collect(),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackupRunSpec, BackupRunStatus};
+
+    fn run(name: &str, phase: BackupPhase, uuid: &str, url: &str, at: &str, chain: &str, idx: u32) -> BackupRun {
+        let mut r = BackupRun::new(
+            name,
+            BackupRunSpec {
+                domain: "d".into(),
+                policy_ref: None,
+                target_ref: url.into(),
+                type_: Default::default(),
+                node_name: None,
+                consistency: Default::default(),
+                hooks: Default::default(),
+                full_cadence: Default::default(),
+                depth: 0,
+            },
+        );
+        r.status = Some(BackupRunStatus {
+            phase,
+            domain_uuid: Some(uuid.into()),
+            target_url: Some(url.into()),
+            snapshot_time: Some(at.parse().unwrap()),
+            chain: Some(chain.into()),
+            chain_index: idx,
+            checkpoint: Some(format!("snapback-{name}")),
+            ..Default::default()
+        });
+        r
+    }
+
+    #[test]
+    fn previous_run_is_the_newest_success_of_the_same_domain_and_target() {
+        let runs = vec![
+            run("a", BackupPhase::Succeeded, "u1", "file:///t", "2026-01-01T00:00:00Z", "a", 0),
+            run("b", BackupPhase::Succeeded, "u1", "file:///t", "2026-01-02T00:00:00Z", "a", 1),
+            run("c", BackupPhase::Failed, "u1", "file:///t", "2026-01-03T00:00:00Z", "a", 2),
+            run("d", BackupPhase::Succeeded, "u2", "file:///t", "2026-01-04T00:00:00Z", "d", 0),
+            run("e", BackupPhase::Succeeded, "u1", "file:///other", "2026-01-05T00:00:00Z", "e", 0),
+        ];
+        let p = previous_run(&runs, "u1", "file:///t", "new").unwrap();
+        assert_eq!(p.name, "b");
+        assert_eq!(p.chain, "a");
+        assert_eq!(p.chain_index, 1);
+        assert_eq!(p.chain_start, "2026-01-01T00:00:00Z".parse().unwrap());
+        assert!(previous_run(&runs, "u3", "file:///t", "new").is_none());
+        assert_eq!(previous_run(&runs, "u1", "file:///t", "b").unwrap().name, "a", "the run itself never counts");
+    }
+}

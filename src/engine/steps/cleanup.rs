@@ -1,0 +1,72 @@
+//! Cleanup after a failure: the domain is left as it was found.
+
+use std::time::{Duration, Instant};
+
+use crate::api::FailureReason;
+use crate::engine::{staging, BackupEngine, Journal, StepError};
+use crate::libvirt::{JobState, VirtErrorKind};
+
+impl<J: Journal> BackupEngine<'_, J> {
+    /// Aborts our job, thaws and resumes the guest, deletes the checkpoint of a run that never
+    /// reached the target (its bitmap merges back into the parent, so the chain stays valid),
+    /// and empties staging. Earlier backups on the target are never touched.
+    pub(crate) async fn cleanup(&mut self) -> Result<(), StepError> {
+        let s = self.status().clone();
+        if s.domain_uuid.is_none() {
+            return Ok(());
+        }
+        let id = self.domain_id();
+        let mut problems: Vec<String> = Vec::new();
+        let exists = match self.host.domain(&id).await {
+            Ok(_) => true,
+            Err(e) if e.kind == VirtErrorKind::DomainNotFound => false,
+            Err(e) => {
+                problems.push(format!("libvirt: {e}"));
+                false
+            }
+        };
+        if exists && s.online {
+            if let Ok(JobState::Active { .. }) = self.host.job(&id).await {
+                if let Err(e) = self.host.abort_job(&id).await {
+                    problems.push(format!("abort job: {e}"));
+                }
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if !matches!(self.host.job(&id).await, Ok(JobState::Active { .. })) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if s.guest_paused {
+                let _ = self.host.resume(&id).await;
+                self.status_mut().guest_paused = false;
+            }
+            if s.guest_frozen {
+                let _ = self.host.thaw(&id).await;
+                self.status_mut().guest_frozen = false;
+            }
+            if let (Some(cp), false) = (&s.checkpoint, s.uploaded) {
+                match self.host.checkpoints(&id).await {
+                    Ok(list) if list.contains(cp) => {
+                        if let Err(e) = self.host.delete_checkpoint(&id, cp).await {
+                            problems.push(format!("delete checkpoint {cp}: {e}"));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("list checkpoints: {e}")),
+                }
+            }
+        }
+        if s.staging_dir.is_some() {
+            if let Err(e) = staging::empty_dir(&self.staging()) {
+                problems.push(format!("empty staging: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StepError::new(FailureReason::Internal, problems.join("; ")))
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Exporting: wait for the push-mode job (running domain) or convert the disk files (shut-off
+//! domain); then checksum the exports and write the manifest next to them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use crate::api::{BackupPhase, FailureReason};
+use crate::engine::{human_bytes, staging, BackupEngine, Event, Journal, StepError};
+use crate::libvirt::domain_xml::depth_images;
+use crate::libvirt::JobState;
+
+use super::manifest_name;
+
+/// How often progress is written to status during long waits.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+impl<J: Journal> BackupEngine<'_, J> {
+    pub(crate) async fn export(&mut self) -> Result<(), StepError> {
+        if self.status().online {
+            self.wait_for_job().await?;
+        } else {
+            self.export_offline().await?;
+        }
+        self.seal_exports().await?;
+        self.enter(BackupPhase::Uploading).await
+    }
+
+    async fn wait_for_job(&mut self) -> Result<(), StepError> {
+        let id = self.domain_id();
+        let mut last_save = Instant::now();
+        loop {
+            match self.host.job(&id).await? {
+                JobState::Active { done, total } => {
+                    (self.report)(Event::Progress { phase: BackupPhase::Exporting, done, total });
+                    self.status_mut().progress = Some(crate::api::Progress { bytes_done: done, bytes_total: total });
+                    if last_save.elapsed() >= SAVE_EVERY {
+                        self.save().await?;
+                        last_save = Instant::now();
+                    }
+                }
+                JobState::Completed => return Ok(()),
+                JobState::Failed(m) => return Err(StepError::new(FailureReason::BackupJobFailed, m)),
+                JobState::None => {
+                    return Err(StepError::new(FailureReason::BackupJobFailed, "the backup job vanished"));
+                }
+            }
+            let mut cancel = self.cancel.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(self.ctx.poll) => {}
+                _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted during export")),
+            }
+        }
+    }
+
+    /// Exports each disk of a shut-off domain with qemu-img, honouring the depth rule.
+    async fn export_offline(&mut self) -> Result<(), StepError> {
+        let view = self.host.domain(&self.domain_id()).await?;
+        let dir = self.staging();
+        let depth = self.run.spec.depth;
+        let disks = self.status().disks.clone();
+        let total: u64 = disks.iter().map(|d| d.virtual_size).sum();
+        let mut base_done = 0u64;
+        for d in &disks {
+            let Some(disk) = view.facts.disks.iter().find(|x| x.name == d.name) else {
+                return Err(StepError::new(FailureReason::BackupJobFailed, format!("disk {} disappeared", d.name)));
+            };
+            let n = depth_images(disk.chain.len(), depth);
+            let dest = dir.join(&d.export_file);
+            let part = dir.join(format!("{}.part", d.export_file));
+            let mut argv: Vec<String> = vec!["convert".into(), "-p".into(), "-O".into(), "qcow2".into()];
+            if n < disk.chain.len() {
+                // Leave the shared base out: the export keeps only the top `n` images' data.
+                let base = &disk.chain[n];
+                argv.extend(["-B".into(), base.path.clone(), "-F".into(), base.format.clone()]);
+            }
+            argv.extend(["-f".into(), disk.format().to_string(), disk.source().to_string(), part.display().to_string()]);
+            let report = &self.report;
+            let vsize = d.virtual_size;
+            run_qemu_img(&argv, |pct| {
+                let done = base_done + (vsize as f64 * pct / 100.0) as u64;
+                report(Event::Progress { phase: BackupPhase::Exporting, done, total });
+            })
+            .await?;
+            std::fs::rename(&part, &dest).map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+            base_done += vsize;
+        }
+        Ok(())
+    }
+
+    /// Checksums each export, saves the checkpoint XML and writes the run's manifest.
+    async fn seal_exports(&mut self) -> Result<(), StepError> {
+        let dir = self.staging();
+        let name = self.name();
+        let mut disks = self.status().disks.clone();
+        for d in disks.iter_mut() {
+            let path = dir.join(&d.export_file);
+            let p2 = path.clone();
+            let sum = tokio::task::spawn_blocking(move || staging::sha256_file(&p2))
+                .await
+                .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
+                .map_err(|e| StepError::new(FailureReason::BackupJobFailed, format!("cannot read export {}: {e}", path.display())))?;
+            d.sha256 = Some(sum);
+            d.export_bytes = staging::allocated_bytes(&path);
+        }
+        if let Some(cp) = self.status().checkpoint.clone() {
+            let xml = self.host.checkpoint_xml(&self.domain_id(), &cp).await?;
+            write(&dir.join(format!("{name}.checkpoint.xml")), xml.as_bytes())?;
+        }
+        let total: u64 = disks.iter().map(|d| d.export_bytes).sum();
+        let s = self.status_mut();
+        s.disks = disks;
+        s.size_bytes = total;
+        s.size = Some(human_bytes(total));
+        let s = self.status().clone();
+        let manifest = json!({
+            "apiVersion": "snapback.dev/v1alpha1",
+            "run": name,
+            "domain": self.run.spec.domain,
+            "domainUuid": s.domain_uuid,
+            "type": s.type_,
+            "fullReason": s.full_reason,
+            "chain": s.chain,
+            "chainIndex": s.chain_index,
+            "checkpoint": s.checkpoint,
+            "parentCheckpoint": s.parent_checkpoint,
+            "snapshotTime": s.snapshot_time.map(|t| t.to_string()),
+            "online": s.online,
+            "disks": s.disks,
+        });
+        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+        write(&dir.join(manifest_name(&name)), &text)?;
+        self.save().await
+    }
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {
+    std::fs::write(path, data).map_err(|e| {
+        let reason = if e.raw_os_error() == Some(libc::ENOSPC) { FailureReason::StagingFull } else { FailureReason::Internal };
+        StepError::new(reason, format!("cannot write {}: {e}", path.display()))
+    })
+}
+
+/// Runs qemu-img with `-p` and reports its percentage.
+async fn run_qemu_img(argv: &[String], mut on_pct: impl FnMut(f64)) -> Result<(), StepError> {
+    let mut child = tokio::process::Command::new("qemu-img")
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| StepError::new(FailureReason::Internal, format!("cannot start qemu-img: {e}")))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let err_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s).await;
+        s
+    });
+    let mut buf = [0u8; 256];
+    let mut pending = String::new();
+    while let Ok(n) = out.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+        // Progress lines look like "    (42.00/100%)\r".
+        while let Some(i) = pending.find('\r') {
+            let line: String = pending.drain(..=i).collect();
+            if let Some(p) = line.trim().strip_prefix('(').and_then(|l| l.split('/').next()).and_then(|v| v.parse().ok()) {
+                on_pct(p);
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+    let stderr = err_task.await.unwrap_or_default();
+    if !status.success() {
+        let reason = if stderr.contains("No space left") { FailureReason::StagingFull } else { FailureReason::BackupJobFailed };
+        return Err(StepError::new(reason, format!("qemu-img convert failed: {}", stderr.trim())));
+    }
+    Ok(())
+}

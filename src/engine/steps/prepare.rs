@@ -1,0 +1,202 @@
+//! Preparing: validate, resolve the domain and disks, choose full or incremental, set up staging.
+
+use jiff::Timestamp;
+
+use crate::api::{BackupPhase, BackupType, FailureReason, OfflinePolicy, RunDisk};
+use crate::duplicity::{self, Action};
+use crate::engine::decide::{choose_type, parse_duration, ChainFacts};
+use crate::engine::{history, human_bytes, staging, BackupEngine, Event, Journal, StepError};
+use crate::libvirt::{DomainState, VirtErrorKind};
+
+use super::manifest_name;
+
+/// Rejects names that cannot be a libvirt domain name or UUID (control characters, empty).
+/// Shell metacharacters are harmless: nothing is ever passed through a shell.
+fn validate_domain_id(id: &str) -> Result<(), StepError> {
+    if id.trim().is_empty() {
+        return Err(StepError::new(FailureReason::InvalidSpec, "the domain name is empty"));
+    }
+    if id.chars().any(|c| c.is_control()) || id.len() > 1024 {
+        return Err(StepError::new(FailureReason::InvalidSpec, "the domain name contains control characters or is too long"));
+    }
+    Ok(())
+}
+
+impl<J: Journal> BackupEngine<'_, J> {
+    pub(crate) async fn prepare(&mut self) -> Result<(), StepError> {
+        if self.status().phase == BackupPhase::Pending {
+            self.enter(BackupPhase::Preparing).await?;
+        }
+        let spec = self.run.spec.clone();
+        validate_domain_id(&spec.domain)?;
+        for h in spec.hooks.pre_snapshot.iter().chain(&spec.hooks.on_snapshot).chain(&spec.hooks.post_snapshot) {
+            if h.command.is_empty() || h.command[0].is_empty() {
+                return Err(StepError::new(FailureReason::InvalidSpec, "a hook has an empty command"));
+            }
+        }
+        let full_every = match &spec.full_cadence.full_every {
+            Some(s) => Some(parse_duration(s).map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?),
+            None => None,
+        };
+
+        let view = self.host.domain(&spec.domain).await.map_err(|e| match e.kind {
+            VirtErrorKind::DomainNotFound => {
+                StepError::new(FailureReason::DomainNotFound, format!("domain '{}' not found on {}", spec.domain, self.host.uri))
+            }
+            _ => e.into(),
+        })?;
+        let name = self.name();
+        let uuid = view.facts.uuid.clone();
+        self.status_mut().domain_uuid = Some(uuid.clone());
+        self.status_mut().target_url = Some(self.ctx.target.url.redacted());
+        self.ensure_lock()?;
+
+        let online = match view.state {
+            DomainState::Running | DomainState::Paused => true,
+            DomainState::ShutOff => false,
+            DomainState::Other => {
+                return Err(StepError::new(
+                    FailureReason::LibvirtError,
+                    "the domain is neither running, paused nor shut off (crashed or in transition); not backing it up now",
+                ))
+            }
+        };
+        if !online && spec.consistency.offline == OfflinePolicy::Skip {
+            return self.skip().await;
+        }
+        if view.facts.disks.is_empty() {
+            return Err(StepError::new(FailureReason::InvalidSpec, "the domain has no writable disk to back up"));
+        }
+
+        let tkey = staging::target_key(self.ctx.target.url.as_str());
+        let dir = staging::staging_dir(&self.ctx.state_dir, &tkey, &uuid);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StepError::new(FailureReason::StagingFull, format!("cannot create staging dir {}: {e}", dir.display())))?;
+        // We hold the lock: anything left in staging is debris of an earlier failed run.
+        staging::empty_dir(&dir).map_err(|e| StepError::new(FailureReason::Internal, format!("cannot empty staging: {e}")))?;
+        self.ctx.target.name = format!("{tkey}-{uuid}");
+
+        // The chain: what the previous run left in libvirt and on the target.
+        let url = self.ctx.target.url.redacted();
+        let previous = history::previous_run(&self.ctx.history, &uuid, &url, &name);
+        let disks_now: Vec<(String, u64)> =
+            view.facts.disks.iter().zip(&view.sizes).map(|(d, s)| (d.name.clone(), *s)).collect();
+        let mut facts = ChainFacts {
+            previous: previous.clone(),
+            online,
+            checkpoint_present: false,
+            checkpoint_valid: false,
+            target_has_previous: false,
+            disks: disks_now,
+            now: Timestamp::now(),
+            full_every,
+            max_incrementals: spec.full_cadence.max_incrementals,
+        };
+        if let (true, Some(prev)) = (online, &previous) {
+            if let Some(cp) = &prev.checkpoint {
+                facts.checkpoint_present = self.host.checkpoints(&uuid).await?.contains(cp);
+                if facts.checkpoint_present {
+                    facts.checkpoint_valid = match self.host.validate_checkpoint(&uuid, cp).await {
+                        Ok(()) => true,
+                        Err(e) if e.kind == VirtErrorKind::CheckpointInconsistent => {
+                            (self.report)(Event::Note(format!("checkpoint {cp} is inconsistent: {}", e.message)));
+                            false
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                }
+            }
+            if facts.checkpoint_valid {
+                facts.target_has_previous = self.target_has_manifest(&manifest_name(&prev.name)).await?;
+            }
+        }
+        let (type_, full_reason) =
+            choose_type(spec.type_, &facts).map_err(|(reason, message)| StepError::new(reason, message))?;
+
+        // A full needs up to the allocated size of the disks in staging; refuse early, not half-way.
+        if type_ == BackupType::Full {
+            let need: u64 = view.facts.disks.iter().flat_map(|d| &d.chain).map(|c| staging::allocated_bytes(c.path.as_ref())).sum();
+            let free = staging::free_bytes(&dir).unwrap_or(u64::MAX);
+            if free < need {
+                return Err(StepError::new(
+                    FailureReason::StagingFull,
+                    format!("staging {} has {} free, the export needs up to {}", dir.display(), human_bytes(free), human_bytes(need)),
+                ));
+            }
+        }
+        if spec.depth != 0 && online {
+            self.condition(
+                "DepthApplied",
+                false,
+                "OnlineExportIsWholeChain",
+                "a running domain's push-mode export always holds the whole backing chain; depth applies to shut-off domains".into(),
+            );
+        }
+
+        std::fs::write(dir.join(format!("{name}.domain.xml")), &view.xml)
+            .map_err(|e| StepError::new(FailureReason::StagingFull, format!("cannot write domain XML: {e}")))?;
+
+        let s = self.status_mut();
+        s.online = online;
+        s.type_ = Some(type_);
+        s.full_reason = full_reason;
+        s.checkpoint = online.then(|| format!("snapback-{name}"));
+        s.parent_checkpoint = match type_ {
+            BackupType::Incremental => previous.as_ref().and_then(|p| p.checkpoint.clone()),
+            BackupType::Full => None,
+        };
+        s.chain = Some(match (type_, &previous) {
+            (BackupType::Incremental, Some(p)) => p.chain.clone(),
+            _ => name.clone(),
+        });
+        s.chain_index = match (type_, &previous) {
+            (BackupType::Incremental, Some(p)) => p.chain_index + 1,
+            _ => 0,
+        };
+        s.staging_dir = Some(dir.display().to_string());
+        s.disks = view
+            .facts
+            .disks
+            .iter()
+            .zip(&view.sizes)
+            .map(|(d, size)| RunDisk {
+                name: d.name.clone(),
+                source: d.source().to_string(),
+                format: d.format().to_string(),
+                virtual_size: *size,
+                export_file: format!("{name}.{}.qcow2", d.name),
+                export_bytes: 0,
+                sha256: None,
+            })
+            .collect();
+        let note = match (type_, full_reason) {
+            (BackupType::Full, Some(r)) => format!("full backup ({r:?})"),
+            _ => format!("incremental since {}", self.status().parent_checkpoint.clone().unwrap_or_default()),
+        };
+        (self.report)(Event::Note(note));
+        self.enter(BackupPhase::Snapshotting).await
+    }
+
+    /// Whether the target's newest backup holds the given file (a run's manifest).
+    pub(crate) async fn target_has_manifest(&self, manifest: &str) -> Result<bool, StepError> {
+        let out = duplicity::run(&self.ctx.target, &Action::ListCurrentFiles { time: None }, |_| {}).await;
+        match out {
+            Ok(o) => Ok(o.stdout.lines().any(|l| l.trim_end().ends_with(manifest))),
+            // An empty target has no chain: that is an answer, not an error.
+            Err(e) if e.message.contains("No backup chains") || e.message.contains("no backup chains") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn skip(&mut self) -> Result<(), StepError> {
+        let now = Timestamp::now();
+        let s = self.status_mut();
+        s.failure = Some(crate::api::Failure {
+            reason: FailureReason::DomainShutOff,
+            message: "the domain is shut off and the policy says offline: Skip".into(),
+        });
+        s.completion_time = Some(now);
+        s.duration = s.start_time.map(|t| crate::engine::human_duration(now.duration_since(t)));
+        self.enter(BackupPhase::Skipped).await
+    }
+}

@@ -1,0 +1,123 @@
+//! Snapshotting: preSnapshot hooks, freeze, (pause), begin the job, thaw, onSnapshot hooks.
+//! Also the recovery of a guest left frozen or paused by a run that died here.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::api::{BackupPhase, FailureReason, Quiesce};
+use crate::engine::{BackupEngine, Event, Journal, StepError};
+use crate::libvirt::domain_xml;
+
+impl<J: Journal> BackupEngine<'_, J> {
+    pub(crate) async fn snapshot(&mut self) -> Result<(), StepError> {
+        let spec = self.run.spec.clone();
+        self.run_hooks("preSnapshot", &spec.hooks.pre_snapshot).await?;
+        if self.status().online {
+            self.begin_job().await?;
+        } else {
+            // A shut-off domain's disks do not change: the files are the snapshot.
+            self.status_mut().snapshot_time = Some(Timestamp::now());
+            self.save().await?;
+        }
+        self.run_hooks("onSnapshot", &spec.hooks.on_snapshot).await?;
+        self.enter(BackupPhase::Exporting).await
+    }
+
+    async fn begin_job(&mut self) -> Result<(), StepError> {
+        let id = self.domain_id();
+        let c = self.run.spec.consistency.clone();
+        let view = self.host.domain(&id).await?;
+        let mut window_start: Option<Instant> = None;
+
+        if c.quiesce != Quiesce::None {
+            self.status_mut().guest_frozen = true;
+            self.save().await?;
+            let res = if view.facts.has_agent_channel {
+                self.host.freeze(&id, Duration::from_secs(c.freeze_timeout_seconds as u64)).await.map_err(|e| e.message)
+            } else {
+                Err("the domain has no qemu guest agent channel".to_string())
+            };
+            match res {
+                Ok(n) => {
+                    window_start = Some(Instant::now());
+                    self.status_mut().quiesced = true;
+                    self.condition("Quiesced", true, "FilesystemsFrozen", format!("{n} guest filesystem(s) frozen"));
+                }
+                Err(msg) => {
+                    self.status_mut().guest_frozen = false;
+                    self.save().await?;
+                    if c.quiesce == Quiesce::Required {
+                        return Err(StepError::new(FailureReason::QuiesceFailed, format!("cannot freeze guest filesystems: {msg}")));
+                    }
+                    self.condition("Quiesced", false, "GuestAgentUnavailable", format!("crash-consistent backup: {msg}"));
+                    (self.report)(Event::Note(format!("warning: not quiesced: {msg}")));
+                }
+            }
+        }
+        if c.pause {
+            self.status_mut().guest_paused = true;
+            self.save().await?;
+            if let Err(e) = self.host.suspend(&id).await {
+                self.undo_freeze_and_pause(window_start).await?;
+                return Err(e.into());
+            }
+            window_start.get_or_insert_with(Instant::now);
+        }
+
+        let s = self.status().clone();
+        let dir = self.staging();
+        let exports: Vec<(String, String)> =
+            s.disks.iter().map(|d| (d.name.clone(), dir.join(&d.export_file).display().to_string())).collect();
+        let disk_names: Vec<String> = s.disks.iter().map(|d| d.name.clone()).collect();
+        let backup = domain_xml::backup_xml(s.parent_checkpoint.as_deref(), &exports);
+        let checkpoint = s.checkpoint.as_ref().map(|cp| domain_xml::checkpoint_create_xml(cp, &disk_names));
+        let begun = self.host.begin_backup(&id, backup, checkpoint).await;
+        self.status_mut().snapshot_time = Some(Timestamp::now());
+        // Thaw (and resume) whatever happened: the job's point in time is fixed once it began.
+        self.undo_freeze_and_pause(window_start).await?;
+        begun.map_err(|e| StepError::new(FailureReason::BackupJobFailed, format!("cannot begin the backup job: {}", e.message)))
+    }
+
+    async fn undo_freeze_and_pause(&mut self, window_start: Option<Instant>) -> Result<(), StepError> {
+        let id = self.domain_id();
+        let mut problems = Vec::new();
+        if self.status().guest_paused {
+            match self.host.resume(&id).await {
+                Ok(()) => self.status_mut().guest_paused = false,
+                Err(e) => problems.push(format!("resume: {e}")),
+            }
+        }
+        if self.status().guest_frozen {
+            match self.host.thaw(&id).await {
+                Ok(_) => self.status_mut().guest_frozen = false,
+                Err(e) => problems.push(format!("thaw: {e}")),
+            }
+        }
+        if let Some(t) = window_start {
+            self.status_mut().freeze_window_ms = Some(t.elapsed().as_millis() as u64);
+        }
+        self.save().await?;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StepError::new(FailureReason::LibvirtError, problems.join("; ")))
+        }
+    }
+
+    /// A run died while the guest was frozen or paused: give the guest back first.
+    pub(crate) async fn recover(&mut self) -> Result<(), StepError> {
+        let id = self.domain_id();
+        (self.report)(Event::Note("recovering: thawing/resuming the guest left by an interrupted run".into()));
+        if self.status().guest_paused {
+            // "not paused" is fine: someone resumed it already.
+            let _ = self.host.resume(&id).await;
+            self.status_mut().guest_paused = false;
+        }
+        if self.status().guest_frozen {
+            let _ = self.host.thaw(&id).await;
+            self.status_mut().guest_frozen = false;
+        }
+        self.save().await
+    }
+}

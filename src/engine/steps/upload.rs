@@ -1,0 +1,69 @@
+//! Uploading: one duplicity run over the staging dir, aligned with the image chain.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::api::{BackupPhase, BackupType, FailureReason, Progress};
+use crate::duplicity::{self, Action};
+use crate::engine::{BackupEngine, Event, Journal, StepError};
+
+use super::manifest_name;
+
+impl<J: Journal> BackupEngine<'_, J> {
+    pub(crate) async fn upload(&mut self) -> Result<(), StepError> {
+        let name = self.name();
+        if self.ctx.target.name.is_empty() {
+            let tkey = crate::engine::staging::target_key(self.ctx.target.url.as_str());
+            self.ctx.target.name = format!("{tkey}-{}", self.domain_id());
+        }
+        // A resumed run may have finished uploading just before it died: the target says so.
+        if self.status().upload_attempts > 0 && self.target_has_manifest(&manifest_name(&name)).await? {
+            (self.report)(Event::Note("the target already holds this run; not uploading again".into()));
+        } else {
+            self.status_mut().upload_attempts += 1;
+            self.save().await?;
+            self.run_duplicity().await?;
+        }
+        self.status_mut().uploaded = true;
+        self.enter(BackupPhase::Finalizing).await
+    }
+
+    async fn run_duplicity(&mut self) -> Result<(), StepError> {
+        let source = self.staging().display().to_string();
+        // duplicity's chain mirrors the image chain: image full = duplicity full.
+        let action = match self.status().type_ {
+            Some(BackupType::Incremental) => Action::Incremental { source },
+            _ => Action::Full { source },
+        };
+        let target = self.ctx.target.clone();
+        let total = self.status().size_bytes;
+        let latest: Arc<Mutex<Option<u64>>> = Arc::default();
+        let seen = latest.clone();
+        let report = &self.report;
+        let fut = duplicity::run(&target, &action, move |t| {
+            *seen.lock().unwrap() = Some(t.bytes);
+            report(Event::Progress { phase: BackupPhase::Uploading, done: t.bytes, total });
+        });
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut cancel = self.cancel.clone();
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                _ = tick.tick() => {
+                    let done = *latest.lock().unwrap();
+                    if let Some(done) = done {
+                        let s = self.run.status.get_or_insert_with(Default::default);
+                        s.progress = Some(Progress { bytes_done: done, bytes_total: total });
+                        // Status saves are best effort here; the phase record is what resumes.
+                        let _ = self.journal.save(&self.run).await;
+                    }
+                }
+                _ = cancel.changed() => {
+                    return Err(StepError::new(FailureReason::Interrupted, "interrupted during upload"));
+                }
+            }
+        };
+        result.map(|_| ()).map_err(StepError::from)
+    }
+}

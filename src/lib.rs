@@ -1,0 +1,8 @@
+//! snapback: back up and restore libvirt/KVM virtual machines the Kubernetes way.
+
+pub mod api;
+pub mod cli;
+pub mod duplicity;
+pub mod engine;
+pub mod libvirt;
+pub mod store;

@@ -1,0 +1,5 @@
+//! Stores for resources outside Kubernetes.
+
+pub mod files;
+
+pub use files::FileStore;
