@@ -159,3 +159,51 @@ pub fn agent_set_timeout(dom: &Domain, seconds: c_int) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// What virDomainGetJobStats says about the current or the last completed job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobStats {
+    /// virDomainJobType: 0 none, 1 bounded, 2 unbounded, 3 completed, 4 failed, 5 cancelled.
+    pub job_type: i32,
+    pub operation: Option<i32>,
+    pub data_processed: Option<u64>,
+    pub data_total: Option<u64>,
+    pub error_message: Option<String>,
+}
+
+/// virDomainGetJobStats, read field by field. (The `virt` crate's wrapper builds a Vec from a
+/// null pointer when libvirt returns no parameters, which aborts the process.)
+pub fn job_stats(dom: &Domain, completed: bool) -> Result<JobStats, Error> {
+    let mut job_type: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = ptr::null_mut();
+    let mut n: c_int = 0;
+    // KEEP_COMPLETED: reading the completed job's stats must not erase them, or a second look
+    // (observe, then wait) would find no job at all.
+    let flags = if completed { sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED } else { 0 };
+    let rc = unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut job_type, &mut params, &mut n, flags) };
+    if rc < 0 {
+        return Err(Error::last_error());
+    }
+    let mut stats = JobStats { job_type, ..Default::default() };
+    if !params.is_null() && n > 0 {
+        let ull = |key: &CStr| {
+            let mut v: u64 = 0;
+            (unsafe { sys::virTypedParamsGetULLong(params, n, key.as_ptr(), &mut v) } == 1).then_some(v)
+        };
+        // Backup jobs report their progress as disk_*; other jobs as data_*.
+        stats.data_processed = ull(c"disk_processed").or_else(|| ull(c"data_processed"));
+        stats.data_total = ull(c"disk_total").or_else(|| ull(c"data_total"));
+        let mut op: c_int = 0;
+        if unsafe { sys::virTypedParamsGetInt(params, n, c"operation".as_ptr(), &mut op) } == 1 {
+            stats.operation = Some(op);
+        }
+        let mut s: *const c_char = ptr::null();
+        if unsafe { sys::virTypedParamsGetString(params, n, c"errmsg".as_ptr(), &mut s) } == 1 && !s.is_null() {
+            stats.error_message = Some(unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned());
+        }
+    }
+    if !params.is_null() {
+        unsafe { sys::virTypedParamsFree(params, n) };
+    }
+    Ok(stats)
+}

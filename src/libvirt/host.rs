@@ -64,6 +64,8 @@ impl LibvirtHost {
     /// Opens a read-write connection. Fails fast with `Unavailable` when libvirtd is not there.
     pub async fn connect(uri: &str) -> Result<Self, LibvirtError> {
         let u = uri.to_string();
+        // libvirt's default error handler prints every error to stderr; errors are returned instead.
+        virt::error::clear_error_callback();
         let conn = blocking(move || {
             Connect::open(Some(&u)).map_err(|e| {
                 let mut err = LibvirtError::from(e);
@@ -77,12 +79,17 @@ impl LibvirtHost {
     }
 
     fn lookup(conn: &Connect, id: &str) -> Result<Domain, LibvirtError> {
-        match conn.lookup_domain_by_name(id) {
-            Ok(d) => Ok(d),
-            Err(_) => conn.lookup_domain_by_uuid_string(id).map_err(|_| {
+        let found = if uuid::Uuid::parse_str(id).is_ok() {
+            conn.lookup_domain_by_uuid_string(id).or_else(|_| conn.lookup_domain_by_name(id))
+        } else {
+            conn.lookup_domain_by_name(id)
+        };
+        found.map_err(|e| match LibvirtError::from(e) {
+            err if err.kind == VirtErrorKind::DomainNotFound => {
                 LibvirtError::new(VirtErrorKind::DomainNotFound, format!("domain '{id}' not found"))
-            }),
-        }
+            }
+            err => err,
+        })
     }
 
     async fn with_domain<T: Send + 'static>(
@@ -191,15 +198,16 @@ impl LibvirtHost {
             if !d.is_active()? {
                 return Ok(JobState::None);
             }
-            let now = d.job_stats(0)?;
-            if now.r#type != sys::VIR_DOMAIN_JOB_NONE as i32 {
+            let now = ffi::job_stats(d, false)?;
+            if now.job_type != sys::VIR_DOMAIN_JOB_NONE as i32 {
                 return Ok(JobState::Active {
                     done: now.data_processed.unwrap_or(0),
                     total: now.data_total.unwrap_or(0),
                 });
             }
-            let done = d.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED)?;
-            Ok(match done.r#type as u32 {
+            let done = ffi::job_stats(d, true)?;
+            tracing::debug!(?done, "last completed job");
+            Ok(match done.job_type as u32 {
                 sys::VIR_DOMAIN_JOB_COMPLETED => JobState::Completed,
                 sys::VIR_DOMAIN_JOB_FAILED | sys::VIR_DOMAIN_JOB_CANCELLED => {
                     JobState::Failed(done.error_message.unwrap_or_else(|| "backup job failed".into()))

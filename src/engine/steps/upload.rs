@@ -36,7 +36,10 @@ impl<J: Journal> BackupEngine<'_, J> {
             _ => Action::Full { source },
         };
         let target = self.ctx.target.clone();
-        let total = self.status().size_bytes;
+        // Everything in staging goes up: the exports plus the small XML and manifest files.
+        let total: u64 = std::fs::read_dir(self.staging())
+            .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(self.status().size_bytes);
         let latest: Arc<Mutex<Option<u64>>> = Arc::default();
         let seen = latest.clone();
         let report = &self.report;
