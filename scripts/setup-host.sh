@@ -60,6 +60,12 @@ security_driver = "none"
 CONF
 fi
 
+# A local S3-compatible server for S3 target tests (moto's server, from PyPI).
+if ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto[server]"
+  python3 -m pip install -q 'moto[server]' >/dev/null 2>&1 || pip3 install -q 'moto[server]'
+fi
+
 if ! pgrep -x virtlogd >/dev/null; then
   log "starting virtlogd"
   virtlogd -d

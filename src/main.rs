@@ -4,7 +4,8 @@ use snapback::cli::{backup, get, Cli, Command, Kind};
 use snapback::store::FileStore;
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPBACK_LOG").unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPBACK_LOG")
+        .unwrap_or_else(|_| "warn".into());
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -50,12 +51,28 @@ async fn resume(args: snapback::cli::ResumeArgs) -> i32 {
         }
     };
     let cancel = backup::cancel_on_signal();
-    match backup::resume_stale(&host, &store, &args.target, &args.common.state_dir, None, &cancel).await {
+    match backup::resume_stale(
+        &host,
+        &store,
+        &args.target,
+        &args.common.state_dir,
+        None,
+        &cancel,
+    )
+    .await
+    {
         Ok(runs) => {
             for r in &runs {
                 println!("{}", r.metadata.name.clone().unwrap_or_default());
             }
-            let failed = runs.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.phase == snapback::api::BackupPhase::Failed)).count();
+            let failed = runs
+                .iter()
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == snapback::api::BackupPhase::Failed)
+                })
+                .count();
             i32::from(failed > 0)
         }
         Err(e) => {

@@ -156,7 +156,9 @@ fn default_hook_timeout() -> u32 {
 
 impl Hook {
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.command.first().cloned().unwrap_or_default())
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.command.first().cloned().unwrap_or_default())
     }
 }
 

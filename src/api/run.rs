@@ -245,6 +245,10 @@ pub struct BackupRunStatus {
     pub upload_attempts: u32,
     #[serde(default)]
     pub uploaded: bool,
+    /// duplicity's time for this backup set: `restore --time` at or after it restores this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub target_time: Option<Timestamp>,
 
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookResult>,

@@ -84,7 +84,10 @@ fn default_volsize() -> u32 {
 
 impl Default for DuplicityTuning {
     fn default() -> Self {
-        Self { volsize_mib: default_volsize(), extra_options: Vec::new() }
+        Self {
+            volsize_mib: default_volsize(),
+            extra_options: Vec::new(),
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use kube::api::ObjectMeta;
 use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
 use crate::api::{
-    BackupPhase, BackupRun, BackupRunSpec, BackupRunStatus, Consistency, Failure, FailureReason, FullCadence, Hooks,
-    OfflinePolicy, Quiesce, RequestedType,
+    BackupPhase, BackupRun, BackupRunSpec, BackupRunStatus, Consistency, Failure, FailureReason,
+    FullCadence, Hooks, OfflinePolicy, Quiesce, RequestedType,
 };
 use crate::engine::{BackupEngine, RunContext, StepError};
 use crate::libvirt::LibvirtHost;
@@ -84,7 +84,13 @@ pub struct CommonArgs {
 pub fn run_name(domain: &str, now: Timestamp) -> String {
     let mut base: String = domain
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .split('-')
         .filter(|s| !s.is_empty())
@@ -105,10 +111,17 @@ fn fail_early(store: &FileStore, mut run: BackupRun, e: StepError) -> BackupRun 
         phase: BackupPhase::Failed,
         start_time: Some(now),
         completion_time: Some(now),
-        failure: Some(Failure { reason: e.reason, message: e.message }),
+        failure: Some(Failure {
+            reason: e.reason,
+            message: e.message,
+        }),
         ..Default::default()
     });
-    if let Err(err) = store.write("backupruns", run.metadata.name.as_deref().unwrap_or("run"), &run) {
+    if let Err(err) = store.write(
+        "backupruns",
+        run.metadata.name.as_deref().unwrap_or("run"),
+        &run,
+    ) {
         eprintln!("warning: cannot record the run: {err}");
     }
     run
@@ -119,7 +132,10 @@ pub fn cancel_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -141,10 +157,15 @@ pub async fn resume_stale(
     only_domain: Option<&str>,
     cancel: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<BackupRun>, StepError> {
-    let runs = store.backup_runs().map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+    let runs = store
+        .backup_runs()
+        .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
     let url = crate::duplicity::url::redact(&target.target);
     let mut done = Vec::new();
-    for run in runs.iter().filter(|r| r.status.as_ref().is_some_and(|s| !s.phase.is_terminal())) {
+    for run in runs
+        .iter()
+        .filter(|r| r.status.as_ref().is_some_and(|s| !s.phase.is_terminal()))
+    {
         if run.spec.target_ref != url || only_domain.is_some_and(|d| d != run.spec.domain) {
             continue;
         }
@@ -156,11 +177,25 @@ pub async fn resume_stale(
             poll: Duration::from_millis(250),
         };
         eprintln!("{name}: resuming an interrupted run");
-        let engine = BackupEngine::new(host, store, ctx, run.clone(), stderr_reporter(name.clone()), cancel.clone());
+        let engine = BackupEngine::new(
+            host,
+            store,
+            ctx,
+            run.clone(),
+            stderr_reporter(name.clone()),
+            cancel.clone(),
+        );
         let finished = engine.run().await;
-        if finished.status.as_ref().and_then(|s| s.failure.as_ref()).is_some_and(|f| f.reason == FailureReason::Busy) {
+        if finished
+            .status
+            .as_ref()
+            .and_then(|s| s.failure.as_ref())
+            .is_some_and(|f| f.reason == FailureReason::Busy)
+        {
             // The run is alive in another process: it was not ours to resume. Restore its record.
-            store.write("backupruns", &name, run).map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+            store
+                .write("backupruns", &name, run)
+                .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
             continue;
         }
         done.push(finished);
@@ -173,9 +208,20 @@ pub async fn execute(args: BackupArgs) -> i32 {
     let now = Timestamp::now();
     let name = run_name(&args.domain, now);
     let hooks = match &args.hooks_file {
-        Some(f) => match std::fs::read_to_string(f).map_err(|e| e.to_string()).and_then(|t| serde_saphyr::from_str::<Hooks>(&t).map_err(|e| e.to_string())) {
+        Some(f) => match std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_saphyr::from_str::<Hooks>(&t).map_err(|e| e.to_string()))
+        {
             Ok(h) => h,
-            Err(e) => return report_failure(&name, StepError::new(FailureReason::InvalidSpec, format!("hooks file {}: {e}", f.display()))),
+            Err(e) => {
+                return report_failure(
+                    &name,
+                    StepError::new(
+                        FailureReason::InvalidSpec,
+                        format!("hooks file {}: {e}", f.display()),
+                    ),
+                )
+            }
         },
         None => Hooks::default(),
     };
@@ -203,13 +249,29 @@ pub async fn execute(args: BackupArgs) -> i32 {
             ..Default::default()
         },
         hooks,
-        full_cadence: FullCadence { full_every: args.full_every.clone(), max_incrementals: args.max_incrementals },
+        full_cadence: FullCadence {
+            full_every: args.full_every.clone(),
+            max_incrementals: args.max_incrementals,
+        },
         depth: args.depth,
     };
-    let run = BackupRun { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, spec, status: None };
+    let run = BackupRun {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    };
 
     if let Err(e) = std::fs::create_dir_all(&args.common.state_dir) {
-        return report_failure(&name, StepError::new(FailureReason::InvalidSpec, format!("cannot create state dir: {e}")));
+        return report_failure(
+            &name,
+            StepError::new(
+                FailureReason::InvalidSpec,
+                format!("cannot create state dir: {e}"),
+            ),
+        );
     }
     let target = match args.target.to_config(&args.common.state_dir) {
         Ok(t) => t,
@@ -220,15 +282,42 @@ pub async fn execute(args: BackupArgs) -> i32 {
         Err(e) => return finish(fail_early(&store, run, e.into())),
     };
     let cancel = cancel_on_signal();
-    if let Err(e) = resume_stale(&host, &store, &args.target, &args.common.state_dir, Some(&args.domain), &cancel).await {
+    if let Err(e) = resume_stale(
+        &host,
+        &store,
+        &args.target,
+        &args.common.state_dir,
+        Some(&args.domain),
+        &cancel,
+    )
+    .await
+    {
         eprintln!("warning: could not resume earlier runs: {e}");
     }
     let history = match store.backup_runs() {
         Ok(h) => h,
-        Err(e) => return finish(fail_early(&store, run, StepError::new(FailureReason::Internal, e.to_string()))),
+        Err(e) => {
+            return finish(fail_early(
+                &store,
+                run,
+                StepError::new(FailureReason::Internal, e.to_string()),
+            ))
+        }
     };
-    let ctx = RunContext { target, state_dir: args.common.state_dir.clone(), history, poll: Duration::from_millis(250) };
-    let engine = BackupEngine::new(&host, &store, ctx, run, stderr_reporter(name.clone()), cancel);
+    let ctx = RunContext {
+        target,
+        state_dir: args.common.state_dir.clone(),
+        history,
+        poll: Duration::from_millis(250),
+    };
+    let engine = BackupEngine::new(
+        &host,
+        &store,
+        ctx,
+        run,
+        stderr_reporter(name.clone()),
+        cancel,
+    );
     finish(engine.run().await)
 }
 
@@ -246,7 +335,9 @@ fn finish(run: BackupRun) -> i32 {
         (BackupPhase::Succeeded, _) => {
             eprintln!(
                 "Succeeded: {} backup, {} in {}",
-                s.type_.map(|t| format!("{t:?}").to_lowercase()).unwrap_or_default(),
+                s.type_
+                    .map(|t| format!("{t:?}").to_lowercase())
+                    .unwrap_or_default(),
                 s.size.unwrap_or_default(),
                 s.duration.unwrap_or_default()
             );
@@ -275,7 +366,9 @@ mod tests {
     fn run_names_are_dns_safe_even_for_hostile_domain_names() {
         let n = run_name("Web;rm -rf /`x`", "2026-01-02T03:04:05Z".parse().unwrap());
         assert!(n.starts_with("web-rm-rf-x-20260102-030405-"), "{n}");
-        assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         assert!(run_name("", Timestamp::now()).starts_with("domain-"));
     }
 }

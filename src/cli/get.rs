@@ -5,7 +5,9 @@ use jiff::Timestamp;
 use crate::api::BackupRun;
 
 fn age(t: Option<Timestamp>) -> String {
-    let Some(t) = t else { return "<unknown>".into() };
+    let Some(t) = t else {
+        return "<unknown>".into();
+    };
     let s = Timestamp::now().duration_since(t).as_secs().max(0);
     match s {
         s if s < 120 => format!("{s}s"),
@@ -17,7 +19,8 @@ fn age(t: Option<Timestamp>) -> String {
 
 /// Renders runs oldest first, like `kubectl get backupruns`.
 pub fn backup_runs_table(runs: &[BackupRun]) -> String {
-    let mut rows: Vec<[String; 7]> = vec![["NAME", "DOMAIN", "TYPE", "PHASE", "SIZE", "DURATION", "AGE"].map(String::from)];
+    let mut rows: Vec<[String; 7]> =
+        vec![["NAME", "DOMAIN", "TYPE", "PHASE", "SIZE", "DURATION", "AGE"].map(String::from)];
     let mut sorted: Vec<&BackupRun> = runs.iter().collect();
     sorted.sort_by_key(|r| r.status.as_ref().and_then(|s| s.start_time));
     for r in sorted {
@@ -29,17 +32,25 @@ pub fn backup_runs_table(runs: &[BackupRun]) -> String {
         rows.push([
             r.metadata.name.clone().unwrap_or_default(),
             r.spec.domain.clone(),
-            s.type_.map(|t| format!("{t:?}")).unwrap_or_else(|| "-".into()),
+            s.type_
+                .map(|t| format!("{t:?}"))
+                .unwrap_or_else(|| "-".into()),
             phase,
             s.size.clone().unwrap_or_else(|| "-".into()),
             s.duration.clone().unwrap_or_else(|| "-".into()),
             age(s.start_time),
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }

@@ -8,7 +8,11 @@ pub mod target_args;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "snapback", version, about = "Back up and restore libvirt/KVM virtual machines")]
+#[command(
+    name = "snapback",
+    version,
+    about = "Back up and restore libvirt/KVM virtual machines"
+)]
 pub struct Cli {
     /// Log as JSON lines (for log collectors)
     #[arg(long, global = true)]

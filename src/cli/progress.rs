@@ -16,8 +16,16 @@ pub fn stderr_reporter(run: String) -> Reporter {
                 return;
             }
             *l = Some(Instant::now());
-            let pct = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
-            eprintln!("{run}: {phase:?} {} / {} ({pct:.0}%)", human_bytes(done), human_bytes(total));
+            let pct = if total > 0 {
+                done as f64 * 100.0 / total as f64
+            } else {
+                0.0
+            };
+            eprintln!(
+                "{run}: {phase:?} {} / {} ({pct:.0}%)",
+                human_bytes(done),
+                human_bytes(total)
+            );
         }
     })
 }

@@ -39,25 +39,38 @@ pub struct TargetArgs {
 /// Reads a secret file: first line, without the line ending. Never echoes the content.
 pub fn read_secret_file(path: &Path) -> Result<String, StepError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        StepError::new(FailureReason::EncryptionKeyError, format!("cannot read passphrase file {}: {e}", path.display()))
+        StepError::new(
+            FailureReason::EncryptionKeyError,
+            format!("cannot read passphrase file {}: {e}", path.display()),
+        )
     })?;
     let line = text.lines().next().unwrap_or("").to_string();
     if line.is_empty() {
-        return Err(StepError::new(FailureReason::EncryptionKeyError, format!("passphrase file {} is empty", path.display())));
+        return Err(StepError::new(
+            FailureReason::EncryptionKeyError,
+            format!("passphrase file {} is empty", path.display()),
+        ));
     }
     Ok(line)
 }
 
 impl TargetArgs {
     pub fn to_config(&self, state_dir: &Path) -> Result<TargetConfig, StepError> {
-        let url = TargetUrl::parse(&self.target).map_err(|e| StepError::new(FailureReason::TargetInvalid, e.to_string()))?;
+        let url = TargetUrl::parse(&self.target)
+            .map_err(|e| StepError::new(FailureReason::TargetInvalid, e.to_string()))?;
         let crypto = if let Some(f) = &self.encrypt_passphrase_file {
-            Crypto::Symmetric { passphrase: read_secret_file(f)? }
+            Crypto::Symmetric {
+                passphrase: read_secret_file(f)?,
+            }
         } else if !self.gpg_recipient.is_empty() {
             Crypto::Gpg {
                 recipients: self.gpg_recipient.clone(),
                 sign_key: self.gpg_sign_key.clone(),
-                sign_passphrase: self.gpg_sign_passphrase_file.as_deref().map(read_secret_file).transpose()?,
+                sign_passphrase: self
+                    .gpg_sign_passphrase_file
+                    .as_deref()
+                    .map(read_secret_file)
+                    .transpose()?,
                 gnupg_home: None,
             }
         } else {

@@ -7,9 +7,16 @@ use super::url::TargetUrl;
 pub enum Crypto {
     None,
     /// Symmetric encryption: the passphrase goes to duplicity as $PASSPHRASE.
-    Symmetric { passphrase: String },
+    Symmetric {
+        passphrase: String,
+    },
     /// Public-key encryption; an optional signing key whose passphrase goes as $SIGN_PASSPHRASE.
-    Gpg { recipients: Vec<String>, sign_key: Option<String>, sign_passphrase: Option<String>, gnupg_home: Option<String> },
+    Gpg {
+        recipients: Vec<String>,
+        sign_key: Option<String>,
+        sign_passphrase: Option<String>,
+        gnupg_home: Option<String>,
+    },
 }
 
 /// Everything about a target that shapes a duplicity call.
@@ -32,11 +39,21 @@ pub struct TargetConfig {
 /// A duplicity operation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    Full { source: String },
-    Incremental { source: String },
-    ListCurrentFiles { time: Option<String> },
+    Full {
+        source: String,
+    },
+    Incremental {
+        source: String,
+    },
+    ListCurrentFiles {
+        time: Option<String>,
+    },
     CollectionStatus,
-    Restore { dest: String, time: Option<String>, file: Option<String> },
+    Restore {
+        dest: String,
+        time: Option<String>,
+        file: Option<String>,
+    },
 }
 
 /// A ready-to-run duplicity invocation.
@@ -78,7 +95,10 @@ fn check_extra(opts: &[String]) -> Result<(), ArgvError> {
     for o in opts {
         let key = o.split('=').next().unwrap_or("");
         if !ALLOWED_EXTRA.contains(&key) {
-            return Err(ArgvError::OptionNotAllowed(o.clone(), ALLOWED_EXTRA.join(", ")));
+            return Err(ArgvError::OptionNotAllowed(
+                o.clone(),
+                ALLOWED_EXTRA.join(", "),
+            ));
         }
     }
     Ok(())
@@ -120,7 +140,12 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
             // Image data hardly compresses; gpg's default compression costs time for nothing.
             argv.push("--gpg-options=--compress-algo=none".into());
         }
-        Crypto::Gpg { recipients, sign_key, sign_passphrase, gnupg_home } => {
+        Crypto::Gpg {
+            recipients,
+            sign_key,
+            sign_passphrase,
+            gnupg_home,
+        } => {
             if recipients.is_empty() {
                 return Err(ArgvError::NoRecipients);
             }
@@ -172,10 +197,16 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
     }
     // Without a passphrase in the environment duplicity would prompt on a terminal; a backup
     // agent has none, so an empty PASSPHRASE makes unencrypted runs never prompt.
-    if matches!(target.crypto, Crypto::None | Crypto::Gpg { .. }) && !secret_env.iter().any(|(k, _)| k == "PASSPHRASE") {
+    if matches!(target.crypto, Crypto::None | Crypto::Gpg { .. })
+        && !secret_env.iter().any(|(k, _)| k == "PASSPHRASE")
+    {
         env.push(("PASSPHRASE".into(), String::new()));
     }
-    Ok(Invocation { argv, env, secret_env })
+    Ok(Invocation {
+        argv,
+        env,
+        secret_env,
+    })
 }
 
 #[cfg(test)]
@@ -198,21 +229,44 @@ mod tests {
 
     #[test]
     fn full_backup_argv_aligns_with_image_full_and_keeps_secrets_out_of_argv() {
-        let t = target(Crypto::Symmetric { passphrase: "hunter2".into() });
-        let inv = build(&t, &Action::Full { source: "/stage/d".into() }, 3).unwrap();
+        let t = target(Crypto::Symmetric {
+            passphrase: "hunter2".into(),
+        });
+        let inv = build(
+            &t,
+            &Action::Full {
+                source: "/stage/d".into(),
+            },
+            3,
+        )
+        .unwrap();
         assert_eq!(inv.argv[1], "full");
         assert!(inv.argv.contains(&"--no-compression".to_string()));
-        assert!(inv.argv.contains(&"--s3-endpoint-url=http://127.0.0.1:9000".to_string()));
-        assert_eq!(inv.argv[inv.argv.len() - 2..], ["/stage/d".to_string(), "boto3+s3://bucket/p".to_string()]);
+        assert!(inv
+            .argv
+            .contains(&"--s3-endpoint-url=http://127.0.0.1:9000".to_string()));
+        assert_eq!(
+            inv.argv[inv.argv.len() - 2..],
+            ["/stage/d".to_string(), "boto3+s3://bucket/p".to_string()]
+        );
         let joined = inv.argv.join(" ");
         assert!(!joined.contains("hunter2") && !joined.contains("awssecret"));
-        assert!(inv.secret_env.contains(&("PASSPHRASE".into(), "hunter2".into())));
+        assert!(inv
+            .secret_env
+            .contains(&("PASSPHRASE".into(), "hunter2".into())));
         assert!(!inv.env.iter().any(|(_, v)| v.contains("hunter2")));
     }
 
     #[test]
     fn incremental_uses_the_duplicity_incremental_command() {
-        let inv = build(&target(Crypto::None), &Action::Incremental { source: "/s".into() }, 3).unwrap();
+        let inv = build(
+            &target(Crypto::None),
+            &Action::Incremental {
+                source: "/s".into(),
+            },
+            3,
+        )
+        .unwrap();
         assert_eq!(inv.argv[1], "incremental");
         assert!(inv.argv.contains(&"--no-encryption".to_string()));
     }
@@ -225,35 +279,61 @@ mod tests {
             sign_passphrase: Some("signpw".into()),
             gnupg_home: Some("/keys".into()),
         });
-        let inv = build(&t, &Action::Full { source: "/s".into() }, 3).unwrap();
+        let inv = build(
+            &t,
+            &Action::Full {
+                source: "/s".into(),
+            },
+            3,
+        )
+        .unwrap();
         assert!(inv.argv.contains(&"--encrypt-key=A1".to_string()));
         assert!(inv.argv.contains(&"--encrypt-key=B2".to_string()));
         assert!(inv.argv.contains(&"--sign-key=C3".to_string()));
-        assert!(inv.secret_env.contains(&("SIGN_PASSPHRASE".into(), "signpw".into())));
+        assert!(inv
+            .secret_env
+            .contains(&("SIGN_PASSPHRASE".into(), "signpw".into())));
         assert!(inv.env.contains(&("GNUPGHOME".into(), "/keys".into())));
         assert!(!inv.argv.join(" ").contains("signpw"));
     }
 
     #[test]
     fn gpg_mode_without_recipients_is_refused() {
-        let t = target(Crypto::Gpg { recipients: vec![], sign_key: None, sign_passphrase: None, gnupg_home: None });
-        assert_eq!(build(&t, &Action::CollectionStatus, 3).unwrap_err(), ArgvError::NoRecipients);
+        let t = target(Crypto::Gpg {
+            recipients: vec![],
+            sign_key: None,
+            sign_passphrase: None,
+            gnupg_home: None,
+        });
+        assert_eq!(
+            build(&t, &Action::CollectionStatus, 3).unwrap_err(),
+            ArgvError::NoRecipients
+        );
     }
 
     #[test]
     fn extra_options_outside_the_allow_list_are_refused() {
         let mut t = target(Crypto::None);
         t.extra_options = vec!["--ssh-options=-oProxyCommand=evil".into()];
-        assert!(matches!(build(&t, &Action::CollectionStatus, 3), Err(ArgvError::OptionNotAllowed(..))));
+        assert!(matches!(
+            build(&t, &Action::CollectionStatus, 3),
+            Err(ArgvError::OptionNotAllowed(..))
+        ));
         t.extra_options = vec!["--timeout=30".into()];
         assert!(build(&t, &Action::CollectionStatus, 3).is_ok());
     }
 
     #[test]
     fn restore_names_time_file_and_destination() {
-        let a = Action::Restore { dest: "/out".into(), time: Some("2026-01-01T00:00:00Z".into()), file: Some("x".into()) };
+        let a = Action::Restore {
+            dest: "/out".into(),
+            time: Some("2026-01-01T00:00:00Z".into()),
+            file: Some("x".into()),
+        };
         let inv = build(&target(Crypto::None), &a, 3).unwrap();
-        assert!(inv.argv.contains(&"--time=2026-01-01T00:00:00Z".to_string()));
+        assert!(inv
+            .argv
+            .contains(&"--time=2026-01-01T00:00:00Z".to_string()));
         assert!(inv.argv.contains(&"--file-to-restore=x".to_string()));
         assert_eq!(inv.argv.last().unwrap(), "/out");
     }

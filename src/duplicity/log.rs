@@ -27,7 +27,10 @@ pub struct LogParser {
 impl LogParser {
     /// Feeds one line; returns a message when one is complete.
     pub fn line(&mut self, line: &str) -> Option<LogMessage> {
-        if let Some(text) = line.strip_prefix(". ").or_else(|| (line == ".").then_some("")) {
+        if let Some(text) = line
+            .strip_prefix(". ")
+            .or_else(|| (line == ".").then_some(""))
+        {
             if let Some(m) = self.current.as_mut() {
                 if !m.text.is_empty() {
                     m.text.push('\n');
@@ -43,7 +46,12 @@ impl LogParser {
         let level = parts.next().unwrap_or("").to_string();
         let code = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
         let control = parts.map(str::to_string).collect();
-        self.current.replace(LogMessage { level, code, control, text: String::new() })
+        self.current.replace(LogMessage {
+            level,
+            code,
+            control,
+            text: String::new(),
+        })
     }
 
     pub fn finish(&mut self) -> Option<LogMessage> {
@@ -67,6 +75,16 @@ impl LogMessage {
     }
 }
 
+/// duplicity's backup time from the statistics notice (`StartTime 1795329230.42 (...)`).
+/// Whole seconds: duplicity names and compares sets by the second.
+pub fn backup_start_time(notices: &[String]) -> Option<i64> {
+    notices.iter().flat_map(|n| n.lines()).find_map(|l| {
+        let rest = l.trim().strip_prefix("StartTime ")?;
+        let secs: f64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(secs.floor() as i64)
+    })
+}
+
 /// Maps a duplicity failure to a reason word. `code` is duplicity's ErrorCode (0 if unknown),
 /// `text` the error text.
 pub fn classify(code: u32, text: &str) -> FailureReason {
@@ -77,7 +95,13 @@ pub fn classify(code: u32, text: &str) -> FailureReason {
         35 | 53 => FailureReason::StagingFull,             // not enough free space
         38 | 50 | 51 | 52 => FailureReason::TargetUnreachable,
         _ if t.contains("no space left") => FailureReason::StagingFull,
-        _ if t.contains("gpg") && (t.contains("bad passphrase") || t.contains("decryption failed") || t.contains("no secret key") || t.contains("public key not found") || t.contains("no public key")) => {
+        _ if t.contains("gpg")
+            && (t.contains("bad passphrase")
+                || t.contains("decryption failed")
+                || t.contains("no secret key")
+                || t.contains("public key not found")
+                || t.contains("no public key")) =>
+        {
             FailureReason::EncryptionKeyError
         }
         _ if t.contains("connection refused")
@@ -104,12 +128,25 @@ mod tests {
     fn parser_splits_messages_and_reads_transfer_progress() {
         let mut p = LogParser::default();
         let mut out = vec![];
-        for l in ["NOTICE 1", ". Last full backup date: none", "", "NOTICE 16 17636352 1 100 0 0 0", ". 16.8MB", ""] {
+        for l in [
+            "NOTICE 1",
+            ". Last full backup date: none",
+            "",
+            "NOTICE 16 17636352 1 100 0 0 0",
+            ". 16.8MB",
+            "",
+        ] {
             out.extend(p.line(l));
         }
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].text, "Last full backup date: none");
-        assert_eq!(out[1].transfer(), Some(Transfer { bytes: 17636352, percent: 100 }));
+        assert_eq!(
+            out[1].transfer(),
+            Some(Transfer {
+                bytes: 17636352,
+                percent: 100
+            })
+        );
         assert_eq!(out[0].transfer(), None);
     }
 
@@ -124,12 +161,34 @@ mod tests {
     }
 
     #[test]
+    fn the_backup_time_is_read_from_the_statistics() {
+        let n = vec![
+            "Last full backup date: none".to_string(),
+            "-----\nStartTime 1795329230.42 (Sun Nov 22)\nEndTime 1795329231.0".to_string(),
+        ];
+        assert_eq!(backup_start_time(&n), Some(1795329230));
+        assert_eq!(backup_start_time(&[]), None);
+    }
+
+    #[test]
     fn failures_are_classified_into_reason_words() {
         assert_eq!(classify(38, ""), FailureReason::TargetUnreachable);
         assert_eq!(classify(31, ""), FailureReason::EncryptionKeyError);
-        assert_eq!(classify(30, "gpg: decryption failed: Bad session key / gpg bad passphrase"), FailureReason::EncryptionKeyError);
-        assert_eq!(classify(30, "OSError: [Errno 28] No space left on device"), FailureReason::StagingFull);
-        assert_eq!(classify(30, "Could not connect to the endpoint URL"), FailureReason::TargetUnreachable);
+        assert_eq!(
+            classify(
+                30,
+                "gpg: decryption failed: Bad session key / gpg bad passphrase"
+            ),
+            FailureReason::EncryptionKeyError
+        );
+        assert_eq!(
+            classify(30, "OSError: [Errno 28] No space left on device"),
+            FailureReason::StagingFull
+        );
+        assert_eq!(
+            classify(30, "Could not connect to the endpoint URL"),
+            FailureReason::TargetUnreachable
+        );
         assert_eq!(classify(1, "something odd"), FailureReason::UploadFailed);
     }
 }

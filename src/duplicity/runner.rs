@@ -23,7 +23,10 @@ pub struct DuplicityError {
 
 impl DuplicityError {
     fn new(reason: FailureReason, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -61,14 +64,22 @@ pub async fn run(
     action: &Action,
     mut on_progress: impl FnMut(Transfer) + Send,
 ) -> Result<Output, DuplicityError> {
-    let inv = argv::build(target, action, LOG_FD).map_err(|e| DuplicityError::new(FailureReason::InvalidSpec, e.to_string()))?;
-    let (read_end, write_end) = pipe().map_err(|e| DuplicityError::new(FailureReason::Internal, e.to_string()))?;
+    let inv = argv::build(target, action, LOG_FD)
+        .map_err(|e| DuplicityError::new(FailureReason::InvalidSpec, e.to_string()))?;
+    let (read_end, write_end) =
+        pipe().map_err(|e| DuplicityError::new(FailureReason::Internal, e.to_string()))?;
 
     let mut cmd = Command::new(&inv.argv[0]);
     cmd.args(&inv.argv[1..])
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
-        .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        )
+        .env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+        )
         .envs(inv.env.iter().map(|(k, v)| (k, v)))
         .envs(inv.secret_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -80,7 +91,13 @@ pub async fn run(
             cmd.env("GNUPGHOME", gh);
         }
     }
-    for k in ["TMPDIR", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"] {
+    for k in [
+        "TMPDIR",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "AWS_SESSION_TOKEN",
+    ] {
         if let Ok(v) = std::env::var(k) {
             if !inv.secret_env.iter().any(|(s, _)| s == k) {
                 cmd.env(k, v);
@@ -99,7 +116,10 @@ pub async fn run(
     }
     tracing::debug!(argv = ?inv.argv, "running duplicity");
     let mut child = cmd.spawn().map_err(|e| {
-        DuplicityError::new(FailureReason::Internal, format!("cannot start duplicity (is it installed?): {e}"))
+        DuplicityError::new(
+            FailureReason::Internal,
+            format!("cannot start duplicity (is it installed?): {e}"),
+        )
     })?;
     drop(write_end);
 
@@ -128,15 +148,16 @@ pub async fn run(
     let mut parser = LogParser::default();
     let mut notices = Vec::new();
     let mut errors: Vec<(u32, String)> = Vec::new();
-    let mut handle = |m: super::log::LogMessage, notices: &mut Vec<String>, errors: &mut Vec<(u32, String)>| {
-        if let Some(t) = m.transfer() {
-            on_progress(t);
-        } else if m.is_error() {
-            errors.push((m.code, m.text));
-        } else if !m.text.is_empty() {
-            notices.push(m.text);
-        }
-    };
+    let mut handle =
+        |m: super::log::LogMessage, notices: &mut Vec<String>, errors: &mut Vec<(u32, String)>| {
+            if let Some(t) = m.transfer() {
+                on_progress(t);
+            } else if m.is_error() {
+                errors.push((m.code, m.text));
+            } else if !m.text.is_empty() {
+                notices.push(m.text);
+            }
+        };
     while let Ok(Some(line)) = lines.next_line().await {
         if let Some(m) = parser.line(&line) {
             handle(m, &mut notices, &mut errors);
@@ -145,19 +166,31 @@ pub async fn run(
     if let Some(m) = parser.finish() {
         handle(m, &mut notices, &mut errors);
     }
-    let status = child.wait().await.map_err(|e| DuplicityError::new(FailureReason::Internal, e.to_string()))?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| DuplicityError::new(FailureReason::Internal, e.to_string()))?;
     let stdout = out_task.await.unwrap_or_default();
     let stderr = err_task.await.unwrap_or_default();
     if status.success() {
         return Ok(Output { stdout, notices });
     }
     let (code, text) = errors.last().cloned().unwrap_or((0, String::new()));
-    let detail = if text.trim().is_empty() { last_lines(&stderr, 3) } else { text };
+    let detail = if text.trim().is_empty() {
+        last_lines(&stderr, 3)
+    } else {
+        text
+    };
     let all = format!("{detail}\n{stderr}");
     let reason = classify(code, &all);
     Err(DuplicityError::new(
         reason,
-        format!("duplicity {} failed ({}): {}", inv.argv[1], status, one_line(&detail)),
+        format!(
+            "duplicity {} failed ({}): {}",
+            inv.argv[1],
+            status,
+            one_line(&detail)
+        ),
     ))
 }
 

@@ -15,19 +15,29 @@ pub struct UrlError {
 }
 
 /// Backends snapback knows how to drive and test. Others are refused rather than half-supported.
-const SCHEMES: &[&str] = &["file", "boto3+s3", "s3", "s3+http", "sftp", "scp", "ftp", "ftps", "rsync"];
+const SCHEMES: &[&str] = &[
+    "file", "boto3+s3", "s3", "s3+http", "sftp", "scp", "ftp", "ftps", "rsync",
+];
 
 impl TargetUrl {
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let err = |why: &str| UrlError { url: redact(url), why: why.to_string() };
+        let err = |why: &str| UrlError {
+            url: redact(url),
+            why: why.to_string(),
+        };
         if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(err("contains whitespace or control characters"));
         }
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(err("expected SCHEME://..., e.g. file:///var/backups or boto3+s3://bucket/prefix"));
+            return Err(err(
+                "expected SCHEME://..., e.g. file:///var/backups or boto3+s3://bucket/prefix",
+            ));
         };
         if !SCHEMES.contains(&scheme) {
-            return Err(err(&format!("unsupported scheme '{scheme}' (supported: {})", SCHEMES.join(", "))));
+            return Err(err(&format!(
+                "unsupported scheme '{scheme}' (supported: {})",
+                SCHEMES.join(", ")
+            )));
         }
         if scheme == "file" {
             if !rest.starts_with('/') || rest.len() < 2 {
@@ -40,7 +50,10 @@ impl TargetUrl {
                 return Err(err("missing host or bucket"));
             }
         }
-        Ok(Self { raw: url.to_string(), scheme: scheme.to_string() })
+        Ok(Self {
+            raw: url.to_string(),
+            scheme: scheme.to_string(),
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -64,7 +77,9 @@ impl TargetUrl {
 
 /// Replaces the password of `scheme://user:password@host/...` with `***`.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
     let (auth, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -84,16 +99,27 @@ mod tests {
 
     #[test]
     fn accepts_the_supported_backends() {
-        for u in ["file:///var/b", "boto3+s3://bucket/prefix", "sftp://u@h:22/p", "s3://b"] {
+        for u in [
+            "file:///var/b",
+            "boto3+s3://bucket/prefix",
+            "sftp://u@h:22/p",
+            "s3://b",
+        ] {
             TargetUrl::parse(u).unwrap();
         }
     }
 
     #[test]
     fn rejects_malformed_urls_with_a_reason() {
-        assert!(TargetUrl::parse("/var/b").unwrap_err().why.contains("SCHEME://"));
+        assert!(TargetUrl::parse("/var/b")
+            .unwrap_err()
+            .why
+            .contains("SCHEME://"));
         assert!(TargetUrl::parse("file://relative").is_err());
-        assert!(TargetUrl::parse("gopher://x/y").unwrap_err().why.contains("unsupported"));
+        assert!(TargetUrl::parse("gopher://x/y")
+            .unwrap_err()
+            .why
+            .contains("unsupported"));
         assert!(TargetUrl::parse("file:///a b").is_err());
         assert!(TargetUrl::parse("sftp:///p").is_err());
     }

@@ -3,7 +3,9 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::api::{BackupPhase, BackupRunStatus, BackupType, FailureReason, FullReason, RequestedType};
+use crate::api::{
+    BackupPhase, BackupRunStatus, BackupType, FailureReason, FullReason, RequestedType,
+};
 use crate::libvirt::JobState;
 
 /// What the engine saw of the world just now.
@@ -48,12 +50,16 @@ pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
         return Step::Recover;
     }
     if s.phase != BackupPhase::Pending && s.phase != BackupPhase::Preparing && !o.domain_exists {
-        return Step::Fail(FailureReason::DomainNotFound, "the domain disappeared during the run".into());
+        return Step::Fail(
+            FailureReason::DomainNotFound,
+            "the domain disappeared during the run".into(),
+        );
     }
     match s.phase {
         BackupPhase::Pending | BackupPhase::Preparing => Step::Prepare,
         BackupPhase::Snapshotting => {
-            let begun = s.online && (matches!(o.job, JobState::Active { .. }) || o.checkpoint_exists);
+            let begun =
+                s.online && (matches!(o.job, JobState::Active { .. }) || o.checkpoint_exists);
             if begun {
                 Step::MarkExporting
             } else {
@@ -119,7 +125,9 @@ pub fn full_reason(f: &ChainFacts) -> Option<FullReason> {
     if !f.online {
         return Some(FullReason::DomainShutOff);
     }
-    let Some(prev) = &f.previous else { return Some(FullReason::NoChain) };
+    let Some(prev) = &f.previous else {
+        return Some(FullReason::NoChain);
+    };
     if prev.checkpoint.is_none() || !f.checkpoint_present {
         return Some(FullReason::CheckpointMissing);
     }
@@ -134,7 +142,11 @@ pub fn full_reason(f: &ChainFacts) -> Option<FullReason> {
     if names(&prev.disks) != names(&f.disks) {
         return Some(FullReason::DiskSetChanged);
     }
-    if prev.disks.iter().any(|(n, size)| f.disks.iter().any(|(m, s2)| m == n && s2 != size)) {
+    if prev
+        .disks
+        .iter()
+        .any(|(n, size)| f.disks.iter().any(|(m, s2)| m == n && s2 != size))
+    {
         return Some(FullReason::DiskSizeChanged);
     }
     if !f.target_has_previous {
@@ -167,7 +179,9 @@ pub fn choose_type(requested: RequestedType, f: &ChainFacts) -> TypeChoice {
             None | Some(FullReason::FullCadence) => Ok((BackupType::Incremental, None)),
             Some(r) => Err((
                 FailureReason::CheckpointInconsistent,
-                format!("an incremental backup is not possible: {r:?}; run with --type auto or full"),
+                format!(
+                    "an incremental backup is not possible: {r:?}; run with --type auto or full"
+                ),
             )),
         },
     }
@@ -178,14 +192,20 @@ pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: i64 = num.parse().map_err(|_| format!("invalid duration '{s}': expected a number then s, m, h, d or w"))?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}': expected a number then s, m, h, d or w"))?;
     let secs = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         "w" => 604_800,
-        _ => return Err(format!("invalid duration '{s}': unknown unit '{unit}' (use s, m, h, d or w)")),
+        _ => {
+            return Err(format!(
+                "invalid duration '{s}': unknown unit '{unit}' (use s, m, h, d or w)"
+            ))
+        }
     };
     if n <= 0 {
         return Err(format!("invalid duration '{s}': must be positive"));
@@ -198,10 +218,19 @@ mod tests {
     use super::*;
 
     fn status(phase: BackupPhase) -> BackupRunStatus {
-        BackupRunStatus { phase, online: true, ..Default::default() }
+        BackupRunStatus {
+            phase,
+            online: true,
+            ..Default::default()
+        }
     }
     fn obs(job: JobState, cp: bool, exports: bool) -> Observed {
-        Observed { domain_exists: true, job, checkpoint_exists: cp, exports_present: exports }
+        Observed {
+            domain_exists: true,
+            job,
+            checkpoint_exists: cp,
+            exports_present: exports,
+        }
     }
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -213,20 +242,52 @@ mod tests {
         let active = Active { done: 1, total: 2 };
         let rows: Vec<(BackupPhase, Observed, Step)> = vec![
             (BackupPhase::Pending, obs(None, false, false), Step::Prepare),
-            (BackupPhase::Preparing, obs(None, false, false), Step::Prepare),
-            (BackupPhase::Snapshotting, obs(None, false, false), Step::Snapshot),
-            (BackupPhase::Snapshotting, obs(active.clone(), true, false), Step::MarkExporting),
-            (BackupPhase::Snapshotting, obs(Completed, true, true), Step::MarkExporting),
-            (BackupPhase::Exporting, obs(active, true, false), Step::Export),
-            (BackupPhase::Exporting, obs(Completed, true, true), Step::Export),
+            (
+                BackupPhase::Preparing,
+                obs(None, false, false),
+                Step::Prepare,
+            ),
+            (
+                BackupPhase::Snapshotting,
+                obs(None, false, false),
+                Step::Snapshot,
+            ),
+            (
+                BackupPhase::Snapshotting,
+                obs(active.clone(), true, false),
+                Step::MarkExporting,
+            ),
+            (
+                BackupPhase::Snapshotting,
+                obs(Completed, true, true),
+                Step::MarkExporting,
+            ),
+            (
+                BackupPhase::Exporting,
+                obs(active, true, false),
+                Step::Export,
+            ),
+            (
+                BackupPhase::Exporting,
+                obs(Completed, true, true),
+                Step::Export,
+            ),
             (BackupPhase::Uploading, obs(None, true, true), Step::Upload),
-            (BackupPhase::Finalizing, obs(None, true, false), Step::Finalize),
+            (
+                BackupPhase::Finalizing,
+                obs(None, true, false),
+                Step::Finalize,
+            ),
             (BackupPhase::Succeeded, obs(None, true, false), Step::Done),
             (BackupPhase::Failed, obs(None, false, false), Step::Done),
             (BackupPhase::Skipped, obs(None, false, false), Step::Done),
         ];
         for (phase, o, want) in rows {
-            assert_eq!(decide(&status(phase), &o), want, "phase {phase:?} with {o:?}");
+            assert_eq!(
+                decide(&status(phase), &o),
+                want,
+                "phase {phase:?} with {o:?}"
+            );
         }
     }
 
@@ -237,13 +298,23 @@ mod tests {
             decide(&s, &obs(JobState::Failed("EIO".into()), true, false)),
             Step::Fail(FailureReason::BackupJobFailed, m) if m == "EIO"
         ));
-        assert!(matches!(decide(&s, &obs(JobState::None, true, false)), Step::Fail(FailureReason::BackupJobFailed, _)));
-        assert!(matches!(decide(&s, &obs(JobState::Completed, true, false)), Step::Fail(FailureReason::BackupJobFailed, _)));
+        assert!(matches!(
+            decide(&s, &obs(JobState::None, true, false)),
+            Step::Fail(FailureReason::BackupJobFailed, _)
+        ));
+        assert!(matches!(
+            decide(&s, &obs(JobState::Completed, true, false)),
+            Step::Fail(FailureReason::BackupJobFailed, _)
+        ));
     }
 
     #[test]
     fn decide_reexports_an_offline_run_after_a_crash() {
-        let s = BackupRunStatus { phase: BackupPhase::Exporting, online: false, ..Default::default() };
+        let s = BackupRunStatus {
+            phase: BackupPhase::Exporting,
+            online: false,
+            ..Default::default()
+        };
         assert_eq!(decide(&s, &obs(JobState::None, false, false)), Step::Export);
     }
 
@@ -251,17 +322,35 @@ mod tests {
     fn decide_thaws_first_when_a_crash_left_the_guest_frozen_or_paused() {
         let mut s = status(BackupPhase::Snapshotting);
         s.guest_frozen = true;
-        assert_eq!(decide(&s, &obs(JobState::None, false, false)), Step::Recover);
+        assert_eq!(
+            decide(&s, &obs(JobState::None, false, false)),
+            Step::Recover
+        );
         s.guest_frozen = false;
         s.guest_paused = true;
-        assert_eq!(decide(&s, &obs(JobState::None, false, false)), Step::Recover);
+        assert_eq!(
+            decide(&s, &obs(JobState::None, false, false)),
+            Step::Recover
+        );
     }
 
     #[test]
     fn decide_fails_when_the_domain_disappears_mid_run() {
-        let o = Observed { domain_exists: false, job: JobState::None, checkpoint_exists: false, exports_present: false };
-        assert!(matches!(decide(&status(BackupPhase::Uploading), &o), Step::Fail(FailureReason::DomainNotFound, _)));
-        assert_eq!(decide(&status(BackupPhase::Pending), &o), Step::Prepare, "Prepare reports it itself");
+        let o = Observed {
+            domain_exists: false,
+            job: JobState::None,
+            checkpoint_exists: false,
+            exports_present: false,
+        };
+        assert!(matches!(
+            decide(&status(BackupPhase::Uploading), &o),
+            Step::Fail(FailureReason::DomainNotFound, _)
+        ));
+        assert_eq!(
+            decide(&status(BackupPhase::Pending), &o),
+            Step::Prepare,
+            "Prepare reports it itself"
+        );
     }
 
     fn facts() -> ChainFacts {
@@ -287,7 +376,10 @@ mod tests {
 
     #[test]
     fn auto_gives_an_incremental_when_libvirt_and_target_hold_the_chain() {
-        assert_eq!(choose_type(RequestedType::Auto, &facts()), Ok((BackupType::Incremental, None)));
+        assert_eq!(
+            choose_type(RequestedType::Auto, &facts()),
+            Ok((BackupType::Incremental, None))
+        );
     }
 
     #[test]
@@ -295,18 +387,43 @@ mod tests {
         let cases: Vec<(Box<dyn Fn(&mut ChainFacts)>, FullReason)> = vec![
             (Box::new(|f| f.previous = None), FullReason::NoChain),
             (Box::new(|f| f.online = false), FullReason::DomainShutOff),
-            (Box::new(|f| f.checkpoint_present = false), FullReason::CheckpointMissing),
-            (Box::new(|f| f.checkpoint_valid = false), FullReason::CheckpointInconsistent),
-            (Box::new(|f| f.disks.push(("vdc".into(), 1))), FullReason::DiskSetChanged),
-            (Box::new(|f| f.disks[1].1 = 200), FullReason::DiskSizeChanged),
-            (Box::new(|f| f.target_has_previous = false), FullReason::TargetChainMissing),
-            (Box::new(|f| f.full_every = Some(SignedDuration::from_hours(24))), FullReason::FullCadence),
-            (Box::new(|f| f.max_incrementals = Some(1)), FullReason::FullCadence),
+            (
+                Box::new(|f| f.checkpoint_present = false),
+                FullReason::CheckpointMissing,
+            ),
+            (
+                Box::new(|f| f.checkpoint_valid = false),
+                FullReason::CheckpointInconsistent,
+            ),
+            (
+                Box::new(|f| f.disks.push(("vdc".into(), 1))),
+                FullReason::DiskSetChanged,
+            ),
+            (
+                Box::new(|f| f.disks[1].1 = 200),
+                FullReason::DiskSizeChanged,
+            ),
+            (
+                Box::new(|f| f.target_has_previous = false),
+                FullReason::TargetChainMissing,
+            ),
+            (
+                Box::new(|f| f.full_every = Some(SignedDuration::from_hours(24))),
+                FullReason::FullCadence,
+            ),
+            (
+                Box::new(|f| f.max_incrementals = Some(1)),
+                FullReason::FullCadence,
+            ),
         ];
         for (change, want) in cases {
             let mut f = facts();
             change(&mut f);
-            assert_eq!(choose_type(RequestedType::Auto, &f), Ok((BackupType::Full, Some(want))), "{want:?}");
+            assert_eq!(
+                choose_type(RequestedType::Auto, &f),
+                Ok((BackupType::Full, Some(want))),
+                "{want:?}"
+            );
         }
     }
 
@@ -315,21 +432,36 @@ mod tests {
         let mut f = facts();
         f.full_every = Some(SignedDuration::from_hours(24 * 7));
         f.max_incrementals = Some(2);
-        assert_eq!(choose_type(RequestedType::Auto, &f), Ok((BackupType::Incremental, None)));
+        assert_eq!(
+            choose_type(RequestedType::Auto, &f),
+            Ok((BackupType::Incremental, None))
+        );
     }
 
     #[test]
     fn explicit_incremental_without_a_chain_is_refused_not_silently_full() {
         let mut f = facts();
         f.checkpoint_valid = false;
-        assert!(matches!(choose_type(RequestedType::Incremental, &f), Err((FailureReason::CheckpointInconsistent, _))));
-        assert_eq!(choose_type(RequestedType::Full, &facts()), Ok((BackupType::Full, Some(FullReason::Requested))));
+        assert!(matches!(
+            choose_type(RequestedType::Incremental, &f),
+            Err((FailureReason::CheckpointInconsistent, _))
+        ));
+        assert_eq!(
+            choose_type(RequestedType::Full, &facts()),
+            Ok((BackupType::Full, Some(FullReason::Requested)))
+        );
     }
 
     #[test]
     fn durations_parse_with_units_and_reject_the_rest() {
-        assert_eq!(parse_duration("7d").unwrap(), SignedDuration::from_hours(168));
-        assert_eq!(parse_duration("90s").unwrap(), SignedDuration::from_secs(90));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            SignedDuration::from_hours(168)
+        );
+        assert_eq!(
+            parse_duration("90s").unwrap(),
+            SignedDuration::from_secs(90)
+        );
         assert!(parse_duration("7x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("0h").is_err());

@@ -5,7 +5,12 @@ use crate::api::{BackupPhase, BackupRun};
 use super::decide::PreviousRun;
 
 /// The newest successful run of the same domain (by UUID) to the same target, if any.
-pub fn previous_run(runs: &[BackupRun], domain_uuid: &str, target_url: &str, exclude: &str) -> Option<PreviousRun> {
+pub fn previous_run(
+    runs: &[BackupRun],
+    domain_uuid: &str,
+    target_url: &str,
+    exclude: &str,
+) -> Option<PreviousRun> {
     runs.iter()
         .filter(|r| r.metadata.name.as_deref() != Some(exclude))
         .filter_map(|r| r.status.as_ref().map(|s| (r, s)))
@@ -29,7 +34,11 @@ pub fn previous_run(runs: &[BackupRun], domain_uuid: &str, target_url: &str, exc
                 chain,
                 chain_index: s.chain_index,
                 chain_start,
-                disks: s.disks.iter().map(|d| (d.name.clone(), d.virtual_size)).collect(),
+                disks: s
+                    .disks
+                    .iter()
+                    .map(|d| (d.name.clone(), d.virtual_size))
+                    .collect(),
             })
         })
 }
@@ -39,7 +48,15 @@ mod tests {
     use super::*;
     use crate::api::{BackupRunSpec, BackupRunStatus};
 
-    fn run(name: &str, phase: BackupPhase, uuid: &str, url: &str, at: &str, chain: &str, idx: u32) -> BackupRun {
+    fn run(
+        name: &str,
+        phase: BackupPhase,
+        uuid: &str,
+        url: &str,
+        at: &str,
+        chain: &str,
+        idx: u32,
+    ) -> BackupRun {
         let mut r = BackupRun::new(
             name,
             BackupRunSpec {
@@ -70,11 +87,51 @@ mod tests {
     #[test]
     fn previous_run_is_the_newest_success_of_the_same_domain_and_target() {
         let runs = vec![
-            run("a", BackupPhase::Succeeded, "u1", "file:///t", "2026-01-01T00:00:00Z", "a", 0),
-            run("b", BackupPhase::Succeeded, "u1", "file:///t", "2026-01-02T00:00:00Z", "a", 1),
-            run("c", BackupPhase::Failed, "u1", "file:///t", "2026-01-03T00:00:00Z", "a", 2),
-            run("d", BackupPhase::Succeeded, "u2", "file:///t", "2026-01-04T00:00:00Z", "d", 0),
-            run("e", BackupPhase::Succeeded, "u1", "file:///other", "2026-01-05T00:00:00Z", "e", 0),
+            run(
+                "a",
+                BackupPhase::Succeeded,
+                "u1",
+                "file:///t",
+                "2026-01-01T00:00:00Z",
+                "a",
+                0,
+            ),
+            run(
+                "b",
+                BackupPhase::Succeeded,
+                "u1",
+                "file:///t",
+                "2026-01-02T00:00:00Z",
+                "a",
+                1,
+            ),
+            run(
+                "c",
+                BackupPhase::Failed,
+                "u1",
+                "file:///t",
+                "2026-01-03T00:00:00Z",
+                "a",
+                2,
+            ),
+            run(
+                "d",
+                BackupPhase::Succeeded,
+                "u2",
+                "file:///t",
+                "2026-01-04T00:00:00Z",
+                "d",
+                0,
+            ),
+            run(
+                "e",
+                BackupPhase::Succeeded,
+                "u1",
+                "file:///other",
+                "2026-01-05T00:00:00Z",
+                "e",
+                0,
+            ),
         ];
         let p = previous_run(&runs, "u1", "file:///t", "new").unwrap();
         assert_eq!(p.name, "b");
@@ -82,6 +139,10 @@ mod tests {
         assert_eq!(p.chain_index, 1);
         assert_eq!(p.chain_start, "2026-01-01T00:00:00Z".parse().unwrap());
         assert!(previous_run(&runs, "u3", "file:///t", "new").is_none());
-        assert_eq!(previous_run(&runs, "u1", "file:///t", "b").unwrap().name, "a", "the run itself never counts");
+        assert_eq!(
+            previous_run(&runs, "u1", "file:///t", "b").unwrap().name,
+            "a",
+            "the run itself never counts"
+        );
     }
 }

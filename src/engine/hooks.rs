@@ -48,7 +48,11 @@ pub async fn run_hook(host: &LibvirtHost, hook: &Hook, env: &HookEnv<'_>) -> Hoo
     }
 }
 
-async fn run_on_host(hook: &Hook, env: &HookEnv<'_>, timeout: Duration) -> (Option<i32>, String, bool) {
+async fn run_on_host(
+    hook: &Hook,
+    env: &HookEnv<'_>,
+    timeout: Duration,
+) -> (Option<i32>, String, bool) {
     let Some((prog, args)) = hook.command.split_first() else {
         return (None, "empty command".into(), false);
     };
@@ -62,7 +66,13 @@ async fn run_on_host(hook: &Hook, env: &HookEnv<'_>, timeout: Duration) -> (Opti
         .kill_on_drop(true);
     let child = match tokio::time::timeout(timeout, cmd.output()).await {
         Ok(r) => r,
-        Err(_) => return (None, format!("timed out after {}s", timeout.as_secs()), false),
+        Err(_) => {
+            return (
+                None,
+                format!("timed out after {}s", timeout.as_secs()),
+                false,
+            )
+        }
     };
     match child {
         Ok(out) => {
@@ -74,7 +84,12 @@ async fn run_on_host(hook: &Hook, env: &HookEnv<'_>, timeout: Duration) -> (Opti
     }
 }
 
-async fn run_in_guest(host: &LibvirtHost, hook: &Hook, domain: &str, timeout: Duration) -> (Option<i32>, String, bool) {
+async fn run_in_guest(
+    host: &LibvirtHost,
+    hook: &Hook,
+    domain: &str,
+    timeout: Duration,
+) -> (Option<i32>, String, bool) {
     let Some((prog, args)) = hook.command.split_first() else {
         return (None, "empty command".into(), false);
     };
@@ -84,17 +99,30 @@ async fn run_in_guest(host: &LibvirtHost, hook: &Hook, domain: &str, timeout: Du
         Ok(s) => s,
         Err(e) => return (None, format!("guest agent: {e}"), false),
     };
-    let Some(pid) = serde_json::from_str::<serde_json::Value>(&started).ok().and_then(|v| v["return"]["pid"].as_i64())
+    let Some(pid) = serde_json::from_str::<serde_json::Value>(&started)
+        .ok()
+        .and_then(|v| v["return"]["pid"].as_i64())
     else {
-        return (None, format!("unexpected guest-exec answer: {started}"), false);
+        return (
+            None,
+            format!("unexpected guest-exec answer: {started}"),
+            false,
+        );
     };
     loop {
         if Instant::now() >= deadline {
-            return (None, format!("timed out after {}s", timeout.as_secs()), false);
+            return (
+                None,
+                format!("timed out after {}s", timeout.as_secs()),
+                false,
+            );
         }
         let q = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
         let left = deadline.saturating_duration_since(Instant::now());
-        let ans = match host.agent_command(domain, q.to_string(), left.max(Duration::from_secs(1))).await {
+        let ans = match host
+            .agent_command(domain, q.to_string(), left.max(Duration::from_secs(1)))
+            .await
+        {
             Ok(a) => a,
             Err(e) => return (None, format!("guest agent: {e}"), false),
         };

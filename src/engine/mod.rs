@@ -16,7 +16,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
-use crate::api::{BackupPhase, BackupRun, BackupRunStatus, Condition, Failure, FailureReason, PhaseRecord};
+use crate::api::{
+    BackupPhase, BackupRun, BackupRunStatus, Condition, Failure, FailureReason, PhaseRecord,
+};
 use crate::duplicity::TargetConfig;
 use crate::libvirt::{JobState, LibvirtHost, VirtErrorKind};
 
@@ -32,7 +34,10 @@ pub struct StepError {
 
 impl StepError {
     pub fn new(reason: FailureReason, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -63,7 +68,11 @@ pub trait Journal: Send + Sync {
 #[derive(Clone, Debug)]
 pub enum Event {
     Phase(BackupPhase),
-    Progress { phase: BackupPhase, done: u64, total: u64 },
+    Progress {
+        phase: BackupPhase,
+        done: u64,
+        total: u64,
+    },
     Note(String),
 }
 
@@ -99,7 +108,15 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
         report: Reporter,
         cancel: watch::Receiver<bool>,
     ) -> Self {
-        Self { host, journal, ctx, report, run, lock: None, cancel }
+        Self {
+            host,
+            journal,
+            ctx,
+            report,
+            run,
+            lock: None,
+            cancel,
+        }
     }
 
     pub(crate) fn status(&self) -> &BackupRunStatus {
@@ -116,14 +133,19 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
 
     /// The domain as addressed after Preparing: by UUID, so a rename cannot confuse the run.
     pub(crate) fn domain_id(&self) -> String {
-        self.status().domain_uuid.clone().unwrap_or_else(|| self.run.spec.domain.clone())
+        self.status()
+            .domain_uuid
+            .clone()
+            .unwrap_or_else(|| self.run.spec.domain.clone())
     }
 
     pub(crate) async fn save(&mut self) -> Result<(), StepError> {
-        self.journal
-            .save(&self.run)
-            .await
-            .map_err(|e| StepError::new(FailureReason::Internal, format!("cannot record status: {e}")))
+        self.journal.save(&self.run).await.map_err(|e| {
+            StepError::new(
+                FailureReason::Internal,
+                format!("cannot record status: {e}"),
+            )
+        })
     }
 
     /// Ends the current phase record and starts `phase`; records it before anything else happens.
@@ -138,7 +160,11 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
         s.phase = phase;
         s.progress = None;
         if !phase.is_terminal() {
-            s.phases.push(PhaseRecord { phase, start_time: now, end_time: None });
+            s.phases.push(PhaseRecord {
+                phase,
+                start_time: now,
+                end_time: None,
+            });
         }
         (self.report)(Event::Phase(phase));
         self.save().await
@@ -170,7 +196,11 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
         }
         loop {
             if self.cancelled() && !self.status().phase.is_terminal() {
-                self.fail(StepError::new(FailureReason::Interrupted, "interrupted by a signal; cleaned up")).await;
+                self.fail(StepError::new(
+                    FailureReason::Interrupted,
+                    "interrupted by a signal; cleaned up",
+                ))
+                .await;
                 break;
             }
             let observed = match self.observe().await {
@@ -205,7 +235,12 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
     /// Looks at libvirt and staging. Only what the current phase needs is asked.
     async fn observe(&mut self) -> Result<Observed, StepError> {
         let s = self.status().clone();
-        let mut o = Observed { domain_exists: true, job: JobState::None, checkpoint_exists: false, exports_present: false };
+        let mut o = Observed {
+            domain_exists: true,
+            job: JobState::None,
+            checkpoint_exists: false,
+            exports_present: false,
+        };
         if s.phase == BackupPhase::Pending || s.phase.is_terminal() || s.domain_uuid.is_none() {
             return Ok(o);
         }
@@ -227,7 +262,8 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
         }
         if let Some(dir) = &s.staging_dir {
             let dir = PathBuf::from(dir);
-            o.exports_present = !s.disks.is_empty() && s.disks.iter().all(|d| dir.join(&d.export_file).is_file());
+            o.exports_present =
+                !s.disks.is_empty() && s.disks.iter().all(|d| dir.join(&d.export_file).is_file());
         }
         Ok(o)
     }
@@ -237,7 +273,9 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
         if self.lock.is_some() {
             return Ok(());
         }
-        let Some(uuid) = self.status().domain_uuid.clone() else { return Ok(()) };
+        let Some(uuid) = self.status().domain_uuid.clone() else {
+            return Ok(());
+        };
         let tkey = staging::target_key(self.ctx.target.url.as_str());
         match staging::lock(&self.ctx.state_dir, &tkey, &uuid) {
             Ok(Some(f)) => {
@@ -248,7 +286,10 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
                 FailureReason::Busy,
                 format!("another snapback run is backing up domain {uuid} to this target"),
             )),
-            Err(e) => Err(StepError::new(FailureReason::Internal, format!("cannot create lock: {e}"))),
+            Err(e) => Err(StepError::new(
+                FailureReason::Internal,
+                format!("cannot create lock: {e}"),
+            )),
         }
     }
 
@@ -264,7 +305,10 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
         }
         let now = Timestamp::now();
         let s = self.status_mut();
-        s.failure = Some(Failure { reason: e.reason, message: e.message });
+        s.failure = Some(Failure {
+            reason: e.reason,
+            message: e.message,
+        });
         s.completion_time = Some(now);
         s.duration = s.start_time.map(|t| human_duration(now.duration_since(t)));
         let _ = self.enter(BackupPhase::Failed).await;
@@ -308,8 +352,14 @@ mod tests {
     fn human_units_read_like_kubectl_columns() {
         assert_eq!(human_bytes(512), "512B");
         assert_eq!(human_bytes(1536 * 1024 * 1024), "1.5GiB");
-        assert_eq!(human_duration(jiff::SignedDuration::from_millis(5200)), "5.2s");
+        assert_eq!(
+            human_duration(jiff::SignedDuration::from_millis(5200)),
+            "5.2s"
+        );
         assert_eq!(human_duration(jiff::SignedDuration::from_secs(184)), "3m4s");
-        assert_eq!(human_duration(jiff::SignedDuration::from_secs(3720)), "1h2m");
+        assert_eq!(
+            human_duration(jiff::SignedDuration::from_secs(3720)),
+            "1h2m"
+        );
     }
 }

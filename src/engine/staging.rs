@@ -27,7 +27,11 @@ pub fn archive_dir(state: &Path) -> PathBuf {
 pub fn lock(state: &Path, tkey: &str, uuid: &str) -> std::io::Result<Option<File>> {
     let dir = state.join("locks");
     fs::create_dir_all(&dir)?;
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("{tkey}-{uuid}.lock")))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{tkey}-{uuid}.lock")))?;
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();

@@ -32,7 +32,10 @@ impl Disk {
         self.chain.first().map(|c| c.path.as_str()).unwrap_or("")
     }
     pub fn format(&self) -> &str {
-        self.chain.first().map(|c| c.format.as_str()).unwrap_or("raw")
+        self.chain
+            .first()
+            .map(|c| c.format.as_str())
+            .unwrap_or("raw")
     }
 }
 
@@ -66,15 +69,25 @@ fn source_of(n: Node) -> Option<String> {
 /// Reads a `<disk>` or `<backingStore>` chain, top first.
 fn chain_of(disk: Node) -> Vec<ChainImage> {
     let mut chain = Vec::new();
-    let format = child(disk, "driver").and_then(|d| d.attribute("type")).unwrap_or("raw");
+    let format = child(disk, "driver")
+        .and_then(|d| d.attribute("type"))
+        .unwrap_or("raw");
     if let Some(path) = source_of(disk) {
-        chain.push(ChainImage { path, format: format.to_string() });
+        chain.push(ChainImage {
+            path,
+            format: format.to_string(),
+        });
     }
     let mut cur = child(disk, "backingStore");
     while let Some(bs) = cur {
         let Some(path) = source_of(bs) else { break };
-        let format = child(bs, "format").and_then(|f| f.attribute("type")).unwrap_or("raw");
-        chain.push(ChainImage { path, format: format.to_string() });
+        let format = child(bs, "format")
+            .and_then(|f| f.attribute("type"))
+            .unwrap_or("raw");
+        chain.push(ChainImage {
+            path,
+            format: format.to_string(),
+        });
         cur = child(bs, "backingStore");
     }
     chain
@@ -86,7 +99,13 @@ fn chain_of(disk: Node) -> Vec<ChainImage> {
 pub fn parse_domain(xml: &str) -> Result<DomainFacts, XmlError> {
     let doc = Document::parse(xml).map_err(|e| XmlError(e.to_string()))?;
     let root = doc.root_element();
-    let text = |tag: &str| child(root, tag).and_then(|n| n.text()).unwrap_or("").trim().to_string();
+    let text = |tag: &str| {
+        child(root, tag)
+            .and_then(|n| n.text())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
     let name = text("name");
     let uuid = text("uuid");
     if name.is_empty() {
@@ -102,7 +121,9 @@ pub fn parse_domain(xml: &str) -> Result<DomainFacts, XmlError> {
             if child(d, "readonly").is_some() || child(d, "shareable").is_some() {
                 continue;
             }
-            let Some(target) = child(d, "target").and_then(|t| t.attribute("dev")) else { continue };
+            let Some(target) = child(d, "target").and_then(|t| t.attribute("dev")) else {
+                continue;
+            };
             let kind = match d.attribute("type").unwrap_or("file") {
                 "block" => DiskKind::Block,
                 "network" => DiskKind::Network,
@@ -112,13 +133,26 @@ pub fn parse_domain(xml: &str) -> Result<DomainFacts, XmlError> {
             if chain.is_empty() {
                 continue; // an empty drive
             }
-            disks.push(Disk { name: target.to_string(), kind, chain });
+            disks.push(Disk {
+                name: target.to_string(),
+                kind,
+                chain,
+            });
         }
-        has_agent_channel = devices.children().filter(|c| c.has_tag_name("channel")).any(|c| {
-            child(c, "target").and_then(|t| t.attribute("name")) == Some("org.qemu.guest_agent.0")
-        });
+        has_agent_channel = devices
+            .children()
+            .filter(|c| c.has_tag_name("channel"))
+            .any(|c| {
+                child(c, "target").and_then(|t| t.attribute("name"))
+                    == Some("org.qemu.guest_agent.0")
+            });
     }
-    Ok(DomainFacts { name, uuid, disks, has_agent_channel })
+    Ok(DomainFacts {
+        name,
+        uuid,
+        disks,
+        has_agent_channel,
+    })
 }
 
 /// The depth rule: how many images of a backing chain of `len` images a backup covers.
@@ -136,7 +170,9 @@ pub fn depth_images(len: usize, depth: i32) -> usize {
 /// The bitmap names per disk of a checkpoint XML (`<disk name='vda' bitmap='cp1'/>`).
 pub fn checkpoint_disks(xml: &str) -> Result<Vec<String>, XmlError> {
     let doc = Document::parse(xml).map_err(|e| XmlError(e.to_string()))?;
-    let Some(disks) = child(doc.root_element(), "disks") else { return Ok(Vec::new()) };
+    let Some(disks) = child(doc.root_element(), "disks") else {
+        return Ok(Vec::new());
+    };
     Ok(disks
         .children()
         .filter(|d| d.has_tag_name("disk") && d.attribute("checkpoint") == Some("bitmap"))
@@ -181,9 +217,15 @@ pub fn backup_xml(incremental_since: Option<&str>, exports: &[(String, String)])
 
 /// The `<domaincheckpoint>` XML creating a bitmap on every listed disk.
 pub fn checkpoint_create_xml(name: &str, disks: &[String]) -> String {
-    let mut x = format!("<domaincheckpoint><name>{}</name><disks>", escape_attr(name));
+    let mut x = format!(
+        "<domaincheckpoint><name>{}</name><disks>",
+        escape_attr(name)
+    );
     for d in disks {
-        x.push_str(&format!("<disk name='{}' checkpoint='bitmap'/>", escape_attr(d)));
+        x.push_str(&format!(
+            "<disk name='{}' checkpoint='bitmap'/>",
+            escape_attr(d)
+        ));
     }
     x.push_str("</disks></domaincheckpoint>");
     x

@@ -29,7 +29,10 @@ pub struct LibvirtError {
 
 impl LibvirtError {
     pub fn new(kind: VirtErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -39,12 +42,15 @@ impl From<VirtError> for LibvirtError {
         let kind = match e.code() {
             Enum::Known(ErrorNumber::NoDomain) => VirtErrorKind::DomainNotFound,
             Enum::Known(ErrorNumber::NoDomainCheckpoint) => VirtErrorKind::CheckpointNotFound,
-            Enum::Known(ErrorNumber::CheckpointInconsistent) => VirtErrorKind::CheckpointInconsistent,
+            Enum::Known(ErrorNumber::CheckpointInconsistent) => {
+                VirtErrorKind::CheckpointInconsistent
+            }
             Enum::Known(ErrorNumber::AgentUnresponsive) => VirtErrorKind::AgentUnavailable,
             Enum::Known(ErrorNumber::AgentCommandTimeout) => VirtErrorKind::AgentTimeout,
             Enum::Known(ErrorNumber::OperationInvalid) => VirtErrorKind::InvalidState,
             Enum::Known(ErrorNumber::NoConnect) | Enum::Known(ErrorNumber::SystemError)
-                if e.message().contains("Failed to connect socket") || e.message().contains("no connection driver") =>
+                if e.message().contains("Failed to connect socket")
+                    || e.message().contains("no connection driver") =>
             {
                 VirtErrorKind::Unavailable
             }
@@ -54,6 +60,9 @@ impl From<VirtError> for LibvirtError {
             }
             _ => VirtErrorKind::Other,
         };
-        Self { kind, message: e.message().to_string() }
+        Self {
+            kind,
+            message: e.message().to_string(),
+        }
     }
 }

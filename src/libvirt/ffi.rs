@@ -26,7 +26,11 @@ unsafe fn owned_string(p: *mut c_char) -> String {
 
 /// virDomainBackupBegin: starts a push-mode backup job and, when `checkpoint_xml` is given,
 /// creates the checkpoint atomically with the job's point in time.
-pub fn backup_begin(dom: &Domain, backup_xml: &str, checkpoint_xml: Option<&str>) -> Result<(), Error> {
+pub fn backup_begin(
+    dom: &Domain,
+    backup_xml: &str,
+    checkpoint_xml: Option<&str>,
+) -> Result<(), Error> {
     let b = cstring(backup_xml)?;
     let c = checkpoint_xml.map(cstring).transpose()?;
     let cp = c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
@@ -59,7 +63,11 @@ impl Drop for Checkpoint {
 
 impl Checkpoint {
     fn name(&self) -> String {
-        unsafe { CStr::from_ptr(sys::virDomainCheckpointGetName(self.0)).to_string_lossy().into_owned() }
+        unsafe {
+            CStr::from_ptr(sys::virDomainCheckpointGetName(self.0))
+                .to_string_lossy()
+                .into_owned()
+        }
     }
 
     fn xml(&self, flags: c_uint) -> Result<String, Error> {
@@ -84,7 +92,11 @@ fn lookup_checkpoint(dom: &Domain, name: &str) -> Result<Checkpoint, Error> {
 pub fn list_checkpoints(dom: &Domain) -> Result<Vec<String>, Error> {
     let mut list: *mut sys::virDomainCheckpointPtr = ptr::null_mut();
     let n = unsafe {
-        sys::virDomainListAllCheckpoints(dom.as_ptr(), &mut list, sys::VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
+        sys::virDomainListAllCheckpoints(
+            dom.as_ptr(),
+            &mut list,
+            sys::VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL,
+        )
     };
     if n < 0 {
         return Err(Error::last_error());
@@ -101,7 +113,11 @@ pub fn list_checkpoints(dom: &Domain) -> Result<Vec<String>, Error> {
 
 /// The checkpoint's XML. With `with_domain`, the full form needed for redefinition.
 pub fn checkpoint_xml(dom: &Domain, name: &str, with_domain: bool) -> Result<String, Error> {
-    let flags = if with_domain { 0 } else { sys::VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN };
+    let flags = if with_domain {
+        0
+    } else {
+        sys::VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN
+    };
     lookup_checkpoint(dom, name)?.xml(flags)
 }
 
@@ -125,7 +141,11 @@ pub fn checkpoint_redefine(dom: &Domain, xml: &str, validate: bool) -> Result<()
 /// valid base. `metadata_only` drops just libvirt's record (used when the bitmap is already gone).
 pub fn checkpoint_delete(dom: &Domain, name: &str, metadata_only: bool) -> Result<(), Error> {
     let cp = lookup_checkpoint(dom, name)?;
-    let flags = if metadata_only { sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY } else { 0 };
+    let flags = if metadata_only {
+        sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+    } else {
+        0
+    };
     let rc = unsafe { sys::virDomainCheckpointDelete(cp.0, flags) };
     if rc < 0 {
         return Err(Error::last_error());
@@ -179,16 +199,26 @@ pub fn job_stats(dom: &Domain, completed: bool) -> Result<JobStats, Error> {
     let mut n: c_int = 0;
     // KEEP_COMPLETED: reading the completed job's stats must not erase them, or a second look
     // (observe, then wait) would find no job at all.
-    let flags = if completed { sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED } else { 0 };
-    let rc = unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut job_type, &mut params, &mut n, flags) };
+    let flags = if completed {
+        sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+    } else {
+        0
+    };
+    let rc = unsafe {
+        sys::virDomainGetJobStats(dom.as_ptr(), &mut job_type, &mut params, &mut n, flags)
+    };
     if rc < 0 {
         return Err(Error::last_error());
     }
-    let mut stats = JobStats { job_type, ..Default::default() };
+    let mut stats = JobStats {
+        job_type,
+        ..Default::default()
+    };
     if !params.is_null() && n > 0 {
         let ull = |key: &CStr| {
             let mut v: u64 = 0;
-            (unsafe { sys::virTypedParamsGetULLong(params, n, key.as_ptr(), &mut v) } == 1).then_some(v)
+            (unsafe { sys::virTypedParamsGetULLong(params, n, key.as_ptr(), &mut v) } == 1)
+                .then_some(v)
         };
         // Backup jobs report their progress as disk_*; other jobs as data_*.
         stats.data_processed = ull(c"disk_processed").or_else(|| ull(c"data_processed"));
@@ -198,7 +228,9 @@ pub fn job_stats(dom: &Domain, completed: bool) -> Result<JobStats, Error> {
             stats.operation = Some(op);
         }
         let mut s: *const c_char = ptr::null();
-        if unsafe { sys::virTypedParamsGetString(params, n, c"errmsg".as_ptr(), &mut s) } == 1 && !s.is_null() {
+        if unsafe { sys::virTypedParamsGetString(params, n, c"errmsg".as_ptr(), &mut s) } == 1
+            && !s.is_null()
+        {
             stats.error_message = Some(unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned());
         }
     }

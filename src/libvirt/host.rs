@@ -35,7 +35,10 @@ pub struct DomainView {
 /// The state of the domain's backup job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {
-    Active { done: u64, total: u64 },
+    Active {
+        done: u64,
+        total: u64,
+    },
     /// No job runs; the last one completed successfully.
     Completed,
     /// No job runs; the last one failed or was aborted.
@@ -54,9 +57,12 @@ fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LibvirtError> + Send + 'static,
 ) -> impl std::future::Future<Output = Result<T, LibvirtError>> {
     async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| LibvirtError::new(VirtErrorKind::Other, format!("libvirt worker panicked: {e}")))?
+        tokio::task::spawn_blocking(f).await.map_err(|e| {
+            LibvirtError::new(
+                VirtErrorKind::Other,
+                format!("libvirt worker panicked: {e}"),
+            )
+        })?
     }
 }
 
@@ -75,19 +81,24 @@ impl LibvirtHost {
             })
         })
         .await?;
-        Ok(Self { conn: Arc::new(conn), uri: uri.to_string() })
+        Ok(Self {
+            conn: Arc::new(conn),
+            uri: uri.to_string(),
+        })
     }
 
     fn lookup(conn: &Connect, id: &str) -> Result<Domain, LibvirtError> {
         let found = if uuid::Uuid::parse_str(id).is_ok() {
-            conn.lookup_domain_by_uuid_string(id).or_else(|_| conn.lookup_domain_by_name(id))
+            conn.lookup_domain_by_uuid_string(id)
+                .or_else(|_| conn.lookup_domain_by_name(id))
         } else {
             conn.lookup_domain_by_name(id)
         };
         found.map_err(|e| match LibvirtError::from(e) {
-            err if err.kind == VirtErrorKind::DomainNotFound => {
-                LibvirtError::new(VirtErrorKind::DomainNotFound, format!("domain '{id}' not found"))
-            }
+            err if err.kind == VirtErrorKind::DomainNotFound => LibvirtError::new(
+                VirtErrorKind::DomainNotFound,
+                format!("domain '{id}' not found"),
+            ),
             err => err,
         })
     }
@@ -135,18 +146,25 @@ impl LibvirtHost {
             for d in &facts.disks {
                 sizes.push(dom.block_info(&d.name, 0)?.capacity);
             }
-            Ok(DomainView { facts, state, xml, sizes })
+            Ok(DomainView {
+                facts,
+                state,
+                xml,
+                sizes,
+            })
         })
         .await
     }
 
     pub async fn checkpoints(&self, dom: &str) -> Result<Vec<String>, LibvirtError> {
-        self.with_domain(dom, |d| Ok(ffi::list_checkpoints(d)?)).await
+        self.with_domain(dom, |d| Ok(ffi::list_checkpoints(d)?))
+            .await
     }
 
     pub async fn checkpoint_xml(&self, dom: &str, name: &str) -> Result<String, LibvirtError> {
         let name = name.to_string();
-        self.with_domain(dom, move |d| Ok(ffi::checkpoint_xml(d, &name, false)?)).await
+        self.with_domain(dom, move |d| Ok(ffi::checkpoint_xml(d, &name, false)?))
+            .await
     }
 
     /// Redefines the checkpoint from its own XML with validation: fails with
@@ -170,14 +188,16 @@ impl LibvirtHost {
     /// gone, only libvirt's record of it is dropped.
     pub async fn delete_checkpoint(&self, dom: &str, name: &str) -> Result<(), LibvirtError> {
         let name = name.to_string();
-        self.with_domain(dom, move |d| match ffi::checkpoint_delete(d, &name, false) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let err = LibvirtError::from(e);
-                if err.kind == VirtErrorKind::CheckpointNotFound {
-                    return Ok(());
+        self.with_domain(dom, move |d| {
+            match ffi::checkpoint_delete(d, &name, false) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let err = LibvirtError::from(e);
+                    if err.kind == VirtErrorKind::CheckpointNotFound {
+                        return Ok(());
+                    }
+                    ffi::checkpoint_delete(d, &name, true).map_err(LibvirtError::from)
                 }
-                ffi::checkpoint_delete(d, &name, true).map_err(LibvirtError::from)
             }
         })
         .await
@@ -189,7 +209,14 @@ impl LibvirtHost {
         backup_xml: String,
         checkpoint_xml: Option<String>,
     ) -> Result<(), LibvirtError> {
-        self.with_domain(dom, move |d| Ok(ffi::backup_begin(d, &backup_xml, checkpoint_xml.as_deref())?)).await
+        self.with_domain(dom, move |d| {
+            Ok(ffi::backup_begin(
+                d,
+                &backup_xml,
+                checkpoint_xml.as_deref(),
+            )?)
+        })
+        .await
     }
 
     /// The state of the domain's backup job, with progress while it runs.
@@ -209,9 +236,10 @@ impl LibvirtHost {
             tracing::debug!(?done, "last completed job");
             Ok(match done.job_type as u32 {
                 sys::VIR_DOMAIN_JOB_COMPLETED => JobState::Completed,
-                sys::VIR_DOMAIN_JOB_FAILED | sys::VIR_DOMAIN_JOB_CANCELLED => {
-                    JobState::Failed(done.error_message.unwrap_or_else(|| "backup job failed".into()))
-                }
+                sys::VIR_DOMAIN_JOB_FAILED | sys::VIR_DOMAIN_JOB_CANCELLED => JobState::Failed(
+                    done.error_message
+                        .unwrap_or_else(|| "backup job failed".into()),
+                ),
                 _ => JobState::None,
             })
         })
@@ -245,8 +273,14 @@ impl LibvirtHost {
     }
 
     /// Sends one guest agent command (JSON) and returns the JSON answer.
-    pub async fn agent_command(&self, dom: &str, json: String, timeout: Duration) -> Result<String, LibvirtError> {
+    pub async fn agent_command(
+        &self,
+        dom: &str,
+        json: String,
+        timeout: Duration,
+    ) -> Result<String, LibvirtError> {
         let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
-        self.with_domain(dom, move |d| Ok(d.qemu_agent_command(&json, secs, 0)?)).await
+        self.with_domain(dom, move |d| Ok(d.qemu_agent_command(&json, secs, 0)?))
+            .await
     }
 }

@@ -17,13 +17,19 @@ pub struct FileStore {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Format { path: String, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.display().to_string(), source }
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl FileStore {
@@ -47,8 +53,10 @@ impl FileStore {
         let dir = self.kind_dir(plural);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = self.path_of(plural, name);
-        let text = serde_saphyr::to_string(obj)
-            .map_err(|e| StoreError::Format { path: path.display().to_string(), message: e.to_string() })?;
+        let text = serde_saphyr::to_string(obj).map_err(|e| StoreError::Format {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let tmp = dir.join(format!(".{name}.yaml.tmp"));
         std::fs::write(&tmp, text).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -58,7 +66,10 @@ impl FileStore {
     pub fn read<T: DeserializeOwned>(&self, plural: &str, name: &str) -> Result<T, StoreError> {
         let path = self.path_of(plural, name);
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        serde_saphyr::from_str(&text).map_err(|e| StoreError::Format { path: path.display().to_string(), message: e.to_string() })
+        serde_saphyr::from_str(&text).map_err(|e| StoreError::Format {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// Every stored object of a kind. Unreadable files are reported, not skipped silently.
@@ -75,7 +86,10 @@ impl FileStore {
             .filter(|n| n.ends_with(".yaml") && !n.starts_with('.'))
             .collect();
         names.sort();
-        names.iter().map(|n| self.read(plural, n.trim_end_matches(".yaml"))).collect()
+        names
+            .iter()
+            .map(|n| self.read(plural, n.trim_end_matches(".yaml")))
+            .collect()
     }
 
     pub fn backup_runs(&self) -> Result<Vec<BackupRun>, StoreError> {
@@ -84,8 +98,17 @@ impl FileStore {
 }
 
 impl Journal for FileStore {
-    fn save(&self, run: &BackupRun) -> impl std::future::Future<Output = Result<(), String>> + Send {
-        let result = self.write("backupruns", run.metadata.name.as_deref().unwrap_or("unnamed"), run).map_err(|e| e.to_string());
+    fn save(
+        &self,
+        run: &BackupRun,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let result = self
+            .write(
+                "backupruns",
+                run.metadata.name.as_deref().unwrap_or("unnamed"),
+                run,
+            )
+            .map_err(|e| e.to_string());
         async move { result }
     }
 }
@@ -113,7 +136,11 @@ mod tests {
                 depth: 0,
             },
         );
-        run.status = Some(BackupRunStatus { phase: BackupPhase::Uploading, size_bytes: 42, ..Default::default() });
+        run.status = Some(BackupRunStatus {
+            phase: BackupPhase::Uploading,
+            size_bytes: 42,
+            ..Default::default()
+        });
         store.write("backupruns", "r1", &run).unwrap();
         let back: BackupRun = store.read("backupruns", "r1").unwrap();
         assert_eq!(back.spec, run.spec);

@@ -34,17 +34,29 @@ impl<J: Journal> BackupEngine<'_, J> {
         loop {
             match self.host.job(&id).await? {
                 JobState::Active { done, total } => {
-                    (self.report)(Event::Progress { phase: BackupPhase::Exporting, done, total });
-                    self.status_mut().progress = Some(crate::api::Progress { bytes_done: done, bytes_total: total });
+                    (self.report)(Event::Progress {
+                        phase: BackupPhase::Exporting,
+                        done,
+                        total,
+                    });
+                    self.status_mut().progress = Some(crate::api::Progress {
+                        bytes_done: done,
+                        bytes_total: total,
+                    });
                     if last_save.elapsed() >= SAVE_EVERY {
                         self.save().await?;
                         last_save = Instant::now();
                     }
                 }
                 JobState::Completed => return Ok(()),
-                JobState::Failed(m) => return Err(StepError::new(FailureReason::BackupJobFailed, m)),
+                JobState::Failed(m) => {
+                    return Err(StepError::new(FailureReason::BackupJobFailed, m))
+                }
                 JobState::None => {
-                    return Err(StepError::new(FailureReason::BackupJobFailed, "the backup job vanished"));
+                    return Err(StepError::new(
+                        FailureReason::BackupJobFailed,
+                        "the backup job vanished",
+                    ));
                 }
             }
             let mut cancel = self.cancel.clone();
@@ -65,26 +77,45 @@ impl<J: Journal> BackupEngine<'_, J> {
         let mut base_done = 0u64;
         for d in &disks {
             let Some(disk) = view.facts.disks.iter().find(|x| x.name == d.name) else {
-                return Err(StepError::new(FailureReason::BackupJobFailed, format!("disk {} disappeared", d.name)));
+                return Err(StepError::new(
+                    FailureReason::BackupJobFailed,
+                    format!("disk {} disappeared", d.name),
+                ));
             };
             let n = depth_images(disk.chain.len(), depth);
             let dest = dir.join(&d.export_file);
             let part = dir.join(format!("{}.part", d.export_file));
-            let mut argv: Vec<String> = vec!["convert".into(), "-p".into(), "-O".into(), "qcow2".into()];
+            let mut argv: Vec<String> =
+                vec!["convert".into(), "-p".into(), "-O".into(), "qcow2".into()];
             if n < disk.chain.len() {
                 // Leave the shared base out: the export keeps only the top `n` images' data.
                 let base = &disk.chain[n];
-                argv.extend(["-B".into(), base.path.clone(), "-F".into(), base.format.clone()]);
+                argv.extend([
+                    "-B".into(),
+                    base.path.clone(),
+                    "-F".into(),
+                    base.format.clone(),
+                ]);
             }
-            argv.extend(["-f".into(), disk.format().to_string(), disk.source().to_string(), part.display().to_string()]);
+            argv.extend([
+                "-f".into(),
+                disk.format().to_string(),
+                disk.source().to_string(),
+                part.display().to_string(),
+            ]);
             let report = &self.report;
             let vsize = d.virtual_size;
             run_qemu_img(&argv, |pct| {
                 let done = base_done + (vsize as f64 * pct / 100.0) as u64;
-                report(Event::Progress { phase: BackupPhase::Exporting, done, total });
+                report(Event::Progress {
+                    phase: BackupPhase::Exporting,
+                    done,
+                    total,
+                });
             })
             .await?;
-            std::fs::rename(&part, &dest).map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+            std::fs::rename(&part, &dest)
+                .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
             base_done += vsize;
         }
         Ok(())
@@ -101,7 +132,12 @@ impl<J: Journal> BackupEngine<'_, J> {
             let sum = tokio::task::spawn_blocking(move || staging::sha256_file(&p2))
                 .await
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
-                .map_err(|e| StepError::new(FailureReason::BackupJobFailed, format!("cannot read export {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    StepError::new(
+                        FailureReason::BackupJobFailed,
+                        format!("cannot read export {}: {e}", path.display()),
+                    )
+                })?;
             d.sha256 = Some(sum);
             d.export_bytes = staging::allocated_bytes(&path);
         }
@@ -130,7 +166,8 @@ impl<J: Journal> BackupEngine<'_, J> {
             "online": s.online,
             "disks": s.disks,
         });
-        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
         write(&dir.join(manifest_name(&name)), &text)?;
         self.save().await
     }
@@ -138,7 +175,11 @@ impl<J: Journal> BackupEngine<'_, J> {
 
 fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {
     std::fs::write(path, data).map_err(|e| {
-        let reason = if e.raw_os_error() == Some(libc::ENOSPC) { FailureReason::StagingFull } else { FailureReason::Internal };
+        let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
+            FailureReason::StagingFull
+        } else {
+            FailureReason::Internal
+        };
         StepError::new(reason, format!("cannot write {}: {e}", path.display()))
     })
 }
@@ -152,7 +193,12 @@ async fn run_qemu_img(argv: &[String], mut on_pct: impl FnMut(f64)) -> Result<()
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| StepError::new(FailureReason::Internal, format!("cannot start qemu-img: {e}")))?;
+        .map_err(|e| {
+            StepError::new(
+                FailureReason::Internal,
+                format!("cannot start qemu-img: {e}"),
+            )
+        })?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let err_task = tokio::spawn(async move {
@@ -170,16 +216,31 @@ async fn run_qemu_img(argv: &[String], mut on_pct: impl FnMut(f64)) -> Result<()
         // Progress lines look like "    (42.00/100%)\r".
         while let Some(i) = pending.find('\r') {
             let line: String = pending.drain(..=i).collect();
-            if let Some(p) = line.trim().strip_prefix('(').and_then(|l| l.split('/').next()).and_then(|v| v.parse().ok()) {
+            if let Some(p) = line
+                .trim()
+                .strip_prefix('(')
+                .and_then(|l| l.split('/').next())
+                .and_then(|v| v.parse().ok())
+            {
                 on_pct(p);
             }
         }
     }
-    let status = child.wait().await.map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
     let stderr = err_task.await.unwrap_or_default();
     if !status.success() {
-        let reason = if stderr.contains("No space left") { FailureReason::StagingFull } else { FailureReason::BackupJobFailed };
-        return Err(StepError::new(reason, format!("qemu-img convert failed: {}", stderr.trim())));
+        let reason = if stderr.contains("No space left") {
+            FailureReason::StagingFull
+        } else {
+            FailureReason::BackupJobFailed
+        };
+        return Err(StepError::new(
+            reason,
+            format!("qemu-img convert failed: {}", stderr.trim()),
+        ));
     }
     Ok(())
 }

@@ -10,8 +10,12 @@ impl<J: Journal> BackupEngine<'_, J> {
         if self.status().online {
             self.prune_checkpoints().await?;
         }
-        staging::empty_dir(&self.staging())
-            .map_err(|e| StepError::new(FailureReason::Internal, format!("cannot empty staging: {e}")))?;
+        staging::empty_dir(&self.staging()).map_err(|e| {
+            StepError::new(
+                FailureReason::Internal,
+                format!("cannot empty staging: {e}"),
+            )
+        })?;
         let hooks = self.run.spec.hooks.post_snapshot.clone();
         self.run_hooks("postSnapshot", &hooks).await?;
         let now = Timestamp::now();

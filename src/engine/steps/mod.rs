@@ -30,15 +30,27 @@ impl<J: Journal> BackupEngine<'_, J> {
         for hook in hooks {
             let domain = self.run.spec.domain.clone();
             let run = self.name();
-            let env = HookEnv { stage, domain: &domain, run: &run, extra: vec![] };
+            let env = HookEnv {
+                stage,
+                domain: &domain,
+                run: &run,
+                extra: vec![],
+            };
             let result = run_hook(self.host, hook, &env).await;
             let ok = result.succeeded;
-            let detail = format!("hook '{}' ({stage}) failed: exit {:?}: {}", result.hook, result.exit_code, result.output.trim());
+            let detail = format!(
+                "hook '{}' ({stage}) failed: exit {:?}: {}",
+                result.hook,
+                result.exit_code,
+                result.output.trim()
+            );
             self.status_mut().hooks.push(result);
             self.save().await?;
             if !ok {
                 match hook.on_error {
-                    HookOnError::Fail => return Err(StepError::new(FailureReason::HookFailed, detail)),
+                    HookOnError::Fail => {
+                        return Err(StepError::new(FailureReason::HookFailed, detail))
+                    }
                     HookOnError::Continue => tracing::warn!("{detail} (onError: Continue)"),
                 }
             }

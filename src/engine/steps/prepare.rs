@@ -14,10 +14,16 @@ use super::manifest_name;
 /// Shell metacharacters are harmless: nothing is ever passed through a shell.
 fn validate_domain_id(id: &str) -> Result<(), StepError> {
     if id.trim().is_empty() {
-        return Err(StepError::new(FailureReason::InvalidSpec, "the domain name is empty"));
+        return Err(StepError::new(
+            FailureReason::InvalidSpec,
+            "the domain name is empty",
+        ));
     }
     if id.chars().any(|c| c.is_control()) || id.len() > 1024 {
-        return Err(StepError::new(FailureReason::InvalidSpec, "the domain name contains control characters or is too long"));
+        return Err(StepError::new(
+            FailureReason::InvalidSpec,
+            "the domain name contains control characters or is too long",
+        ));
     }
     Ok(())
 }
@@ -29,22 +35,38 @@ impl<J: Journal> BackupEngine<'_, J> {
         }
         let spec = self.run.spec.clone();
         validate_domain_id(&spec.domain)?;
-        for h in spec.hooks.pre_snapshot.iter().chain(&spec.hooks.on_snapshot).chain(&spec.hooks.post_snapshot) {
+        for h in spec
+            .hooks
+            .pre_snapshot
+            .iter()
+            .chain(&spec.hooks.on_snapshot)
+            .chain(&spec.hooks.post_snapshot)
+        {
             if h.command.is_empty() || h.command[0].is_empty() {
-                return Err(StepError::new(FailureReason::InvalidSpec, "a hook has an empty command"));
+                return Err(StepError::new(
+                    FailureReason::InvalidSpec,
+                    "a hook has an empty command",
+                ));
             }
         }
         let full_every = match &spec.full_cadence.full_every {
-            Some(s) => Some(parse_duration(s).map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?),
+            Some(s) => {
+                Some(parse_duration(s).map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?)
+            }
             None => None,
         };
 
-        let view = self.host.domain(&spec.domain).await.map_err(|e| match e.kind {
-            VirtErrorKind::DomainNotFound => {
-                StepError::new(FailureReason::DomainNotFound, format!("domain '{}' not found on {}", spec.domain, self.host.uri))
-            }
-            _ => e.into(),
-        })?;
+        let view = self
+            .host
+            .domain(&spec.domain)
+            .await
+            .map_err(|e| match e.kind {
+                VirtErrorKind::DomainNotFound => StepError::new(
+                    FailureReason::DomainNotFound,
+                    format!("domain '{}' not found on {}", spec.domain, self.host.uri),
+                ),
+                _ => e.into(),
+            })?;
         let name = self.name();
         let uuid = view.facts.uuid.clone();
         self.status_mut().domain_uuid = Some(uuid.clone());
@@ -65,22 +87,39 @@ impl<J: Journal> BackupEngine<'_, J> {
             return self.skip().await;
         }
         if view.facts.disks.is_empty() {
-            return Err(StepError::new(FailureReason::InvalidSpec, "the domain has no writable disk to back up"));
+            return Err(StepError::new(
+                FailureReason::InvalidSpec,
+                "the domain has no writable disk to back up",
+            ));
         }
 
         let tkey = staging::target_key(self.ctx.target.url.as_str());
         let dir = staging::staging_dir(&self.ctx.state_dir, &tkey, &uuid);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StepError::new(FailureReason::StagingFull, format!("cannot create staging dir {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StepError::new(
+                FailureReason::StagingFull,
+                format!("cannot create staging dir {}: {e}", dir.display()),
+            )
+        })?;
         // We hold the lock: anything left in staging is debris of an earlier failed run.
-        staging::empty_dir(&dir).map_err(|e| StepError::new(FailureReason::Internal, format!("cannot empty staging: {e}")))?;
+        staging::empty_dir(&dir).map_err(|e| {
+            StepError::new(
+                FailureReason::Internal,
+                format!("cannot empty staging: {e}"),
+            )
+        })?;
         self.ctx.target.name = format!("{tkey}-{uuid}");
 
         // The chain: what the previous run left in libvirt and on the target.
         let url = self.ctx.target.url.redacted();
         let previous = history::previous_run(&self.ctx.history, &uuid, &url, &name);
-        let disks_now: Vec<(String, u64)> =
-            view.facts.disks.iter().zip(&view.sizes).map(|(d, s)| (d.name.clone(), *s)).collect();
+        let disks_now: Vec<(String, u64)> = view
+            .facts
+            .disks
+            .iter()
+            .zip(&view.sizes)
+            .map(|(d, s)| (d.name.clone(), *s))
+            .collect();
         let mut facts = ChainFacts {
             previous: previous.clone(),
             online,
@@ -99,7 +138,10 @@ impl<J: Journal> BackupEngine<'_, J> {
                     facts.checkpoint_valid = match self.host.validate_checkpoint(&uuid, cp).await {
                         Ok(()) => true,
                         Err(e) if e.kind == VirtErrorKind::CheckpointInconsistent => {
-                            (self.report)(Event::Note(format!("checkpoint {cp} is inconsistent: {}", e.message)));
+                            (self.report)(Event::Note(format!(
+                                "checkpoint {cp} is inconsistent: {}",
+                                e.message
+                            )));
                             false
                         }
                         Err(e) => return Err(e.into()),
@@ -107,20 +149,32 @@ impl<J: Journal> BackupEngine<'_, J> {
                 }
             }
             if facts.checkpoint_valid {
-                facts.target_has_previous = self.target_has_manifest(&manifest_name(&prev.name)).await?;
+                facts.target_has_previous =
+                    self.target_has_manifest(&manifest_name(&prev.name)).await?;
             }
         }
-        let (type_, full_reason) =
-            choose_type(spec.type_, &facts).map_err(|(reason, message)| StepError::new(reason, message))?;
+        let (type_, full_reason) = choose_type(spec.type_, &facts)
+            .map_err(|(reason, message)| StepError::new(reason, message))?;
 
         // A full needs up to the allocated size of the disks in staging; refuse early, not half-way.
         if type_ == BackupType::Full {
-            let need: u64 = view.facts.disks.iter().flat_map(|d| &d.chain).map(|c| staging::allocated_bytes(c.path.as_ref())).sum();
+            let need: u64 = view
+                .facts
+                .disks
+                .iter()
+                .flat_map(|d| &d.chain)
+                .map(|c| staging::allocated_bytes(c.path.as_ref()))
+                .sum();
             let free = staging::free_bytes(&dir).unwrap_or(u64::MAX);
             if free < need {
                 return Err(StepError::new(
                     FailureReason::StagingFull,
-                    format!("staging {} has {} free, the export needs up to {}", dir.display(), human_bytes(free), human_bytes(need)),
+                    format!(
+                        "staging {} has {} free, the export needs up to {}",
+                        dir.display(),
+                        human_bytes(free),
+                        human_bytes(need)
+                    ),
                 ));
             }
         }
@@ -133,8 +187,12 @@ impl<J: Journal> BackupEngine<'_, J> {
             );
         }
 
-        std::fs::write(dir.join(format!("{name}.domain.xml")), &view.xml)
-            .map_err(|e| StepError::new(FailureReason::StagingFull, format!("cannot write domain XML: {e}")))?;
+        std::fs::write(dir.join(format!("{name}.domain.xml")), &view.xml).map_err(|e| {
+            StepError::new(
+                FailureReason::StagingFull,
+                format!("cannot write domain XML: {e}"),
+            )
+        })?;
 
         let s = self.status_mut();
         s.online = online;
@@ -171,7 +229,10 @@ impl<J: Journal> BackupEngine<'_, J> {
             .collect();
         let note = match (type_, full_reason) {
             (BackupType::Full, Some(r)) => format!("full backup ({r:?})"),
-            _ => format!("incremental since {}", self.status().parent_checkpoint.clone().unwrap_or_default()),
+            _ => format!(
+                "incremental since {}",
+                self.status().parent_checkpoint.clone().unwrap_or_default()
+            ),
         };
         (self.report)(Event::Note(note));
         self.enter(BackupPhase::Snapshotting).await
@@ -179,11 +240,21 @@ impl<J: Journal> BackupEngine<'_, J> {
 
     /// Whether the target's newest backup holds the given file (a run's manifest).
     pub(crate) async fn target_has_manifest(&self, manifest: &str) -> Result<bool, StepError> {
-        let out = duplicity::run(&self.ctx.target, &Action::ListCurrentFiles { time: None }, |_| {}).await;
+        let out = duplicity::run(
+            &self.ctx.target,
+            &Action::ListCurrentFiles { time: None },
+            |_| {},
+        )
+        .await;
         match out {
             Ok(o) => Ok(o.stdout.lines().any(|l| l.trim_end().ends_with(manifest))),
             // An empty target has no chain: that is an answer, not an error.
-            Err(e) if e.message.contains("No backup chains") || e.message.contains("no backup chains") => Ok(false),
+            Err(e)
+                if e.message.to_ascii_lowercase().contains("chains found")
+                    || e.message.contains("No backup chains") =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -196,7 +267,9 @@ impl<J: Journal> BackupEngine<'_, J> {
             message: "the domain is shut off and the policy says offline: Skip".into(),
         });
         s.completion_time = Some(now);
-        s.duration = s.start_time.map(|t| crate::engine::human_duration(now.duration_since(t)));
+        s.duration = s
+            .start_time
+            .map(|t| crate::engine::human_duration(now.duration_since(t)));
         self.enter(BackupPhase::Skipped).await
     }
 }

@@ -12,7 +12,8 @@ use crate::libvirt::domain_xml;
 impl<J: Journal> BackupEngine<'_, J> {
     pub(crate) async fn snapshot(&mut self) -> Result<(), StepError> {
         let spec = self.run.spec.clone();
-        self.run_hooks("preSnapshot", &spec.hooks.pre_snapshot).await?;
+        self.run_hooks("preSnapshot", &spec.hooks.pre_snapshot)
+            .await?;
         if self.status().online {
             self.begin_job().await?;
         } else {
@@ -20,7 +21,8 @@ impl<J: Journal> BackupEngine<'_, J> {
             self.status_mut().snapshot_time = Some(Timestamp::now());
             self.save().await?;
         }
-        self.run_hooks("onSnapshot", &spec.hooks.on_snapshot).await?;
+        self.run_hooks("onSnapshot", &spec.hooks.on_snapshot)
+            .await?;
         self.enter(BackupPhase::Exporting).await
     }
 
@@ -34,7 +36,10 @@ impl<J: Journal> BackupEngine<'_, J> {
             self.status_mut().guest_frozen = true;
             self.save().await?;
             let res = if view.facts.has_agent_channel {
-                self.host.freeze(&id, Duration::from_secs(c.freeze_timeout_seconds as u64)).await.map_err(|e| e.message)
+                self.host
+                    .freeze(&id, Duration::from_secs(c.freeze_timeout_seconds as u64))
+                    .await
+                    .map_err(|e| e.message)
             } else {
                 Err("the domain has no qemu guest agent channel".to_string())
             };
@@ -42,15 +47,28 @@ impl<J: Journal> BackupEngine<'_, J> {
                 Ok(n) => {
                     window_start = Some(Instant::now());
                     self.status_mut().quiesced = true;
-                    self.condition("Quiesced", true, "FilesystemsFrozen", format!("{n} guest filesystem(s) frozen"));
+                    self.condition(
+                        "Quiesced",
+                        true,
+                        "FilesystemsFrozen",
+                        format!("{n} guest filesystem(s) frozen"),
+                    );
                 }
                 Err(msg) => {
                     self.status_mut().guest_frozen = false;
                     self.save().await?;
                     if c.quiesce == Quiesce::Required {
-                        return Err(StepError::new(FailureReason::QuiesceFailed, format!("cannot freeze guest filesystems: {msg}")));
+                        return Err(StepError::new(
+                            FailureReason::QuiesceFailed,
+                            format!("cannot freeze guest filesystems: {msg}"),
+                        ));
                     }
-                    self.condition("Quiesced", false, "GuestAgentUnavailable", format!("crash-consistent backup: {msg}"));
+                    self.condition(
+                        "Quiesced",
+                        false,
+                        "GuestAgentUnavailable",
+                        format!("crash-consistent backup: {msg}"),
+                    );
                     (self.report)(Event::Note(format!("warning: not quiesced: {msg}")));
                 }
             }
@@ -67,19 +85,38 @@ impl<J: Journal> BackupEngine<'_, J> {
 
         let s = self.status().clone();
         let dir = self.staging();
-        let exports: Vec<(String, String)> =
-            s.disks.iter().map(|d| (d.name.clone(), dir.join(&d.export_file).display().to_string())).collect();
+        let exports: Vec<(String, String)> = s
+            .disks
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    dir.join(&d.export_file).display().to_string(),
+                )
+            })
+            .collect();
         let disk_names: Vec<String> = s.disks.iter().map(|d| d.name.clone()).collect();
         let backup = domain_xml::backup_xml(s.parent_checkpoint.as_deref(), &exports);
-        let checkpoint = s.checkpoint.as_ref().map(|cp| domain_xml::checkpoint_create_xml(cp, &disk_names));
+        let checkpoint = s
+            .checkpoint
+            .as_ref()
+            .map(|cp| domain_xml::checkpoint_create_xml(cp, &disk_names));
         let begun = self.host.begin_backup(&id, backup, checkpoint).await;
         self.status_mut().snapshot_time = Some(Timestamp::now());
         // Thaw (and resume) whatever happened: the job's point in time is fixed once it began.
         self.undo_freeze_and_pause(window_start).await?;
-        begun.map_err(|e| StepError::new(FailureReason::BackupJobFailed, format!("cannot begin the backup job: {}", e.message)))
+        begun.map_err(|e| {
+            StepError::new(
+                FailureReason::BackupJobFailed,
+                format!("cannot begin the backup job: {}", e.message),
+            )
+        })
     }
 
-    async fn undo_freeze_and_pause(&mut self, window_start: Option<Instant>) -> Result<(), StepError> {
+    async fn undo_freeze_and_pause(
+        &mut self,
+        window_start: Option<Instant>,
+    ) -> Result<(), StepError> {
         let id = self.domain_id();
         let mut problems = Vec::new();
         if self.status().guest_paused {
@@ -101,14 +138,19 @@ impl<J: Journal> BackupEngine<'_, J> {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(StepError::new(FailureReason::LibvirtError, problems.join("; ")))
+            Err(StepError::new(
+                FailureReason::LibvirtError,
+                problems.join("; "),
+            ))
         }
     }
 
     /// A run died while the guest was frozen or paused: give the guest back first.
     pub(crate) async fn recover(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
-        (self.report)(Event::Note("recovering: thawing/resuming the guest left by an interrupted run".into()));
+        (self.report)(Event::Note(
+            "recovering: thawing/resuming the guest left by an interrupted run".into(),
+        ));
         if self.status().guest_paused {
             // "not paused" is fine: someone resumed it already.
             let _ = self.host.resume(&id).await;

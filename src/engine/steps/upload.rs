@@ -17,8 +17,12 @@ impl<J: Journal> BackupEngine<'_, J> {
             self.ctx.target.name = format!("{tkey}-{}", self.domain_id());
         }
         // A resumed run may have finished uploading just before it died: the target says so.
-        if self.status().upload_attempts > 0 && self.target_has_manifest(&manifest_name(&name)).await? {
-            (self.report)(Event::Note("the target already holds this run; not uploading again".into()));
+        if self.status().upload_attempts > 0
+            && self.target_has_manifest(&manifest_name(&name)).await?
+        {
+            (self.report)(Event::Note(
+                "the target already holds this run; not uploading again".into(),
+            ));
         } else {
             self.status_mut().upload_attempts += 1;
             self.save().await?;
@@ -38,35 +42,49 @@ impl<J: Journal> BackupEngine<'_, J> {
         let target = self.ctx.target.clone();
         // Everything in staging goes up: the exports plus the small XML and manifest files.
         let total: u64 = std::fs::read_dir(self.staging())
-            .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(self.status().size_bytes);
         let latest: Arc<Mutex<Option<u64>>> = Arc::default();
         let seen = latest.clone();
-        let report = &self.report;
-        let fut = duplicity::run(&target, &action, move |t| {
-            *seen.lock().unwrap() = Some(t.bytes);
-            report(Event::Progress { phase: BackupPhase::Uploading, done: t.bytes, total });
-        });
-        tokio::pin!(fut);
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        let mut cancel = self.cancel.clone();
-        let result = loop {
-            tokio::select! {
-                r = &mut fut => break r,
-                _ = tick.tick() => {
-                    let done = *latest.lock().unwrap();
-                    if let Some(done) = done {
-                        let s = self.run.status.get_or_insert_with(Default::default);
-                        s.progress = Some(Progress { bytes_done: done, bytes_total: total });
-                        // Status saves are best effort here; the phase record is what resumes.
-                        let _ = self.journal.save(&self.run).await;
+        let result = {
+            let report = &self.report;
+            let fut = duplicity::run(&target, &action, move |t| {
+                *seen.lock().unwrap() = Some(t.bytes);
+                report(Event::Progress {
+                    phase: BackupPhase::Uploading,
+                    done: t.bytes,
+                    total,
+                });
+            });
+            tokio::pin!(fut);
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut cancel = self.cancel.clone();
+            loop {
+                tokio::select! {
+                    r = &mut fut => break r,
+                    _ = tick.tick() => {
+                        let done = *latest.lock().unwrap();
+                        if let Some(done) = done {
+                            let s = self.run.status.get_or_insert_with(Default::default);
+                            s.progress = Some(Progress { bytes_done: done, bytes_total: total });
+                            // Status saves are best effort here; the phase record is what resumes.
+                            let _ = self.journal.save(&self.run).await;
+                        }
                     }
-                }
-                _ = cancel.changed() => {
-                    return Err(StepError::new(FailureReason::Interrupted, "interrupted during upload"));
+                    _ = cancel.changed() => {
+                        return Err(StepError::new(FailureReason::Interrupted, "interrupted during upload"));
+                    }
                 }
             }
         };
-        result.map(|_| ()).map_err(StepError::from)
+        let out = result.map_err(StepError::from)?;
+        if let Some(secs) = crate::duplicity::log::backup_start_time(&out.notices) {
+            self.status_mut().target_time = jiff::Timestamp::from_second(secs).ok();
+        }
+        Ok(())
     }
 }

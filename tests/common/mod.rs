@@ -1,0 +1,499 @@
+//! Test harness: real libvirtd + qemu guests, the real `snapback` binary, real duplicity.
+//!
+//! Each test gets its own domain, disk, state dir and target, and cleans them up on drop.
+//! libvirtd must be running (scripts/setup-host.sh starts it); without it the tests fail.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use snapback::api::BackupRun;
+
+pub fn connect_uri() -> String {
+    std::env::var("SNAPBACK_TEST_CONNECT").unwrap_or_else(|_| "qemu:///system".into())
+}
+
+pub fn guest_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SNAPBACK_GUEST_DIR").unwrap_or_else(|_| "/var/tmp/snapback-guest".into()),
+    )
+}
+
+fn root() -> PathBuf {
+    let r = PathBuf::from(
+        std::env::var("SNAPBACK_TEST_ROOT").unwrap_or_else(|_| "/var/tmp/snapback-tests".into()),
+    );
+    std::fs::create_dir_all(&r).unwrap();
+    r
+}
+
+/// Builds the writer guest once (kernel + initramfs) if it is not there yet.
+fn ensure_guest_built() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = guest_dir();
+        if dir.join("vmlinuz").exists() && dir.join("initrd.gz").exists() {
+            return;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build-guest.sh");
+        let st = Command::new("bash")
+            .arg(script)
+            .arg(&dir)
+            .status()
+            .expect("run build-guest.sh");
+        assert!(st.success(), "building the test guest failed");
+    });
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let o = run(cmd, args);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn virsh(args: &[&str]) -> Output {
+    let uri = connect_uri();
+    let mut all = vec!["-c", uri.as_str()];
+    all.extend_from_slice(args);
+    run("virsh", &all)
+}
+
+pub fn virsh_ok(args: &[&str]) -> String {
+    let o = virsh(args);
+    assert!(
+        o.status.success(),
+        "virsh {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Options of a test guest.
+#[derive(Clone)]
+pub struct GuestOpts {
+    pub disk_mib: u64,
+    /// MiB of random data written into the disk image before boot (allocated data).
+    pub prefill_mib: u64,
+    /// The region the guest keeps rewriting, in MiB, and where it starts.
+    pub write_mib: u64,
+    pub write_offset_mib: u64,
+    pub agent_channel: bool,
+    pub start: bool,
+}
+
+impl Default for GuestOpts {
+    fn default() -> Self {
+        Self {
+            disk_mib: 512,
+            prefill_mib: 0,
+            write_mib: 8,
+            write_offset_mib: 64,
+            agent_channel: true,
+            start: true,
+        }
+    }
+}
+
+/// A libvirt domain running the writer guest, removed on drop.
+pub struct Guest {
+    pub name: String,
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Guest {
+    pub fn new(prefix: &str, opts: GuestOpts) -> Guest {
+        Self::named(&unique(prefix), opts)
+    }
+
+    pub fn named(name: &str, opts: GuestOpts) -> Guest {
+        ensure_guest_built();
+        let dir = root().join(format!("guest-{}", unique("g")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.qcow2");
+        let log = dir.join("serial.log");
+        if opts.prefill_mib > 0 {
+            let raw = dir.join("prefill.raw");
+            let f = std::fs::File::create(&raw).unwrap();
+            f.set_len(opts.disk_mib << 20).unwrap();
+            drop(f);
+            run_ok(
+                "dd",
+                &[
+                    "if=/dev/urandom",
+                    &format!("of={}", raw.display()),
+                    "bs=1M",
+                    &format!("count={}", opts.prefill_mib),
+                    "conv=notrunc",
+                    "status=none",
+                ],
+            );
+            run_ok(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-O",
+                    "qcow2",
+                    raw.to_str().unwrap(),
+                    disk.to_str().unwrap(),
+                ],
+            );
+            std::fs::remove_file(&raw).unwrap();
+        } else {
+            run_ok(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    disk.to_str().unwrap(),
+                    &format!("{}M", opts.disk_mib),
+                ],
+            );
+        }
+        let gd = guest_dir();
+        let agent = if opts.agent_channel {
+            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+        } else {
+            ""
+        };
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>
+    <cmdline>console=ttyS0 quiet snapback.write_mb={wm} snapback.write_offset_mb={wo}</cmdline></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{d}'/><target dev='vda' bus='virtio'/></disk>
+    <serial type='file'><source path='{l}'/><target port='0'/></serial>
+    {agent}
+  </devices></domain>",
+            name = xml_escape(name),
+            k = gd.join("vmlinuz").display(),
+            i = gd.join("initrd.gz").display(),
+            wm = opts.write_mib,
+            wo = opts.write_offset_mib,
+            d = disk.display(),
+            l = log.display(),
+        );
+        let xml_path = dir.join("domain.xml");
+        std::fs::write(&xml_path, xml).unwrap();
+        virsh_ok(&["define", xml_path.to_str().unwrap()]);
+        let g = Guest {
+            name: name.to_string(),
+            dir,
+            disk,
+            log,
+        };
+        if opts.start {
+            g.start();
+        }
+        g
+    }
+
+    pub fn start(&self) {
+        let _ = std::fs::remove_file(&self.log);
+        virsh_ok(&["start", &self.name]);
+        self.wait_for_writes(2);
+    }
+
+    /// Waits until the guest has written at least `n` blocks since boot.
+    pub fn wait_for_writes(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if self.writes() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "guest {} did not start writing; serial log: {}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// How many blocks the guest reports written.
+    pub fn writes(&self) -> u64 {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| l.trim().strip_prefix("SNAPBACK-WRITER wrote "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .max()
+            .map_or(0, |n| n + 1)
+    }
+
+    pub fn state(&self) -> String {
+        virsh_ok(&["domstate", &self.name]).trim().to_string()
+    }
+
+    /// The qemu process dies without flushing anything (a crash).
+    pub fn kill_qemu(&self) {
+        let pid_file = format!("/var/run/libvirt/qemu/{}.pid", self.name);
+        let pid = std::fs::read_to_string(&pid_file).expect("qemu pid file");
+        run_ok("kill", &["-9", pid.trim()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.state() != "shut off" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn checkpoints(&self) -> Vec<String> {
+        virsh_ok(&["checkpoint-list", &self.name, "--name"])
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn disk_sources(&self) -> Vec<String> {
+        virsh_ok(&["domblklist", &self.name])
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+            .collect()
+    }
+
+    pub fn job_type(&self) -> String {
+        let out = virsh_ok(&["domjobinfo", &self.name]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("Job type:"))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.name]);
+        let _ = virsh(&["undefine", &self.name, "--checkpoints-metadata", "--nvram"]);
+        let _ = virsh(&["undefine", &self.name, "--checkpoints-metadata"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+}
+
+/// A state dir and a file:// target for one test.
+pub struct Env {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub target: String,
+    pub target_dir: PathBuf,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = root().join(unique("env"));
+        let state = dir.join("state");
+        let target_dir = dir.join("target");
+        std::fs::create_dir_all(&state).unwrap();
+        Env {
+            target: format!("file://{}", target_dir.display()),
+            dir,
+            state,
+            target_dir,
+            extra_env: vec![],
+        }
+    }
+
+    /// Runs `snapback ARGS --state-dir STATE --connect URI`.
+    pub fn snapback(&self, args: &[&str]) -> SnapOut {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
+        cmd.args(args)
+            .env("SNAPBACK_STATE_DIR", &self.state)
+            .env("SNAPBACK_CONNECT", connect_uri());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("run snapback");
+        SnapOut {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// `snapback backup --domain D --target T EXTRA...`
+    pub fn backup(&self, domain: &str, extra: &[&str]) -> SnapOut {
+        let mut args = vec!["backup", "--domain", domain, "--target", &self.target];
+        args.extend_from_slice(extra);
+        self.snapback(&args)
+    }
+
+    pub fn read_run(&self, name: &str) -> BackupRun {
+        let text =
+            std::fs::read_to_string(self.state.join("backupruns").join(format!("{name}.yaml")))
+                .unwrap_or_else(|e| panic!("run {name} not recorded: {e}"));
+        serde_saphyr::from_str(&text).unwrap()
+    }
+
+    /// Every file left in any staging dir.
+    pub fn staging_files(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        let mut stack = vec![self.state.join("staging")];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p)
+                    } else {
+                        out.push(p)
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn target_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.target_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Restores the target's state at `time` (or latest) into a fresh dir with duplicity.
+    pub fn duplicity_restore(
+        &self,
+        time: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (bool, PathBuf, String) {
+        let out = self.dir.join(unique("restore"));
+        let mut args: Vec<String> = vec![
+            "restore".into(),
+            "--archive-dir".into(),
+            self.dir.join("restore-cache").display().to_string(),
+        ];
+        if let Some(t) = time {
+            args.push(format!("--time={t}"));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(self.target.clone());
+        args.push(out.display().to_string());
+        let mut cmd = Command::new("duplicity");
+        cmd.args(&args).env("PASSPHRASE", "");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().unwrap();
+        (
+            o.status.success(),
+            out,
+            String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout),
+        )
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::env::var("SNAPBACK_KEEP_TEST_DIRS").is_err() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub struct SnapOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl SnapOut {
+    pub fn name(&self) -> String {
+        self.stdout.lines().last().unwrap_or("").trim().to_string()
+    }
+    pub fn last_err_line(&self) -> String {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .last()
+            .unwrap_or("")
+            .to_string()
+    }
+    #[track_caller]
+    pub fn assert_ok(&self) -> String {
+        assert_eq!(
+            self.code, 0,
+            "snapback failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self.name()
+    }
+    #[track_caller]
+    pub fn assert_failed_with(&self, reason: &str) -> String {
+        assert_ne!(
+            self.code, 0,
+            "expected failure {reason}, got success:\n{}",
+            self.stderr
+        );
+        let last = self.last_err_line();
+        assert!(
+            last.starts_with(reason),
+            "last stderr line should start with {reason}: {last}\nfull stderr:\n{}",
+            self.stderr
+        );
+        self.name()
+    }
+}
+
+/// The promise after every run: the domain runs on its original disks, no block job is
+/// active, only the expected checkpoints remain, and staging is empty.
+#[track_caller]
+pub fn assert_left_clean(g: &Guest, env: &Env, expect_running: bool, checkpoints: &[String]) {
+    if expect_running {
+        assert_eq!(g.state(), "running", "the domain must be running");
+        assert_eq!(g.job_type(), "None", "no job may be left running");
+    }
+    assert_eq!(
+        g.disk_sources(),
+        vec![g.disk.display().to_string()],
+        "the domain must be on its original disk"
+    );
+    let mut have = g.checkpoints();
+    have.sort();
+    let mut want = checkpoints.to_vec();
+    want.sort();
+    assert_eq!(have, want, "checkpoints left in libvirt");
+    assert!(
+        env.staging_files().is_empty(),
+        "staging must be empty: {:?}",
+        env.staging_files()
+    );
+}
