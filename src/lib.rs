@@ -5,4 +5,5 @@ pub mod cli;
 pub mod duplicity;
 pub mod engine;
 pub mod libvirt;
+pub mod process;
 pub mod store;

@@ -104,6 +104,7 @@ pub async fn run(
             }
         }
     }
+    crate::process::die_with_parent(&mut cmd);
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&write_end);
     // SAFETY: between fork and exec only async-signal-safe calls are made (dup2).
     unsafe {
@@ -201,8 +202,9 @@ fn last_lines(s: &str, n: usize) -> String {
 
 fn one_line(s: &str) -> String {
     let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if s.chars().count() > 400 {
-        s.chars().take(400).collect::<String>() + "..."
+    let n = s.chars().count();
+    if n > 400 {
+        "...".to_string() + &s.chars().skip(n - 400).collect::<String>()
     } else {
         s
     }

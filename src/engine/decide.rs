@@ -384,7 +384,8 @@ mod tests {
 
     #[test]
     fn auto_falls_back_to_a_full_and_says_why() {
-        let cases: Vec<(Box<dyn Fn(&mut ChainFacts)>, FullReason)> = vec![
+        type Change = Box<dyn Fn(&mut ChainFacts)>;
+        let cases: Vec<(Change, FullReason)> = vec![
             (Box::new(|f| f.previous = None), FullReason::NoChain),
             (Box::new(|f| f.online = false), FullReason::DomainShutOff),
             (

@@ -64,6 +64,7 @@ async fn run_on_host(
         .envs(env.extra.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    crate::process::die_with_parent(&mut cmd);
     let child = match tokio::time::timeout(timeout, cmd.output()).await {
         Ok(r) => r,
         Err(_) => {

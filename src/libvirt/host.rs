@@ -53,17 +53,15 @@ pub struct LibvirtHost {
     pub uri: String,
 }
 
-fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LibvirtError> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, LibvirtError>> {
-    async move {
-        tokio::task::spawn_blocking(f).await.map_err(|e| {
-            LibvirtError::new(
-                VirtErrorKind::Other,
-                format!("libvirt worker panicked: {e}"),
-            )
-        })?
-    }
+) -> Result<T, LibvirtError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        LibvirtError::new(
+            VirtErrorKind::Other,
+            format!("libvirt worker panicked: {e}"),
+        )
+    })?
 }
 
 impl LibvirtHost {

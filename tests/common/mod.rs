@@ -442,8 +442,7 @@ impl SnapOut {
     pub fn last_err_line(&self) -> String {
         self.stderr
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("")
             .to_string()
     }
@@ -496,4 +495,12 @@ pub fn assert_left_clean(g: &Guest, env: &Env, expect_running: bool, checkpoints
         "staging must be empty: {:?}",
         env.staging_files()
     );
+}
+
+/// The time string duplicity restores a run's backup set at.
+pub fn duplicity_time(s: &snapback::api::BackupRunStatus) -> String {
+    s.target_time
+        .expect("the run records duplicity's backup time")
+        .strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        .to_string()
 }

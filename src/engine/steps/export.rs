@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::api::{BackupPhase, FailureReason};
 use crate::engine::{human_bytes, staging, BackupEngine, Event, Journal, StepError};
-use crate::libvirt::domain_xml::depth_images;
+use crate::libvirt::domain_xml::{depth_images, ChainImage};
 use crate::libvirt::JobState;
 
 use super::manifest_name;
@@ -81,6 +81,16 @@ impl<J: Journal> BackupEngine<'_, J> {
                     FailureReason::BackupJobFailed,
                     format!("disk {} disappeared", d.name),
                 ));
+            };
+            // An inactive domain's XML has no <backingStore>: ask qemu-img for the chain.
+            let chain = if disk.chain.len() == 1 {
+                probe_chain(disk.source()).await?
+            } else {
+                disk.chain.clone()
+            };
+            let disk = crate::libvirt::Disk {
+                chain,
+                ..disk.clone()
             };
             let n = depth_images(disk.chain.len(), depth);
             let dest = dir.join(&d.export_file);
@@ -184,21 +194,60 @@ fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {
     })
 }
 
-/// Runs qemu-img with `-p` and reports its percentage.
-async fn run_qemu_img(argv: &[String], mut on_pct: impl FnMut(f64)) -> Result<(), StepError> {
-    let mut child = tokio::process::Command::new("qemu-img")
-        .args(argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+/// The backing chain of an image, top first, as qemu-img sees it.
+async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "-U", "--backing-chain", "--output=json", path])
+        .output()
+        .await
         .map_err(|e| {
             StepError::new(
                 FailureReason::Internal,
                 format!("cannot start qemu-img: {e}"),
             )
         })?;
+    if !out.status.success() {
+        return Err(StepError::new(
+            FailureReason::BackupJobFailed,
+            format!(
+                "qemu-img info {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        StepError::new(
+            FailureReason::Internal,
+            format!("qemu-img info output: {e}"),
+        )
+    })?;
+    let images = v.as_array().cloned().unwrap_or_default();
+    Ok(images
+        .iter()
+        .filter_map(|i| {
+            Some(ChainImage {
+                path: i["filename"].as_str()?.to_string(),
+                format: i["format"].as_str()?.to_string(),
+            })
+        })
+        .collect())
+}
+
+/// Runs qemu-img with `-p` and reports its percentage.
+async fn run_qemu_img(argv: &[String], mut on_pct: impl FnMut(f64)) -> Result<(), StepError> {
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    crate::process::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| {
+        StepError::new(
+            FailureReason::Internal,
+            format!("cannot start qemu-img: {e}"),
+        )
+    })?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let err_task = tokio::spawn(async move {

@@ -36,7 +36,14 @@ impl<J: Journal> BackupEngine<'_, J> {
                 run: &run,
                 extra: vec![],
             };
-            let result = run_hook(self.host, hook, &env).await;
+            let mut cancel = self.cancel.clone();
+            // A signal stops a hook too: dropping its future kills the child process.
+            let result = tokio::select! {
+                r = run_hook(self.host, hook, &env) => r,
+                _ = cancel.changed() => {
+                    return Err(StepError::new(FailureReason::Interrupted, format!("interrupted during {stage} hook")));
+                }
+            };
             let ok = result.succeeded;
             let detail = format!(
                 "hook '{}' ({stage}) failed: exit {:?}: {}",

@@ -7,27 +7,21 @@ use crate::api::{BackupPhase, BackupType, FailureReason, Progress};
 use crate::duplicity::{self, Action};
 use crate::engine::{BackupEngine, Event, Journal, StepError};
 
-use super::manifest_name;
-
 impl<J: Journal> BackupEngine<'_, J> {
     pub(crate) async fn upload(&mut self) -> Result<(), StepError> {
-        let name = self.name();
         if self.ctx.target.name.is_empty() {
             let tkey = crate::engine::staging::target_key(self.ctx.target.url.as_str());
             self.ctx.target.name = format!("{tkey}-{}", self.domain_id());
         }
-        // A resumed run may have finished uploading just before it died: the target says so.
-        if self.status().upload_attempts > 0
-            && self.target_has_manifest(&manifest_name(&name)).await?
-        {
-            (self.report)(Event::Note(
-                "the target already holds this run; not uploading again".into(),
-            ));
-        } else {
-            self.status_mut().upload_attempts += 1;
-            self.save().await?;
-            self.run_duplicity().await?;
+        // A resumed upload simply runs duplicity again: duplicity finds the partial set in its
+        // archive dir and continues it. (Asking the target first is not reliable: duplicity
+        // lists the files of a partial set from its local cache as if they were uploaded.)
+        if self.status().upload_attempts > 0 {
+            (self.report)(Event::Note("resuming the interrupted upload".into()));
         }
+        self.status_mut().upload_attempts += 1;
+        self.save().await?;
+        self.run_duplicity().await?;
         self.status_mut().uploaded = true;
         self.enter(BackupPhase::Finalizing).await
     }
