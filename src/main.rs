@@ -41,7 +41,8 @@ async fn main() {
     std::process::exit(code);
 }
 
-async fn resume(args: snapback::cli::ResumeArgs) -> i32 {
+async fn resume(mut args: snapback::cli::ResumeArgs) -> i32 {
+    args.common.absolutize();
     let store = FileStore::new(&args.common.state_dir);
     let host = match snapback::libvirt::LibvirtHost::connect(&args.common.connect).await {
         Ok(h) => h,

@@ -65,12 +65,12 @@ fn a_full_backup_of_a_writing_guest_uploads_a_verifiable_export_and_leaves_the_g
     g.wait_for_writes(before + 3);
     assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
     assert!(env
-        .target_files()
+        .target_files_of(&g.name)
         .iter()
         .any(|f| f.starts_with("duplicity-full.") && f.ends_with(".manifest")));
 
     // What is on the target is the export whose checksum the run recorded, and a sound qcow2.
-    let (ok, dir, log) = env.duplicity_restore(None, &["--no-encryption"], &[]);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "duplicity restore failed: {log}");
     let export = dir.join(&s.disks[0].export_file);
     assert_eq!(
@@ -140,7 +140,7 @@ fn an_incremental_after_writes_exports_about_the_changed_data_not_the_disk() {
         f.disks[0].export_bytes
     );
     assert!(
-        env.target_files()
+        env.target_files_of(&g.name)
             .iter()
             .any(|f| f.starts_with("duplicity-inc.")),
         "an image incremental is a duplicity incremental"
@@ -149,10 +149,14 @@ fn an_incremental_after_writes_exports_about_the_changed_data_not_the_disk() {
     assert_left_clean(&g, &env, true, &[i.checkpoint.clone().unwrap()]);
 
     // Rebased onto the full, the incremental reads as a whole disk holding the guest's writes.
-    let (ok, dir, log) = env.duplicity_restore(None, &["--no-encryption"], &[]);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "{log}");
-    let (ok, full_dir, log) =
-        env.duplicity_restore(Some(&duplicity_time(&f)), &["--no-encryption"], &[]);
+    let (ok, full_dir, log) = env.duplicity_restore(
+        &g.name,
+        Some(&duplicity_time(&f)),
+        &["--no-encryption"],
+        &[],
+    );
     assert!(ok, "{log}");
     let inc_img = dir.join(&i.disks[0].export_file);
     let full_img = full_dir.join(&f.disks[0].export_file);

@@ -115,7 +115,7 @@ fn a_shut_off_domain_is_exported_from_its_files_or_skipped_when_asked() {
     );
     assert_eq!(g.state(), "shut off", "the domain is not started");
 
-    let (ok, dir, log) = env.duplicity_restore(None, &["--no-encryption"], &[]);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "{log}");
     let export = dir.join(&s.disks[0].export_file);
     run_ok(
@@ -186,7 +186,7 @@ fn depth_limits_a_shut_off_export_to_the_top_of_the_backing_chain() {
     let w = env.read_run(&whole).status.unwrap();
     assert!(w.size_bytes > 16 << 20, "the whole chain: {}", w.size_bytes);
 
-    let (ok, dir, log) = env.duplicity_restore(None, &["--no-encryption"], &[]);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "{log}");
     run_ok(
         "qemu-img",
@@ -415,7 +415,7 @@ fn a_run_killed_after_the_snapshot_resumes_where_it_stopped() {
     assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
     assert_eq!(s.upload_attempts, 1);
     assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
-    let (ok, dir, log) = env.duplicity_restore(None, &["--no-encryption"], &[]);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "{log}");
     assert_eq!(
         snapback::engine::staging::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
@@ -452,8 +452,12 @@ fn a_run_killed_during_upload_is_finished_by_the_next_backup_and_restores_intact
     let s = env.read_run(&name).status.unwrap();
     assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
     assert_eq!(s.upload_attempts, 2, "the upload was resumed, not skipped");
-    let (ok, dir, log) =
-        env.duplicity_restore(Some(&duplicity_time(&s)), &["--no-encryption"], &[]);
+    let (ok, dir, log) = env.duplicity_restore(
+        &g.name,
+        Some(&duplicity_time(&s)),
+        &["--no-encryption"],
+        &[],
+    );
     assert!(ok, "{log}");
     assert_eq!(
         snapback::engine::staging::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),

@@ -48,16 +48,19 @@ fn gpg_home(dir: &Path) -> String {
 }
 
 /// No volume on the target may reveal the guest's data or a qcow2 header.
-fn assert_volumes_unreadable(env: &Env) {
+fn assert_volumes_unreadable(env: &Env, domain: &str) {
+    let dir = env
+        .target_dir
+        .join(snapback::engine::staging::domain_dir(domain));
     let vols: Vec<String> = env
-        .target_files()
+        .target_files_of(domain)
         .into_iter()
         .filter(|f| f.contains(".vol"))
         .collect();
     assert!(!vols.is_empty());
     for v in vols {
         assert!(v.ends_with(".gpg"), "volume {v} is not encrypted");
-        let data = std::fs::read(env.target_dir.join(&v)).unwrap();
+        let data = std::fs::read(dir.join(&v)).unwrap();
         assert!(
             !data.windows(4).any(|w| w == b"QFI\xfb"),
             "{v} holds a plain qcow2 header"
@@ -92,10 +95,10 @@ fn gpg_encrypted_backups_cannot_be_read_without_the_key() {
         env.read_run(&inc).status.unwrap().type_,
         Some(BackupType::Incremental)
     );
-    assert_volumes_unreadable(&env);
+    assert_volumes_unreadable(&env, &g.name);
 
     let home_s = home.display().to_string();
-    let (ok, dir, log) = env.duplicity_restore(None, &[], &[("GNUPGHOME", &home_s)]);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &[], &[("GNUPGHOME", &home_s)]);
     assert!(ok, "restore with the key failed: {log}");
     assert!(dir.join(format!("{inc}.manifest.json")).exists());
 
@@ -103,6 +106,7 @@ fn gpg_encrypted_backups_cannot_be_read_without_the_key() {
     std::fs::create_dir_all(&empty).unwrap();
     let empty_s = empty.display().to_string();
     let (ok, _, _) = env.duplicity_restore(
+        &g.name,
         None,
         &["--archive-dir", "/nonexistent-cache"],
         &[("GNUPGHOME", &empty_s)],
@@ -130,15 +134,15 @@ fn passphrase_encrypted_backups_keep_the_passphrase_out_of_status_and_output() {
     );
     let name = out.assert_ok();
     assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret));
-    assert_volumes_unreadable(&env);
+    assert_volumes_unreadable(&env, &g.name);
     let yaml =
         std::fs::read_to_string(env.state.join("backupruns").join(format!("{name}.yaml"))).unwrap();
     assert!(!yaml.contains(secret), "the passphrase leaked into status");
 
-    let (ok, dir, log) = env.duplicity_restore(None, &[], &[("PASSPHRASE", secret)]);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &[], &[("PASSPHRASE", secret)]);
     assert!(ok, "{log}");
     assert!(dir.join(format!("{name}.manifest.json")).exists());
-    let (ok, _, _) = env.duplicity_restore(None, &[], &[("PASSPHRASE", "wrong")]);
+    let (ok, _, _) = env.duplicity_restore(&g.name, None, &[], &[("PASSPHRASE", "wrong")]);
     assert!(!ok, "a wrong passphrase must not restore");
 
     // A missing passphrase file is a clear error that touches nothing.
@@ -234,7 +238,7 @@ fn an_s3_target_on_a_local_s3_compatible_server_takes_full_and_incremental_backu
             env.dir.join("c").to_str().unwrap(),
             "--s3-endpoint-url",
             &s3.endpoint,
-            &env.target,
+            &format!("{}/{}", env.target, g.name),
         ])
         .env("PASSPHRASE", "")
         .envs(env.extra_env.iter().map(|(k, v)| (k, v)))

@@ -182,6 +182,9 @@ pub struct BackupRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
 
+    /// The domain's name, resolved in Preparing: its backups live under `<target>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_name: Option<String>,
     /// The domain's UUID, resolved in Preparing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_uuid: Option<String>,

@@ -80,6 +80,15 @@ pub struct CommonArgs {
     pub state_dir: PathBuf,
 }
 
+impl CommonArgs {
+    /// libvirt writes exports by absolute path: a relative --state-dir is made absolute.
+    pub fn absolutize(&mut self) {
+        if let Ok(p) = std::path::absolute(&self.state_dir) {
+            self.state_dir = p;
+        }
+    }
+}
+
 /// A DNS-1123 name from the domain name and the time: `web-20260101-120000-3f2a`.
 pub fn run_name(domain: &str, now: Timestamp) -> String {
     let mut base: String = domain
@@ -203,7 +212,8 @@ pub async fn resume_stale(
     Ok(done)
 }
 
-pub async fn execute(args: BackupArgs) -> i32 {
+pub async fn execute(mut args: BackupArgs) -> i32 {
+    args.common.absolutize();
     let store = FileStore::new(&args.common.state_dir);
     let now = Timestamp::now();
     let name = run_name(&args.domain, now);

@@ -69,6 +69,14 @@ impl TargetUrl {
         (self.scheme == "file").then(|| &self.raw["file://".len()..])
     }
 
+    /// The URL of a sub-directory (or key prefix) of this target.
+    pub fn child(&self, segment: &str) -> TargetUrl {
+        TargetUrl {
+            raw: format!("{}/{segment}", self.raw.trim_end_matches('/')),
+            scheme: self.scheme.clone(),
+        }
+    }
+
     /// The URL safe to print: any password in the user-info part replaced.
     pub fn redacted(&self) -> String {
         redact(&self.raw)
@@ -122,6 +130,19 @@ mod tests {
             .contains("unsupported"));
         assert!(TargetUrl::parse("file:///a b").is_err());
         assert!(TargetUrl::parse("sftp:///p").is_err());
+    }
+
+    #[test]
+    fn child_urls_append_one_segment() {
+        let u = TargetUrl::parse("file:///b/").unwrap();
+        assert_eq!(u.child("web").as_str(), "file:///b/web");
+        assert_eq!(
+            TargetUrl::parse("boto3+s3://bk/p")
+                .unwrap()
+                .child("x")
+                .as_str(),
+            "boto3+s3://bk/p/x"
+        );
     }
 
     #[test]

@@ -12,6 +12,30 @@ pub fn target_key(url: &str) -> String {
     hex::encode(&h[..8])
 }
 
+/// The directory (or key prefix) a domain's backups live under on a target: the domain name
+/// where it is plain, else a readable form plus a hash so distinct names never collide.
+pub fn domain_dir(name: &str) -> String {
+    let plain: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let plain = plain.trim_start_matches('.').to_string();
+    if plain == name && !plain.is_empty() {
+        return plain;
+    }
+    let mut short: String = plain.chars().take(40).collect();
+    if short.is_empty() {
+        short = "domain".into();
+    }
+    format!("{short}-{}", &target_key(name)[..8])
+}
+
 /// One stable staging path per target and domain: duplicity refuses an incremental whose
 /// source path differs from the previous run's.
 pub fn staging_dir(state: &Path, tkey: &str, uuid: &str) -> PathBuf {
@@ -108,6 +132,19 @@ mod tests {
         assert!(lock(d.path(), "t", "other").unwrap().is_some());
         drop(first);
         assert!(lock(d.path(), "t", "u").unwrap().is_some());
+    }
+
+    #[test]
+    fn domain_dirs_are_path_safe_and_distinct() {
+        assert_eq!(domain_dir("web-1.prod"), "web-1.prod");
+        let a = domain_dir("a b");
+        let b = domain_dir("a/b");
+        assert_ne!(a, b);
+        assert!(a.starts_with("a_b-") && !b.contains('/'));
+        assert!(!domain_dir("..").starts_with('.'));
+        assert!(domain_dir("$(x);`y`")
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
     }
 
     #[test]

@@ -26,8 +26,10 @@ pub enum DomainState {
 pub struct DomainView {
     pub facts: DomainFacts,
     pub state: DomainState,
-    /// The live (or inactive) XML, saved with each backup.
+    /// The live XML (backing chains, runtime state).
     pub xml: String,
+    /// The persistent definition, saved with each backup: what a restore defines again.
+    pub inactive_xml: String,
     /// Virtual size of each disk, in the order of `facts.disks`.
     pub sizes: Vec<u64>,
 }
@@ -138,6 +140,7 @@ impl LibvirtHost {
                 _ => DomainState::Other,
             };
             let xml = dom.xml_desc(0)?;
+            let inactive_xml = dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?;
             let facts = domain_xml::parse_domain(&xml)
                 .map_err(|e| LibvirtError::new(VirtErrorKind::Other, e.to_string()))?;
             let mut sizes = Vec::with_capacity(facts.disks.len());
@@ -148,6 +151,7 @@ impl LibvirtHost {
                 facts,
                 state,
                 xml,
+                inactive_xml,
                 sizes,
             })
         })

@@ -378,6 +378,21 @@ impl Env {
         out
     }
 
+    /// The duplicity files of one domain's backups (`<target>/<domain dir>`).
+    pub fn target_files_of(&self, domain: &str) -> Vec<String> {
+        let dir = self
+            .target_dir
+            .join(snapback::engine::staging::domain_dir(domain));
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Everything on the target, any domain.
     pub fn target_files(&self) -> Vec<String> {
         std::fs::read_dir(&self.target_dir)
             .map(|rd| {
@@ -388,9 +403,10 @@ impl Env {
             .unwrap_or_default()
     }
 
-    /// Restores the target's state at `time` (or latest) into a fresh dir with duplicity.
+    /// Restores one domain's backups at `time` (or latest) into a fresh dir with duplicity.
     pub fn duplicity_restore(
         &self,
+        domain: &str,
         time: Option<&str>,
         extra: &[&str],
         env: &[(&str, &str)],
@@ -405,7 +421,11 @@ impl Env {
             args.push(format!("--time={t}"));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.push(self.target.clone());
+        args.push(format!(
+            "{}/{}",
+            self.target.trim_end_matches('/'),
+            snapback::engine::staging::domain_dir(domain)
+        ));
         args.push(out.display().to_string());
         let mut cmd = Command::new("duplicity");
         cmd.args(&args).env("PASSPHRASE", "");

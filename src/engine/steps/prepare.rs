@@ -70,6 +70,7 @@ impl<J: Journal> BackupEngine<'_, J> {
         let name = self.name();
         let uuid = view.facts.uuid.clone();
         self.status_mut().domain_uuid = Some(uuid.clone());
+        self.status_mut().domain_name = Some(view.facts.name.clone());
         self.status_mut().target_url = Some(self.ctx.target.url.redacted());
         self.ensure_lock()?;
 
@@ -108,7 +109,6 @@ impl<J: Journal> BackupEngine<'_, J> {
                 format!("cannot empty staging: {e}"),
             )
         })?;
-        self.ctx.target.name = format!("{tkey}-{uuid}");
 
         // The chain: what the previous run left in libvirt and on the target.
         let url = self.ctx.target.url.redacted();
@@ -187,12 +187,14 @@ impl<J: Journal> BackupEngine<'_, J> {
             );
         }
 
-        std::fs::write(dir.join(format!("{name}.domain.xml")), &view.xml).map_err(|e| {
-            StepError::new(
-                FailureReason::StagingFull,
-                format!("cannot write domain XML: {e}"),
-            )
-        })?;
+        std::fs::write(dir.join(format!("{name}.domain.xml")), &view.inactive_xml).map_err(
+            |e| {
+                StepError::new(
+                    FailureReason::StagingFull,
+                    format!("cannot write domain XML: {e}"),
+                )
+            },
+        )?;
 
         let s = self.status_mut();
         s.online = online;
@@ -241,7 +243,7 @@ impl<J: Journal> BackupEngine<'_, J> {
     /// Whether the target's newest backup holds the given file (a run's manifest).
     pub(crate) async fn target_has_manifest(&self, manifest: &str) -> Result<bool, StepError> {
         let out = duplicity::run(
-            &self.ctx.target,
+            &self.domain_target(),
             &Action::ListCurrentFiles { time: None },
             |_| {},
         )

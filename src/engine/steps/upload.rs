@@ -9,10 +9,6 @@ use crate::engine::{BackupEngine, Event, Journal, StepError};
 
 impl<J: Journal> BackupEngine<'_, J> {
     pub(crate) async fn upload(&mut self) -> Result<(), StepError> {
-        if self.ctx.target.name.is_empty() {
-            let tkey = crate::engine::staging::target_key(self.ctx.target.url.as_str());
-            self.ctx.target.name = format!("{tkey}-{}", self.domain_id());
-        }
         // A resumed upload simply runs duplicity again: duplicity finds the partial set in its
         // archive dir and continues it. (Asking the target first is not reliable: duplicity
         // lists the files of a partial set from its local cache as if they were uploaded.)
@@ -33,7 +29,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             Some(BackupType::Incremental) => Action::Incremental { source },
             _ => Action::Full { source },
         };
-        let target = self.ctx.target.clone();
+        let target = self.domain_target();
         // Everything in staging goes up: the exports plus the small XML and manifest files.
         let total: u64 = std::fs::read_dir(self.staging())
             .map(|d| {
