@@ -6,4 +6,6 @@ pub mod duplicity;
 pub mod engine;
 pub mod libvirt;
 pub mod process;
+pub mod qemu_img;
+pub mod restore;
 pub mod store;

@@ -25,6 +25,8 @@ async fn main() {
     let code = match cli.command {
         Command::Backup(args) => backup::execute(args).await,
         Command::Resume(args) => resume(args).await,
+        Command::Restore(args) => snapback::cli::restore::execute(args).await,
+        Command::List(args) => snapback::cli::restore::list(args).await,
         Command::Get(args) => match args.kind {
             Kind::Backupruns => match FileStore::new(&args.state_dir).backup_runs() {
                 Ok(runs) => {
@@ -36,6 +38,18 @@ async fn main() {
                     1
                 }
             },
+            Kind::Restorerequests => {
+                match FileStore::new(&args.state_dir).list("restorerequests") {
+                    Ok(reqs) => {
+                        print!("{}", snapback::cli::restore::restore_table(&reqs));
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("Internal: {e}");
+                        1
+                    }
+                }
+            }
         },
     };
     std::process::exit(code);

@@ -60,6 +60,10 @@ pub enum FailureReason {
     UploadFailed,
     /// The staging directory ran out of space.
     StagingFull,
+    /// The restore's storage directory is too small.
+    StorageFull,
+    /// A fetched or rebuilt image did not match its checksum or failed `qemu-img check`.
+    VerificationFailed,
     /// Quiesce was required and the guest filesystems could not be frozen.
     QuiesceFailed,
     /// A hook with `onError: Fail` failed.
@@ -90,6 +94,8 @@ impl FailureReason {
             Self::EncryptionKeyError => "EncryptionKeyError",
             Self::UploadFailed => "UploadFailed",
             Self::StagingFull => "StagingFull",
+            Self::StorageFull => "StorageFull",
+            Self::VerificationFailed => "VerificationFailed",
             Self::QuiesceFailed => "QuiesceFailed",
             Self::HookFailed => "HookFailed",
             Self::Timeout => "Timeout",

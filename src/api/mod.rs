@@ -5,11 +5,13 @@
 
 pub mod common;
 pub mod policy;
+pub mod restore;
 pub mod run;
 pub mod target;
 
 pub use common::*;
 pub use policy::*;
+pub use restore::*;
 pub use run::*;
 pub use target::*;
 

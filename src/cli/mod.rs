@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod get;
 pub mod progress;
+pub mod restore;
 pub mod target_args;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -25,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Back up one domain (full or incremental) to a duplicity target
     Backup(backup::BackupArgs),
+    /// Restore a domain from its backups, as a new domain or in place
+    Restore(restore::RestoreArgs),
+    /// List a domain's restore points on a target
+    List(restore::ListArgs),
     /// Resume runs whose process died, for one target
     Resume(ResumeArgs),
     /// List resources in a kubectl-like table
@@ -43,6 +48,8 @@ pub struct ResumeArgs {
 pub enum Kind {
     #[value(alias = "backuprun", alias = "br")]
     Backupruns,
+    #[value(alias = "restorerequest", alias = "rr")]
+    Restorerequests,
 }
 
 #[derive(clap::Args, Debug)]

@@ -10,7 +10,7 @@ pub fn stderr_reporter(run: String) -> Reporter {
     Box::new(move |ev| match ev {
         crate::engine::Event::Phase(p) => eprintln!("{run}: {p:?}"),
         Event::Note(n) => eprintln!("{run}: {n}"),
-        Event::Progress { phase, done, total } => {
+        Event::Progress { stage, done, total } => {
             let mut l = last.lock().unwrap();
             if l.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) && done < total {
                 return;
@@ -22,8 +22,8 @@ pub fn stderr_reporter(run: String) -> Reporter {
                 0.0
             };
             eprintln!(
-                "{run}: {phase:?} {} / {} ({pct:.0}%)",
-                human_bytes(done),
+                "{run}: {stage} {} / {} ({pct:.0}%)",
+                human_bytes(done.min(total)),
                 human_bytes(total)
             );
         }

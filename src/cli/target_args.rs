@@ -17,7 +17,11 @@ pub struct TargetArgs {
     #[arg(long)]
     pub s3_endpoint_url: Option<String>,
     /// Symmetric encryption: a file holding the passphrase
-    #[arg(long, conflicts_with = "gpg_recipient")]
+    #[arg(
+        long,
+        visible_alias = "decrypt-passphrase-file",
+        conflicts_with = "gpg_recipient"
+    )]
     pub encrypt_passphrase_file: Option<PathBuf>,
     /// Public-key encryption to this GPG key (repeatable)
     #[arg(long)]

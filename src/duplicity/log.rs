@@ -8,6 +8,9 @@ pub struct LogMessage {
     pub level: String,
     pub code: u32,
     pub control: Vec<String>,
+    /// Further control lines before the text (collection status puts its machine-readable
+    /// listing there).
+    pub extra: Vec<String>,
     pub text: String,
 }
 
@@ -42,6 +45,12 @@ impl LogParser {
         if line.trim().is_empty() {
             return self.current.take();
         }
+        if let Some(m) = self.current.as_mut() {
+            if m.text.is_empty() {
+                m.extra.push(line.to_string());
+                return None;
+            }
+        }
         let mut parts = line.split_whitespace();
         let level = parts.next().unwrap_or("").to_string();
         let code = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -50,6 +59,7 @@ impl LogParser {
             level,
             code,
             control,
+            extra: Vec::new(),
             text: String::new(),
         })
     }
@@ -83,6 +93,58 @@ pub fn backup_start_time(notices: &[String]) -> Option<i64> {
         let secs: f64 = rest.split_whitespace().next()?.parse().ok()?;
         Some(secs.floor() as i64)
     })
+}
+
+/// One backup set on the target, from collection status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupSet {
+    pub time: jiff::Timestamp,
+    pub full: bool,
+    /// The time of the full that starts this set's chain.
+    pub chain_start: jiff::Timestamp,
+}
+
+/// Reads the sets of complete chains from collection status's machine-readable lines
+/// (`chain-complete` then ` full 20261122T064439Z 1 noenc` / ` inc ...`), oldest first.
+pub fn collection_sets(messages: &[LogMessage]) -> Vec<BackupSet> {
+    let mut sets = Vec::new();
+    for m in messages.iter().filter(|m| m.code == 3) {
+        let mut in_chain = false;
+        let mut chain_start = None;
+        for l in &m.extra {
+            if !l.starts_with(' ') {
+                in_chain = l.trim() == "chain-complete";
+                chain_start = None;
+                continue;
+            }
+            if !in_chain {
+                continue;
+            }
+            let mut f = l.split_whitespace();
+            let (Some(kind), Some(t)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Ok(dt) = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", t) else {
+                continue;
+            };
+            let Ok(time) = dt.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()) else {
+                continue;
+            };
+            let full = kind == "full";
+            if full {
+                chain_start = Some(time);
+            }
+            if let Some(cs) = chain_start {
+                sets.push(BackupSet {
+                    time,
+                    full,
+                    chain_start: cs,
+                });
+            }
+        }
+    }
+    sets.sort_by_key(|s| s.time);
+    sets
 }
 
 /// Maps a duplicity failure to a reason word. `code` is duplicity's ErrorCode (0 if unknown),
@@ -158,6 +220,36 @@ mod tests {
         let m = p.finish().unwrap();
         assert!(m.is_error());
         assert_eq!(m.code, 38);
+    }
+
+    #[test]
+    fn collection_status_lists_the_sets_of_complete_chains() {
+        let mut p = LogParser::default();
+        let mut msgs = vec![];
+        let text = "INFO 3 \nbackend X\nchain-complete\n full 20261122T064439Z 1 noenc\n inc 20261122T064822Z 1 noenc\nchain-no-sig\n full 20261101T000000Z 1 noenc\nchain-complete\n full 20261123T000000Z 2 enc\n. Collection Status\n\n";
+        for l in text.split('\n') {
+            msgs.extend(p.line(l));
+        }
+        let sets = collection_sets(&msgs);
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(sets.len(), 3, "{sets:?}");
+        assert_eq!(
+            sets[0],
+            BackupSet {
+                time: t("2026-11-22T06:44:39Z"),
+                full: true,
+                chain_start: t("2026-11-22T06:44:39Z")
+            }
+        );
+        assert_eq!(
+            sets[1],
+            BackupSet {
+                time: t("2026-11-22T06:48:22Z"),
+                full: false,
+                chain_start: t("2026-11-22T06:44:39Z")
+            }
+        );
+        assert!(sets[2].full);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Output {
     pub stdout: String,
     /// Texts of the log messages (statistics, notices).
     pub notices: Vec<String>,
+    /// Every non-error log message, for callers that read machine-readable parts.
+    pub messages: Vec<super::log::LogMessage>,
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -148,24 +150,27 @@ pub async fn run(
     let mut lines = BufReader::new(log_file).lines();
     let mut parser = LogParser::default();
     let mut notices = Vec::new();
+    let mut messages = Vec::new();
     let mut errors: Vec<(u32, String)> = Vec::new();
-    let mut handle =
-        |m: super::log::LogMessage, notices: &mut Vec<String>, errors: &mut Vec<(u32, String)>| {
-            if let Some(t) = m.transfer() {
-                on_progress(t);
-            } else if m.is_error() {
-                errors.push((m.code, m.text));
-            } else if !m.text.is_empty() {
-                notices.push(m.text);
+    let mut handle = |m: super::log::LogMessage| {
+        if let Some(t) = m.transfer() {
+            on_progress(t);
+        } else if m.is_error() {
+            errors.push((m.code, m.text));
+        } else {
+            if !m.text.is_empty() {
+                notices.push(m.text.clone());
             }
-        };
+            messages.push(m);
+        }
+    };
     while let Ok(Some(line)) = lines.next_line().await {
         if let Some(m) = parser.line(&line) {
-            handle(m, &mut notices, &mut errors);
+            handle(m);
         }
     }
     if let Some(m) = parser.finish() {
-        handle(m, &mut notices, &mut errors);
+        handle(m);
     }
     let status = child
         .wait()
@@ -174,7 +179,11 @@ pub async fn run(
     let stdout = out_task.await.unwrap_or_default();
     let stderr = err_task.await.unwrap_or_default();
     if status.success() {
-        return Ok(Output { stdout, notices });
+        return Ok(Output {
+            stdout,
+            notices,
+            messages,
+        });
     }
     let (code, text) = errors.last().cloned().unwrap_or((0, String::new()));
     let detail = if text.trim().is_empty() {

@@ -6,6 +6,7 @@
 pub mod decide;
 pub mod history;
 pub mod hooks;
+pub mod manifest;
 pub mod staging;
 mod steps;
 
@@ -68,8 +69,9 @@ pub trait Journal: Send + Sync {
 #[derive(Clone, Debug)]
 pub enum Event {
     Phase(BackupPhase),
+    /// Bytes done of total in a long step (`stage`: Exporting, Uploading, Rebuilding ...).
     Progress {
-        phase: BackupPhase,
+        stage: &'static str,
         done: u64,
         total: u64,
     },

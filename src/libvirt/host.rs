@@ -285,4 +285,52 @@ impl LibvirtHost {
         self.with_domain(dom, move |d| Ok(d.qemu_agent_command(&json, secs, 0)?))
             .await
     }
+
+    /// Defines (or redefines) a persistent domain; returns its UUID.
+    pub async fn define(&self, xml: String) -> Result<String, LibvirtError> {
+        let conn = self.conn.clone();
+        blocking(move || {
+            let d = conn.define_domain_xml(&xml)?;
+            Ok(d.uuid_string()?)
+        })
+        .await
+    }
+
+    /// Removes a domain's definition (and libvirt's checkpoint records of it).
+    pub async fn undefine(&self, dom: &str) -> Result<(), LibvirtError> {
+        self.with_domain(dom, |d| {
+            Ok(d.undefine_flags(
+                sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                    | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+            )?)
+        })
+        .await
+    }
+
+    pub async fn start(&self, dom: &str) -> Result<(), LibvirtError> {
+        self.with_domain(dom, |d| Ok(d.create()?)).await
+    }
+
+    /// Forces the domain off (like pulling the plug). "Not running" is not an error.
+    pub async fn destroy(&self, dom: &str) -> Result<(), LibvirtError> {
+        self.with_domain(dom, |d| {
+            if d.is_active()? {
+                d.destroy()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Asks the guest to shut down (ACPI or agent).
+    pub async fn shutdown(&self, dom: &str) -> Result<(), LibvirtError> {
+        self.with_domain(dom, |d| Ok(d.shutdown()?)).await
+    }
+
+    /// Drops libvirt's record of a checkpoint without touching any image.
+    pub async fn forget_checkpoint(&self, dom: &str, name: &str) -> Result<(), LibvirtError> {
+        let name = name.to_string();
+        self.with_domain(dom, move |d| Ok(ffi::checkpoint_delete(d, &name, true)?))
+            .await
+    }
 }

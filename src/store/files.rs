@@ -97,6 +97,19 @@ impl FileStore {
     }
 }
 
+impl crate::restore::RestoreJournal for FileStore {
+    fn save_restore(
+        &self,
+        req: &crate::api::RestoreRequest,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let name = req.metadata.name.as_deref().unwrap_or("unnamed");
+        let result = self
+            .write("restorerequests", name, req)
+            .map_err(|e| e.to_string());
+        async move { result }
+    }
+}
+
 impl Journal for FileStore {
     fn save(
         &self,

@@ -4,15 +4,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use tokio::io::AsyncReadExt;
-
 use crate::api::{BackupPhase, FailureReason};
 use crate::engine::{human_bytes, staging, BackupEngine, Event, Journal, StepError};
-use crate::libvirt::domain_xml::{depth_images, ChainImage};
+use crate::libvirt::domain_xml::depth_images;
 use crate::libvirt::JobState;
+use crate::qemu_img::{probe_chain, run_qemu_img};
 
 use super::manifest_name;
+use crate::engine::manifest::Manifest;
 
 /// How often progress is written to status during long waits.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
@@ -35,7 +34,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             match self.host.job(&id).await? {
                 JobState::Active { done, total } => {
                     (self.report)(Event::Progress {
-                        phase: BackupPhase::Exporting,
+                        stage: "Exporting",
                         done,
                         total,
                     });
@@ -115,14 +114,19 @@ impl<J: Journal> BackupEngine<'_, J> {
             ]);
             let report = &self.report;
             let vsize = d.virtual_size;
-            run_qemu_img(&argv, |pct| {
-                let done = base_done + (vsize as f64 * pct / 100.0) as u64;
-                report(Event::Progress {
-                    phase: BackupPhase::Exporting,
-                    done,
-                    total,
-                });
-            })
+            run_qemu_img(
+                &argv,
+                FailureReason::BackupJobFailed,
+                FailureReason::StagingFull,
+                |pct| {
+                    let done = base_done + (vsize as f64 * pct / 100.0) as u64;
+                    report(Event::Progress {
+                        stage: "Exporting",
+                        done,
+                        total,
+                    });
+                },
+            )
             .await?;
             std::fs::rename(&part, &dest)
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
@@ -161,21 +165,24 @@ impl<J: Journal> BackupEngine<'_, J> {
         s.size_bytes = total;
         s.size = Some(human_bytes(total));
         let s = self.status().clone();
-        let manifest = json!({
-            "apiVersion": "snapback.dev/v1alpha1",
-            "run": name,
-            "domain": self.run.spec.domain,
-            "domainUuid": s.domain_uuid,
-            "type": s.type_,
-            "fullReason": s.full_reason,
-            "chain": s.chain,
-            "chainIndex": s.chain_index,
-            "checkpoint": s.checkpoint,
-            "parentCheckpoint": s.parent_checkpoint,
-            "snapshotTime": s.snapshot_time.map(|t| t.to_string()),
-            "online": s.online,
-            "disks": s.disks,
-        });
+        let manifest = Manifest {
+            api_version: "snapback.dev/v1alpha1".into(),
+            run: name.clone(),
+            domain: s
+                .domain_name
+                .clone()
+                .unwrap_or_else(|| self.run.spec.domain.clone()),
+            domain_uuid: s.domain_uuid.clone(),
+            type_: s.type_.unwrap_or(crate::api::BackupType::Full),
+            full_reason: s.full_reason,
+            chain: s.chain.clone().unwrap_or_else(|| name.clone()),
+            chain_index: s.chain_index,
+            checkpoint: s.checkpoint.clone(),
+            parent_checkpoint: s.parent_checkpoint.clone(),
+            snapshot_time: s.snapshot_time,
+            online: s.online,
+            disks: s.disks.clone(),
+        };
         let text = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
         write(&dir.join(manifest_name(&name)), &text)?;
@@ -192,104 +199,4 @@ fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {
         };
         StepError::new(reason, format!("cannot write {}: {e}", path.display()))
     })
-}
-
-/// The backing chain of an image, top first, as qemu-img sees it.
-async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "-U", "--backing-chain", "--output=json", path])
-        .output()
-        .await
-        .map_err(|e| {
-            StepError::new(
-                FailureReason::Internal,
-                format!("cannot start qemu-img: {e}"),
-            )
-        })?;
-    if !out.status.success() {
-        return Err(StepError::new(
-            FailureReason::BackupJobFailed,
-            format!(
-                "qemu-img info {path}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        StepError::new(
-            FailureReason::Internal,
-            format!("qemu-img info output: {e}"),
-        )
-    })?;
-    let images = v.as_array().cloned().unwrap_or_default();
-    Ok(images
-        .iter()
-        .filter_map(|i| {
-            Some(ChainImage {
-                path: i["filename"].as_str()?.to_string(),
-                format: i["format"].as_str()?.to_string(),
-            })
-        })
-        .collect())
-}
-
-/// Runs qemu-img with `-p` and reports its percentage.
-async fn run_qemu_img(argv: &[String], mut on_pct: impl FnMut(f64)) -> Result<(), StepError> {
-    let mut cmd = tokio::process::Command::new("qemu-img");
-    cmd.args(argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    crate::process::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| {
-        StepError::new(
-            FailureReason::Internal,
-            format!("cannot start qemu-img: {e}"),
-        )
-    })?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let err_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s).await;
-        s
-    });
-    let mut buf = [0u8; 256];
-    let mut pending = String::new();
-    while let Ok(n) = out.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
-        // Progress lines look like "    (42.00/100%)\r".
-        while let Some(i) = pending.find('\r') {
-            let line: String = pending.drain(..=i).collect();
-            if let Some(p) = line
-                .trim()
-                .strip_prefix('(')
-                .and_then(|l| l.split('/').next())
-                .and_then(|v| v.parse().ok())
-            {
-                on_pct(p);
-            }
-        }
-    }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
-    let stderr = err_task.await.unwrap_or_default();
-    if !status.success() {
-        let reason = if stderr.contains("No space left") {
-            FailureReason::StagingFull
-        } else {
-            FailureReason::BackupJobFailed
-        };
-        return Err(StepError::new(
-            reason,
-            format!("qemu-img convert failed: {}", stderr.trim()),
-        ));
-    }
-    Ok(())
 }

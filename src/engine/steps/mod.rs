@@ -14,10 +14,7 @@ use super::{BackupEngine, Journal, StepError};
 use crate::api::{FailureReason, Hook, HookOnError};
 use crate::engine::hooks::{run_hook, HookEnv};
 
-/// The manifest file a run uploads; its presence on the target proves the upload finished.
-pub(crate) fn manifest_name(run: &str) -> String {
-    format!("{run}.manifest.json")
-}
+pub(crate) use crate::engine::manifest::manifest_name;
 
 impl<J: Journal> BackupEngine<'_, J> {
     pub(crate) fn staging(&self) -> PathBuf {

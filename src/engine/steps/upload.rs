@@ -45,7 +45,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             let fut = duplicity::run(&target, &action, move |t| {
                 *seen.lock().unwrap() = Some(t.bytes);
                 report(Event::Progress {
-                    phase: BackupPhase::Uploading,
+                    stage: "Uploading",
                     done: t.bytes,
                     total,
                 });

@@ -1,0 +1,152 @@
+//! RestoreRequest: bring a domain back from its backups at a point in time, as a new domain or
+//! in place.
+
+use jiff::Timestamp;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Failure, Hooks};
+use super::run::{BackupType, HookResult, Progress};
+
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "snapback.dev",
+    version = "v1alpha1",
+    kind = "RestoreRequest",
+    namespaced,
+    shortname = "rr",
+    category = "snapback",
+    status = "RestoreRequestStatus",
+    printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
+    printcolumn = r#"{"name":"Point","type":"string","jsonPath":".status.point.time"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.definedDomain"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRequestSpec {
+    /// The backed-up domain's name (its directory on the target).
+    pub domain: String,
+    /// Name of a BackupTarget (Kubernetes) or the target URL (single host).
+    pub target_ref: String,
+    /// RFC 3339 time: the newest point at or before it is restored. Empty or `latest`: the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Restore as a new domain with this name (new UUID, MACs and disk paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_name: Option<String>,
+    /// Restore over the existing domain; its old disks are kept until the new ones are verified.
+    #[serde(default)]
+    pub in_place: bool,
+    /// Where restored disks are written; defaults to the first original disk's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_dir: Option<String>,
+    /// Start the domain after the restore.
+    #[serde(default)]
+    pub start: bool,
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// How long an in-place restore waits for a graceful shutdown before forcing it off.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: u32,
+}
+
+fn default_shutdown_timeout() -> u32 {
+    120
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum RestorePhase {
+    #[default]
+    Pending,
+    Resolving,
+    Fetching,
+    Rebuilding,
+    Defining,
+    Starting,
+    Recovering,
+    Succeeded,
+    Failed,
+}
+
+impl RestorePhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// The restore point chosen.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PointRef {
+    /// The backup run that made the point.
+    pub run: String,
+    /// duplicity's time of the point's backup set.
+    #[schemars(with = "String")]
+    pub time: Timestamp,
+    #[serde(rename = "type")]
+    pub type_: Option<BackupType>,
+    pub chain: String,
+    pub chain_index: u32,
+}
+
+/// A rebuilt disk.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredDisk {
+    pub name: String,
+    pub path: String,
+    pub virtual_size: u64,
+    /// Every fetched export matched its checksum and `qemu-img check` passed on the result.
+    pub verified: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRequestStatus {
+    #[serde(default)]
+    pub phase: RestorePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub start_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub completion_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<PointRef>,
+    /// The chain members fetched, full first, with their set times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain_runs: Vec<PointRef>,
+    /// Scratch space for fetched files (removed at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<RestoredDisk>,
+    /// The domain defined by the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defined_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defined_uuid: Option<String>,
+    /// In place: whether the domain was running before (it is started again on rollback).
+    #[serde(default)]
+    pub was_running: bool,
+    /// In place: the domain has been redefined on the restored disks.
+    #[serde(default)]
+    pub swapped: bool,
+    /// In place: where the replaced disks were kept (renamed, not deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced_disks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookResult>,
+}

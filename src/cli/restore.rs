@@ -1,0 +1,273 @@
+//! `snapback restore` and `snapback list`: restores driven by the target alone.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use jiff::Timestamp;
+use kube::api::ObjectMeta;
+
+use super::backup::{cancel_on_signal, run_name, CommonArgs};
+use super::progress::stderr_reporter;
+use super::target_args::TargetArgs;
+use crate::api::{BackupType, Hooks, RestorePhase, RestoreRequest, RestoreRequestSpec};
+use crate::engine::{human_bytes, staging, StepError};
+use crate::libvirt::LibvirtHost;
+use crate::restore::select::RestorePoint;
+use crate::restore::{points::list_points, RestoreContext, RestoreEngine};
+use crate::store::FileStore;
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The backed-up domain's name
+    #[arg(long)]
+    pub domain: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// RFC 3339 time (the newest point at or before it) or `latest`
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Restore as a new domain with this name
+    #[arg(
+        long = "as",
+        value_name = "NEWNAME",
+        conflicts_with = "in_place",
+        required_unless_present = "in_place"
+    )]
+    pub as_name: Option<String>,
+    /// Restore over the existing domain (its old disks are kept, renamed, until verified)
+    #[arg(long)]
+    pub in_place: bool,
+    /// Where the restored disks are written
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
+    /// Start the domain after the restore
+    #[arg(long)]
+    pub start: bool,
+    /// A YAML file with preRecovery, endRecovery and postRecovery hooks
+    #[arg(long)]
+    pub hooks_file: Option<PathBuf>,
+    /// Seconds to wait for a graceful shutdown (in place) before forcing the domain off
+    #[arg(long, default_value_t = 120)]
+    pub shutdown_timeout: u32,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub domain: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn failure(e: StepError) -> i32 {
+    eprintln!("{}: {}", e.reason, e.message);
+    1
+}
+
+pub async fn execute(mut args: RestoreArgs) -> i32 {
+    args.common.absolutize();
+    let store = FileStore::new(&args.common.state_dir);
+    let name = format!("restore-{}", run_name(&args.domain, Timestamp::now()));
+    println!("{name}");
+    let hooks = match &args.hooks_file {
+        Some(f) => match std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_saphyr::from_str::<Hooks>(&t).map_err(|e| e.to_string()))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                return failure(StepError::new(
+                    crate::api::FailureReason::InvalidSpec,
+                    format!("hooks file: {e}"),
+                ))
+            }
+        },
+        None => Hooks::default(),
+    };
+    let storage_dir = args.storage_dir.as_ref().map(|p| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.clone())
+            .display()
+            .to_string()
+    });
+    let req = RestoreRequest {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        spec: RestoreRequestSpec {
+            domain: args.domain.clone(),
+            target_ref: crate::duplicity::url::redact(&args.target.target),
+            at: args.at.clone(),
+            new_name: args.as_name.clone(),
+            in_place: args.in_place,
+            storage_dir,
+            start: args.start,
+            hooks,
+            shutdown_timeout_seconds: args.shutdown_timeout,
+        },
+        status: None,
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.common.state_dir) {
+        return failure(StepError::new(
+            crate::api::FailureReason::InvalidSpec,
+            format!("cannot create state dir: {e}"),
+        ));
+    }
+    let target = match args.target.to_config(&args.common.state_dir) {
+        Ok(t) => t,
+        Err(e) => return failure(e),
+    };
+    let host = match LibvirtHost::connect(&args.common.connect).await {
+        Ok(h) => h,
+        Err(e) => return failure(e.into()),
+    };
+    let ctx = RestoreContext {
+        target,
+        state_dir: args.common.state_dir.clone(),
+    };
+    let engine = RestoreEngine::new(
+        &host,
+        &store,
+        ctx,
+        req,
+        stderr_reporter(name.clone()),
+        cancel_on_signal(),
+    );
+    let done = engine.run().await;
+    let s = done.status.unwrap_or_default();
+    match (s.phase, s.failure) {
+        (RestorePhase::Succeeded, _) => {
+            let point = s
+                .point
+                .map(|p| format!("{} ({:?})", p.run, p.type_.unwrap_or(BackupType::Full)))
+                .unwrap_or_default();
+            let disks = s
+                .disks
+                .iter()
+                .map(|d| d.path.clone())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let kept = if s.replaced_disks.is_empty() {
+                String::new()
+            } else {
+                format!("; old disks kept as {}", s.replaced_disks.join(", "))
+            };
+            eprintln!(
+                "Succeeded: restored {point} as domain {} on {disks} in {}{kept}",
+                s.defined_domain.unwrap_or_default(),
+                s.duration.unwrap_or_default()
+            );
+            0
+        }
+        (_, Some(f)) => {
+            eprintln!("{}: {}", f.reason, f.message);
+            1
+        }
+        (p, None) => {
+            eprintln!("Internal: the restore ended in phase {p:?} without a reason");
+            1
+        }
+    }
+}
+
+fn list_row(p: &RestorePoint) -> [String; 5] {
+    [
+        p.time().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        match p.manifest.type_ {
+            BackupType::Full => "full".into(),
+            BackupType::Incremental => "incremental".into(),
+        },
+        p.manifest.chain.clone(),
+        human_bytes(p.size()),
+        p.manifest.run.clone(),
+    ]
+}
+
+/// Renders rows under a header with aligned columns.
+pub fn table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> String {
+    let mut all = vec![header.map(String::from)];
+    all.extend(rows);
+    let widths: Vec<usize> = (0..N)
+        .map(|i| all.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in all {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub async fn list(mut args: ListArgs) -> i32 {
+    args.common.absolutize();
+    let mut target = match args.target.to_config(&args.common.state_dir) {
+        Ok(t) => t,
+        Err(e) => return failure(e),
+    };
+    let dir = staging::domain_dir(&args.domain);
+    target.name = format!("{}-{dir}", staging::target_key(target.url.as_str()));
+    target.url = target.url.child(&dir);
+    let scratch = args
+        .common
+        .state_dir
+        .join("list-scratch")
+        .join(format!("{}", std::process::id()));
+    let result = list_points(&target, &scratch).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    match result {
+        Ok(points) if points.is_empty() => failure(StepError::new(
+            crate::api::FailureReason::DomainNotFound,
+            format!("the target holds no backups of domain '{}'", args.domain),
+        )),
+        Ok(points) => {
+            print!(
+                "{}",
+                table(
+                    ["TIME", "TYPE", "CHAIN", "SIZE", "RUN"],
+                    points.iter().map(list_row).collect()
+                )
+            );
+            0
+        }
+        Err(e) => failure(e),
+    }
+}
+
+/// `snapback get restorerequests`.
+pub fn restore_table(reqs: &[RestoreRequest]) -> String {
+    let rows = reqs
+        .iter()
+        .map(|r| {
+            let s = r.status.clone().unwrap_or_default();
+            let phase = match (&s.failure, s.phase) {
+                (Some(f), p) if p.is_terminal() => format!("{p:?} ({})", f.reason),
+                (_, p) => format!("{p:?}"),
+            };
+            [
+                r.metadata.name.clone().unwrap_or_default(),
+                r.spec.domain.clone(),
+                s.point
+                    .as_ref()
+                    .map(|p| p.run.clone())
+                    .unwrap_or_else(|| "-".into()),
+                s.defined_domain.clone().unwrap_or_else(|| "-".into()),
+                phase,
+                s.duration.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        ["NAME", "DOMAIN", "POINT", "TARGET", "PHASE", "DURATION"],
+        rows,
+    )
+}

@@ -1,0 +1,138 @@
+//! qemu-img as a child process: conversions with progress, chain probing, checks.
+
+use tokio::io::AsyncReadExt;
+
+use crate::api::FailureReason;
+use crate::engine::StepError;
+use crate::libvirt::domain_xml::ChainImage;
+
+/// The backing chain of an image, top first, as qemu-img sees it.
+pub async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "-U", "--backing-chain", "--output=json", path])
+        .output()
+        .await
+        .map_err(|e| {
+            StepError::new(
+                FailureReason::Internal,
+                format!("cannot start qemu-img: {e}"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(StepError::new(
+            FailureReason::BackupJobFailed,
+            format!(
+                "qemu-img info {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        StepError::new(
+            FailureReason::Internal,
+            format!("qemu-img info output: {e}"),
+        )
+    })?;
+    let images = v.as_array().cloned().unwrap_or_default();
+    Ok(images
+        .iter()
+        .filter_map(|i| {
+            Some(ChainImage {
+                path: i["filename"].as_str()?.to_string(),
+                format: i["format"].as_str()?.to_string(),
+            })
+        })
+        .collect())
+}
+
+/// Runs qemu-img with `-p` and reports its percentage.
+/// `fail` is the reason for a failure, `full` the reason when the disk filled up.
+pub async fn run_qemu_img(
+    argv: &[String],
+    fail: FailureReason,
+    full: FailureReason,
+    mut on_pct: impl FnMut(f64),
+) -> Result<(), StepError> {
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    crate::process::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| {
+        StepError::new(
+            FailureReason::Internal,
+            format!("cannot start qemu-img: {e}"),
+        )
+    })?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let err_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s).await;
+        s
+    });
+    let mut buf = [0u8; 256];
+    let mut pending = String::new();
+    while let Ok(n) = out.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+        // Progress lines look like "    (42.00/100%)\r".
+        while let Some(i) = pending.find('\r') {
+            let line: String = pending.drain(..=i).collect();
+            if let Some(p) = line
+                .trim()
+                .strip_prefix('(')
+                .and_then(|l| l.split('/').next())
+                .and_then(|v| v.parse().ok())
+            {
+                on_pct(p);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+    let stderr = err_task.await.unwrap_or_default();
+    if !status.success() {
+        let reason = if stderr.contains("No space left") {
+            full
+        } else {
+            fail
+        };
+        return Err(StepError::new(
+            reason,
+            format!("qemu-img convert failed: {}", stderr.trim()),
+        ));
+    }
+    Ok(())
+}
+
+/// `qemu-img check`: the image's metadata is consistent.
+pub async fn check(path: &str) -> Result<(), StepError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["check", "-q", path])
+        .output()
+        .await
+        .map_err(|e| {
+            StepError::new(
+                FailureReason::Internal,
+                format!("cannot start qemu-img: {e}"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(StepError::new(
+            FailureReason::VerificationFailed,
+            format!(
+                "qemu-img check {path}: {}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}

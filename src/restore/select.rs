@@ -1,0 +1,190 @@
+//! Choosing the restore point and its chain (pure).
+
+use jiff::Timestamp;
+
+use crate::engine::manifest::Manifest;
+
+/// One restorable point on the target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestorePoint {
+    /// duplicity's time of the backup set (what `restore --time` takes).
+    pub set_time: Timestamp,
+    pub full: bool,
+    /// The set time of the chain's full.
+    pub chain_start: Timestamp,
+    pub manifest: Manifest,
+}
+
+impl RestorePoint {
+    /// When the data was captured: the snapshot time, else the set time.
+    pub fn time(&self) -> Timestamp {
+        self.manifest.snapshot_time.unwrap_or(self.set_time)
+    }
+    pub fn size(&self) -> u64 {
+        self.manifest.disks.iter().map(|d| d.export_bytes).sum()
+    }
+}
+
+/// The newest point captured at or before `at` (the newest of all without `at`).
+pub fn select(points: &[RestorePoint], at: Option<Timestamp>) -> Result<usize, String> {
+    if points.is_empty() {
+        return Err("the target holds no backups of this domain".into());
+    }
+    let Some(at) = at else {
+        return Ok(points.len() - 1);
+    };
+    points
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.time() <= at)
+        .max_by_key(|(_, p)| p.time())
+        .map(|(i, _)| i)
+        .ok_or_else(|| {
+            format!(
+                "--at {at} is before the first backup ({})",
+                points[0].time()
+            )
+        })
+}
+
+/// The points to fetch for `idx`: its chain's full, then every incremental up to it, in order.
+/// Refuses a chain with a gap (a missing member would make a wrong disk).
+pub fn chain_for(points: &[RestorePoint], idx: usize) -> Result<Vec<usize>, String> {
+    let p = &points[idx];
+    let chain: Vec<usize> = (0..points.len())
+        .filter(|&i| points[i].chain_start == p.chain_start && points[i].set_time <= p.set_time)
+        .collect();
+    for (pos, &i) in chain.iter().enumerate() {
+        let m = &points[i].manifest;
+        if m.chain_index as usize != pos || (pos == 0) != points[i].full {
+            return Err(format!(
+                "the chain of {} is incomplete on the target (member {pos} is {} with chain index {})",
+                p.manifest.run, m.run, m.chain_index
+            ));
+        }
+    }
+    Ok(chain)
+}
+
+/// Parses `--at`: RFC 3339, or `latest` / empty for the newest.
+pub fn parse_at(at: Option<&str>) -> Result<Option<Timestamp>, String> {
+    match at.map(str::trim) {
+        None | Some("") | Some("latest") => Ok(None),
+        Some(s) => s
+            .parse::<Timestamp>()
+            .map(Some)
+            .map_err(|e| format!("--at '{s}' is not an RFC 3339 time or 'latest': {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BackupType;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn point(run: &str, set: &str, snap: &str, chain_start: &str, idx: u32) -> RestorePoint {
+        RestorePoint {
+            set_time: t(set),
+            full: idx == 0,
+            chain_start: t(chain_start),
+            manifest: Manifest {
+                api_version: "snapback.dev/v1alpha1".into(),
+                run: run.into(),
+                domain: "web".into(),
+                domain_uuid: None,
+                type_: if idx == 0 {
+                    BackupType::Full
+                } else {
+                    BackupType::Incremental
+                },
+                full_reason: None,
+                chain: "c".into(),
+                chain_index: idx,
+                checkpoint: None,
+                parent_checkpoint: None,
+                snapshot_time: Some(t(snap)),
+                online: true,
+                disks: vec![],
+            },
+        }
+    }
+
+    fn history() -> Vec<RestorePoint> {
+        vec![
+            point(
+                "a",
+                "2026-01-01T00:00:05Z",
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:05Z",
+                0,
+            ),
+            point(
+                "b",
+                "2026-01-02T00:00:05Z",
+                "2026-01-02T00:00:00Z",
+                "2026-01-01T00:00:05Z",
+                1,
+            ),
+            point(
+                "c",
+                "2026-01-03T00:00:05Z",
+                "2026-01-03T00:00:00Z",
+                "2026-01-03T00:00:05Z",
+                0,
+            ),
+            point(
+                "d",
+                "2026-01-04T00:00:05Z",
+                "2026-01-04T00:00:00Z",
+                "2026-01-03T00:00:05Z",
+                1,
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_point_at_or_before_the_requested_time_is_chosen() {
+        let h = history();
+        assert_eq!(select(&h, None), Ok(3));
+        assert_eq!(select(&h, Some(t("2026-01-02T12:00:00Z"))), Ok(1));
+        assert_eq!(
+            select(&h, Some(t("2026-01-03T00:00:00Z"))),
+            Ok(2),
+            "a point captured exactly then counts"
+        );
+        assert!(select(&h, Some(t("2025-12-31T00:00:00Z")))
+            .unwrap_err()
+            .contains("before the first backup"));
+        assert!(select(&[], None).is_err());
+    }
+
+    #[test]
+    fn the_chain_is_the_full_and_every_incremental_up_to_the_point() {
+        let h = history();
+        assert_eq!(chain_for(&h, 1), Ok(vec![0, 1]));
+        assert_eq!(chain_for(&h, 2), Ok(vec![2]));
+        assert_eq!(chain_for(&h, 3), Ok(vec![2, 3]));
+    }
+
+    #[test]
+    fn a_chain_with_a_missing_member_is_refused() {
+        let mut h = history();
+        h.remove(2);
+        assert!(chain_for(&h, 2).unwrap_err().contains("incomplete"));
+    }
+
+    #[test]
+    fn at_accepts_rfc3339_and_latest() {
+        assert_eq!(parse_at(Some("latest")), Ok(None));
+        assert_eq!(parse_at(None), Ok(None));
+        assert_eq!(
+            parse_at(Some("2026-01-02T00:00:00Z")),
+            Ok(Some(t("2026-01-02T00:00:00Z")))
+        );
+        assert!(parse_at(Some("yesterday")).is_err());
+    }
+}

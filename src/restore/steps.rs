@@ -1,0 +1,626 @@
+//! The phases of a restore. Each can run again after a crash: work already done is found
+//! and kept (fetched files with the right checksum, a rebuilt and checked image, a domain
+//! already defined with the recorded UUID).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::points::{dup_time, list_points};
+use super::select::{chain_for, parse_at, select};
+use super::xml::{rewrite, XmlEdit};
+use super::{RestoreEngine, RestoreJournal};
+use crate::api::{FailureReason, PointRef, RestorePhase, RestoredDisk};
+use crate::duplicity::{self, Action};
+use crate::engine::hooks::{run_hook, HookEnv};
+use crate::engine::manifest::{domain_xml_name, manifest_name, Manifest};
+use crate::engine::{human_bytes, human_duration, staging, Event, StepError};
+use crate::libvirt::{domain_xml, DomainState, VirtErrorKind};
+use crate::qemu_img;
+
+fn invalid(msg: impl Into<String>) -> StepError {
+    StepError::new(FailureReason::InvalidSpec, msg)
+}
+
+fn io_err(what: &str, e: std::io::Error) -> StepError {
+    let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
+        FailureReason::StorageFull
+    } else {
+        FailureReason::Internal
+    };
+    StepError::new(reason, format!("{what}: {e}"))
+}
+
+/// A storage directory must exist, be writable and hold `need` bytes.
+pub fn check_storage_dir(dir: &Path, need: u64) -> Result<(), StepError> {
+    if !dir.is_dir() {
+        return Err(invalid(format!(
+            "storage dir {} does not exist or is not a directory",
+            dir.display()
+        )));
+    }
+    let probe = dir.join(format!(".snapback-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"x").map_err(|e| {
+        invalid(format!(
+            "storage dir {} is not writable: {e}",
+            dir.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    let free = staging::free_bytes(dir).unwrap_or(u64::MAX);
+    if free < need {
+        return Err(StepError::new(
+            FailureReason::StorageFull,
+            format!(
+                "storage dir {} has {} free, the restored disks need up to {}",
+                dir.display(),
+                human_bytes(free),
+                human_bytes(need)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl<J: RestoreJournal> RestoreEngine<'_, J> {
+    fn work_dir(&self) -> PathBuf {
+        PathBuf::from(self.status().work_dir.clone().unwrap_or_default())
+    }
+
+    async fn hooks(&mut self, stage: &str, extra: Vec<(String, String)>) -> Result<(), StepError> {
+        let hooks = match stage {
+            "preRecovery" => self.req.spec.hooks.pre_recovery.clone(),
+            "endRecovery" => self.req.spec.hooks.end_recovery.clone(),
+            _ => self.req.spec.hooks.post_recovery.clone(),
+        };
+        for hook in &hooks {
+            let domain = self
+                .status()
+                .defined_domain
+                .clone()
+                .unwrap_or_else(|| self.req.spec.domain.clone());
+            let run = self.name();
+            let env = HookEnv {
+                stage,
+                domain: &domain,
+                run: &run,
+                extra: extra.clone(),
+            };
+            let r = run_hook(self.host, hook, &env).await;
+            let ok = r.succeeded;
+            let detail = format!(
+                "hook '{}' ({stage}) failed: exit {:?}: {}",
+                r.hook,
+                r.exit_code,
+                r.output.trim()
+            );
+            self.status_mut().hooks.push(r);
+            self.save().await?;
+            if !ok && hook.on_error == crate::api::HookOnError::Fail {
+                return Err(StepError::new(FailureReason::HookFailed, detail));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolving: choose the point and its chain; check the destination before touching anything.
+    pub(crate) async fn resolve(&mut self) -> Result<(), StepError> {
+        self.enter(RestorePhase::Resolving).await?;
+        let spec = self.req.spec.clone();
+        match (&spec.new_name, spec.in_place) {
+            (Some(_), true) => return Err(invalid("choose one of --as NAME and --in-place")),
+            (None, false) => {
+                return Err(invalid("say where to restore: --as NEWNAME or --in-place"))
+            }
+            _ => {}
+        }
+        if let Some(n) = &spec.new_name {
+            if n.trim().is_empty() || n.contains('/') || n.chars().any(char::is_control) {
+                return Err(invalid(format!("'{n}' is not a valid domain name")));
+            }
+            if self.host.domain(n).await.is_ok() {
+                return Err(invalid(format!(
+                    "--as names an existing domain '{n}'; choose another name"
+                )));
+            }
+        }
+        let at = parse_at(spec.at.as_deref()).map_err(invalid)?;
+        let original = if spec.in_place {
+            match self.host.domain(&spec.domain).await {
+                Ok(v) => Some(v),
+                Err(e) if e.kind == VirtErrorKind::DomainNotFound => {
+                    return Err(StepError::new(
+                        FailureReason::DomainNotFound,
+                        format!(
+                            "domain '{}' is not defined here: restore it with --as NAME",
+                            spec.domain
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+
+        let work = self.ctx.state_dir.join("restore-work").join(self.name());
+        self.status_mut().work_dir = Some(work.display().to_string());
+        let target = self.domain_target();
+        let points = list_points(&target, &work.join("manifests")).await?;
+        if points.is_empty() {
+            return Err(StepError::new(
+                FailureReason::DomainNotFound,
+                format!("the target holds no backups of domain '{}'", spec.domain),
+            ));
+        }
+        let idx = select(&points, at).map_err(invalid)?;
+        let chain = chain_for(&points, idx)
+            .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
+        let point = &points[idx];
+
+        let storage = match (&spec.storage_dir, &original) {
+            (Some(d), _) => PathBuf::from(d),
+            (None, Some(v)) => Path::new(
+                v.facts
+                    .disks
+                    .first()
+                    .map(|d| d.source())
+                    .unwrap_or("/var/lib/libvirt/images"),
+            )
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/libvirt/images")),
+            (None, None) => PathBuf::from("/var/lib/libvirt/images"),
+        };
+        let fetched: u64 = chain.iter().map(|&i| points[i].size()).sum();
+        check_storage_dir(&storage, fetched)?;
+        std::fs::create_dir_all(&work).map_err(|e| io_err("cannot create the work dir", e))?;
+        check_storage_dir(&work, fetched)
+            .map_err(|e| StepError::new(e.reason, format!("work dir: {}", e.message)))?;
+
+        let base = spec.new_name.clone().unwrap_or_else(|| spec.domain.clone());
+        let suffix = if spec.in_place {
+            format!("-restored-{}", self.name())
+        } else {
+            String::new()
+        };
+        let disks: Vec<RestoredDisk> = point
+            .manifest
+            .disks
+            .iter()
+            .map(|d| RestoredDisk {
+                name: d.name.clone(),
+                path: storage
+                    .join(format!(
+                        "{}-{}{suffix}.qcow2",
+                        staging::domain_dir(&base),
+                        d.name
+                    ))
+                    .display()
+                    .to_string(),
+                virtual_size: d.virtual_size,
+                verified: false,
+            })
+            .collect();
+        for d in &disks {
+            if Path::new(&d.path).exists() {
+                return Err(invalid(format!(
+                    "{} already exists; remove it or choose another --storage-dir",
+                    d.path
+                )));
+            }
+        }
+        let to_ref = |i: usize| PointRef {
+            run: points[i].manifest.run.clone(),
+            time: points[i].set_time,
+            type_: Some(points[i].manifest.type_),
+            chain: points[i].manifest.chain.clone(),
+            chain_index: points[i].manifest.chain_index,
+        };
+        let s = self.status_mut();
+        s.point = Some(to_ref(idx));
+        s.chain_runs = chain.iter().map(|&i| to_ref(i)).collect();
+        s.disks = disks;
+        s.defined_domain = Some(base);
+        let note = format!(
+            "restoring {} ({:?}, captured {}) from a chain of {}",
+            point.manifest.run,
+            point.manifest.type_,
+            point.time(),
+            chain.len()
+        );
+        (self.report)(Event::Note(note));
+        self.enter(RestorePhase::Fetching).await
+    }
+
+    fn member_dir(&self, run: &str) -> PathBuf {
+        self.work_dir().join("fetch").join(run)
+    }
+
+    async fn read_manifest(&self, run: &str) -> Result<Manifest, StepError> {
+        let p = self.member_dir(run).join(manifest_name(run));
+        let text =
+            std::fs::read(&p).map_err(|e| io_err(&format!("cannot read {}", p.display()), e))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            StepError::new(
+                FailureReason::VerificationFailed,
+                format!("{}: {e}", p.display()),
+            )
+        })
+    }
+
+    /// Every export of a fetched member matches the checksum recorded at backup time.
+    async fn member_verified(&self, run: &str) -> Result<bool, StepError> {
+        let Ok(m) = self.read_manifest(run).await else {
+            return Ok(false);
+        };
+        for d in &m.disks {
+            let p = self.member_dir(run).join(&d.export_file);
+            if !p.exists() {
+                return Ok(false);
+            }
+            let sum = tokio::task::spawn_blocking(move || staging::sha256_file(&p))
+                .await
+                .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
+                .map_err(|e| io_err("cannot read a fetched export", e))?;
+            if Some(&sum) != d.sha256.as_ref() {
+                return Err(StepError::new(
+                    FailureReason::VerificationFailed,
+                    format!(
+                        "{} from the target does not match the checksum recorded at backup time",
+                        d.export_file
+                    ),
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Fetching: restore each chain member's files from the target with duplicity.
+    pub(crate) async fn fetch(&mut self) -> Result<(), StepError> {
+        let target = self.domain_target();
+        let members = self.status().chain_runs.clone();
+        for (i, m) in members.iter().enumerate() {
+            if self.member_verified(&m.run).await? {
+                continue; // fetched before a crash
+            }
+            let dir = self.member_dir(&m.run);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+                .map_err(|e| io_err("cannot create the fetch dir", e))?;
+            (self.report)(Event::Note(format!(
+                "fetching {} ({}/{})",
+                m.run,
+                i + 1,
+                members.len()
+            )));
+            let action = Action::Restore {
+                dest: dir.display().to_string(),
+                time: Some(dup_time(m.time)),
+                file: None,
+            };
+            let mut cancel = self.cancel.clone();
+            tokio::select! {
+                r = duplicity::run(&target, &action, |_| {}) => { r?; }
+                _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
+            }
+            if !self.member_verified(&m.run).await? {
+                return Err(StepError::new(
+                    FailureReason::VerificationFailed,
+                    format!("the target's copy of {} is incomplete", m.run),
+                ));
+            }
+            self.status_mut().progress = Some(crate::api::Progress {
+                bytes_done: i as u64 + 1,
+                bytes_total: members.len() as u64,
+            });
+            self.save().await?;
+        }
+        self.enter(RestorePhase::Rebuilding).await
+    }
+
+    /// Rebuilding: rebase each incremental onto its parent, flatten the chain into one qcow2
+    /// per disk, and check it.
+    pub(crate) async fn rebuild(&mut self) -> Result<(), StepError> {
+        let members = self.status().chain_runs.clone();
+        let mut disks = self.status().disks.clone();
+        let total: u64 = disks.iter().map(|d| d.virtual_size).sum();
+        let mut base_done = 0u64;
+        for d in disks.iter_mut() {
+            if d.verified && Path::new(&d.path).exists() {
+                base_done += d.virtual_size;
+                continue;
+            }
+            let mut images = Vec::new();
+            for m in &members {
+                let man = self.read_manifest(&m.run).await?;
+                let Some(md) = man.disks.iter().find(|x| x.name == d.name) else {
+                    return Err(StepError::new(
+                        FailureReason::VerificationFailed,
+                        format!("{} has no disk {}", m.run, d.name),
+                    ));
+                };
+                images.push(self.member_dir(&m.run).join(&md.export_file));
+            }
+            for pair in images.windows(2) {
+                let argv = ["rebase", "-u", "-F", "qcow2", "-b"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([pair[0].display().to_string(), pair[1].display().to_string()]);
+                qemu_img::run_qemu_img(
+                    &argv.collect::<Vec<_>>(),
+                    FailureReason::VerificationFailed,
+                    FailureReason::StorageFull,
+                    |_| {},
+                )
+                .await?;
+            }
+            let top = images
+                .last()
+                .expect("a chain has a full")
+                .display()
+                .to_string();
+            let part = format!("{}.part", d.path);
+            let argv: Vec<String> = ["convert", "-p", "-O", "qcow2", "-f", "qcow2"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([top, part.clone()])
+                .collect();
+            let report = &self.report;
+            let vsize = d.virtual_size;
+            qemu_img::run_qemu_img(
+                &argv,
+                FailureReason::VerificationFailed,
+                FailureReason::StorageFull,
+                |pct| {
+                    report(Event::Progress {
+                        stage: "Rebuilding",
+                        done: base_done + (vsize as f64 * pct / 100.0) as u64,
+                        total,
+                    })
+                },
+            )
+            .await?;
+            qemu_img::check(&part).await?;
+            std::fs::rename(&part, &d.path)
+                .map_err(|e| io_err("cannot move the rebuilt disk in place", e))?;
+            d.verified = true;
+            base_done += vsize;
+        }
+        self.status_mut().disks = disks.clone();
+        self.save().await?;
+        let list = disks
+            .iter()
+            .map(|d| format!("{}={}", d.name, d.path))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.hooks(
+            "endRecovery",
+            vec![("SNAPBACK_RESTORED_DISKS".into(), list)],
+        )
+        .await?;
+        self.enter(RestorePhase::Defining).await
+    }
+
+    fn saved_xml(&self) -> Result<String, StepError> {
+        let run = self
+            .status()
+            .point
+            .as_ref()
+            .map(|p| p.run.clone())
+            .unwrap_or_default();
+        let p = self.member_dir(&run).join(domain_xml_name(&run));
+        std::fs::read_to_string(&p)
+            .map_err(|e| io_err(&format!("the backup's domain XML {}", p.display()), e))
+    }
+
+    /// Defining: a new domain from the saved XML, or the existing one swapped onto the
+    /// restored disks (its old disks untouched until the end).
+    pub(crate) async fn define(&mut self) -> Result<(), StepError> {
+        let spec = self.req.spec.clone();
+        let disk_paths: BTreeMap<String, String> = self
+            .status()
+            .disks
+            .iter()
+            .map(|d| (d.name.clone(), d.path.clone()))
+            .collect();
+        if let Some(new) = &spec.new_name {
+            let already = self.status().defined_uuid.clone();
+            let exists = match &already {
+                Some(u) => self.host.domain(u).await.is_ok(),
+                None => false,
+            };
+            if !exists {
+                let storage = Path::new(&self.status().disks[0].path)
+                    .parent()
+                    .map(|p| p.display().to_string());
+                let edit = XmlEdit {
+                    new_name: Some(new.clone()),
+                    disk_paths,
+                    log_dir: storage,
+                };
+                let xml = rewrite(&self.saved_xml()?, &edit)
+                    .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
+                let uuid = self.host.define(xml).await?;
+                self.status_mut().defined_uuid = Some(uuid);
+                self.save().await?;
+            }
+        } else if !self.status().swapped {
+            self.hooks("preRecovery", vec![]).await?;
+            let view = self.host.domain(&spec.domain).await?;
+            let original = self.work_dir().join("original.xml");
+            if !original.exists() {
+                std::fs::write(&original, &view.inactive_xml)
+                    .map_err(|e| io_err("cannot save the original XML", e))?;
+                self.status_mut().was_running =
+                    matches!(view.state, DomainState::Running | DomainState::Paused);
+                self.save().await?;
+            }
+            self.power_off(&spec.domain, spec.shutdown_timeout_seconds)
+                .await?;
+            // The old checkpoints' bitmaps live in the old disks: forget them, the next backup is a full.
+            for cp in self.host.checkpoints(&spec.domain).await? {
+                self.host.forget_checkpoint(&spec.domain, &cp).await?;
+            }
+            let edit = XmlEdit {
+                new_name: None,
+                disk_paths,
+                log_dir: None,
+            };
+            let xml = rewrite(&view.inactive_xml, &edit)
+                .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
+            let uuid = self.host.define(xml).await?;
+            let s = self.status_mut();
+            s.defined_uuid = Some(uuid);
+            s.swapped = true;
+            self.save().await?;
+        }
+        let next = if spec.start {
+            RestorePhase::Starting
+        } else {
+            RestorePhase::Recovering
+        };
+        self.enter(next).await
+    }
+
+    /// Graceful shutdown, then forced off after the timeout.
+    async fn power_off(&mut self, dom: &str, timeout_s: u32) -> Result<(), StepError> {
+        let deadline = Instant::now() + Duration::from_secs(timeout_s as u64);
+        let mut asked = false;
+        loop {
+            let v = self.host.domain(dom).await?;
+            if v.state == DomainState::ShutOff {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                (self.report)(Event::Note(
+                    "the guest did not shut down in time; forcing it off".into(),
+                ));
+                return Ok(self.host.destroy(dom).await?);
+            }
+            if !asked {
+                let _ = self.host.shutdown(dom).await;
+                asked = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Starting: start the restored domain and check it keeps running.
+    pub(crate) async fn start(&mut self) -> Result<(), StepError> {
+        let id = self.status().defined_uuid.clone().unwrap_or_default();
+        if self.host.domain(&id).await?.state != DomainState::Running {
+            self.host.start(&id).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if self.host.domain(&id).await?.state != DomainState::Running {
+            return Err(StepError::new(
+                FailureReason::VerificationFailed,
+                "the restored domain stopped right after starting",
+            ));
+        }
+        self.condition(
+            "Started",
+            true,
+            "DomainRunning",
+            "the restored domain is running".into(),
+        );
+        self.enter(RestorePhase::Recovering).await
+    }
+
+    /// Recovering: postRecovery hooks; in place, only now are the old disks renamed aside.
+    pub(crate) async fn recover(&mut self) -> Result<(), StepError> {
+        self.hooks("postRecovery", vec![]).await?;
+        if self.req.spec.in_place && self.status().replaced_disks.is_empty() {
+            let original = std::fs::read_to_string(self.work_dir().join("original.xml"))
+                .map_err(|e| io_err("original XML", e))?;
+            let facts = domain_xml::parse_domain(&original)
+                .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+            let mut kept = Vec::new();
+            for d in facts
+                .disks
+                .iter()
+                .filter(|d| d.kind == crate::libvirt::DiskKind::File)
+            {
+                let from = d.source().to_string();
+                let to = format!("{from}.snapback-replaced-{}", self.name());
+                if Path::new(&from).exists() {
+                    std::fs::rename(&from, &to)
+                        .map_err(|e| io_err("cannot rename the replaced disk", e))?;
+                    kept.push(to);
+                }
+            }
+            self.status_mut().replaced_disks = kept.clone();
+            self.condition(
+                "OldDisksKept",
+                true,
+                "Renamed",
+                format!(
+                    "the replaced disks were renamed, not deleted: {}",
+                    kept.join(", ")
+                ),
+            );
+        }
+        let _ = std::fs::remove_dir_all(self.work_dir());
+        let now = Timestamp::now();
+        let s = self.status_mut();
+        s.completion_time = Some(now);
+        s.duration = s.start_time.map(|t| human_duration(now.duration_since(t)));
+        self.enter(RestorePhase::Succeeded).await
+    }
+
+    /// Undo a failed restore: no half-written disk stays attached to a domain, and an in-place
+    /// restore puts the domain back on its old disks.
+    pub(crate) async fn rollback(&mut self) -> Result<(), StepError> {
+        let s = self.status().clone();
+        let mut problems = Vec::new();
+        if self.req.spec.in_place {
+            if s.swapped {
+                let id = self.req.spec.domain.clone();
+                let _ = self.host.destroy(&id).await;
+                match std::fs::read_to_string(self.work_dir().join("original.xml")) {
+                    Ok(xml) => {
+                        if let Err(e) = self.host.define(xml).await {
+                            problems.push(format!("redefine the original domain: {e}"));
+                        } else {
+                            self.status_mut().swapped = false;
+                        }
+                    }
+                    Err(e) => problems.push(format!("original XML: {e}")),
+                }
+            }
+            if s.was_running && self.status().defined_uuid.is_some() {
+                if let Ok(v) = self.host.domain(&self.req.spec.domain).await {
+                    if v.state == DomainState::ShutOff {
+                        if let Err(e) = self.host.start(&self.req.spec.domain).await {
+                            problems.push(format!("restart the original domain: {e}"));
+                        }
+                    }
+                }
+            }
+        } else if let Some(uuid) = &s.defined_uuid {
+            let _ = self.host.destroy(uuid).await;
+            if let Err(e) = self.host.undefine(uuid).await {
+                if e.kind != VirtErrorKind::DomainNotFound {
+                    problems.push(format!("undefine the new domain: {e}"));
+                }
+            }
+        }
+        if self.status().replaced_disks.is_empty() {
+            for d in &s.disks {
+                let _ = std::fs::remove_file(&d.path);
+                let _ = std::fs::remove_file(format!("{}.part", d.path));
+            }
+        }
+        if s.work_dir.is_some() {
+            let _ = std::fs::remove_dir_all(self.work_dir());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StepError::new(FailureReason::Internal, problems.join("; ")))
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Rewriting a saved domain XML for a restore (pure). Edits are spliced into the original
+//! text at the byte ranges roxmltree reports, so everything not edited stays as the user wrote it.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use roxmltree::{Document, Node};
+
+use crate::libvirt::domain_xml::escape_attr;
+
+/// What to change in the saved XML.
+#[derive(Clone, Debug, Default)]
+pub struct XmlEdit {
+    /// A new name; with it the UUID and MAC addresses are dropped so libvirt makes new ones.
+    pub new_name: Option<String>,
+    /// Disk target dev → the restored image (qcow2, no backing file).
+    pub disk_paths: BTreeMap<String, String>,
+    /// For a new domain: file-backed serial/console logs move here, so two domains never
+    /// write the same log file.
+    pub log_dir: Option<String>,
+}
+
+fn child<'a, 'i>(n: Node<'a, 'i>, tag: &str) -> Option<Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(tag))
+}
+
+pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
+    let doc = Document::parse(xml).map_err(|e| format!("saved domain XML: {e}"))?;
+    let root = doc.root_element();
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+
+    if let Some(name) = &edit.new_name {
+        let n = child(root, "name").ok_or("saved domain XML has no <name>")?;
+        edits.push((n.range(), format!("<name>{}</name>", escape_attr(name))));
+        if let Some(u) = child(root, "uuid") {
+            edits.push((u.range(), String::new()));
+        }
+    }
+    let Some(devices) = child(root, "devices") else {
+        return Err("saved domain XML has no <devices>".into());
+    };
+    let mut seen = 0;
+    for d in devices.children().filter(|c| c.is_element()) {
+        match d.tag_name().name() {
+            "disk" => {
+                let Some(dev) = child(d, "target").and_then(|t| t.attribute("dev")) else {
+                    continue;
+                };
+                let Some(path) = edit.disk_paths.get(dev) else {
+                    continue;
+                };
+                seen += 1;
+                if let Some(a) = d.attributes().find(|a| a.name() == "type") {
+                    edits.push((a.range_value(), "file".into()));
+                }
+                let src = format!("<source file='{}'/>", escape_attr(path));
+                match child(d, "source") {
+                    Some(s) => edits.push((s.range(), src)),
+                    None => return Err(format!("disk {dev} has no <source>")),
+                }
+                match child(d, "driver") {
+                    Some(drv) => {
+                        let mut attrs: Vec<String> = drv
+                            .attributes()
+                            .filter(|a| a.name() != "type" && a.name() != "name")
+                            .map(|a| format!("{}='{}'", a.name(), escape_attr(a.value())))
+                            .collect();
+                        attrs.insert(0, "name='qemu' type='qcow2'".into());
+                        edits.push((drv.range(), format!("<driver {}/>", attrs.join(" "))));
+                    }
+                    None => edits.push((
+                        child(d, "target")
+                            .map(|t| t.range().start..t.range().start)
+                            .unwrap_or_default(),
+                        "<driver name='qemu' type='qcow2'/>".into(),
+                    )),
+                }
+                for bs in d.children().filter(|c| c.has_tag_name("backingStore")) {
+                    edits.push((bs.range(), String::new()));
+                }
+            }
+            "interface" if edit.new_name.is_some() => {
+                if let Some(m) = child(d, "mac") {
+                    edits.push((m.range(), String::new()));
+                }
+            }
+            "serial" | "console"
+                if edit.log_dir.is_some() && d.attribute("type") == Some("file") =>
+            {
+                let log_dir = edit.log_dir.as_deref().unwrap_or_default();
+                if let Some(src) = child(d, "source") {
+                    if let Some(a) = src.attributes().find(|a| a.name() == "path") {
+                        let base = std::path::Path::new(a.value())
+                            .file_name()
+                            .and_then(|f| f.to_str())
+                            .unwrap_or("serial.log");
+                        let name = edit.new_name.as_deref().unwrap_or("domain");
+                        let p = format!(
+                            "{log_dir}/{}-{base}",
+                            crate::engine::staging::domain_dir(name)
+                        );
+                        edits.push((a.range_value(), escape_attr(&p)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if seen != edit.disk_paths.len() {
+        return Err(format!(
+            "the saved XML has {seen} of the {} restored disks",
+            edit.disk_paths.len()
+        ));
+    }
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = xml.to_string();
+    for (r, text) in edits {
+        out.replace_range(r, &text);
+    }
+    Document::parse(&out).map_err(|e| format!("rewritten XML does not parse: {e}"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::domain_xml::parse_domain;
+
+    const XML: &str = "<domain type='qemu'>\n  <name>web</name>\n  <uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid>\n  <devices>\n    <disk type='block' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source dev='/dev/vg/web'/>\n      <backingStore/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <interface type='network'><mac address='52:54:00:12:34:56'/><source network='default'/></interface>\n    <serial type='file'><source path='/var/log/web.log'/><target port='0'/></serial>\n  </devices>\n</domain>";
+
+    fn edit(new_name: Option<&str>) -> XmlEdit {
+        XmlEdit {
+            new_name: new_name.map(String::from),
+            disk_paths: [("vda".to_string(), "/restore/web2-vda.qcow2".to_string())].into(),
+            log_dir: new_name.map(|_| "/restore".to_string()),
+        }
+    }
+
+    #[test]
+    fn a_new_domain_gets_a_new_name_no_uuid_no_mac_and_its_own_disk_and_log() {
+        let out = rewrite(XML, &edit(Some("web2"))).unwrap();
+        let f = parse_domain(&out).unwrap();
+        assert_eq!(f.name, "web2");
+        assert_eq!(f.uuid, "");
+        assert!(!out.contains("52:54:00"));
+        assert_eq!(f.disks[0].source(), "/restore/web2-vda.qcow2");
+        assert_eq!(f.disks[0].format(), "qcow2");
+        assert_eq!(f.disks[0].chain.len(), 1, "no backing store");
+        assert!(out.contains("<disk type='file'"));
+        assert!(
+            out.contains("cache='none'"),
+            "other driver settings are kept"
+        );
+        assert!(out.contains("path='/restore/web2-web.log'"));
+        assert!(
+            out.contains("<source network='default'/>"),
+            "untouched parts stay as they were"
+        );
+    }
+
+    #[test]
+    fn in_place_keeps_name_uuid_and_macs_and_swaps_only_the_disks() {
+        let out = rewrite(XML, &edit(None)).unwrap();
+        let f = parse_domain(&out).unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.uuid.as_str()),
+            ("web", "1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+        );
+        assert!(out.contains("52:54:00:12:34:56"));
+        assert!(out.contains("/var/log/web.log"));
+        assert_eq!(f.disks[0].source(), "/restore/web2-vda.qcow2");
+    }
+
+    #[test]
+    fn names_and_paths_are_escaped_and_missing_disks_are_refused() {
+        let mut e = edit(Some("a'b<c"));
+        e.disk_paths.insert("vda".into(), "/r/x&y.qcow2".into());
+        let out = rewrite(XML, &e).unwrap();
+        assert_eq!(parse_domain(&out).unwrap().name, "a'b<c");
+        e.disk_paths.insert("vdz".into(), "/r/z".into());
+        assert!(rewrite(XML, &e).unwrap_err().contains("1 of the 2"));
+    }
+}
