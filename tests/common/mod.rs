@@ -4,8 +4,9 @@
 //! libvirtd must be running (scripts/setup-host.sh starts it); without it the tests fail.
 #![allow(dead_code)]
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -523,4 +524,85 @@ pub fn duplicity_time(s: &snapback::api::BackupRunStatus) -> String {
         .expect("the run records duplicity's backup time")
         .strftime("%Y-%m-%dT%H:%M:%S+00:00")
         .to_string()
+}
+
+/// A throwaway GnuPG home with one key without passphrase; returns the fingerprint.
+pub fn gpg_home(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let home = dir.to_str().unwrap();
+    let st = Command::new("gpg")
+        .args([
+            "--homedir",
+            home,
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ])
+        .args([
+            "--quick-gen-key",
+            "snapback test <test@snapback.invalid>",
+            "default",
+            "default",
+            "never",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "gpg key generation failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let out = run_ok("gpg", &["--homedir", home, "--list-keys", "--with-colons"]);
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("fpr:")
+                .map(|r| r.trim_matches(':').to_string())
+        })
+        .expect("fingerprint")
+}
+
+/// moto's S3 server on a free loopback port, stopped on drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (scripts/setup-host.sh installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server { child, endpoint }
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let code = format!(
+            "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s').create_bucket(Bucket='{bucket}')",
+            self.endpoint
+        );
+        run_ok("/usr/bin/python3", &["-c", &code]);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
