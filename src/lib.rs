@@ -8,4 +8,5 @@ pub mod libvirt;
 pub mod process;
 pub mod qemu_img;
 pub mod restore;
+pub mod retention;
 pub mod store;
