@@ -139,8 +139,9 @@ pub fn plan(
     };
 
     why[newest].push("newest".into());
-    for i in pts.len().saturating_sub(rules.keep_last as usize)..pts.len() {
-        why[i].push("keepLast".into());
+    let first_last = pts.len().saturating_sub(rules.keep_last as usize);
+    for w in &mut why[first_last..] {
+        w.push("keepLast".into());
     }
     for (p, n) in [
         (PeriodName::Hourly, rules.keep_hourly),
