@@ -66,7 +66,8 @@ fn naive_selected(pts: &[Point], r: &Rules, tz: &TimeZone, now: Timestamp) -> BT
     for p in &pts[n.saturating_sub(r.keep_last as usize)..] {
         sel.insert(p.id.clone());
     }
-    let keyfns: [(u32, fn(&jiff::Zoned) -> String); 5] = [
+    type KeyFn = fn(&jiff::Zoned) -> String;
+    let keyfns: [(u32, KeyFn); 5] = [
         (r.keep_hourly, |z| z.strftime("%Y-%m-%d %H").to_string()),
         (r.keep_daily, |z| z.strftime("%Y-%m-%d").to_string()),
         (r.keep_weekly, |z| {
