@@ -244,14 +244,21 @@ postSnapshot:\n- command: [sh, -c, 'echo post >> {l}; echo done-output']\n",
         Some(BackupType::Incremental)
     );
 
-    // A guest hook needs the guest agent; without one it fails clearly.
-    let guest = "preSnapshot:\n- command: [/bin/true]\n  runIn: Guest\n  timeoutSeconds: 3\n";
+    // Guest hooks run inside the guest through the guest agent, output and exit code captured.
+    let guest = "onSnapshot:\n- command: [/bin/sh, -c, 'echo from-guest; cat /proc/sys/kernel/hostname']\n  runIn: Guest\n  timeoutSeconds: 10\n";
     let gname = env
         .backup(&g.name, &["--hooks-file", &hooks_file(&env, guest)])
+        .assert_ok();
+    let gh = &env.read_run(&gname).status.unwrap().hooks[0];
+    assert!(gh.succeeded && gh.output.contains("from-guest"), "{gh:?}");
+    let guest_fail = "preSnapshot:\n- command: [/bin/sh, -c, 'exit 4']\n  runIn: Guest\n";
+    let fname = env
+        .backup(&g.name, &["--hooks-file", &hooks_file(&env, guest_fail)])
         .assert_failed_with("HookFailed");
-    assert!(env.read_run(&gname).status.unwrap().hooks[0]
-        .output
-        .contains("agent"));
+    assert_eq!(
+        env.read_run(&fname).status.unwrap().hooks[0].exit_code,
+        Some(4)
+    );
     // A hook that outlives its timeout is stopped and fails.
     let slow = "preSnapshot:\n- command: [sleep, '30']\n  timeoutSeconds: 1\n";
     let started = Instant::now();
@@ -287,6 +294,45 @@ fn required_quiesce_without_a_guest_agent_fails_and_preferred_warns() {
         ("False", "GuestAgentUnavailable")
     );
     assert!(!s.quiesced);
+
+    // A guest hook needs the guest agent; without one it fails clearly.
+    let guest = "preSnapshot:\n- command: [/bin/true]\n  runIn: Guest\n  timeoutSeconds: 3\n";
+    let gname = env
+        .backup(&g.name, &["--hooks-file", &hooks_file(&env, guest)])
+        .assert_failed_with("HookFailed");
+    assert!(env.read_run(&gname).status.unwrap().hooks[0]
+        .output
+        .contains("agent"));
+}
+
+#[test]
+fn required_quiesce_with_a_guest_agent_freezes_and_thaws_within_a_short_window() {
+    let g = Guest::new("sbt-agent", GuestOpts::default());
+    let env = Env::new();
+    let name = env.backup(&g.name, &["--quiesce", "required"]).assert_ok();
+    let s = env.read_run(&name).status.unwrap();
+    assert!(s.quiesced && !s.guest_frozen);
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Quiesced")
+        .expect("a Quiesced condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "FilesystemsFrozen")
+    );
+    let window = s.freeze_window_ms.expect("the freeze window is recorded");
+    assert!(window < 1000, "freeze window {window} ms");
+    // The agent answers after the thaw: the guest is not left frozen.
+    let ans = virsh_ok(&[
+        "qemu-agent-command",
+        &g.name,
+        r#"{"execute":"guest-fsfreeze-status"}"#,
+    ]);
+    assert!(ans.contains("thawed"), "{ans}");
+    let w = g.writes();
+    g.wait_for_writes(w + 2);
+    assert_left_clean(&g, &env, true, &[s.checkpoint.unwrap()]);
 }
 
 /// Starts `snapback backup` in the background.
@@ -468,4 +514,56 @@ fn a_run_killed_during_upload_is_finished_by_the_next_backup_and_restores_intact
     assert_eq!(n.type_, Some(BackupType::Incremental));
     assert_eq!(n.parent_checkpoint, s.checkpoint);
     assert_left_clean(&g, &env, true, &[n.checkpoint.unwrap()]);
+}
+
+#[test]
+fn a_run_that_died_with_the_guest_frozen_and_paused_gives_it_back_on_resume() {
+    let g = Guest::new("sbt-frozen", GuestOpts::default());
+    let env = Env::new();
+    let first = env.backup(&g.name, &[]).assert_ok();
+
+    // The state a run leaves when it is killed between freeze and thaw: recorded as frozen and
+    // paused in Snapshotting, the guest really frozen and paused.
+    let store = snapback::store::FileStore::new(&env.state);
+    let mut run = env.read_run(&first);
+    let crashed = format!("{first}-crashed");
+    run.metadata.name = Some(crashed.clone());
+    let s = run.status.as_mut().unwrap();
+    s.phase = BackupPhase::Snapshotting;
+    s.guest_frozen = true;
+    s.guest_paused = true;
+    s.type_ = Some(BackupType::Incremental);
+    s.parent_checkpoint = s.checkpoint.clone();
+    s.checkpoint = Some(format!("snapback-{crashed}"));
+    s.chain_index = 1;
+    s.uploaded = false;
+    s.completion_time = None;
+    s.target_time = None;
+    for d in &mut s.disks {
+        d.export_file = format!("{crashed}.{}.qcow2", d.name);
+    }
+    store.write("backupruns", &crashed, &run).unwrap();
+    let ans = virsh_ok(&[
+        "qemu-agent-command",
+        &g.name,
+        r#"{"execute":"guest-fsfreeze-freeze"}"#,
+    ]);
+    assert!(ans.contains("return"), "{ans}");
+    virsh_ok(&["suspend", &g.name]);
+
+    let out = env.snapback(&["resume", "--target", &env.target]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("thawing/resuming"), "{}", out.stderr);
+    let r = env.read_run(&crashed).status.unwrap();
+    assert_eq!(r.phase, BackupPhase::Succeeded, "{:?}", r.failure);
+    assert!(!r.guest_frozen && !r.guest_paused);
+    let st = virsh_ok(&[
+        "qemu-agent-command",
+        &g.name,
+        r#"{"execute":"guest-fsfreeze-status"}"#,
+    ]);
+    assert!(st.contains("thawed"), "{st}");
+    let w = g.writes();
+    g.wait_for_writes(w + 2);
+    assert_left_clean(&g, &env, true, &[r.checkpoint.unwrap()]);
 }

@@ -35,9 +35,6 @@ fn ensure_guest_built() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let dir = guest_dir();
-        if dir.join("vmlinuz").exists() && dir.join("initrd.gz").exists() {
-            return;
-        }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build-guest.sh");
         let st = Command::new("bash")
             .arg(script)

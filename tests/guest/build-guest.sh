@@ -4,7 +4,9 @@
 # Idempotent: does nothing when both files exist. Needs only Debian's package mirror.
 set -euo pipefail
 OUT=${1:-/var/tmp/snapback-guest}
-if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ]; then exit 0; fi
+# Rebuild when this script changed since the guest was built.
+stamp=$(sha256sum "$0" | cut -c1-16)
+if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ] && [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$stamp" ]; then exit 0; fi
 mkdir -p "$OUT"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -20,7 +22,7 @@ kver=$(ls kernel/lib/modules | head -n1)
 root=initramfs
 mkdir -p $root/bin $root/dev $root/proc $root/sys $root/modules
 cp bb/bin/busybox $root/bin/busybox
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio_console; do
   f=$(find kernel/lib/modules/"$kver" -name "$m.ko*" | head -n1)
   [ -n "$f" ] || continue # built into the kernel
   case "$f" in
@@ -30,6 +32,16 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
   esac
 done
 
+# The qemu guest agent (for filesystem freeze and guest-exec hooks), with its libraries.
+qga=/usr/sbin/qemu-ga
+if [ -x "$qga" ]; then
+  mkdir -p $root/sbin $root/lib64 $root/lib/x86_64-linux-gnu
+  cp "$qga" $root/sbin/qemu-ga
+  for lib in $(ldd "$qga" | awk '/=> \// {print $3} /^[ \t]*\/lib64\// {print $1}'); do
+    cp -L "$lib" "$root$lib" 2>/dev/null || cp -L "$lib" "$root/lib/x86_64-linux-gnu/"
+  done
+fi
+
 cat >$root/init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -37,9 +49,24 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio_console; do
   [ -f /modules/$m.ko ] && insmod /modules/$m.ko
 done
+mkdir -p /tmp /var/run /run
+# Start the guest agent on its virtio port when the domain has the channel (no udev here:
+# the port is found by name in sysfs).
+if [ -x /sbin/qemu-ga ]; then
+  for i in $(seq 1 30); do
+    for p in /sys/class/virtio-ports/*; do
+      [ -f "$p/name" ] && [ "$(cat "$p/name")" = org.qemu.guest_agent.0 ] && qga_dev=/dev/${p##*/}
+    done
+    [ -n "$qga_dev" ] && break
+    sleep 0.1
+  done
+  if [ -n "$qga_dev" ] && [ -e "$qga_dev" ]; then
+    /sbin/qemu-ga -m virtio-serial -p "$qga_dev" -f /run/qga.pid -t /run -d && echo "SNAPBACK-WRITER agent up"
+  fi
+fi
 # snapback.write_mb=N: size of the region that is rewritten in a loop (MiB), starting at
 # snapback.write_offset_mb=M. snapback.write_interval_ms sets the pause between 1 MiB writes.
 region=8; offset=64; interval=200
@@ -68,4 +95,5 @@ chmod +x $root/init
 cp kernel/boot/vmlinuz-"$kver" "$OUT/vmlinuz.tmp"
 mv "$OUT/initrd.gz.tmp" "$OUT/initrd.gz"
 mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
+echo "$stamp" >"$OUT/stamp"
 echo "guest built: $OUT (kernel $kver)" >&2
