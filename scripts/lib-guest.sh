@@ -28,7 +28,7 @@ XML
 # usage: guest_writes LOGFILE -> number of 1 MiB blocks written since boot
 guest_writes() {
   local n
-  n=$(grep -a 'SNAPBACK-WRITER wrote' "$1" 2>/dev/null | tail -n1 | awk '{print $3}')
+  n=$(grep -a 'SNAPBACK-WRITER wrote' "$1" 2>/dev/null | tail -n1 | tr -d '\r' | awk '{print $3}')
   echo $(( ${n:--1} + 1 ))
 }
 

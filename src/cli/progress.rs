@@ -17,7 +17,7 @@ pub fn stderr_reporter(run: String) -> Reporter {
             }
             *l = Some(Instant::now());
             let pct = if total > 0 {
-                done as f64 * 100.0 / total as f64
+                done.min(total) as f64 * 100.0 / total as f64
             } else {
                 0.0
             };

@@ -170,8 +170,8 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
             // Measured: gzip of image data made duplicity ~6x slower for no size gain.
             argv.push("--no-compression".into());
             argv.push(format!("--volsize={}", target.volsize_mib.max(1)));
-            argv.push("--progress".into());
-            argv.push("--progress-rate=1".into());
+            // No --progress: it makes duplicity read everything twice (a dry run to size the
+            // job; measured +30% on 1.5 GiB). Progress is read from /proc instead (runner.rs).
             argv.extend(target.extra_options.iter().cloned());
             argv.push(source.clone());
             argv.push(url);

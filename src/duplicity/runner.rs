@@ -153,9 +153,7 @@ pub async fn run(
     let mut messages = Vec::new();
     let mut errors: Vec<(u32, String)> = Vec::new();
     let mut handle = |m: super::log::LogMessage| {
-        if let Some(t) = m.transfer() {
-            on_progress(t);
-        } else if m.is_error() {
+        if m.is_error() {
             errors.push((m.code, m.text));
         } else {
             if !m.text.is_empty() {
@@ -164,9 +162,24 @@ pub async fn run(
             messages.push(m);
         }
     };
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(m) = parser.line(&line) {
-            handle(m);
+    // Progress: how many bytes duplicity has read so far (its source files dominate).
+    let pid = child.id();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => {
+                    if let Some(m) = parser.line(&line) {
+                        handle(m);
+                    }
+                }
+                _ => break,
+            },
+            _ = tick.tick() => {
+                if let Some(bytes) = pid.and_then(bytes_read) {
+                    on_progress(Transfer { bytes, percent: 0 });
+                }
+            }
         }
     }
     if let Some(m) = parser.finish() {
@@ -202,6 +215,14 @@ pub async fn run(
             one_line(&detail)
         ),
     ))
+}
+
+/// `rchar` of /proc/PID/io: bytes the process has read.
+fn bytes_read(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn last_lines(s: &str, n: usize) -> String {

@@ -288,23 +288,55 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             }
             let dir = self.member_dir(&m.run);
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
-                .map_err(|e| io_err("cannot create the fetch dir", e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create the fetch dir", e))?;
             (self.report)(Event::Note(format!(
                 "fetching {} ({}/{})",
                 m.run,
                 i + 1,
                 members.len()
             )));
-            let action = Action::Restore {
-                dest: dir.display().to_string(),
-                time: Some(dup_time(m.time)),
-                file: None,
+            // The manifest came with the listing; fetch it only if that copy is gone.
+            let listed = self
+                .work_dir()
+                .join("manifests")
+                .join(manifest_name(&m.run));
+            let mut files = Vec::new();
+            if std::fs::copy(&listed, dir.join(manifest_name(&m.run))).is_err() {
+                files.push(manifest_name(&m.run));
+            }
+            if Some(&m.run) == self.status().point.as_ref().map(|p| &p.run) {
+                files.push(domain_xml_name(&m.run));
+            }
+            let disk_files: Vec<String> = match self.read_manifest(&m.run).await {
+                Ok(man) => man.disks.iter().map(|d| d.export_file.clone()).collect(),
+                Err(_) => Vec::new(),
             };
-            let mut cancel = self.cancel.clone();
-            tokio::select! {
-                r = duplicity::run(&target, &action, |_| {}) => { r?; }
-                _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
+            files.extend(disk_files);
+            // One file at a time: duplicity then reads only the volumes that hold it, not every
+            // earlier set of the chain (restoring a whole later set re-reads the full).
+            for f in files {
+                let action = Action::Restore {
+                    dest: dir.join(&f).display().to_string(),
+                    time: Some(dup_time(m.time)),
+                    file: Some(f.clone()),
+                };
+                let mut cancel = self.cancel.clone();
+                tokio::select! {
+                    r = duplicity::run(&target, &action, |_| {}) => { r?; }
+                    _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
+                }
+                if f == manifest_name(&m.run) {
+                    // Now the disk files are known.
+                    let man = self.read_manifest(&m.run).await?;
+                    for d in man.disks {
+                        let action = Action::Restore {
+                            dest: dir.join(&d.export_file).display().to_string(),
+                            time: Some(dup_time(m.time)),
+                            file: Some(d.export_file.clone()),
+                        };
+                        duplicity::run(&target, &action, |_| {}).await?;
+                    }
+                }
             }
             if !self.member_verified(&m.run).await? {
                 return Err(StepError::new(

@@ -32,7 +32,24 @@ impl<J: Journal> BackupEngine<'_, J> {
         let view = self.host.domain(&id).await?;
         let mut window_start: Option<Instant> = None;
 
-        if c.quiesce != Quiesce::None {
+        // A paused guest cannot answer its agent, and its disks are already still.
+        let paused = view.state == crate::libvirt::DomainState::Paused;
+        if paused && c.quiesce == Quiesce::Required {
+            return Err(StepError::new(
+                FailureReason::QuiesceFailed,
+                "the domain is paused: its guest agent cannot freeze the filesystems (quiesce: Required)",
+            ));
+        }
+        if paused && c.quiesce != Quiesce::None {
+            self.condition(
+                "Quiesced",
+                false,
+                "DomainPaused",
+                "the domain was paused: its disks do not change, the guest agent cannot answer"
+                    .into(),
+            );
+        }
+        if c.quiesce != Quiesce::None && !paused {
             self.status_mut().guest_frozen = true;
             self.save().await?;
             let res = if view.facts.has_agent_channel {
@@ -73,7 +90,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                 }
             }
         }
-        if c.pause {
+        if c.pause && !paused {
             self.status_mut().guest_paused = true;
             self.save().await?;
             if let Err(e) = self.host.suspend(&id).await {
