@@ -66,6 +66,7 @@ async fn resume(mut args: snapback::cli::ResumeArgs) -> i32 {
         }
     };
     let cancel = backup::cancel_on_signal();
+    let mut failed = 0;
     match backup::resume_stale(
         &host,
         &store,
@@ -80,7 +81,7 @@ async fn resume(mut args: snapback::cli::ResumeArgs) -> i32 {
             for r in &runs {
                 println!("{}", r.metadata.name.clone().unwrap_or_default());
             }
-            let failed = runs
+            failed += runs
                 .iter()
                 .filter(|r| {
                     r.status
@@ -88,11 +89,38 @@ async fn resume(mut args: snapback::cli::ResumeArgs) -> i32 {
                         .is_some_and(|s| s.phase == snapback::api::BackupPhase::Failed)
                 })
                 .count();
-            i32::from(failed > 0)
         }
         Err(e) => {
             eprintln!("{}: {}", e.reason, e.message);
-            1
+            return 1;
         }
     }
+    match snapback::cli::restore::resume_stale(
+        &host,
+        &store,
+        &args.target,
+        &args.common.state_dir,
+        &cancel,
+    )
+    .await
+    {
+        Ok(reqs) => {
+            for r in &reqs {
+                println!("{}", r.metadata.name.clone().unwrap_or_default());
+            }
+            failed += reqs
+                .iter()
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase != snapback::api::RestorePhase::Succeeded)
+                })
+                .count();
+        }
+        Err(e) => {
+            eprintln!("{}: {}", e.reason, e.message);
+            return 1;
+        }
+    }
+    i32::from(failed > 0)
 }

@@ -669,3 +669,72 @@ fn an_interrupted_restore_rolls_back_and_leaves_no_half_written_disk() {
     assert!(virsh(&["dominfo", &new]).status.code() != Some(0));
     assert!(!env.state.join("restore-work").join(&name).exists());
 }
+
+#[test]
+fn a_restore_killed_mid_way_is_finished_by_snapback_resume() {
+    let g = Guest::new("sbt-rkill", GuestOpts::default());
+    let env = Env::new();
+    let (_, reference) = backup_paused(&env, &g, &[]);
+    let hooks = env.dir.join("slow.yaml");
+    std::fs::write(&hooks, "endRecovery:\n- command: [sleep, '3']\n").unwrap();
+    let dir = storage(&env);
+    let new = format!("{}-res", g.name);
+    let _cleanup = Defined(new.clone());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .args([
+            "restore",
+            "--domain",
+            &g.name,
+            "--target",
+            &env.target,
+            "--as",
+            &new,
+            "--storage-dir",
+            dir.to_str().unwrap(),
+            "--hooks-file",
+            hooks.to_str().unwrap(),
+        ])
+        .env("SNAPBACK_STATE_DIR", &env.state)
+        .env("SNAPBACK_CONNECT", connect_uri())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let name = loop {
+        let reqs: Vec<RestoreRequest> = snapback::store::FileStore::new(&env.state)
+            .list("restorerequests")
+            .unwrap_or_default();
+        if let Some(r) = reqs.iter().find(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.disks.iter().any(|d| d.verified))
+        }) {
+            break r.metadata.name.clone().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never rebuilt its disk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!read_restore(&env, &name)
+        .status
+        .unwrap()
+        .phase
+        .is_terminal());
+
+    let out = env.snapback(&["resume", "--target", &env.target]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(&name), "{}", out.stdout);
+    let s = read_restore(&env, &name).status.unwrap();
+    assert_eq!(s.phase, RestorePhase::Succeeded, "{:?}", s.failure);
+    run_ok(
+        "qemu-img",
+        &["compare", reference.to_str().unwrap(), &s.disks[0].path],
+    );
+    assert!(virsh(&["dominfo", &new]).status.success());
+    assert!(!env.state.join("restore-work").join(&name).exists());
+}

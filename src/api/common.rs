@@ -21,6 +21,26 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+impl Condition {
+    /// A condition that changes now; `set_condition` keeps the old time if the status did not change.
+    pub fn now(
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: String,
+        generation: Option<i64>,
+    ) -> Self {
+        Self {
+            type_: type_.into(),
+            status: if status { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: Timestamp::now(),
+            observed_generation: generation,
+        }
+    }
+}
+
 /// Sets or replaces the condition of the same type. The transition time changes only when the
 /// status does, so watchers can tell "still failing" from "failed again".
 pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {

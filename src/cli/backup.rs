@@ -11,7 +11,7 @@ use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
 use crate::api::{
     BackupPhase, BackupRun, BackupRunSpec, BackupRunStatus, Consistency, Failure, FailureReason,
-    FullCadence, Hooks, OfflinePolicy, Quiesce, RequestedType,
+    FullCadence, OfflinePolicy, Quiesce, RequestedType,
 };
 use crate::engine::{BackupEngine, RunContext, StepError};
 use crate::libvirt::LibvirtHost;
@@ -217,23 +217,9 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
     let store = FileStore::new(&args.common.state_dir);
     let now = Timestamp::now();
     let name = run_name(&args.domain, now);
-    let hooks = match &args.hooks_file {
-        Some(f) => match std::fs::read_to_string(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_saphyr::from_str::<Hooks>(&t).map_err(|e| e.to_string()))
-        {
-            Ok(h) => h,
-            Err(e) => {
-                return report_failure(
-                    &name,
-                    StepError::new(
-                        FailureReason::InvalidSpec,
-                        format!("hooks file {}: {e}", f.display()),
-                    ),
-                )
-            }
-        },
-        None => Hooks::default(),
+    let hooks = match super::read_hooks_file(args.hooks_file.as_deref()) {
+        Ok(h) => h,
+        Err(e) => return report_failure(&name, e),
     };
     let spec = BackupRunSpec {
         domain: args.domain.clone(),

@@ -8,6 +8,25 @@ pub mod target_args;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::api::{FailureReason, Hooks};
+use crate::engine::StepError;
+
+/// Reads a `--hooks-file` (YAML with preSnapshot ... postRecovery lists); none means no hooks.
+pub fn read_hooks_file(path: Option<&std::path::Path>) -> Result<Hooks, StepError> {
+    let Some(f) = path else {
+        return Ok(Hooks::default());
+    };
+    std::fs::read_to_string(f)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_saphyr::from_str::<Hooks>(&t).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            StepError::new(
+                FailureReason::InvalidSpec,
+                format!("hooks file {}: {e}", f.display()),
+            )
+        })
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "snapback",
@@ -30,7 +49,7 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List a domain's restore points on a target
     List(restore::ListArgs),
-    /// Resume runs whose process died, for one target
+    /// Finish backups and restores of one target whose process died
     Resume(ResumeArgs),
     /// List resources in a kubectl-like table
     Get(GetArgs),

@@ -9,7 +9,7 @@ use kube::api::ObjectMeta;
 use super::backup::{cancel_on_signal, run_name, CommonArgs};
 use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
-use crate::api::{BackupType, Hooks, RestorePhase, RestoreRequest, RestoreRequestSpec};
+use crate::api::{BackupType, RestorePhase, RestoreRequest, RestoreRequestSpec};
 use crate::engine::{human_bytes, staging, StepError};
 use crate::libvirt::LibvirtHost;
 use crate::restore::select::RestorePoint;
@@ -73,20 +73,9 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
     let store = FileStore::new(&args.common.state_dir);
     let name = format!("restore-{}", run_name(&args.domain, Timestamp::now()));
     println!("{name}");
-    let hooks = match &args.hooks_file {
-        Some(f) => match std::fs::read_to_string(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_saphyr::from_str::<Hooks>(&t).map_err(|e| e.to_string()))
-        {
-            Ok(h) => h,
-            Err(e) => {
-                return failure(StepError::new(
-                    crate::api::FailureReason::InvalidSpec,
-                    format!("hooks file: {e}"),
-                ))
-            }
-        },
-        None => Hooks::default(),
+    let hooks = match super::read_hooks_file(args.hooks_file.as_deref()) {
+        Ok(h) => h,
+        Err(e) => return failure(e),
     };
     let storage_dir = args.storage_dir.as_ref().map(|p| {
         std::path::absolute(p)
@@ -173,6 +162,37 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
             1
         }
     }
+}
+
+/// Continues every unfinished restore of this target whose process died.
+pub async fn resume_stale(
+    host: &LibvirtHost,
+    store: &FileStore,
+    target: &TargetArgs,
+    state_dir: &std::path::Path,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<RestoreRequest>, StepError> {
+    let reqs: Vec<RestoreRequest> = store
+        .list("restorerequests")
+        .map_err(|e| StepError::new(crate::api::FailureReason::Internal, e.to_string()))?;
+    let url = crate::duplicity::url::redact(&target.target);
+    let mut done = Vec::new();
+    for req in reqs {
+        let unfinished = req.status.as_ref().is_some_and(|s| !s.phase.is_terminal());
+        if !unfinished || req.spec.target_ref != url {
+            continue;
+        }
+        let name = req.metadata.name.clone().unwrap_or_default();
+        eprintln!("{name}: resuming an interrupted restore");
+        let ctx = RestoreContext {
+            target: target.to_config(state_dir)?,
+            state_dir: state_dir.to_path_buf(),
+        };
+        let engine =
+            RestoreEngine::new(host, store, ctx, req, stderr_reporter(name), cancel.clone());
+        done.push(engine.run().await);
+    }
+    Ok(done)
 }
 
 fn list_row(p: &RestorePoint) -> [String; 5] {

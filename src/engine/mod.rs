@@ -191,14 +191,7 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
     }
 
     pub(crate) fn condition(&mut self, type_: &str, status: bool, reason: &str, message: String) {
-        let c = Condition {
-            type_: type_.into(),
-            status: if status { "True" } else { "False" }.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: Timestamp::now(),
-            observed_generation: self.run.metadata.generation,
-        };
+        let c = Condition::now(type_, status, reason, message, self.run.metadata.generation);
         crate::api::set_condition(&mut self.status_mut().conditions, c);
     }
 

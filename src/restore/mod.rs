@@ -102,14 +102,7 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
     }
 
     pub(crate) fn condition(&mut self, type_: &str, status: bool, reason: &str, message: String) {
-        let c = Condition {
-            type_: type_.into(),
-            status: if status { "True" } else { "False" }.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: Timestamp::now(),
-            observed_generation: self.req.metadata.generation,
-        };
+        let c = Condition::now(type_, status, reason, message, self.req.metadata.generation);
         crate::api::set_condition(&mut self.status_mut().conditions, c);
     }
 
@@ -122,6 +115,24 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
         if self.status().start_time.is_none() {
             self.status_mut().start_time = Some(Timestamp::now());
         }
+        // One process per request: a second one (a resume while the first still runs) leaves it alone.
+        let _lock = match staging::lock(&self.ctx.state_dir, "restore", &self.name()) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                (self.report)(Event::Note(
+                    "another snapback process is running this restore".into(),
+                ));
+                return self.req;
+            }
+            Err(e) => {
+                self.fail(StepError::new(
+                    FailureReason::Internal,
+                    format!("cannot create lock: {e}"),
+                ))
+                .await;
+                return self.req;
+            }
+        };
         loop {
             let phase = self.status().phase;
             if phase.is_terminal() {
