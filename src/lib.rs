@@ -9,4 +9,5 @@ pub mod process;
 pub mod qemu_img;
 pub mod restore;
 pub mod retention;
+pub mod standalone;
 pub mod store;

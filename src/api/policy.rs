@@ -49,6 +49,9 @@ pub struct BackupPolicySpec {
     pub hooks: Hooks,
     #[serde(default)]
     pub full_cadence: FullCadence,
+    /// Which backups to keep on the target; applied by `snapback prune`.
+    #[serde(default)]
+    pub retention: crate::retention::rules::RetentionSpec,
     /// Backing-chain depth: 0 = whole chain, -1 = all but the shared base, N = top N images.
     #[serde(default)]
     pub depth: i32,

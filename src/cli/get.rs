@@ -25,7 +25,12 @@ pub fn backup_runs_table(runs: &[BackupRun]) -> String {
     sorted.sort_by_key(|r| r.status.as_ref().and_then(|s| s.start_time));
     for r in sorted {
         let s = r.status.clone().unwrap_or_default();
+        let expired = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Expired" && c.status == "True");
         let phase = match (&s.failure, s.phase) {
+            _ if expired => "Expired".to_string(),
             (Some(f), p) if p.is_terminal() => format!("{p:?} ({})", f.reason),
             (_, p) => format!("{p:?}"),
         };

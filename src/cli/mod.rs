@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod get;
 pub mod progress;
+pub mod prune;
 pub mod restore;
 pub mod target_args;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List a domain's restore points on a target
     List(restore::ListArgs),
+    /// Apply every policy's retention in a config dir (whole chains only)
+    Prune(prune::PruneArgs),
     /// Finish backups and restores of one target whose process died
     Resume(ResumeArgs),
     /// List resources in a kubectl-like table

@@ -230,13 +230,10 @@ pub fn table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> Strin
 
 pub async fn list(mut args: ListArgs) -> i32 {
     args.common.absolutize();
-    let mut target = match args.target.to_config(&args.common.state_dir) {
-        Ok(t) => t,
+    let target = match args.target.to_config(&args.common.state_dir) {
+        Ok(t) => staging::domain_target(&t, &args.domain),
         Err(e) => return failure(e),
     };
-    let dir = staging::domain_dir(&args.domain);
-    target.name = format!("{}-{dir}", staging::target_key(target.url.as_str()));
-    target.url = target.url.child(&dir);
     let scratch = args
         .common
         .state_dir

@@ -104,8 +104,9 @@ pub struct BackupSet {
     pub chain_start: jiff::Timestamp,
 }
 
-/// Reads the sets of complete chains from collection status's machine-readable lines
-/// (`chain-complete` then ` full 20261122T064439Z 1 noenc` / ` inc ...`), oldest first.
+/// Reads the sets of every chain from collection status's machine-readable lines
+/// (`chain-complete` / `chain-no-sig N`, then ` full 20261122T064439Z 1 noenc` / ` inc ...`),
+/// oldest first. Orphaned and incomplete sets are not listed there.
 pub fn collection_sets(messages: &[LogMessage]) -> Vec<BackupSet> {
     let mut sets = Vec::new();
     for m in messages.iter().filter(|m| m.code == 3) {
@@ -113,7 +114,9 @@ pub fn collection_sets(messages: &[LogMessage]) -> Vec<BackupSet> {
         let mut chain_start = None;
         for l in &m.extra {
             if !l.starts_with(' ') {
-                in_chain = l.trim() == "chain-complete";
+                // The active chain is `chain-complete`; older ones are `chain-no-sig N` (duplicity
+                // keeps signatures only for the active chain) and are just as restorable.
+                in_chain = l.trim() == "chain-complete" || l.starts_with("chain-no-sig");
                 chain_start = None;
                 continue;
             }
@@ -232,9 +235,21 @@ mod tests {
         }
         let sets = collection_sets(&msgs);
         let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
-        assert_eq!(sets.len(), 3, "{sets:?}");
+        assert_eq!(
+            sets.len(),
+            4,
+            "older chains (chain-no-sig) count too: {sets:?}"
+        );
         assert_eq!(
             sets[0],
+            BackupSet {
+                time: t("2026-11-01T00:00:00Z"),
+                full: true,
+                chain_start: t("2026-11-01T00:00:00Z")
+            }
+        );
+        assert_eq!(
+            sets[1],
             BackupSet {
                 time: t("2026-11-22T06:44:39Z"),
                 full: true,
@@ -242,14 +257,14 @@ mod tests {
             }
         );
         assert_eq!(
-            sets[1],
+            sets[2],
             BackupSet {
                 time: t("2026-11-22T06:48:22Z"),
                 full: false,
                 chain_start: t("2026-11-22T06:44:39Z")
             }
         );
-        assert!(sets[2].full);
+        assert!(sets[3].full);
     }
 
     #[test]

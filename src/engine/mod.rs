@@ -144,19 +144,12 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
     /// The duplicity target of this run: the domain's own directory under the target URL, so
     /// one target can hold many domains, and one archive-dir cache per target and domain.
     pub(crate) fn domain_target(&self) -> TargetConfig {
-        let mut t = self.ctx.target.clone();
-        let dir = staging::domain_dir(
-            self.status()
-                .domain_name
-                .as_deref()
-                .unwrap_or(&self.run.spec.domain),
-        );
-        t.name = format!(
-            "{}-{dir}",
-            staging::target_key(self.ctx.target.url.as_str())
-        );
-        t.url = t.url.child(&dir);
-        t
+        let domain = self
+            .status()
+            .domain_name
+            .as_deref()
+            .unwrap_or(&self.run.spec.domain);
+        staging::domain_target(&self.ctx.target, domain)
     }
 
     pub(crate) async fn save(&mut self) -> Result<(), StepError> {

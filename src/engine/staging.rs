@@ -36,6 +36,19 @@ pub fn domain_dir(name: &str) -> String {
     format!("{short}-{}", &target_key(name)[..8])
 }
 
+/// The duplicity target of one domain: `<target>/<domain dir>`, with one archive-dir cache
+/// per target and domain.
+pub fn domain_target(
+    base: &crate::duplicity::TargetConfig,
+    domain: &str,
+) -> crate::duplicity::TargetConfig {
+    let mut t = base.clone();
+    let dir = domain_dir(domain);
+    t.name = format!("{}-{dir}", target_key(base.url.as_str()));
+    t.url = base.url.child(&dir);
+    t
+}
+
 /// One stable staging path per target and domain: duplicity refuses an incremental whose
 /// source path differs from the previous run's.
 pub fn staging_dir(state: &Path, tkey: &str, uuid: &str) -> PathBuf {

@@ -333,4 +333,18 @@ impl LibvirtHost {
         self.with_domain(dom, move |d| Ok(ffi::checkpoint_delete(d, &name, true)?))
             .await
     }
+
+    /// Names of all defined domains, running or not.
+    pub async fn domain_names(&self) -> Result<Vec<String>, LibvirtError> {
+        let conn = self.conn.clone();
+        blocking(move || {
+            let doms = conn.list_all_domains(0)?;
+            let mut names = Vec::with_capacity(doms.len());
+            for d in doms {
+                names.push(d.name()?);
+            }
+            Ok(names)
+        })
+        .await
+    }
 }

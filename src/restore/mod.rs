@@ -72,13 +72,7 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
 
     /// The duplicity target of the domain being restored (`<target>/<domain>`).
     pub(crate) fn domain_target(&self) -> TargetConfig {
-        let mut t = self.ctx.target.clone();
-        let dir = staging::domain_dir(&self.req.spec.domain);
-        t.name = format!(
-            "{}-{dir}",
-            staging::target_key(self.ctx.target.url.as_str())
-        );
-        t.url = t.url.child(&dir);
+        let mut t = staging::domain_target(&self.ctx.target, &self.req.spec.domain);
         t.archive_dir = staging::archive_dir(&self.ctx.state_dir)
             .display()
             .to_string();

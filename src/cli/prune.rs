@@ -1,0 +1,174 @@
+//! `snapback prune --config DIR [--dry-run]`: applies every policy's retention.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use jiff::tz::TimeZone;
+
+use super::backup::CommonArgs;
+use super::restore::table;
+use crate::api::{BackupPhase, BackupRun, Condition, FailureReason};
+use crate::engine::{staging, StepError};
+use crate::libvirt::LibvirtHost;
+use crate::retention::prune::prune_domain;
+use crate::standalone::{config, glob};
+use crate::store::FileStore;
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// A directory of BackupTarget and BackupPolicy manifests
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Print what would be deleted and why, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn fail(e: impl std::fmt::Display, reason: FailureReason) -> i32 {
+    eprintln!("{reason}: {e}");
+    1
+}
+
+/// The domains a policy covers: its names, and libvirt's domains matching its globs.
+async fn domains(
+    p: &crate::api::BackupPolicySpec,
+    connect: &str,
+) -> Result<Vec<String>, StepError> {
+    let mut out = p.domain_selector.names.clone();
+    if !p.domain_selector.globs.is_empty() {
+        let host = LibvirtHost::connect(connect).await?;
+        for d in host.domain_names().await? {
+            if p.domain_selector.globs.iter().any(|g| glob::matches(g, &d)) && !out.contains(&d) {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn execute(mut args: PruneArgs) -> i32 {
+    args.common.absolutize();
+    let cfg = match config::load_dir(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail(e, FailureReason::InvalidSpec),
+    };
+    let store = FileStore::new(&args.common.state_dir);
+    let runs = store.backup_runs().unwrap_or_default();
+    let in_progress: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.status.as_ref())
+        .filter(|s| !s.phase.is_terminal())
+        .filter_map(|s| s.chain.clone())
+        .collect();
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for (file, policy) in &cfg.policies {
+        let pname = policy.metadata.name.clone().unwrap_or_default();
+        let rules = match policy.spec.retention.validate() {
+            Ok(r) => r,
+            Err(e) => {
+                return fail(
+                    format!("{}: BackupPolicy {pname}: {e}", file.display()),
+                    FailureReason::InvalidSpec,
+                )
+            }
+        };
+        let tz = match policy.spec.time_zone.as_deref() {
+            None | Some("") => TimeZone::UTC,
+            Some(z) => match TimeZone::get(z) {
+                Ok(tz) => tz,
+                Err(e) => {
+                    return fail(
+                        format!(
+                            "{}: BackupPolicy {pname}: spec.timeZone '{z}': {e}",
+                            file.display()
+                        ),
+                        FailureReason::InvalidSpec,
+                    )
+                }
+            },
+        };
+        let Some(t) = cfg.target(&policy.spec.target_ref) else {
+            continue;
+        };
+        let base = match config::target_config(t, &args.common.state_dir) {
+            Ok(b) => b,
+            Err(e) => return fail(e.message, e.reason),
+        };
+        let doms = match domains(&policy.spec, &args.common.connect).await {
+            Ok(d) => d,
+            Err(e) => return fail(e.message, e.reason),
+        };
+        for d in doms {
+            let target = staging::domain_target(&base, &d);
+            let scratch = args
+                .common
+                .state_dir
+                .join("prune-scratch")
+                .join(staging::domain_dir(&d));
+            let result =
+                prune_domain(&target, &rules, &tz, &in_progress, &scratch, args.dry_run).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            match result {
+                Ok(done) => {
+                    for (dec, p) in done.plan.decisions.iter().zip(&done.points) {
+                        let action = match (dec.keep, args.dry_run) {
+                            (true, _) => "keep",
+                            (false, true) => "would delete",
+                            (false, false) => "deleted",
+                        };
+                        rows.push([
+                            pname.clone(),
+                            d.clone(),
+                            dec.id.clone(),
+                            p.time().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                            action.to_string(),
+                            dec.reasons.join(", "),
+                        ]);
+                    }
+                    if !args.dry_run {
+                        expire_runs(&store, &runs, &done.plan.delete_chains);
+                    }
+                }
+                Err(e) => {
+                    // A failed prune deletes nothing more; the next prune plans again from the target.
+                    eprintln!("{pname}/{d}: {}: {}", e.reason, e.message);
+                    failed += 1;
+                }
+            }
+        }
+    }
+    print!(
+        "{}",
+        table(["POLICY", "DOMAIN", "RUN", "TIME", "ACTION", "WHY"], rows)
+    );
+    i32::from(failed > 0)
+}
+
+/// Marks the stored runs of deleted chains `Expired` (their backups are gone from the target).
+fn expire_runs(store: &FileStore, runs: &[BackupRun], chains: &[String]) {
+    for r in runs {
+        let Some(s) = &r.status else { continue };
+        if s.phase != BackupPhase::Succeeded
+            || !s.chain.as_ref().is_some_and(|c| chains.contains(c))
+        {
+            continue;
+        }
+        let mut r = r.clone();
+        let st = r.status.as_mut().expect("checked above");
+        let c = Condition::now(
+            "Expired",
+            true,
+            "Pruned",
+            "retention deleted this backup's chain from the target".into(),
+            None,
+        );
+        crate::api::set_condition(&mut st.conditions, c);
+        let name = r.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = store.write("backupruns", &name, &r) {
+            eprintln!("warning: cannot mark {name} expired: {e}");
+        }
+    }
+}

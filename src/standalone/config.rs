@@ -1,0 +1,224 @@
+//! Loading BackupTarget and BackupPolicy manifests from a config dir (multi-document YAML
+//! files, the same apiVersion and kinds as the CRDs). Errors name the file and the field.
+
+use std::path::{Path, PathBuf};
+
+use crate::api::{BackupPolicy, BackupTarget, EncryptionMode, FailureReason};
+use crate::duplicity::{Crypto, TargetConfig, TargetUrl};
+use crate::engine::{staging, StepError};
+
+#[derive(Debug, Default)]
+pub struct Config {
+    pub targets: Vec<(PathBuf, BackupTarget)>,
+    pub policies: Vec<(PathBuf, BackupPolicy)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+fn err(file: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Reads every `*.yaml` / `*.yml` file of `dir`, in name order.
+pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| err(dir, format!("cannot read the config dir: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut cfg = Config::default();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| err(&f, e.to_string()))?;
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).map_err(|e| err(&f, e.to_string()))?;
+        for (i, doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            let kind = doc
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("")
+                .to_string();
+            let api = doc.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("");
+            let name = doc
+                .pointer("/metadata/name")
+                .and_then(|k| k.as_str())
+                .unwrap_or("")
+                .to_string();
+            let at = format!("document {} ({kind} {name})", i + 1);
+            if api != "snapback.dev/v1alpha1" {
+                return Err(err(
+                    &f,
+                    format!("{at}: apiVersion must be snapback.dev/v1alpha1, not '{api}'"),
+                ));
+            }
+            if name.is_empty() {
+                return Err(err(&f, format!("{at}: metadata.name is required")));
+            }
+            match kind.as_str() {
+                "BackupTarget" => {
+                    let t: BackupTarget =
+                        serde_json::from_value(doc).map_err(|e| err(&f, format!("{at}: {e}")))?;
+                    TargetUrl::parse(&t.spec.url)
+                        .map_err(|e| err(&f, format!("{at}: spec.url: {e}")))?;
+                    cfg.targets.push((f.clone(), t));
+                }
+                "BackupPolicy" => {
+                    let p: BackupPolicy =
+                        serde_json::from_value(doc).map_err(|e| err(&f, format!("{at}: {e}")))?;
+                    p.spec
+                        .retention
+                        .validate()
+                        .map_err(|e| err(&f, format!("{at}: spec.{e}")))?;
+                    cfg.policies.push((f.clone(), p));
+                }
+                "RestoreRequest" => {}
+                other => return Err(err(&f, format!("{at}: unknown kind '{other}'"))),
+            }
+        }
+    }
+    for (f, p) in &cfg.policies {
+        if !cfg
+            .targets
+            .iter()
+            .any(|(_, t)| t.metadata.name.as_deref() == Some(p.spec.target_ref.as_str()))
+        {
+            return Err(err(
+                f,
+                format!(
+                    "BackupPolicy {}: spec.targetRef '{}' names no BackupTarget in the config dir",
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.spec.target_ref
+                ),
+            ));
+        }
+    }
+    Ok(cfg)
+}
+
+impl Config {
+    pub fn target(&self, name: &str) -> Option<&BackupTarget> {
+        self.targets
+            .iter()
+            .map(|(_, t)| t)
+            .find(|t| t.metadata.name.as_deref() == Some(name))
+    }
+}
+
+fn read_secret(path: &str) -> Result<String, StepError> {
+    crate::cli::target_args::read_secret_file(Path::new(path))
+}
+
+/// The duplicity settings of a BackupTarget on a single host: secrets from files.
+pub fn target_config(t: &BackupTarget, state_dir: &Path) -> Result<TargetConfig, StepError> {
+    let s = &t.spec;
+    let url = TargetUrl::parse(&s.url)
+        .map_err(|e| StepError::new(FailureReason::TargetInvalid, e.to_string()))?;
+    let secret = |what: &str| -> Result<Option<String>, StepError> {
+        match s.encryption.passphrase.as_ref() {
+            Some(src) => match (&src.file, &src.secret_key_ref) {
+                (Some(f), _) => read_secret(f).map(Some),
+                (None, Some(_)) => Err(StepError::new(
+                    FailureReason::EncryptionKeyError,
+                    format!("{what}: secretKeyRef needs Kubernetes; on a single host use encryption.passphrase.file"),
+                )),
+                (None, None) => Ok(None),
+            },
+            None => Ok(None),
+        }
+    };
+    let crypto = match s.encryption.mode {
+        EncryptionMode::None => Crypto::None,
+        EncryptionMode::Symmetric => Crypto::Symmetric {
+            passphrase: secret("encryption.passphrase")?.ok_or_else(|| {
+                StepError::new(
+                    FailureReason::EncryptionKeyError,
+                    "encryption mode Symmetric needs encryption.passphrase",
+                )
+            })?,
+        },
+        EncryptionMode::Gpg => Crypto::Gpg {
+            recipients: s.encryption.recipients.clone(),
+            sign_key: s.encryption.sign_key.clone(),
+            sign_passphrase: secret("encryption.passphrase")?,
+            gnupg_home: s.encryption.gnupg_home.clone(),
+        },
+    };
+    let archive = s
+        .cache_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| staging::archive_dir(state_dir));
+    Ok(TargetConfig {
+        url,
+        s3_endpoint_url: s.s3_endpoint_url.clone(),
+        crypto,
+        volsize_mib: s.duplicity.volsize_mib,
+        extra_options: s.duplicity.extra_options.clone(),
+        archive_dir: archive.display().to_string(),
+        name: String::new(),
+        backend_env: vec![],
+        num_retries: 3,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (n, t) in files {
+            std::fs::write(d.path().join(n), t).unwrap();
+        }
+        d
+    }
+
+    const TARGET: &str = "apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata: {name: local}\nspec: {url: 'file:///srv/b'}\n";
+    const POLICY: &str = "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {name: nightly}\nspec:\n  domainSelector: {names: [web]}\n  targetRef: local\n  schedule: '0 2 * * *'\n  retention: {keepDaily: 7}\n";
+
+    #[test]
+    fn multi_document_files_load_targets_and_policies() {
+        let d = dir_with(&[("all.yaml", &format!("{TARGET}---\n{POLICY}"))]);
+        let c = load_dir(d.path()).unwrap();
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.policies[0].1.spec.retention.keep_daily, Some(7));
+        assert!(c.target("local").is_some());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let bad = POLICY.replace("  targetRef: local\n", "");
+        let d = dir_with(&[("t.yaml", TARGET), ("p.yaml", &bad)]);
+        let e = load_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("p.yaml") && e.contains("targetRef"), "{e}");
+
+        let neg = POLICY.replace("keepDaily: 7", "keepDaily: -2");
+        let d = dir_with(&[("t.yaml", TARGET), ("p.yaml", &neg)]);
+        let e = load_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("p.yaml") && e.contains("keepDaily is -2"), "{e}");
+
+        let dangling = POLICY.replace("targetRef: local", "targetRef: nowhere");
+        let d = dir_with(&[("t.yaml", TARGET), ("p.yaml", &dangling)]);
+        assert!(load_dir(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("names no BackupTarget"));
+
+        let d = dir_with(&[("t.yaml", &TARGET.replace("file:///srv/b", "nope"))]);
+        assert!(load_dir(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("spec.url"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Retention on a real target: several chains form, pruning removes exactly the planned
+//! whole chains, and every kept point still restores.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use snapback::api::BackupType;
+
+/// How many complete chains duplicity's collection status reports for the domain (from a
+/// fresh cache, so only the target's files count).
+fn chains_on_target(env: &Env, domain: &str) -> usize {
+    let url = format!(
+        "{}/{}",
+        env.target,
+        snapback::engine::staging::domain_dir(domain)
+    );
+    let out = Command::new("duplicity")
+        .args([
+            "collection-status",
+            "--archive-dir",
+            env.dir.join(unique("status-cache")).to_str().unwrap(),
+            &url,
+        ])
+        .env("PASSPHRASE", "")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let primary = usize::from(text.contains("Found primary backup chain"));
+    // "Found 2 secondary backup chains." / "Found 1 secondary backup chain."
+    let secondary = text
+        .lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 3 && w[0] == "Found" && w[2] == "secondary")
+                .then(|| w[1].parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    primary + secondary
+}
+
+fn write_config(env: &Env, domain: &str, retention: &str) -> std::path::PathBuf {
+    let dir = env.dir.join(unique("config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("target.yaml"),
+        format!("apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata:\n  name: local\nspec:\n  url: '{}'\n", env.target),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: nightly\nspec:\n  domainSelector:\n    names: ['{domain}']\n  targetRef: local\n  schedule: '0 2 * * *'\n  retention: {retention}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn pruning_removes_exactly_the_planned_whole_chains_and_kept_points_still_restore() {
+    let g = Guest::new("sbt-prune", GuestOpts::default());
+    let env = Env::new();
+    let mut runs = vec![];
+    for _ in 0..5 {
+        runs.push(
+            env.backup(&g.name, &["--max-incrementals", "1"])
+                .assert_ok(),
+        );
+        let w = g.writes();
+        g.wait_for_writes(w + 2);
+    }
+    let types: Vec<_> = runs
+        .iter()
+        .map(|r| env.read_run(r).status.unwrap().type_.unwrap())
+        .collect();
+    use BackupType::*;
+    assert_eq!(
+        types,
+        [Full, Incremental, Full, Incremental, Full],
+        "three chains"
+    );
+    assert_eq!(chains_on_target(&env, &g.name), 3);
+
+    // keepLast 3 keeps runs 3..5, i.e. the last two chains; the first chain goes whole.
+    let config = write_config(&env, &g.name, "{keepLast: 3}");
+    let dry = env.snapback(&["prune", "--config", config.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let would: Vec<&str> = dry
+        .stdout
+        .lines()
+        .filter(|l| l.contains("would delete"))
+        .collect();
+    assert_eq!(would.len(), 2, "{}", dry.stdout);
+    assert!(would[0].contains(&runs[0]) && would[1].contains(&runs[1]));
+    assert!(dry
+        .stdout
+        .lines()
+        .any(|l| l.contains(&runs[2]) && l.contains("keepLast")));
+    assert!(dry
+        .stdout
+        .lines()
+        .any(|l| l.contains(&runs[3]) && l.contains("keepLast")));
+    assert_eq!(
+        chains_on_target(&env, &g.name),
+        3,
+        "a dry run deletes nothing"
+    );
+
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stdout.lines().filter(|l| l.contains("deleted")).count(),
+        2,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        chains_on_target(&env, &g.name),
+        2,
+        "exactly the planned chains remain"
+    );
+    let table = env.snapback(&["get", "backupruns"]).stdout;
+    for (i, r) in runs.iter().enumerate() {
+        let row = table.lines().find(|l| l.starts_with(r.as_str())).unwrap();
+        assert_eq!(row.contains("Expired"), i < 2, "{row}");
+    }
+
+    // Every kept point still restores.
+    for r in &runs[2..] {
+        let at = env
+            .read_run(r)
+            .status
+            .unwrap()
+            .snapshot_time
+            .unwrap()
+            .to_string();
+        let storage = env.dir.join(unique("st"));
+        std::fs::create_dir_all(&storage).unwrap();
+        let new = format!("{}-{}", g.name, &r[r.len() - 4..]);
+        let o = env.snapback(&[
+            "restore",
+            "--domain",
+            &g.name,
+            "--target",
+            &env.target,
+            "--at",
+            &at,
+            "--as",
+            &new,
+            "--storage-dir",
+            storage.to_str().unwrap(),
+        ]);
+        let _ = virsh(&["undefine", &new]);
+        assert_eq!(o.code, 0, "restore of kept point {r}: {}", o.stderr);
+    }
+    // The chain being written next is safe, and the next backup continues the newest chain.
+    let next = env
+        .backup(&g.name, &["--max-incrementals", "1"])
+        .assert_ok();
+    assert_eq!(env.read_run(&next).status.unwrap().type_, Some(Incremental));
+}
+
+#[test]
+fn bad_retention_rules_are_refused_before_anything_is_deleted() {
+    let env = Env::new();
+    let config = write_config(&env, "sbt-none", "{keepDaily: -1}");
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.last_err_line().starts_with("InvalidSpec")
+            && out.stderr.contains("policy.yaml")
+            && out.stderr.contains("keepDaily is -1"),
+        "{}",
+        out.stderr
+    );
+    let config = write_config(&env, "sbt-none", "{keepLast: 0}");
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.stderr.contains("every retention rule is zero"),
+        "{}",
+        out.stderr
+    );
+    let config = write_config(&env, "sbt-none", "{maxAge: 3X}");
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert!(out.stderr.contains("unknown unit 'X'"), "{}", out.stderr);
+}
