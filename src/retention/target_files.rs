@@ -28,10 +28,10 @@ pub fn chain_files(names: &[String], start: Timestamp, end: Timestamp) -> Vec<St
             None => continue,
         };
         match kind {
-            "duplicity-full" | "duplicity-full-signatures" => {
-                if rest.first().and_then(|t| parse_time(t)) == Some(start) {
-                    hits.push((start, n));
-                }
+            "duplicity-full" | "duplicity-full-signatures"
+                if rest.first().and_then(|t| parse_time(t)) == Some(start) =>
+            {
+                hits.push((start, n));
             }
             "duplicity-inc" | "duplicity-new-signatures" => {
                 if let (Some(a), Some("to"), Some(b)) = (
