@@ -187,3 +187,61 @@ fn bad_retention_rules_are_refused_before_anything_is_deleted() {
     let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
     assert!(out.stderr.contains("unknown unit 'X'"), "{}", out.stderr);
 }
+
+#[test]
+fn standalone_once_runs_each_policy_and_prunes_after_each_successful_run() {
+    let g = Guest::new("sbt-once", GuestOpts::default());
+    let env = Env::new();
+    let config = write_config(&env, &g.name, "{keepLast: 2}");
+    // A full cadence of one incremental per chain: full, inc, full, inc ...
+    let policy = config.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        "  retention:",
+        "  fullCadence: {maxIncrementals: 1}\n  retention:",
+    );
+    std::fs::write(&policy, text).unwrap();
+
+    let mut names = vec![];
+    for _ in 0..4 {
+        let out = env.snapback(&["standalone", "--config", config.to_str().unwrap(), "--once"]);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("nightly"))
+            .expect("a row per policy and domain")
+            .to_string();
+        assert!(row.contains("Succeeded"), "{row}");
+        names.push(row.split_whitespace().nth(2).unwrap().to_string());
+        let w = g.writes();
+        g.wait_for_writes(w + 2);
+    }
+    let runs: Vec<_> = names.iter().map(|n| env.read_run(n)).collect();
+    assert!(runs
+        .iter()
+        .all(|r| r.spec.policy_ref.as_deref() == Some("nightly")));
+    use BackupType::*;
+    let types: Vec<_> = runs
+        .iter()
+        .map(|r| r.status.clone().unwrap().type_.unwrap())
+        .collect();
+    assert_eq!(types, [Full, Incremental, Full, Incremental]);
+    // After the 4th run keepLast 2 keeps only the second chain: the first went whole.
+    assert_eq!(chains_on_target(&env, &g.name), 1);
+    let table = env.snapback(&["get", "backupruns"]).stdout;
+    for (i, n) in names.iter().enumerate() {
+        let row = table.lines().find(|l| l.starts_with(n.as_str())).unwrap();
+        assert_eq!(row.contains("Expired"), i < 2, "{row}");
+    }
+    let last = runs[3].status.clone().unwrap();
+    let c = last
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Pruned")
+        .expect("prune recorded on the run");
+    assert_eq!(c.status, "True");
+
+    let no_once = env.snapback(&["standalone", "--config", config.to_str().unwrap()]);
+    assert_eq!(no_once.code, 2);
+    assert!(no_once.stderr.contains("only --once"), "{}", no_once.stderr);
+}

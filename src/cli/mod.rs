@@ -5,6 +5,7 @@ pub mod get;
 pub mod progress;
 pub mod prune;
 pub mod restore;
+pub mod standalone;
 pub mod target_args;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -52,6 +53,8 @@ pub enum Command {
     List(restore::ListArgs),
     /// Apply every policy's retention in a config dir (whole chains only)
     Prune(prune::PruneArgs),
+    /// Single-host mode: run the policies of a config dir (today: --once, for cron or a timer)
+    Standalone(standalone::StandaloneArgs),
     /// Finish backups and restores of one target whose process died
     Resume(ResumeArgs),
     /// List resources in a kubectl-like table

@@ -148,7 +148,7 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
 }
 
 /// Marks the stored runs of deleted chains `Expired` (their backups are gone from the target).
-fn expire_runs(store: &FileStore, runs: &[BackupRun], chains: &[String]) {
+pub fn expire_runs(store: &FileStore, runs: &[BackupRun], chains: &[String]) {
     for r in runs {
         let Some(s) = &r.status else { continue };
         if s.phase != BackupPhase::Succeeded
