@@ -25,6 +25,16 @@ async fn main() {
     let code = match cli.command {
         Command::Backup(args) => backup::execute(args).await,
         Command::Resume(args) => resume(args).await,
+        Command::Crd => match snapback::api::crds::all_yaml() {
+            Ok(y) => {
+                print!("{y}");
+                0
+            }
+            Err(e) => {
+                eprintln!("Internal: {e}");
+                1
+            }
+        },
         Command::Restore(args) => snapback::cli::restore::execute(args).await,
         Command::List(args) => snapback::cli::restore::list(args).await,
         Command::Prune(args) => snapback::cli::prune::execute(args).await,

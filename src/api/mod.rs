@@ -4,16 +4,19 @@
 //! single-host front-end reads and writes the same documents as YAML files.
 
 pub mod common;
+pub mod crds;
 pub mod policy;
 pub mod restore;
 pub mod run;
 pub mod target;
+pub mod virthost;
 
 pub use common::*;
 pub use policy::*;
 pub use restore::*;
 pub use run::*;
 pub use target::*;
+pub use virthost::*;
 
 /// The API group of every snapback resource.
 pub const GROUP: &str = "snapback.dev";

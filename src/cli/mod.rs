@@ -57,6 +57,8 @@ pub enum Command {
     Standalone(standalone::StandaloneArgs),
     /// Finish backups and restores of one target whose process died
     Resume(ResumeArgs),
+    /// Print the CustomResourceDefinitions (YAML)
+    Crd,
     /// List resources in a kubectl-like table
     Get(GetArgs),
 }
