@@ -6,10 +6,10 @@ use crate::api::FailureReason;
 use crate::engine::StepError;
 use crate::libvirt::domain_xml::ChainImage;
 
-/// The backing chain of an image, top first, as qemu-img sees it.
-pub async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
+/// Runs a short qemu-img command to completion; a non-zero exit becomes `fail` with its output.
+async fn output(args: &[&str], fail: FailureReason) -> Result<Vec<u8>, StepError> {
     let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "-U", "--backing-chain", "--output=json", path])
+        .args(args)
         .output()
         .await
         .map_err(|e| {
@@ -19,15 +19,27 @@ pub async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
             )
         })?;
     if !out.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         return Err(StepError::new(
-            FailureReason::BackupJobFailed,
-            format!(
-                "qemu-img info {path}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            fail,
+            format!("qemu-img {}: {text}", args.join(" ")),
         ));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+    Ok(out.stdout)
+}
+
+/// The backing chain of an image, top first, as qemu-img sees it.
+pub async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
+    let stdout = output(
+        &["info", "-U", "--backing-chain", "--output=json", path],
+        FailureReason::BackupJobFailed,
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
         StepError::new(
             FailureReason::Internal,
             format!("qemu-img info output: {e}"),
@@ -114,25 +126,7 @@ pub async fn run_qemu_img(
 
 /// `qemu-img check`: the image's metadata is consistent.
 pub async fn check(path: &str) -> Result<(), StepError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["check", "-q", path])
-        .output()
+    output(&["check", "-q", path], FailureReason::VerificationFailed)
         .await
-        .map_err(|e| {
-            StepError::new(
-                FailureReason::Internal,
-                format!("cannot start qemu-img: {e}"),
-            )
-        })?;
-    if !out.status.success() {
-        return Err(StepError::new(
-            FailureReason::VerificationFailed,
-            format!(
-                "qemu-img check {path}: {}{}",
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
+        .map(|_| ())
 }

@@ -599,24 +599,31 @@ fn bad_restore_input_gets_a_clear_reason_and_changes_nothing() {
     assert_eq!(g.state(), "running");
 }
 
-#[test]
-fn an_interrupted_restore_rolls_back_and_leaves_no_half_written_disk() {
-    let g = Guest::new("sbt-rint", GuestOpts::default());
-    let env = Env::new();
-    env.backup(&g.name, &[]).assert_ok();
-    let hooks = env.dir.join("slow.yaml");
-    std::fs::write(&hooks, "endRecovery:\n- command: [sleep, '30']\n").unwrap();
-    let dir = storage(&env);
-    let new = format!("{}-int", g.name);
-    let child = Command::new(env!("CARGO_BIN_EXE_snapback"))
+/// Starts `snapback restore --as NEW` in the background with an endRecovery hook that sleeps.
+fn spawn_slow_restore(
+    env: &Env,
+    domain: &str,
+    new: &str,
+    dir: &Path,
+    hook_secs: u32,
+) -> std::process::Child {
+    let hooks = env.dir.join(unique("slow")).with_extension("yaml");
+    std::fs::write(
+        &hooks,
+        format!("endRecovery:\n- command: [sleep, '{hook_secs}']\n"),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_snapback"))
         .args([
             "restore",
             "--domain",
-            &g.name,
+            domain,
             "--target",
             &env.target,
             "--as",
-            &new,
+            new,
+        ])
+        .args([
             "--storage-dir",
             dir.to_str().unwrap(),
             "--hooks-file",
@@ -627,26 +634,40 @@ fn an_interrupted_restore_rolls_back_and_leaves_no_half_written_disk() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    // Wait until the disk is rebuilt and the endRecovery hook runs.
+        .unwrap()
+}
+
+/// Waits until the (only) restore has rebuilt and verified a disk; returns its name.
+fn wait_until_rebuilt(env: &Env) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let reqs: Vec<RestoreRequest> = snapback::store::FileStore::new(&env.state)
             .list("restorerequests")
             .unwrap_or_default();
-        if reqs.iter().any(|r| {
+        if let Some(r) = reqs.iter().find(|r| {
             r.status
                 .as_ref()
-                .is_some_and(|s| !s.hooks.is_empty() || s.disks.iter().any(|d| d.verified))
+                .is_some_and(|s| s.disks.iter().any(|d| d.verified))
         }) {
-            break;
+            return r.metadata.name.clone().unwrap();
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the restore never reached its endRecovery hook"
+            "the restore never rebuilt its disk"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn an_interrupted_restore_rolls_back_and_leaves_no_half_written_disk() {
+    let g = Guest::new("sbt-rint", GuestOpts::default());
+    let env = Env::new();
+    env.backup(&g.name, &[]).assert_ok();
+    let dir = storage(&env);
+    let new = format!("{}-int", g.name);
+    let child = spawn_slow_restore(&env, &g.name, &new, &dir, 30);
+    wait_until_rebuilt(&env);
     run_ok("kill", &["-TERM", &child.id().to_string()]);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -675,49 +696,11 @@ fn a_restore_killed_mid_way_is_finished_by_snapback_resume() {
     let g = Guest::new("sbt-rkill", GuestOpts::default());
     let env = Env::new();
     let (_, reference) = backup_paused(&env, &g, &[]);
-    let hooks = env.dir.join("slow.yaml");
-    std::fs::write(&hooks, "endRecovery:\n- command: [sleep, '3']\n").unwrap();
     let dir = storage(&env);
     let new = format!("{}-res", g.name);
     let _cleanup = Defined(new.clone());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snapback"))
-        .args([
-            "restore",
-            "--domain",
-            &g.name,
-            "--target",
-            &env.target,
-            "--as",
-            &new,
-            "--storage-dir",
-            dir.to_str().unwrap(),
-            "--hooks-file",
-            hooks.to_str().unwrap(),
-        ])
-        .env("SNAPBACK_STATE_DIR", &env.state)
-        .env("SNAPBACK_CONNECT", connect_uri())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let name = loop {
-        let reqs: Vec<RestoreRequest> = snapback::store::FileStore::new(&env.state)
-            .list("restorerequests")
-            .unwrap_or_default();
-        if let Some(r) = reqs.iter().find(|r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| s.disks.iter().any(|d| d.verified))
-        }) {
-            break r.metadata.name.clone().unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restore never rebuilt its disk"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut child = spawn_slow_restore(&env, &g.name, &new, &dir, 3);
+    let name = wait_until_rebuilt(&env);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!read_restore(&env, &name)

@@ -88,7 +88,14 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 run: &run,
                 extra: extra.clone(),
             };
-            let r = run_hook(self.host, hook, &env).await;
+            let mut cancel = self.cancel.clone();
+            // A signal stops a hook too: dropping its future kills the child process.
+            let r = tokio::select! {
+                r = run_hook(self.host, hook, &env) => r,
+                _ = cancel.changed() => {
+                    return Err(StepError::new(FailureReason::Interrupted, format!("interrupted during {stage} hook")));
+                }
+            };
             let ok = r.succeeded;
             let detail = format!(
                 "hook '{}' ({stage}) failed: exit {:?}: {}",
