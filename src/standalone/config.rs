@@ -11,6 +11,7 @@ use crate::engine::{staging, StepError};
 pub struct Config {
     pub targets: Vec<(PathBuf, BackupTarget)>,
     pub policies: Vec<(PathBuf, BackupPolicy)>,
+    pub restores: Vec<(PathBuf, crate::api::RestoreRequest)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +83,11 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
                         .map_err(|e| err(&f, format!("{at}: spec.{e}")))?;
                     cfg.policies.push((f.clone(), p));
                 }
-                "RestoreRequest" => {}
+                "RestoreRequest" => {
+                    let r: crate::api::RestoreRequest =
+                        serde_json::from_value(doc).map_err(|e| err(&f, format!("{at}: {e}")))?;
+                    cfg.restores.push((f.clone(), r));
+                }
                 other => return Err(err(&f, format!("{at}: unknown kind '{other}'"))),
             }
         }
@@ -194,6 +199,20 @@ mod tests {
         assert_eq!(c.targets.len(), 1);
         assert_eq!(c.policies[0].1.spec.retention.keep_daily, Some(7));
         assert!(c.target("local").is_some());
+    }
+
+    #[test]
+    fn the_shipped_examples_load_in_single_host_mode() {
+        let c = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap();
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.policies.len(), 1);
+        assert_eq!(c.restores.len(), 1);
+        let p = &c.policies[0].1.spec;
+        p.retention.validate().unwrap();
+        assert_eq!(p.time_zone.as_deref(), Some("Europe/Berlin"));
+        assert!(jiff::tz::TimeZone::get("Europe/Berlin").is_ok());
+        crate::engine::decide::parse_duration(p.full_cadence.full_every.as_deref().unwrap())
+            .unwrap();
     }
 
     #[test]
