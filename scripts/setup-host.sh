@@ -48,7 +48,9 @@ mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images
 # Run qemu as root and without namespaces/cgroups: the test machines are containers where
 # those are unavailable, and test images live in directories libvirt-qemu cannot read.
 conf=/etc/libvirt/qemu.conf
+conf_changed=0
 if ! grep -q '^# snapback-test-settings' "$conf" 2>/dev/null; then
+  conf_changed=1
   cat >>"$conf" <<'CONF'
 # snapback-test-settings
 user = "root"
@@ -69,6 +71,12 @@ fi
 if ! pgrep -x virtlogd >/dev/null; then
   log "starting virtlogd"
   virtlogd -d
+fi
+# A libvirtd started by the package install would not have read the settings above.
+if [ "$conf_changed" = 1 ] && pgrep -x libvirtd >/dev/null; then
+  log "restarting libvirtd to apply $conf"
+  pkill -x libvirtd || true
+  for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
 fi
 if ! pgrep -x libvirtd >/dev/null; then
   log "starting libvirtd"
