@@ -49,6 +49,23 @@ pub struct BackupRunSpec {
     pub depth: i32,
 }
 
+impl BackupRunSpec {
+    /// A spec with every setting at its default: type auto, no policy, no hooks.
+    pub fn new(domain: impl Into<String>, target_ref: impl Into<String>) -> Self {
+        Self {
+            domain: domain.into(),
+            policy_ref: None,
+            target_ref: target_ref.into(),
+            type_: RequestedType::Auto,
+            node_name: None,
+            consistency: Consistency::default(),
+            hooks: Hooks::default(),
+            full_cadence: FullCadence::default(),
+            depth: 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum RequestedType {
     /// Incremental when libvirt and the target hold a valid chain, else full.

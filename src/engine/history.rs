@@ -57,20 +57,7 @@ mod tests {
         chain: &str,
         idx: u32,
     ) -> BackupRun {
-        let mut r = BackupRun::new(
-            name,
-            BackupRunSpec {
-                domain: "d".into(),
-                policy_ref: None,
-                target_ref: url.into(),
-                type_: Default::default(),
-                node_name: None,
-                consistency: Default::default(),
-                hooks: Default::default(),
-                full_cadence: Default::default(),
-                depth: 0,
-            },
-        );
+        let mut r = BackupRun::new(name, BackupRunSpec::new("d", url));
         r.status = Some(BackupRunStatus {
             phase,
             domain_uuid: Some(uuid.into()),

@@ -135,20 +135,7 @@ mod tests {
     fn a_saved_run_reads_back_equal() {
         let d = tempfile::tempdir().unwrap();
         let store = FileStore::new(d.path());
-        let mut run = BackupRun::new(
-            "r1",
-            BackupRunSpec {
-                domain: "web".into(),
-                policy_ref: None,
-                target_ref: "file:///t".into(),
-                type_: Default::default(),
-                node_name: None,
-                consistency: Default::default(),
-                hooks: Default::default(),
-                full_cadence: Default::default(),
-                depth: 0,
-            },
-        );
+        let mut run = BackupRun::new("r1", BackupRunSpec::new("web", "file:///t"));
         run.status = Some(BackupRunStatus {
             phase: BackupPhase::Uploading,
             size_bytes: 42,
