@@ -9,5 +9,6 @@ pub mod process;
 pub mod qemu_img;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod standalone;
 pub mod store;
