@@ -2,9 +2,11 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod duplicity;
 pub mod engine;
 pub mod libvirt;
+pub mod metrics;
 pub mod process;
 pub mod qemu_img;
 pub mod restore;

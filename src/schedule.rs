@@ -66,6 +66,8 @@ impl Schedule {
 pub struct Due {
     /// The tick to run now, if any.
     pub tick: Option<Timestamp>,
+    /// The newest tick after `since`, run or not: the next `since`.
+    pub latest: Option<Timestamp>,
     /// Ticks after `since` that will never run: older than the newest, or past the deadline.
     pub missed: u32,
     /// The newest tick was found but `startingDeadlineSeconds` had already passed.
@@ -81,6 +83,7 @@ pub fn due(s: &Schedule, since: Timestamp, now: Timestamp, deadline_secs: Option
     let Some(latest) = latest else {
         return Due {
             tick: None,
+            latest: None,
             missed: 0,
             deadline_passed: false,
             next,
@@ -101,6 +104,7 @@ pub fn due(s: &Schedule, since: Timestamp, now: Timestamp, deadline_secs: Option
     let late = deadline_secs.is_some_and(|d| now.as_second() - latest.as_second() > d.max(0));
     Due {
         tick: (!late).then_some(latest),
+        latest: Some(latest),
         missed: skipped + u32::from(late),
         deadline_passed: late,
         next,
@@ -207,7 +211,12 @@ mod tests {
     #[test]
     fn nothing_is_due_before_the_first_tick() {
         let s = Schedule::parse("0 2 * * *", None).unwrap();
-        let d = due(&s, ts("2026-11-22T03:00:00Z"), ts("2026-11-22T04:00:00Z"), None);
+        let d = due(
+            &s,
+            ts("2026-11-22T03:00:00Z"),
+            ts("2026-11-22T04:00:00Z"),
+            None,
+        );
         assert_eq!(d.tick, None);
         assert_eq!(d.missed, 0);
         assert_eq!(d.next, Some(ts("2026-11-23T02:00:00Z")));
@@ -227,7 +236,12 @@ mod tests {
     #[test]
     fn after_downtime_only_the_newest_tick_runs_and_the_rest_are_counted() {
         let s = Schedule::parse("0 * * * *", None).unwrap();
-        let d = due(&s, ts("2026-11-22T00:00:00Z"), ts("2026-11-22T05:10:00Z"), None);
+        let d = due(
+            &s,
+            ts("2026-11-22T00:00:00Z"),
+            ts("2026-11-22T05:10:00Z"),
+            None,
+        );
         assert_eq!(d.tick, Some(ts("2026-11-22T05:00:00Z")));
         assert_eq!(d.missed, 4, "01:00 to 04:00");
     }
@@ -256,7 +270,12 @@ mod tests {
     #[test]
     fn a_year_of_minutely_downtime_is_counted_up_to_the_cap() {
         let s = Schedule::parse("* * * * *", None).unwrap();
-        let d = due(&s, ts("2025-11-22T00:00:00Z"), ts("2026-11-22T00:00:30Z"), None);
+        let d = due(
+            &s,
+            ts("2025-11-22T00:00:00Z"),
+            ts("2026-11-22T00:00:30Z"),
+            None,
+        );
         assert_eq!(d.tick, Some(ts("2026-11-22T00:00:00Z")));
         assert_eq!(d.missed, MISSED_COUNT_CAP);
     }
@@ -264,8 +283,14 @@ mod tests {
     #[test]
     fn run_names_are_deterministic_dns_labels() {
         let t = ts("2026-11-22T02:00:00Z");
-        assert_eq!(run_name("nightly", "web-1", t), "nightly-web-1-20261122-0200");
-        assert_eq!(run_name("nightly", "web-1", t), run_name("nightly", "web-1", t));
+        assert_eq!(
+            run_name("nightly", "web-1", t),
+            "nightly-web-1-20261122-0200"
+        );
+        assert_eq!(
+            run_name("nightly", "web-1", t),
+            run_name("nightly", "web-1", t)
+        );
         let a = run_name("nightly", "Web_1", t);
         let b = run_name("nightly", "web_1", t);
         assert_ne!(a, b, "case and '_' are folded, the hash keeps them apart");

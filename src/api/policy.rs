@@ -174,4 +174,8 @@ pub struct BackupPolicyStatus {
     pub last_successful_time: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matched_domains: Vec<String>,
+    /// Schedule ticks that never ran: skipped by downtime (only the newest missed tick is
+    /// caught up), past `startingDeadlineSeconds`, or blocked by a run still active (Forbid).
+    #[serde(default)]
+    pub missed_schedules: u64,
 }

@@ -36,6 +36,10 @@ pub struct HostDomain {
     /// Target device names of its disks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<String>,
+    /// The attributes of the domain's `<snapback:labels xmlns:snapback="https://snapback.dev/xmlns/1"/>`
+    /// metadata element, which `domainSelector.metadata` matches.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]

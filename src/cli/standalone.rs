@@ -64,7 +64,8 @@ pub async fn execute(mut args: StandaloneArgs) -> i32 {
             continue;
         }
         let rules = match spec.retention.validate() {
-            Ok(r) => r,
+            Ok(r) => Some(r),
+            Err(_) if spec.retention.is_unset() => None,
             Err(e) => {
                 eprintln!("InvalidSpec: {}: BackupPolicy {pname}: {e}", file.display());
                 return 1;
@@ -149,7 +150,7 @@ pub async fn execute(mut args: StandaloneArgs) -> i32 {
                 (Some(f), p) => format!("{p:?} ({})", f.reason),
                 (None, p) => format!("{p:?}"),
             };
-            if s.phase == BackupPhase::Succeeded {
+            if let (BackupPhase::Succeeded, Some(rules)) = (s.phase, rules.as_ref()) {
                 // Retention after each successful run. A failed prune is recorded on the run and
                 // simply planned again after the next one; it never deletes part of a needed chain.
                 let dt = staging::domain_target(&base, &domain);
@@ -158,7 +159,7 @@ pub async fn execute(mut args: StandaloneArgs) -> i32 {
                     .state_dir
                     .join("prune-scratch")
                     .join(staging::domain_dir(&domain));
-                let pruned = prune_domain(&dt, &rules, &tz, &[], &scratch, false).await;
+                let pruned = prune_domain(&dt, rules, &tz, &[], &scratch, false).await;
                 let _ = std::fs::remove_dir_all(&scratch);
                 let c = match &pruned {
                     Ok(p) => {

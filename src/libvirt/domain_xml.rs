@@ -231,8 +231,43 @@ pub fn checkpoint_create_xml(name: &str, disks: &[String]) -> String {
     x
 }
 
+/// The namespace of snapback's element in a domain's `<metadata>`.
+pub const METADATA_NS: &str = "https://snapback.dev/xmlns/1";
+
+/// The attributes of `<snapback:labels xmlns:snapback="https://snapback.dev/xmlns/1" k="v"/>`
+/// inside the domain's `<metadata>`: what `domainSelector.metadata` matches. Set them with
+/// `virsh metadata DOMAIN https://snapback.dev/xmlns/1 --key snapback --set '<labels tier="gold"/>'`.
+pub fn snapback_metadata(xml: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(doc) = Document::parse(xml) else {
+        return out;
+    };
+    if let Some(m) = child(doc.root_element(), "metadata") {
+        for el in m.children().filter(|n| n.is_element()) {
+            if el.tag_name().namespace() == Some(METADATA_NS) && el.tag_name().name() == "labels" {
+                for a in el.attributes() {
+                    out.insert(a.name().to_string(), a.value().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn snapback_metadata_labels_are_read_and_other_metadata_ignored() {
+        let xml = r#"<domain><name>d</name><metadata>
+            <other:x xmlns:other="urn:o" tier="no"/>
+            <sb:labels xmlns:sb="https://snapback.dev/xmlns/1" tier="gold" backup="yes"/>
+            </metadata></domain>"#;
+        let m = super::snapback_metadata(xml);
+        assert_eq!(m.get("tier").map(String::as_str), Some("gold"));
+        assert_eq!(m.len(), 2);
+        assert!(super::snapback_metadata("<domain/>").is_empty());
+    }
+
     use super::*;
 
     const XML: &str = r#"<domain type='qemu'><name>web</name><uuid>u-1</uuid><devices>

@@ -114,6 +114,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 impl RetentionSpec {
+    /// No retention field is set: the policy keeps everything and nothing is pruned.
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+
     pub fn validate(&self) -> Result<Rules, RulesError> {
         let r = Rules {
             keep_last: count("keepLast", self.keep_last)?,

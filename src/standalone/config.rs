@@ -77,10 +77,12 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
                 "BackupPolicy" => {
                     let p: BackupPolicy =
                         serde_json::from_value(doc).map_err(|e| err(&f, format!("{at}: {e}")))?;
-                    p.spec
-                        .retention
-                        .validate()
-                        .map_err(|e| err(&f, format!("{at}: spec.{e}")))?;
+                    if !p.spec.retention.is_unset() {
+                        p.spec
+                            .retention
+                            .validate()
+                            .map_err(|e| err(&f, format!("{at}: spec.{e}")))?;
+                    }
                     cfg.policies.push((f.clone(), p));
                 }
                 "RestoreRequest" => {
@@ -126,22 +128,34 @@ fn read_secret(path: &str) -> Result<String, StepError> {
 
 /// The duplicity settings of a BackupTarget on a single host: secrets from files.
 pub fn target_config(t: &BackupTarget, state_dir: &Path) -> Result<TargetConfig, StepError> {
+    let passphrase = match t.spec.encryption.passphrase.as_ref() {
+        Some(src) => match (&src.file, &src.secret_key_ref) {
+            (Some(f), _) => Some(read_secret(f)?),
+            (None, Some(_)) => {
+                return Err(StepError::new(
+                    FailureReason::EncryptionKeyError,
+                    "encryption.passphrase: secretKeyRef needs Kubernetes; on a single host use encryption.passphrase.file",
+                ))
+            }
+            (None, None) => None,
+        },
+        None => None,
+    };
+    target_config_with(t, state_dir, passphrase, Vec::new())
+}
+
+/// The duplicity settings of a BackupTarget with its secrets already resolved (from files on a
+/// single host, from Secrets by the agent).
+pub fn target_config_with(
+    t: &BackupTarget,
+    state_dir: &Path,
+    passphrase: Option<String>,
+    backend_env: Vec<(String, String)>,
+) -> Result<TargetConfig, StepError> {
     let s = &t.spec;
     let url = TargetUrl::parse(&s.url)
         .map_err(|e| StepError::new(FailureReason::TargetInvalid, e.to_string()))?;
-    let secret = |what: &str| -> Result<Option<String>, StepError> {
-        match s.encryption.passphrase.as_ref() {
-            Some(src) => match (&src.file, &src.secret_key_ref) {
-                (Some(f), _) => read_secret(f).map(Some),
-                (None, Some(_)) => Err(StepError::new(
-                    FailureReason::EncryptionKeyError,
-                    format!("{what}: secretKeyRef needs Kubernetes; on a single host use encryption.passphrase.file"),
-                )),
-                (None, None) => Ok(None),
-            },
-            None => Ok(None),
-        }
-    };
+    let secret = |_what: &str| -> Result<Option<String>, StepError> { Ok(passphrase.clone()) };
     let crypto = match s.encryption.mode {
         EncryptionMode::None => Crypto::None,
         EncryptionMode::Symmetric => Crypto::Symmetric {
@@ -172,7 +186,7 @@ pub fn target_config(t: &BackupTarget, state_dir: &Path) -> Result<TargetConfig,
         extra_options: s.duplicity.extra_options.clone(),
         archive_dir: archive.display().to_string(),
         name: String::new(),
-        backend_env: vec![],
+        backend_env,
         num_retries: 3,
     })
 }

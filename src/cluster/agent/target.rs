@@ -1,0 +1,78 @@
+//! A BackupTarget with its secrets, resolved from the API for one run.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::api::{BackupTarget, FailureReason};
+use crate::cluster::store::{secret_value, Store};
+use crate::duplicity::TargetConfig;
+use crate::engine::StepError;
+use crate::standalone::config::target_config_with;
+
+/// Reads the target and its Secrets. Secret values go into the returned config only (and from
+/// there into duplicity's environment); errors name the Secret and key, never a value.
+pub async fn resolve_target<S: Store>(
+    store: &S,
+    ns: &str,
+    name: &str,
+    state_dir: &Path,
+) -> Result<TargetConfig, StepError> {
+    let unreachable = |e: crate::cluster::ApiError| {
+        StepError::new(FailureReason::Internal, format!("Kubernetes API: {e}"))
+    };
+    let t: BackupTarget = store
+        .get(Some(ns), name)
+        .await
+        .map_err(unreachable)?
+        .ok_or_else(|| {
+            StepError::new(
+                FailureReason::TargetInvalid,
+                format!("BackupTarget {ns}/{name} not found"),
+            )
+        })?;
+    let passphrase = match t.spec.encryption.passphrase.as_ref() {
+        None => None,
+        Some(src) => match (&src.secret_key_ref, &src.file) {
+            (Some(r), _) => Some(
+                secret_value(store, ns, &r.name, &r.key)
+                    .await
+                    .map_err(|e| StepError::new(FailureReason::EncryptionKeyError, e.message))?,
+            ),
+            (None, Some(f)) => Some(crate::cli::target_args::read_secret_file(Path::new(f))?),
+            (None, None) => None,
+        },
+    };
+    let mut env = Vec::new();
+    if let Some(sname) = &t.spec.credentials_secret_ref {
+        let s: Secret = store
+            .get(Some(ns), sname)
+            .await
+            .map_err(unreachable)?
+            .ok_or_else(|| {
+                StepError::new(
+                    FailureReason::TargetInvalid,
+                    format!("credentials Secret {ns}/{sname} not found"),
+                )
+            })?;
+        for (k, v) in s.data.unwrap_or_default() {
+            let valid = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(StepError::new(
+                    FailureReason::TargetInvalid,
+                    format!("credentials Secret {ns}/{sname}: key '{k}' is not an environment variable name"),
+                ));
+            }
+            let v = String::from_utf8(v.0).map_err(|_| {
+                StepError::new(
+                    FailureReason::TargetInvalid,
+                    format!("credentials Secret {ns}/{sname}: key '{k}' is not UTF-8"),
+                )
+            })?;
+            env.push((k, v));
+        }
+    }
+    target_config_with(&t, state_dir, passphrase, env)
+}
