@@ -38,6 +38,8 @@ async fn main() {
         Command::Restore(args) => snapback::cli::restore::execute(args).await,
         Command::List(args) => snapback::cli::restore::list(args).await,
         Command::Prune(args) => snapback::cli::prune::execute(args).await,
+        Command::Controller(args) => snapback::cli::cluster::controller(args).await,
+        Command::Agent(args) => snapback::cli::cluster::agent(args).await,
         Command::Standalone(args) => snapback::cli::standalone::execute(args).await,
         Command::Get(args) => match args.kind {
             Kind::Backupruns => match FileStore::new(&args.state_dir).backup_runs() {

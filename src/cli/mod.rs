@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 pub mod backup;
+pub mod cluster;
 pub mod get;
 pub mod progress;
 pub mod prune;
@@ -59,6 +60,10 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Print the CustomResourceDefinitions (YAML)
     Crd,
+    /// Kubernetes: schedule policies into BackupRuns (leader-elected; run as a Deployment)
+    Controller(cluster::ControllerArgs),
+    /// Kubernetes: publish this node's VirtHost and run its BackupRuns and RestoreRequests
+    Agent(cluster::AgentArgs),
     /// List resources in a kubectl-like table
     Get(GetArgs),
 }

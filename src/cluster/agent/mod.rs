@@ -161,6 +161,14 @@ impl<S: Store> Agent<S> {
         }
     }
 
+    /// Drops all work in flight without cancelling it, as a killed process would. The next
+    /// agent resumes each run from its recorded status. Used by tests of that promise.
+    pub fn abandon(&self) {
+        for (_, t) in self.tasks.lock().unwrap().drain() {
+            t.handle.abort();
+        }
+    }
+
     async fn consider_run(self: &Arc<Self>, run: BackupRun) -> ApiResult<()> {
         let k = key(&run);
         let deleting = run.metadata.deletion_timestamp.is_some();

@@ -1,0 +1,283 @@
+//! The node agent against a real libvirtd and qemu, with the in-memory Kubernetes API.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kube::api::ObjectMeta;
+use snapback::api::*;
+use snapback::cluster::agent::{Agent, AgentConfig};
+use snapback::cluster::labels;
+use snapback::cluster::mem::MemStore;
+use snapback::cluster::Store;
+use snapback::libvirt::LibvirtHost;
+use snapback::metrics::{Health, Metrics};
+
+const NS: &str = "default";
+const NODE: &str = "node-1";
+
+fn meta(name: &str) -> ObjectMeta {
+    let mut l = std::collections::BTreeMap::new();
+    l.insert(labels::NODE.to_string(), NODE.to_string());
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(NS.into()),
+        labels: Some(l),
+        ..Default::default()
+    }
+}
+
+async fn setup(env: &Env) -> (MemStore, Arc<Metrics>) {
+    let store = MemStore::new();
+    let mut t = BackupTarget::new(
+        "local",
+        serde_json::from_value(serde_json::json!({ "url": env.target })).unwrap(),
+    );
+    t.metadata = meta("local");
+    store.create(&t).await.unwrap();
+    (store, Arc::new(Metrics::new()))
+}
+
+async fn agent(store: &MemStore, env: &Env, metrics: Arc<Metrics>) -> Arc<Agent<MemStore>> {
+    let host = LibvirtHost::connect(&connect_uri()).await.unwrap();
+    Agent::new(
+        store.clone(),
+        host,
+        AgentConfig {
+            node: NODE.into(),
+            namespace: None,
+            state_dir: env.state.clone(),
+            heartbeat_every: Duration::from_secs(5),
+            poll: Duration::from_millis(200),
+        },
+        metrics,
+        Health::default(),
+    )
+}
+
+async fn backup_run(store: &MemStore, name: &str, domain: &str, hooks: serde_json::Value) {
+    let mut spec = BackupRunSpec::new(domain, "local");
+    spec.node_name = Some(NODE.into());
+    spec.hooks = serde_json::from_value(hooks).unwrap();
+    let mut r = BackupRun::new(name, spec);
+    r.metadata = meta(name);
+    store.create(&r).await.unwrap();
+}
+
+/// Ticks `agent` until `pred` holds for the named run.
+async fn tick_until<K: snapback::cluster::Object>(
+    agent: &Arc<Agent<MemStore>>,
+    store: &MemStore,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&K) -> bool,
+) -> K {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        agent.tick().await.unwrap();
+        if let Some(o) = store.get::<K>(Some(NS), name).await.unwrap() {
+            if pred(&o) {
+                return o;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn run_phase(r: &BackupRun) -> BackupPhase {
+    r.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_publishes_its_host_and_takes_a_backup_run_and_a_restore_request_to_succeeded() {
+    let g = Guest::new("sba-agent", GuestOpts::default());
+    let env = Env::new();
+    let (store, metrics) = setup(&env).await;
+    let a = agent(&store, &env, metrics.clone()).await;
+
+    a.heartbeat().await.unwrap();
+    let vh: VirtHost = store
+        .get(None, NODE)
+        .await
+        .unwrap()
+        .expect("VirtHost published");
+    let st = vh.status.unwrap();
+    assert!(st.heartbeat_time.is_some() && st.libvirt_version.is_some());
+    let d = st
+        .domains
+        .iter()
+        .find(|d| d.name == g.name)
+        .expect("the guest is in the inventory");
+    assert_eq!(d.state, "Running");
+    assert_eq!(d.disks, vec!["vda"]);
+
+    backup_run(&store, "br-1", &g.name, serde_json::json!({})).await;
+    let r: BackupRun = tick_until(&a, &store, "br-1", "the run to finish", |r: &BackupRun| {
+        run_phase(r).is_terminal() && !labels::has_finalizer(&r.metadata, labels::RUN_FINALIZER)
+    })
+    .await;
+    let s = r.status.clone().unwrap();
+    assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+    assert_eq!(s.type_, Some(BackupType::Full));
+    assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
+    let reasons: Vec<String> = store
+        .events()
+        .into_iter()
+        .filter(|e| e.name == "br-1")
+        .map(|e| e.reason)
+        .collect();
+    for p in ["Preparing", "Exporting", "Uploading", "Succeeded"] {
+        assert!(reasons.iter().any(|r| r == p), "event {p} in {reasons:?}");
+    }
+    let text = metrics.encode();
+    assert!(text.contains("snapback_backup_attempts_total 1"), "{text}");
+    assert!(text.contains("snapback_backup_success_total 1"), "{text}");
+    assert!(text.contains(&format!(
+        "snapback_last_successful_backup_timestamp_seconds{{policy=\"\",domain=\"{}\"}}",
+        g.name
+    )));
+
+    // A restore of that point as a new domain.
+    let storage = env.dir.join("restored");
+    std::fs::create_dir_all(&storage).unwrap();
+    let new_name = format!("{}-r", g.name);
+    let mut rr = RestoreRequest::new(
+        "rr-1",
+        serde_json::from_value(serde_json::json!({
+            "domain": g.name, "targetRef": "local", "newName": new_name,
+            "storageDir": storage.display().to_string(),
+        }))
+        .unwrap(),
+    );
+    rr.metadata = meta("rr-1");
+    store.create(&rr).await.unwrap();
+    let done: RestoreRequest =
+        tick_until(&a, &store, "rr-1", "the restore", |r: &RestoreRequest| {
+            r.status.as_ref().is_some_and(|s| s.phase.is_terminal())
+        })
+        .await;
+    let rs = done.status.unwrap();
+    let _cleanup = scopeguard(new_name.clone());
+    assert_eq!(rs.phase, RestorePhase::Succeeded, "{:?}", rs.failure);
+    assert_eq!(rs.defined_domain.as_deref(), Some(new_name.as_str()));
+    assert!(virsh(&["dominfo", &new_name]).status.success());
+    assert!(metrics
+        .encode()
+        .contains("snapback_restore_success_total 1"));
+}
+
+/// Undefines the restored domain when the test ends, pass or fail.
+struct Undefine(String);
+impl Drop for Undefine {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(&["undefine", &self.0, "--checkpoints-metadata"]);
+    }
+}
+fn scopeguard(name: String) -> Undefine {
+    Undefine(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_flight_when_its_agent_dies_is_resumed_by_the_next_agent_and_runs_once() {
+    let g = Guest::new(
+        "sba-restart",
+        GuestOpts {
+            prefill_mib: 32,
+            ..Default::default()
+        },
+    );
+    let env = Env::new();
+    let (store, metrics) = setup(&env).await;
+    let first = agent(&store, &env, metrics.clone()).await;
+    backup_run(
+        &store,
+        "br-restart",
+        &g.name,
+        serde_json::json!({"onSnapshot": [{"command": ["sleep", "15"]}]}),
+    )
+    .await;
+    tick_until(
+        &first,
+        &store,
+        "br-restart",
+        "the snapshot",
+        |r: &BackupRun| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == BackupPhase::Snapshotting && s.snapshot_time.is_some())
+        },
+    )
+    .await;
+    // The agent dies mid-run: nothing is cancelled or cleaned up.
+    first.abandon();
+    drop(first);
+    let mid: BackupRun = store.get(Some(NS), "br-restart").await.unwrap().unwrap();
+    assert_eq!(run_phase(&mid), BackupPhase::Snapshotting);
+    assert!(labels::has_finalizer(&mid.metadata, labels::RUN_FINALIZER));
+
+    let second = agent(&store, &env, metrics).await;
+    let r: BackupRun = tick_until(
+        &second,
+        &store,
+        "br-restart",
+        "the resumed run",
+        |r: &BackupRun| {
+            run_phase(r).is_terminal() && !labels::has_finalizer(&r.metadata, labels::RUN_FINALIZER)
+        },
+    )
+    .await;
+    let s = r.status.unwrap();
+    assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+    assert_eq!(s.upload_attempts, 1, "uploaded once");
+    assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
+    let runs: Vec<BackupRun> = store.list(Some(NS), &[]).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
+    assert!(ok, "{log}");
+    assert_eq!(
+        snapback::engine::staging::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
+        s.disks[0].sha256.clone().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_backup_run_cancels_it_cleans_up_and_lets_it_go() {
+    let g = Guest::new("sba-del", GuestOpts::default());
+    let env = Env::new();
+    let (store, metrics) = setup(&env).await;
+    let a = agent(&store, &env, metrics).await;
+    backup_run(
+        &store,
+        "br-del",
+        &g.name,
+        serde_json::json!({"onSnapshot": [{"command": ["sleep", "30"]}]}),
+    )
+    .await;
+    tick_until(&a, &store, "br-del", "the snapshot", |r: &BackupRun| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == BackupPhase::Snapshotting && s.snapshot_time.is_some())
+    })
+    .await;
+    store.delete::<BackupRun>(Some(NS), "br-del").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store
+        .get::<BackupRun>(Some(NS), "br-del")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "the run was never released");
+        a.tick().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(store
+        .events()
+        .iter()
+        .any(|e| e.name == "br-del" && e.reason == "Interrupted"));
+    assert_left_clean(&g, &env, true, &[]);
+}
