@@ -92,3 +92,7 @@ restore full + 2 incrementals as a new domain        $RESTORE     $(ratio $RESTO
 peak RSS of snapback backup (full)                   $(( $(cat "$WORK/full.rss") / 1024 )) MiB              <= 100 MiB
 peak RSS of snapback restore                         $(( $(cat "$WORK/restore.rss") / 1024 )) MiB
 TABLE
+
+# Controller cost (issue 4): one scheduling pass over 1,000 domains, in-process.
+echo
+cargo bench --locked -q --bench controller 2>/dev/null
