@@ -54,7 +54,12 @@ async fn main() {
     for h in 0..50 {
         let node = format!("node-{h:02}");
         let vh = store
-            .create(&VirtHost::new(&node, VirtHostSpec { node_name: node.clone() }))
+            .create(&VirtHost::new(
+                &node,
+                VirtHostSpec {
+                    node_name: node.clone(),
+                },
+            ))
             .await
             .unwrap();
         let mut vh = vh;
