@@ -54,7 +54,7 @@ pub enum Command {
     List(restore::ListArgs),
     /// Apply every policy's retention in a config dir (whole chains only)
     Prune(prune::PruneArgs),
-    /// Single-host mode: run the policies of a config dir (today: --once, for cron or a timer)
+    /// Single-host mode: run the schedules of a config dir (or every policy now with --once)
     Standalone(standalone::StandaloneArgs),
     /// Finish backups and restores of one target whose process died
     Resume(ResumeArgs),
