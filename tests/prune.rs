@@ -241,7 +241,21 @@ fn standalone_once_runs_each_policy_and_prunes_after_each_successful_run() {
         .expect("prune recorded on the run");
     assert_eq!(c.status, "True");
 
-    let no_once = env.snapback(&["standalone", "--config", config.to_str().unwrap()]);
-    assert_eq!(no_once.code, 2);
-    assert!(no_once.stderr.contains("only --once"), "{}", no_once.stderr);
+    // A schedule that is not cron is refused up front, with the file and field named.
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("'0 2 * * *'", "'at two'"),
+    )
+    .unwrap();
+    let bad = env.snapback(&["standalone", "--config", config.to_str().unwrap()]);
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.starts_with("InvalidSpec")
+            && bad.stderr.contains("policy.yaml")
+            && bad.stderr.contains("spec.schedule"),
+        "{}",
+        bad.stderr
+    );
 }
