@@ -30,12 +30,24 @@ impl Condition {
         message: String,
         generation: Option<i64>,
     ) -> Self {
+        Self::at(type_, status, reason, message, generation, Timestamp::now())
+    }
+
+    /// The same, at a given time (reconcile code takes the clock as a parameter).
+    pub fn at(
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: String,
+        generation: Option<i64>,
+        time: Timestamp,
+    ) -> Self {
         Self {
             type_: type_.into(),
             status: if status { "True" } else { "False" }.into(),
             reason: reason.into(),
             message,
-            last_transition_time: Timestamp::now(),
+            last_transition_time: time,
             observed_generation: generation,
         }
     }

@@ -50,6 +50,18 @@ pub struct BackupRunSpec {
 }
 
 impl BackupRunSpec {
+    /// A scheduled run of `domain` for a policy: its target, consistency, hooks, full cadence
+    /// and depth, type auto. Both front-ends' schedulers build runs with this.
+    pub fn from_policy(policy_name: &str, p: &crate::api::BackupPolicySpec, domain: &str) -> Self {
+        let mut spec = Self::new(domain, p.target_ref.clone());
+        spec.policy_ref = Some(policy_name.to_string());
+        spec.consistency = p.consistency.clone();
+        spec.hooks = p.hooks.clone();
+        spec.full_cadence = p.full_cadence.clone();
+        spec.depth = p.depth;
+        spec
+    }
+
     /// A spec with every setting at its default: type auto, no policy, no hooks.
     pub fn new(domain: impl Into<String>, target_ref: impl Into<String>) -> Self {
         Self {

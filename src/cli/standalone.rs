@@ -18,8 +18,7 @@ use super::backup::{cancel_on_signal, run_name, CommonArgs};
 use super::progress::stderr_reporter;
 use super::restore::table;
 use crate::api::{
-    BackupPhase, BackupPolicy, BackupRun, BackupRunSpec, Condition, FailureReason, RequestedType,
-    RestoreRequest,
+    BackupPhase, BackupPolicy, BackupRun, BackupRunSpec, Condition, FailureReason, RestoreRequest,
 };
 use crate::engine::{staging, BackupEngine, RunContext};
 use crate::libvirt::LibvirtHost;
@@ -129,14 +128,8 @@ async fn matched_domains(host: &LibvirtHost, p: &BackupPolicy) -> Vec<String> {
 }
 
 fn new_run(name: String, p: &BackupPolicy, domain: &str) -> BackupRun {
-    let s = &p.spec;
-    let mut spec = BackupRunSpec::new(domain, s.target_ref.clone());
-    spec.policy_ref = p.metadata.name.clone();
-    spec.type_ = RequestedType::Auto;
-    spec.consistency = s.consistency.clone();
-    spec.hooks = s.hooks.clone();
-    spec.full_cadence = s.full_cadence.clone();
-    spec.depth = s.depth;
+    let pname = p.metadata.name.clone().unwrap_or_default();
+    let spec = BackupRunSpec::from_policy(&pname, &p.spec, domain);
     BackupRun {
         metadata: ObjectMeta {
             name: Some(name),

@@ -3,95 +3,87 @@
 
 use std::sync::Mutex;
 
-use crate::api::{BackupPhase, BackupRun, RestorePhase, RestoreRequest};
-use crate::cluster::store::{reference, EventType, Store};
+use crate::api::{BackupPhase, BackupRun, Failure, RestorePhase, RestoreRequest};
+use crate::cluster::store::{reference, EventType, Object, Store};
 use crate::engine::Journal;
 use crate::restore::RestoreJournal;
 
 use super::inventory::FIELD_MANAGER;
 
+/// One journal per run or restore: it remembers the last phase it announced.
 pub struct ApiJournal<S: Store> {
     store: S,
-    last_run_phase: Mutex<Option<BackupPhase>>,
-    last_restore_phase: Mutex<Option<RestorePhase>>,
+    last_phase: Mutex<Option<String>>,
 }
 
 impl<S: Store> ApiJournal<S> {
     pub fn new(store: S) -> Self {
         Self {
             store,
-            last_run_phase: Mutex::new(None),
-            last_restore_phase: Mutex::new(None),
+            last_phase: Mutex::new(None),
         }
     }
 
-    async fn announce<K: crate::cluster::Object>(
+    /// Applies the status; on a phase change publishes an Event: Normal with the phase as
+    /// reason, or Warning with the failure's reason word when the phase is a failure.
+    async fn record<K: Object>(
         &self,
         obj: &K,
-        phase: String,
-        failure: Option<(String, String)>,
-    ) {
-        let r = reference(obj);
+        phase: Option<(String, Option<&Failure>)>,
+    ) -> Result<(), String> {
+        self.store
+            .apply_status(obj, FIELD_MANAGER)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((phase, failure)) = phase else {
+            return Ok(());
+        };
+        let changed = {
+            let mut last = self.last_phase.lock().unwrap();
+            let c = last.as_deref() != Some(phase.as_str());
+            *last = Some(phase.clone());
+            c
+        };
+        if !changed {
+            return Ok(());
+        }
         let (ty, reason, note) = match failure {
-            Some((reason, msg)) => (EventType::Warning, reason, msg),
+            Some(f) => (
+                EventType::Warning,
+                f.reason.as_str().to_string(),
+                f.message.clone(),
+            ),
             None => (EventType::Normal, phase.clone(), format!("phase {phase}")),
         };
-        if let Err(e) = self.store.event(&r, ty, &reason, &note).await {
+        if let Err(e) = self.store.event(&reference(obj), ty, &reason, &note).await {
             tracing::debug!("event not published: {e}");
         }
+        Ok(())
     }
 }
 
 impl<S: Store> Journal for ApiJournal<S> {
     async fn save(&self, run: &BackupRun) -> Result<(), String> {
-        self.store
-            .apply_status(run, FIELD_MANAGER)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(s) = run.status.as_ref() else {
-            return Ok(());
-        };
-        let changed = {
-            let mut last = self.last_run_phase.lock().unwrap();
-            let c = *last != Some(s.phase);
-            *last = Some(s.phase);
-            c
-        };
-        if changed {
-            let failure = s
+        let phase = run.status.as_ref().map(|s| {
+            let failed = s
                 .failure
                 .as_ref()
-                .filter(|_| s.phase == BackupPhase::Failed)
-                .map(|f| (f.reason.as_str().to_string(), f.message.clone()));
-            self.announce(run, format!("{:?}", s.phase), failure).await;
-        }
-        Ok(())
+                .filter(|_| s.phase == BackupPhase::Failed);
+            (format!("{:?}", s.phase), failed)
+        });
+        self.record(run, phase).await
     }
 }
 
 impl<S: Store> RestoreJournal for ApiJournal<S> {
     async fn save_restore(&self, req: &RestoreRequest) -> Result<(), String> {
-        self.store
-            .apply_status(req, FIELD_MANAGER)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(s) = req.status.as_ref() else {
-            return Ok(());
-        };
-        let changed = {
-            let mut last = self.last_restore_phase.lock().unwrap();
-            let c = *last != Some(s.phase);
-            *last = Some(s.phase);
-            c
-        };
-        if changed {
-            let failure = s
+        let phase = req.status.as_ref().map(|s| {
+            let failed = s
                 .failure
                 .as_ref()
-                .filter(|_| s.phase == RestorePhase::Failed)
-                .map(|f| (f.reason.as_str().to_string(), f.message.clone()));
-            self.announce(req, format!("{:?}", s.phase), failure).await;
-        }
-        Ok(())
+                .filter(|_| s.phase == RestorePhase::Failed);
+            (format!("{:?}", s.phase), failed)
+        });
+        self.record(req, phase).await
     }
 }

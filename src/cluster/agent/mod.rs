@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::api::{BackupPhase, BackupRun, Failure, FailureReason, RestorePhase, RestoreRequest};
+use crate::api::{BackupPhase, BackupRun, Failure, RestorePhase, RestoreRequest};
 use crate::cluster::labels;
 use crate::cluster::store::{ApiErrorKind, ApiResult, Object, Store};
 use crate::engine::{BackupEngine, Event, Reporter, RunContext, StepError};
@@ -433,6 +433,5 @@ async fn fail_before_start<S: Store>(
         message: e.message,
     });
     let _ = crate::engine::Journal::save(j, &run).await;
-    let _ = FailureReason::Internal;
     run
 }

@@ -10,7 +10,7 @@ use kube::api::ObjectMeta;
 use super::inventory::{match_domains, Inventory};
 use crate::api::{
     set_condition, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec,
-    BackupTarget, ConcurrencyPolicy, Condition, RequestedType,
+    BackupTarget, ConcurrencyPolicy, Condition,
 };
 use crate::cluster::labels;
 use crate::cluster::EventType;
@@ -32,14 +32,7 @@ pub fn condition(
     message: String,
     now: Timestamp,
 ) -> Condition {
-    Condition {
-        type_: type_.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message,
-        last_transition_time: now,
-        observed_generation: None,
-    }
+    Condition::at(type_, ok, reason, message, None, now)
 }
 
 /// Everything about a policy the API schema cannot check. The first problem is returned.
@@ -78,15 +71,8 @@ pub fn is_active(r: &BackupRun) -> bool {
 
 fn new_run(p: &BackupPolicy, domain: &str, node: &str, tick: Timestamp) -> BackupRun {
     let pname = p.metadata.name.clone().unwrap_or_default();
-    let s = &p.spec;
-    let mut spec = BackupRunSpec::new(domain, s.target_ref.clone());
-    spec.policy_ref = Some(pname.clone());
-    spec.type_ = RequestedType::Auto;
+    let mut spec = BackupRunSpec::from_policy(&pname, &p.spec, domain);
     spec.node_name = Some(node.to_string());
-    spec.consistency = s.consistency.clone();
-    spec.hooks = s.hooks.clone();
-    spec.full_cadence = s.full_cadence.clone();
-    spec.depth = s.depth;
     let mut lab = BTreeMap::new();
     lab.insert(labels::POLICY.to_string(), labels::label_value(&pname));
     lab.insert(labels::NODE.to_string(), labels::label_value(node));
@@ -158,7 +144,6 @@ pub fn plan_policy(
     };
     let st = &mut plan.status;
     st.observed_generation = p.metadata.generation;
-    let pname = p.metadata.name.clone().unwrap_or_default();
 
     // Outcome of the runs so far, whatever the spec says now.
     let newest_done = runs
@@ -352,6 +337,5 @@ pub fn plan_policy(
         ));
         plan.create.push(run);
     }
-    let _ = pname;
     plan
 }
