@@ -8,6 +8,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/snapback-target}
 bash scripts/setup-host.sh
 bash tests/guest/build-guest.sh /var/tmp/snapback-guest
 
+echo "== helm chart" >&2
+bash scripts/check-chart.sh
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings" >&2
