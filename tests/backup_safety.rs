@@ -442,7 +442,7 @@ fn a_run_killed_after_the_snapshot_resumes_where_it_stopped() {
         },
     );
     let env = Env::new();
-    let slow = hooks_file(&env, "onSnapshot:\n- command: [sleep, '30']\n");
+    let slow = hooks_file(&env, "onSnapshot:\n- command: [sleep, '10']\n");
     let mut child = spawn_backup(&env, &g.name, &["--hooks-file", &slow]);
     let name = wait_for_run(&env, "the job to begin", |s| {
         s.phase == BackupPhase::Snapshotting && s.snapshot_time.is_some()
@@ -460,6 +460,14 @@ fn a_run_killed_after_the_snapshot_resumes_where_it_stopped() {
     let s = env.read_run(&name).status.unwrap();
     assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
     assert_eq!(s.upload_attempts, 1);
+    // The onSnapshot hook the kill interrupted ran to completion on resume.
+    assert!(
+        s.hooks
+            .iter()
+            .any(|h| h.stage == "onSnapshot" && h.succeeded),
+        "{:?}",
+        s.hooks
+    );
     assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
     let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "{log}");

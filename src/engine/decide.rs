@@ -30,8 +30,9 @@ pub enum Step {
     Recover,
     /// Hooks, freeze, (pause), begin the job, thaw, hooks.
     Snapshot,
-    /// The job already began (we died right after): move on to waiting for it.
-    MarkExporting,
+    /// The job already began (we died right after): run the onSnapshot hooks that did not
+    /// complete (a paused application must be let go), then move on to waiting for the job.
+    FinishSnapshot,
     /// Wait for the running job (online) or export from the files (offline).
     Export,
     Upload,
@@ -61,7 +62,7 @@ pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
             let begun =
                 s.online && (matches!(o.job, JobState::Active { .. }) || o.checkpoint_exists);
             if begun {
-                Step::MarkExporting
+                Step::FinishSnapshot
             } else {
                 Step::Snapshot
             }
@@ -255,12 +256,12 @@ mod tests {
             (
                 BackupPhase::Snapshotting,
                 obs(active.clone(), true, false),
-                Step::MarkExporting,
+                Step::FinishSnapshot,
             ),
             (
                 BackupPhase::Snapshotting,
                 obs(Completed, true, true),
-                Step::MarkExporting,
+                Step::FinishSnapshot,
             ),
             (
                 BackupPhase::Exporting,

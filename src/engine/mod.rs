@@ -223,7 +223,7 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
                 Step::Prepare => self.prepare().await,
                 Step::Recover => self.recover().await,
                 Step::Snapshot => self.snapshot().await,
-                Step::MarkExporting => self.enter(BackupPhase::Exporting).await,
+                Step::FinishSnapshot => self.finish_snapshot().await,
                 Step::Export => self.export().await,
                 Step::Upload => self.upload().await,
                 Step::Finalize => self.finalize().await,

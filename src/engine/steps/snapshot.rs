@@ -26,6 +26,22 @@ impl<J: Journal> BackupEngine<'_, J> {
         self.enter(BackupPhase::Exporting).await
     }
 
+    /// Resuming after the job began: the onSnapshot hooks not yet recorded as run are run now
+    /// (an interrupted one again), so a hook that lets a paused application continue is never
+    /// skipped by a crash.
+    pub(crate) async fn finish_snapshot(&mut self) -> Result<(), StepError> {
+        let hooks = self.run.spec.hooks.on_snapshot.clone();
+        let done = self
+            .status()
+            .hooks
+            .iter()
+            .filter(|h| h.stage == "onSnapshot")
+            .count();
+        let pending = hooks.get(done..).unwrap_or_default();
+        self.run_hooks("onSnapshot", pending).await?;
+        self.enter(BackupPhase::Exporting).await
+    }
+
     async fn begin_job(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
         let c = self.run.spec.consistency.clone();
