@@ -233,6 +233,13 @@ async fn a_run_in_flight_when_its_agent_dies_is_resumed_by_the_next_agent_and_ru
     let s = r.status.unwrap();
     assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
     assert_eq!(s.upload_attempts, 1, "uploaded once");
+    let on_snapshot: Vec<_> = s.hooks.iter().filter(|h| h.stage == "onSnapshot").collect();
+    assert_eq!(
+        on_snapshot.len(),
+        1,
+        "the interrupted onSnapshot hook ran once, on resume"
+    );
+    assert!(on_snapshot[0].succeeded);
     assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
     let runs: Vec<BackupRun> = store.list(Some(NS), &[]).await.unwrap();
     assert_eq!(runs.len(), 1);
@@ -280,4 +287,65 @@ async fn deleting_a_running_backup_run_cancels_it_cleans_up_and_lets_it_go() {
         .iter()
         .any(|e| e.name == "br-del" && e.reason == "Interrupted"));
     assert_left_clean(&g, &env, true, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_applies_the_policy_retention_after_a_run_and_marks_pruned_runs_expired() {
+    let g = Guest::new("sba-prune", GuestOpts::default());
+    let env = Env::new();
+    let (store, metrics) = setup(&env).await;
+    let mut p = BackupPolicy::new(
+        "keep-one",
+        serde_json::from_value(serde_json::json!({
+            "domainSelector": {"names": [g.name]}, "targetRef": "local",
+            "schedule": "@daily", "retention": {"keepLast": 1}
+        }))
+        .unwrap(),
+    );
+    p.metadata = meta("keep-one");
+    store.create(&p).await.unwrap();
+    let a = agent(&store, &env, metrics).await;
+    for name in ["br-keep-1", "br-keep-2"] {
+        let mut spec = BackupRunSpec::new(&g.name, "local");
+        spec.node_name = Some(NODE.into());
+        spec.policy_ref = Some("keep-one".into());
+        // Every run a full: each one starts a chain, so keepLast 1 removes the older chain.
+        spec.type_ = RequestedType::Full;
+        let mut r = BackupRun::new(name, spec);
+        r.metadata = meta(name);
+        store.create(&r).await.unwrap();
+        let done: BackupRun = tick_until(&a, &store, name, "the run", |r: &BackupRun| {
+            run_phase(r).is_terminal() && !labels::has_finalizer(&r.metadata, labels::RUN_FINALIZER)
+        })
+        .await;
+        let s = done.status.unwrap();
+        assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+        let pruned = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Pruned")
+            .expect("retention recorded on the run");
+        assert_eq!(pruned.status, "True", "{}", pruned.message);
+    }
+    let first: BackupRun = store.get(Some(NS), "br-keep-1").await.unwrap().unwrap();
+    assert!(
+        first
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Expired" && c.status == "True"),
+        "the pruned run is marked Expired"
+    );
+    let second: BackupRun = store.get(Some(NS), "br-keep-2").await.unwrap().unwrap();
+    assert!(!second
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Expired"));
+    let listed = env.snapback(&["list", "--domain", &g.name, "--target", &env.target]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(listed.stdout.contains("br-keep-2"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains("br-keep-1"), "{}", listed.stdout);
 }

@@ -7,10 +7,10 @@ use jiff::tz::TimeZone;
 
 use super::backup::CommonArgs;
 use super::restore::table;
-use crate::api::{BackupPhase, BackupRun, Condition, FailureReason};
+use crate::api::{BackupRun, FailureReason};
 use crate::engine::{staging, StepError};
 use crate::libvirt::LibvirtHost;
-use crate::retention::prune::prune_domain;
+use crate::retention::prune::{expired, prune_domain};
 use crate::standalone::{config, glob};
 use crate::store::FileStore;
 
@@ -149,23 +149,7 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
 
 /// Marks the stored runs of deleted chains `Expired` (their backups are gone from the target).
 pub fn expire_runs(store: &FileStore, runs: &[BackupRun], chains: &[String]) {
-    for r in runs {
-        let Some(s) = &r.status else { continue };
-        if s.phase != BackupPhase::Succeeded
-            || !s.chain.as_ref().is_some_and(|c| chains.contains(c))
-        {
-            continue;
-        }
-        let mut r = r.clone();
-        let st = r.status.as_mut().expect("checked above");
-        let c = Condition::now(
-            "Expired",
-            true,
-            "Pruned",
-            "retention deleted this backup's chain from the target".into(),
-            None,
-        );
-        crate::api::set_condition(&mut st.conditions, c);
+    for r in runs.iter().filter_map(|r| expired(r, chains)) {
         let name = r.metadata.name.clone().unwrap_or_default();
         if let Err(e) = store.write("backupruns", &name, &r) {
             eprintln!("warning: cannot mark {name} expired: {e}");

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use kube::api::ObjectMeta;
 use tokio::sync::watch;
@@ -18,12 +17,12 @@ use super::backup::{cancel_on_signal, run_name, CommonArgs};
 use super::progress::stderr_reporter;
 use super::restore::table;
 use crate::api::{
-    BackupPhase, BackupPolicy, BackupRun, BackupRunSpec, Condition, FailureReason, RestoreRequest,
+    BackupPhase, BackupPolicy, BackupRun, BackupRunSpec, FailureReason, RestoreRequest,
 };
-use crate::engine::{staging, BackupEngine, RunContext};
+use crate::engine::{BackupEngine, RunContext};
 use crate::libvirt::LibvirtHost;
 use crate::restore::{RestoreContext, RestoreEngine};
-use crate::retention::prune::prune_domain;
+use crate::retention::prune::prune_after_run;
 use crate::schedule::{due, Schedule};
 use crate::standalone::config::{self, Config};
 use crate::standalone::glob;
@@ -188,54 +187,23 @@ async fn drive(ctx: &Ctx, cfg: &Config, run: BackupRun) -> (BackupRun, String) {
         .policy_ref
         .as_deref()
         .and_then(|p| policy_named(cfg, p));
-    let rules = policy.and_then(|p| {
-        (!p.spec.retention.is_unset())
-            .then(|| p.spec.retention.validate().ok())
-            .flatten()
-    });
-    if let (BackupPhase::Succeeded, Some(rules), Some(p)) = (s.phase, rules, policy) {
-        // Retention after each successful run. A failed prune is recorded on the run and simply
-        // planned again after the next one; it never deletes part of a needed chain.
-        let tz = p
-            .spec
-            .time_zone
-            .as_deref()
-            .filter(|z| !z.is_empty())
-            .and_then(|z| TimeZone::get(z).ok())
-            .unwrap_or(TimeZone::UTC);
-        let domain = done.spec.domain.clone();
-        let dt = staging::domain_target(&base, &domain);
-        let scratch = ctx
-            .state_dir
-            .join("prune-scratch")
-            .join(staging::domain_dir(&domain));
-        let pruned = prune_domain(&dt, &rules, &tz, &[], &scratch, false).await;
-        let _ = std::fs::remove_dir_all(&scratch);
-        let c = match &pruned {
-            Ok(p) => {
-                outcome.push_str(&format!(", pruned {} chain(s)", p.plan.delete_chains.len()));
-                Condition::now(
-                    "Pruned",
-                    true,
-                    "RetentionApplied",
-                    format!("deleted chains: {:?}", p.plan.delete_chains),
-                    None,
-                )
-            }
-            Err(e) => {
+    if let (BackupPhase::Succeeded, Some(p)) = (s.phase, policy) {
+        if let Some(after) =
+            prune_after_run(&base, &done.spec.domain, &p.spec, &ctx.state_dir).await
+        {
+            if after.condition.status == "True" {
+                outcome.push_str(&format!(", pruned {} chain(s)", after.deleted_chains.len()));
+            } else {
                 outcome.push_str(", prune failed");
-                Condition::now("Pruned", false, e.reason.as_str(), e.message.clone(), None)
             }
-        };
-        crate::api::set_condition(&mut s.conditions, c);
-        let mut rec = done.clone();
-        rec.status = Some(s.clone());
-        let _ = ctx.store.write("backupruns", &name, &rec);
-        if let Ok(p) = pruned {
+            crate::api::set_condition(&mut s.conditions, after.condition);
+            let mut rec = done.clone();
+            rec.status = Some(s.clone());
+            let _ = ctx.store.write("backupruns", &name, &rec);
             let runs = ctx.store.backup_runs().unwrap_or_default();
-            super::prune::expire_runs(&ctx.store, &runs, &p.plan.delete_chains);
+            super::prune::expire_runs(&ctx.store, &runs, &after.deleted_chains);
+            return (rec, outcome);
         }
-        return (rec, outcome);
     }
     (done, outcome)
 }

@@ -9,8 +9,9 @@ use jiff::Timestamp;
 use super::plan::{plan, Plan, Point};
 use super::rules::Rules;
 use super::target_files;
+use crate::api::{set_condition, BackupPhase, BackupPolicySpec, BackupRun, Condition};
 use crate::duplicity::TargetConfig;
-use crate::engine::StepError;
+use crate::engine::{staging, StepError};
 use crate::restore::points::list_points;
 use crate::restore::select::RestorePoint;
 
@@ -69,4 +70,86 @@ pub async fn prune_domain(
         plan,
         deleted_files,
     })
+}
+
+/// Retention applied after a successful run, as it is recorded on that run.
+#[derive(Debug)]
+pub struct AfterRun {
+    /// `Pruned`: True with the deleted chains, or False with the reason word.
+    pub condition: Condition,
+    pub deleted_chains: Vec<String>,
+}
+
+/// Applies a policy's retention to one domain after a successful run. `None` when the policy
+/// sets no retention (it keeps everything). A failure is returned as a False condition: it is
+/// recorded and simply planned again after the next run, and never deletes part of a chain
+/// that a kept point needs.
+pub async fn prune_after_run(
+    base: &TargetConfig,
+    domain: &str,
+    policy: &BackupPolicySpec,
+    state_dir: &Path,
+) -> Option<AfterRun> {
+    if policy.retention.is_unset() {
+        return None;
+    }
+    let failed = |reason: &str, message: String| AfterRun {
+        condition: Condition::now("Pruned", false, reason, message, None),
+        deleted_chains: Vec::new(),
+    };
+    let rules = match policy.retention.validate() {
+        Ok(r) => r,
+        Err(e) => return Some(failed("InvalidSpec", e.to_string())),
+    };
+    let tz = match policy.time_zone.as_deref().filter(|z| !z.is_empty()) {
+        None => TimeZone::UTC,
+        Some(z) => match TimeZone::get(z) {
+            Ok(t) => t,
+            Err(e) => return Some(failed("InvalidSpec", format!("timeZone '{z}': {e}"))),
+        },
+    };
+    let dt = staging::domain_target(base, domain);
+    let scratch = state_dir
+        .join("prune-scratch")
+        .join(staging::domain_dir(domain));
+    let pruned = prune_domain(&dt, &rules, &tz, &[], &scratch, false).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Some(match pruned {
+        Ok(p) => AfterRun {
+            condition: Condition::now(
+                "Pruned",
+                true,
+                "RetentionApplied",
+                format!("deleted chains: {:?}", p.plan.delete_chains),
+                None,
+            ),
+            deleted_chains: p.plan.delete_chains,
+        },
+        Err(e) => failed(e.reason.as_str(), e.message),
+    })
+}
+
+/// The run marked `Expired` when retention deleted its chain from the target; `None` when the
+/// run is not a success of one of `chains` (or is already marked).
+pub fn expired(run: &BackupRun, chains: &[String]) -> Option<BackupRun> {
+    let s = run.status.as_ref()?;
+    let hit = s.phase == BackupPhase::Succeeded
+        && s.chain.as_ref().is_some_and(|c| chains.contains(c))
+        && !s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Expired" && c.status == "True");
+    if !hit {
+        return None;
+    }
+    let mut r = run.clone();
+    let c = Condition::now(
+        "Expired",
+        true,
+        "Pruned",
+        "retention deleted this backup's chain from the target".into(),
+        None,
+    );
+    set_condition(&mut r.status.as_mut()?.conditions, c);
+    Some(r)
 }

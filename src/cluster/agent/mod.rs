@@ -16,13 +16,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::api::{BackupPhase, BackupRun, Failure, RestorePhase, RestoreRequest};
+use crate::api::{
+    set_condition, BackupPhase, BackupPolicy, BackupRun, Failure, RestorePhase, RestoreRequest,
+};
 use crate::cluster::labels;
 use crate::cluster::store::{ApiErrorKind, ApiResult, Object, Store};
 use crate::engine::{BackupEngine, Event, Reporter, RunContext, StepError};
 use crate::libvirt::LibvirtHost;
 use crate::metrics::{Health, Metrics, PolicyDomain, ReasonLabel};
 use crate::restore::{RestoreContext, RestoreEngine};
+use crate::retention::prune::{expired, prune_after_run};
 
 use journal::ApiJournal;
 use target::resolve_target;
@@ -295,6 +298,7 @@ impl<S: Store> Agent<S> {
         {
             Err(e) => fail_before_start(&journal, run, e).await,
             Ok(target) => {
+                let base = target.clone();
                 let history: Vec<BackupRun> =
                     self.store.list(Some(&ns), &[]).await.unwrap_or_default();
                 let ctx = RunContext {
@@ -303,7 +307,7 @@ impl<S: Store> Agent<S> {
                     history,
                     poll: Duration::from_millis(500),
                 };
-                BackupEngine::new(
+                let done = BackupEngine::new(
                     &self.host,
                     &journal,
                     ctx,
@@ -312,7 +316,8 @@ impl<S: Store> Agent<S> {
                     cancel,
                 )
                 .run()
-                .await
+                .await;
+                self.apply_retention(&journal, done, &base).await
             }
         };
         self.metrics.active_runs.dec();
@@ -352,6 +357,51 @@ impl<S: Store> Agent<S> {
             }
         }
         info!(run = %name, phase = ?s.phase, "run finished");
+    }
+
+    /// The policy's retention after a successful run: whole chains are deleted from the target,
+    /// the outcome is a `Pruned` condition on the run, and the runs of deleted chains are marked
+    /// `Expired`.
+    async fn apply_retention(
+        &self,
+        journal: &ApiJournal<S>,
+        mut done: BackupRun,
+        base: &crate::duplicity::TargetConfig,
+    ) -> BackupRun {
+        let succeeded = done
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == BackupPhase::Succeeded);
+        let (true, Some(pname)) = (succeeded, done.spec.policy_ref.clone()) else {
+            return done;
+        };
+        let ns = done.metadata.namespace.clone().unwrap_or_default();
+        let Ok(Some(policy)) = self.store.get::<BackupPolicy>(Some(&ns), &pname).await else {
+            return done;
+        };
+        let Some(after) =
+            prune_after_run(base, &done.spec.domain, &policy.spec, &self.cfg.state_dir).await
+        else {
+            return done;
+        };
+        if let Some(s) = done.status.as_mut() {
+            set_condition(&mut s.conditions, after.condition);
+        }
+        if let Err(e) = crate::engine::Journal::save(journal, &done).await {
+            warn!(run = ?done.metadata.name, "cannot record the prune: {e}");
+        }
+        if !after.deleted_chains.is_empty() {
+            let runs: Vec<BackupRun> = self.store.list(Some(&ns), &[]).await.unwrap_or_default();
+            for r in runs
+                .iter()
+                .filter_map(|r| expired(r, &after.deleted_chains))
+            {
+                if let Err(e) = self.store.apply_status(&r, inventory::FIELD_MANAGER).await {
+                    warn!(run = ?r.metadata.name, "cannot mark expired: {e}");
+                }
+            }
+        }
+        done
     }
 
     async fn drive_restore(self: Arc<Self>, req: RestoreRequest, cancel: watch::Receiver<bool>) {
