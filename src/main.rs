@@ -25,7 +25,11 @@ async fn main() {
     let code = match cli.command {
         Command::Backup(args) => backup::execute(args).await,
         Command::Resume(args) => resume(args).await,
-        Command::Crd => match snapback::api::crds::all_yaml() {
+        Command::Crd(a) if a.reference => {
+            print!("{}", snapback::api::reference::markdown());
+            0
+        }
+        Command::Crd(_) => match snapback::api::crds::all_yaml() {
             Ok(y) => {
                 print!("{y}");
                 0
@@ -41,6 +45,7 @@ async fn main() {
         Command::Controller(args) => snapback::cli::cluster::controller(args).await,
         Command::Agent(args) => snapback::cli::cluster::agent(args).await,
         Command::Standalone(args) => snapback::cli::standalone::execute(args).await,
+        Command::Describe(args) => describe(args),
         Command::Get(args) => match args.kind {
             Kind::Backupruns => match FileStore::new(&args.state_dir).backup_runs() {
                 Ok(runs) => {
@@ -137,4 +142,27 @@ async fn resume(mut args: snapback::cli::ResumeArgs) -> i32 {
         }
     }
     i32::from(failed > 0)
+}
+
+fn describe(args: snapback::cli::DescribeArgs) -> i32 {
+    let store = FileStore::new(&args.state_dir);
+    let text = match args.kind {
+        Kind::Backupruns => store
+            .read::<snapback::api::BackupRun>("backupruns", &args.name)
+            .map(|r| snapback::cli::describe::describe_backup_run(&r)),
+        // A restore's status is short and nested: its YAML reads best.
+        Kind::Restorerequests => store
+            .read::<snapback::api::RestoreRequest>("restorerequests", &args.name)
+            .map(|r| serde_saphyr::to_string(&r).unwrap_or_default()),
+    };
+    match text {
+        Ok(t) => {
+            print!("{t}");
+            0
+        }
+        Err(e) => {
+            eprintln!("NotFound: {e}");
+            1
+        }
+    }
 }

@@ -112,6 +112,22 @@ fn the_daemon_runs_its_schedule_survives_a_kill_and_picks_up_a_new_restore_reque
     let s = done.status.unwrap();
     assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
     assert_eq!(s.upload_attempts, 1);
+    let described = env.snapback(&["describe", "backuprun", &name]);
+    assert_eq!(described.code, 0, "{}", described.stderr);
+    for want in [
+        "Phase:          Succeeded",
+        "Phases:",
+        "Snapshotting",
+        "Uploading",
+        "onSnapshot sleep (ok, exit 0",
+    ] {
+        assert!(
+            described.stdout.contains(want),
+            "{want} in\n{}",
+            described.stdout
+        );
+    }
+    assert!(env.snapback(&["describe", "backuprun", "no-such-run"]).code != 0);
     // One run per tick: names carry the tick, and the killed run was finished under its own
     // name rather than scheduled again under a new one.
     let runs = policy_runs(&env);

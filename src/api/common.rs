@@ -222,6 +222,10 @@ pub struct Hooks {
 /// A secret value: a key of a Kubernetes Secret, or a file (single-host mode).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.secretKeyRef) != has(self.file)",
+    "message": "set exactly one of secretKeyRef and file"
+}]))]
 pub struct SecretSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,

@@ -6,6 +6,7 @@
 pub mod common;
 pub mod crds;
 pub mod policy;
+pub mod reference;
 pub mod restore;
 pub mod run;
 pub mod target;

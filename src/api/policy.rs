@@ -71,6 +71,10 @@ fn default_failed_limit() -> u32 {
 /// Which domains a policy covers. A domain matches when any listed rule matches it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.names) && size(self.names) > 0) || (has(self.globs) && size(self.globs) > 0) || (has(self.metadata) && size(self.metadata) > 0)",
+    "message": "select domains by names, globs or metadata"
+}]))]
 pub struct DomainSelector {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,

@@ -25,6 +25,10 @@ use super::run::{BackupType, HookResult, Progress};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.newName) != (has(self.inPlace) && self.inPlace)",
+    "message": "set exactly one of newName and inPlace: true"
+}]))]
 pub struct RestoreRequestSpec {
     /// The backed-up domain's name (its directory on the target).
     pub domain: String,

@@ -50,6 +50,16 @@ pub enum EncryptionMode {
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.mode) || self.mode != 'Symmetric' || has(self.passphrase)",
+        "message": "encryption mode Symmetric needs a passphrase"
+    },
+    {
+        "rule": "!has(self.mode) || self.mode != 'Gpg' || (has(self.recipients) && size(self.recipients) > 0)",
+        "message": "encryption mode Gpg needs at least one recipient"
+    }
+]))]
 pub struct Encryption {
     #[serde(default)]
     pub mode: EncryptionMode,

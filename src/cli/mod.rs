@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod describe;
 pub mod get;
 pub mod progress;
 pub mod prune;
@@ -58,14 +59,16 @@ pub enum Command {
     Standalone(standalone::StandaloneArgs),
     /// Finish backups and restores of one target whose process died
     Resume(ResumeArgs),
-    /// Print the CustomResourceDefinitions (YAML)
-    Crd,
+    /// Print the CustomResourceDefinitions (YAML), or with --reference the field reference
+    Crd(CrdArgs),
     /// Kubernetes: schedule policies into BackupRuns (leader-elected; run as a Deployment)
     Controller(cluster::ControllerArgs),
     /// Kubernetes: publish this node's VirtHost and run its BackupRuns and RestoreRequests
     Agent(cluster::AgentArgs),
     /// List resources in a kubectl-like table
     Get(GetArgs),
+    /// Show one resource in full: phases with timings, failure reason, conditions, hook output
+    Describe(DescribeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +85,21 @@ pub enum Kind {
     Backupruns,
     #[value(alias = "restorerequest", alias = "rr")]
     Restorerequests,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CrdArgs {
+    /// Print the resource field reference (Markdown) instead
+    #[arg(long)]
+    pub reference: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DescribeArgs {
+    pub kind: Kind,
+    pub name: String,
+    #[arg(long, default_value = "/var/lib/snapback", env = "SNAPBACK_STATE_DIR")]
+    pub state_dir: std::path::PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
