@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cluster;
 pub mod duplicity;
 pub mod engine;
+pub mod files;
 pub mod libvirt;
 pub mod metrics;
 pub mod process;

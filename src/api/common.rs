@@ -108,6 +108,8 @@ pub enum FailureReason {
     Interrupted,
     /// The domain is shut off and the policy says `offline: Skip`.
     DomainShutOff,
+    /// Files mode found no filesystem it can mount (ext2/3/4, xfs) on the domain's disks.
+    FilesystemUnsupported,
     /// An internal error: a bug.
     Internal,
 }
@@ -134,6 +136,7 @@ impl FailureReason {
             Self::Busy => "Busy",
             Self::Interrupted => "Interrupted",
             Self::DomainShutOff => "DomainShutOff",
+            Self::FilesystemUnsupported => "FilesystemUnsupported",
             Self::Internal => "Internal",
         }
     }

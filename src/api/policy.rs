@@ -49,6 +49,12 @@ pub struct BackupPolicySpec {
     pub hooks: Hooks,
     #[serde(default)]
     pub full_cadence: FullCadence,
+    /// Files mode: guest paths to back up (absolute, e.g. `/etc`); empty means everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Files mode: guest paths to leave out (absolute; duplicity globs allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// Which backups to keep on the target; applied by `snapback prune`.
     #[serde(default)]
     pub retention: crate::retention::rules::RetentionSpec,

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, Failure, Hooks};
-use super::policy::{Consistency, FullCadence};
+use super::policy::{BackupMode, Consistency, FullCadence};
 
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
@@ -47,6 +47,20 @@ pub struct BackupRunSpec {
     pub full_cadence: FullCadence,
     #[serde(default)]
     pub depth: i32,
+    /// `Image` (disk images, checkpoint incrementals) or `Files` (the guest's filesystems,
+    /// mounted read-only from a point-in-time export; duplicity's file incrementals).
+    #[serde(default, skip_serializing_if = "is_image")]
+    pub mode: BackupMode,
+    /// Files mode: guest paths to back up (absolute, e.g. `/etc`); empty means everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Files mode: guest paths to leave out (absolute; duplicity globs allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+fn is_image(m: &BackupMode) -> bool {
+    *m == BackupMode::Image
 }
 
 impl BackupRunSpec {
@@ -59,6 +73,9 @@ impl BackupRunSpec {
         spec.hooks = p.hooks.clone();
         spec.full_cadence = p.full_cadence.clone();
         spec.depth = p.depth;
+        spec.mode = p.mode;
+        spec.include = p.include.clone();
+        spec.exclude = p.exclude.clone();
         spec
     }
 
@@ -74,6 +91,9 @@ impl BackupRunSpec {
             hooks: Hooks::default(),
             full_cadence: FullCadence::default(),
             depth: 0,
+            mode: BackupMode::Image,
+            include: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 }
@@ -286,4 +306,8 @@ pub struct BackupRunStatus {
     pub hooks: Vec<HookResult>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<PhaseRecord>,
+    /// Files mode: the guest filesystems backed up, as `disk` (whole disk) or `diskpN`
+    /// (partition N) with their type; their trees are the top directories of the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<String>,
 }

@@ -68,6 +68,22 @@ pub struct BackupArgs {
     /// A YAML file with hooks (preSnapshot, onSnapshot, postSnapshot), each an argv list
     #[arg(long)]
     pub hooks_file: Option<PathBuf>,
+    /// image: whole disks (checkpoint incrementals); files: the guest's filesystems, mounted
+    /// read-only from the export (duplicity's file incrementals)
+    #[arg(long, value_enum, default_value = "image")]
+    pub mode: ModeArg,
+    /// Files mode: a guest path to back up (repeatable; default everything)
+    #[arg(long, value_name = "PATH")]
+    pub include: Vec<String>,
+    /// Files mode: a guest path to leave out (repeatable; duplicity globs allowed)
+    #[arg(long, value_name = "PATH")]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ModeArg {
+    Image,
+    Files,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -250,6 +266,12 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
             max_incrementals: args.max_incrementals,
         },
         depth: args.depth,
+        mode: match args.mode {
+            ModeArg::Image => crate::api::BackupMode::Image,
+            ModeArg::Files => crate::api::BackupMode::Files,
+        },
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
     };
     let run = BackupRun {
         metadata: ObjectMeta {

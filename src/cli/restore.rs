@@ -9,7 +9,7 @@ use kube::api::ObjectMeta;
 use super::backup::{cancel_on_signal, run_name, CommonArgs};
 use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
-use crate::api::{BackupType, RestorePhase, RestoreRequest, RestoreRequestSpec};
+use crate::api::{BackupType, FailureReason, RestorePhase, RestoreRequest, RestoreRequestSpec};
 use crate::engine::{human_bytes, staging, StepError};
 use crate::libvirt::LibvirtHost;
 use crate::restore::select::RestorePoint;
@@ -30,13 +30,19 @@ pub struct RestoreArgs {
     #[arg(
         long = "as",
         value_name = "NEWNAME",
-        conflicts_with = "in_place",
-        required_unless_present = "in_place"
+        conflicts_with_all = ["in_place", "files"],
+        required_unless_present_any = ["in_place", "files"]
     )]
     pub as_name: Option<String>,
     /// Restore over the existing domain (its old disks are kept, renamed, until verified)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "files")]
     pub in_place: bool,
+    /// Files mode: guest paths (files or trees) to restore, `/etc/hosts` or `vdb1:/etc/hosts`
+    #[arg(long, num_args = 1.., value_name = "PATH", requires = "to")]
+    pub files: Vec<String>,
+    /// Files mode: the directory the files are restored into
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
     /// Where the restored disks are written
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
@@ -63,6 +69,33 @@ pub struct ListArgs {
     pub common: CommonArgs,
 }
 
+/// `--files PATH... --to DIR`: single files or trees from the domain's files-mode backups.
+async fn restore_files(args: &RestoreArgs) -> i32 {
+    let at = match crate::restore::select::parse_at(args.at.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return failure(StepError::new(FailureReason::InvalidSpec, e)),
+    };
+    let base = match args.target.to_config(&args.common.state_dir) {
+        Ok(b) => b,
+        Err(e) => return failure(e),
+    };
+    let target = crate::engine::staging::files_target(&base, &args.domain);
+    let time = at.map(|t| t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string());
+    let to = args.to.clone().unwrap_or_default();
+    let to = std::path::absolute(&to).unwrap_or(to);
+    match crate::files::restore::restore_files(&target, &args.files, time, &to).await {
+        Ok(done) => {
+            let rows = done
+                .into_iter()
+                .map(|(want, found, dest)| [want, found, dest.display().to_string()])
+                .collect();
+            print!("{}", table(["ASKED", "FOUND", "RESTORED TO"], rows));
+            0
+        }
+        Err(e) => failure(e),
+    }
+}
+
 fn failure(e: StepError) -> i32 {
     eprintln!("{}: {}", e.reason, e.message);
     1
@@ -70,6 +103,9 @@ fn failure(e: StepError) -> i32 {
 
 pub async fn execute(mut args: RestoreArgs) -> i32 {
     args.common.absolutize();
+    if !args.files.is_empty() {
+        return restore_files(&args).await;
+    }
     let store = FileStore::new(&args.common.state_dir);
     let name = format!("restore-{}", run_name(&args.domain, Timestamp::now()));
     println!("{name}");

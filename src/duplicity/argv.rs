@@ -45,6 +45,13 @@ pub enum Action {
     Incremental {
         source: String,
     },
+    /// Files mode: a tree with include/exclude selections (already absolute paths under
+    /// `source`, in duplicity's order: the first match wins). Compressed: files are not images.
+    Files {
+        incremental: bool,
+        source: String,
+        selection: Vec<Select>,
+    },
     ListCurrentFiles {
         time: Option<String>,
     },
@@ -54,6 +61,13 @@ pub enum Action {
         time: Option<String>,
         file: Option<String>,
     },
+}
+
+/// One duplicity file selection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Select {
+    Include(String),
+    Exclude(String),
 }
 
 /// A ready-to-run duplicity invocation.
@@ -115,6 +129,9 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
     match action {
         Action::Full { .. } => argv.push("full".into()),
         Action::Incremental { .. } => argv.push("incremental".into()),
+        Action::Files { incremental, .. } => {
+            argv.push(if *incremental { "incremental" } else { "full" }.into())
+        }
         Action::ListCurrentFiles { .. } => argv.push("list-current-files".into()),
         Action::CollectionStatus => argv.push("collection-status".into()),
         Action::Restore { .. } => argv.push("restore".into()),
@@ -173,6 +190,20 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
             // No --progress: it makes duplicity read everything twice (a dry run to size the
             // job; measured +30% on 1.5 GiB). Progress is read from /proc instead (runner.rs).
             argv.extend(target.extra_options.iter().cloned());
+            argv.push(source.clone());
+            argv.push(url);
+        }
+        Action::Files {
+            source, selection, ..
+        } => {
+            argv.push(format!("--volsize={}", target.volsize_mib.max(1)));
+            argv.extend(target.extra_options.iter().cloned());
+            for s in selection {
+                argv.push(match s {
+                    Select::Include(p) => format!("--include={p}"),
+                    Select::Exclude(p) => format!("--exclude={p}"),
+                });
+            }
             argv.push(source.clone());
             argv.push(url);
         }

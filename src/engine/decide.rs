@@ -103,6 +103,9 @@ pub struct PreviousRun {
 /// What Preparing found out about the chain before choosing the type.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChainFacts {
+    /// Image mode: an incremental needs a running domain and the previous checkpoint. Files
+    /// mode exports whole disks every time; its incrementals are duplicity's, file by file.
+    pub image: bool,
     pub previous: Option<PreviousRun>,
     /// Whether the domain runs (push-mode job) or is shut off.
     pub online: bool,
@@ -123,16 +126,16 @@ pub type TypeChoice = Result<(BackupType, Option<FullReason>), (FailureReason, S
 
 /// Why an incremental is impossible, in the order the checks are made.
 pub fn full_reason(f: &ChainFacts) -> Option<FullReason> {
-    if !f.online {
+    if f.image && !f.online {
         return Some(FullReason::DomainShutOff);
     }
     let Some(prev) = &f.previous else {
         return Some(FullReason::NoChain);
     };
-    if prev.checkpoint.is_none() || !f.checkpoint_present {
+    if f.image && (prev.checkpoint.is_none() || !f.checkpoint_present) {
         return Some(FullReason::CheckpointMissing);
     }
-    if !f.checkpoint_valid {
+    if f.image && !f.checkpoint_valid {
         return Some(FullReason::CheckpointInconsistent);
     }
     let names = |v: &[(String, u64)]| {
@@ -356,6 +359,7 @@ mod tests {
 
     fn facts() -> ChainFacts {
         ChainFacts {
+            image: true,
             previous: Some(PreviousRun {
                 name: "r1".into(),
                 checkpoint: Some("snapback-r1".into()),
@@ -373,6 +377,20 @@ mod tests {
             full_every: None,
             max_incrementals: None,
         }
+    }
+
+    #[test]
+    fn files_mode_incrementals_need_neither_a_checkpoint_nor_a_running_domain() {
+        let mut f = facts();
+        f.image = false;
+        f.online = false;
+        f.checkpoint_present = false;
+        f.checkpoint_valid = false;
+        assert_eq!(full_reason(&f), None);
+        f.target_has_previous = false;
+        assert_eq!(full_reason(&f), Some(FullReason::TargetChainMissing));
+        f.previous = None;
+        assert_eq!(full_reason(&f), Some(FullReason::NoChain));
     }
 
     #[test]

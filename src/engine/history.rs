@@ -1,6 +1,6 @@
 //! Finding the previous run of a chain among stored runs (pure).
 
-use crate::api::{BackupPhase, BackupRun};
+use crate::api::{BackupMode, BackupPhase, BackupRun};
 
 use super::decide::PreviousRun;
 
@@ -9,9 +9,12 @@ pub fn previous_run(
     runs: &[BackupRun],
     domain_uuid: &str,
     target_url: &str,
+    mode: BackupMode,
     exclude: &str,
 ) -> Option<PreviousRun> {
+    // Image and files backups of a domain are separate chains on the target.
     runs.iter()
+        .filter(|r| r.spec.mode == mode)
         .filter(|r| r.metadata.name.as_deref() != Some(exclude))
         .filter_map(|r| r.status.as_ref().map(|s| (r, s)))
         .filter(|(_, s)| {
@@ -120,14 +123,16 @@ mod tests {
                 0,
             ),
         ];
-        let p = previous_run(&runs, "u1", "file:///t", "new").unwrap();
+        let p = previous_run(&runs, "u1", "file:///t", BackupMode::Image, "new").unwrap();
         assert_eq!(p.name, "b");
         assert_eq!(p.chain, "a");
         assert_eq!(p.chain_index, 1);
         assert_eq!(p.chain_start, "2026-01-01T00:00:00Z".parse().unwrap());
-        assert!(previous_run(&runs, "u3", "file:///t", "new").is_none());
+        assert!(previous_run(&runs, "u3", "file:///t", BackupMode::Image, "new").is_none());
         assert_eq!(
-            previous_run(&runs, "u1", "file:///t", "b").unwrap().name,
+            previous_run(&runs, "u1", "file:///t", BackupMode::Image, "b")
+                .unwrap()
+                .name,
             "a",
             "the run itself never counts"
         );

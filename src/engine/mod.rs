@@ -149,7 +149,15 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
             .domain_name
             .as_deref()
             .unwrap_or(&self.run.spec.domain);
-        staging::domain_target(&self.ctx.target, domain)
+        if self.files_mode() {
+            staging::files_target(&self.ctx.target, domain)
+        } else {
+            staging::domain_target(&self.ctx.target, domain)
+        }
+    }
+
+    pub(crate) fn files_mode(&self) -> bool {
+        self.run.spec.mode == crate::api::BackupMode::Files
     }
 
     pub(crate) async fn save(&mut self) -> Result<(), StepError> {

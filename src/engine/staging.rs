@@ -51,6 +51,18 @@ pub fn domain_target(
 
 /// One stable staging path per target and domain: duplicity refuses an incremental whose
 /// source path differs from the previous run's.
+/// Files-mode backups of a domain: a chain of their own beside the image chain.
+pub fn files_target(
+    base: &crate::duplicity::TargetConfig,
+    domain: &str,
+) -> crate::duplicity::TargetConfig {
+    let mut t = base.clone();
+    let dir = format!("{}.files", domain_dir(domain));
+    t.name = format!("{}-{dir}", target_key(base.url.as_str()));
+    t.url = base.url.child(&dir);
+    t
+}
+
 pub fn staging_dir(state: &Path, tkey: &str, uuid: &str) -> PathBuf {
     state.join("staging").join(tkey).join(uuid)
 }

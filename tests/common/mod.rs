@@ -100,6 +100,8 @@ pub struct GuestOpts {
     pub write_offset_mib: u64,
     pub agent_channel: bool,
     pub start: bool,
+    /// More qcow2 disks, attached as vdb, vdc ... (the guest leaves them alone).
+    pub extra_disks: Vec<PathBuf>,
 }
 
 impl Default for GuestOpts {
@@ -111,6 +113,7 @@ impl Default for GuestOpts {
             write_offset_mib: 64,
             agent_channel: true,
             start: true,
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -180,12 +183,25 @@ impl Guest {
         } else {
             ""
         };
+        let extra: String = opts
+            .extra_disks
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vd{}' bus='virtio'/></disk>",
+                    p.display(),
+                    (b'b' + i as u8) as char
+                )
+            })
+            .collect();
         let xml = format!(
             "<domain type='qemu'><name>{name}</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>
     <cmdline>console=ttyS0 quiet snapback.write_mb={wm} snapback.write_offset_mb={wo}</cmdline></os>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{d}'/><target dev='vda' bus='virtio'/></disk>
+    {extra}
     <serial type='file'><source path='{l}'/><target port='0'/></serial>
     {agent}
   </devices></domain>",

@@ -46,9 +46,6 @@ pub fn validate(p: &BackupPolicy) -> Result<Schedule, String> {
         crate::engine::decide::parse_duration(f)
             .map_err(|e| format!("fullCadence.fullEvery: {e}"))?;
     }
-    if s.mode == crate::api::BackupMode::Files {
-        return Err("mode Files is not available in this version; use Image".into());
-    }
     if s.starting_deadline_seconds.is_some_and(|d| d < 0) {
         return Err("startingDeadlineSeconds must not be negative".into());
     }

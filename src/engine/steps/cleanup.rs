@@ -59,6 +59,12 @@ impl<J: Journal> BackupEngine<'_, J> {
             }
         }
         if s.staging_dir.is_some() {
+            if self.files_mode() {
+                let layout = crate::files::attach::Layout::for_staging(&self.staging());
+                if let Err(e) = crate::files::attach::detach(&layout).await {
+                    problems.push(e.message);
+                }
+            }
             if let Err(e) = staging::empty_dir(&self.staging()) {
                 problems.push(format!("empty staging: {e}"));
             }

@@ -7,7 +7,7 @@ use crate::engine::{human_duration, staging, BackupEngine, Journal, StepError};
 
 impl<J: Journal> BackupEngine<'_, J> {
     pub(crate) async fn finalize(&mut self) -> Result<(), StepError> {
-        if self.status().online {
+        if self.status().online && self.status().checkpoint.is_some() {
             self.prune_checkpoints().await?;
         }
         staging::empty_dir(&self.staging()).map_err(|e| {

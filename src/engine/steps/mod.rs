@@ -3,6 +3,7 @@
 
 mod cleanup;
 mod export;
+mod files;
 mod finalize;
 mod prepare;
 mod snapshot;

@@ -49,6 +49,11 @@ impl<J: Journal> BackupEngine<'_, J> {
                 ));
             }
         }
+        let files = self.files_mode();
+        for p in spec.include.iter().chain(&spec.exclude) {
+            crate::files::select::check_guest_path(p)
+                .map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?;
+        }
         let full_every = match &spec.full_cadence.full_every {
             Some(s) => {
                 Some(parse_duration(s).map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?)
@@ -112,7 +117,7 @@ impl<J: Journal> BackupEngine<'_, J> {
 
         // The chain: what the previous run left in libvirt and on the target.
         let url = self.ctx.target.url.redacted();
-        let previous = history::previous_run(&self.ctx.history, &uuid, &url, &name);
+        let previous = history::previous_run(&self.ctx.history, &uuid, &url, spec.mode, &name);
         let disks_now: Vec<(String, u64)> = view
             .facts
             .disks
@@ -121,6 +126,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             .map(|(d, s)| (d.name.clone(), *s))
             .collect();
         let mut facts = ChainFacts {
+            image: !files,
             previous: previous.clone(),
             online,
             checkpoint_present: false,
@@ -131,7 +137,10 @@ impl<J: Journal> BackupEngine<'_, J> {
             full_every,
             max_incrementals: spec.full_cadence.max_incrementals,
         };
-        if let (true, Some(prev)) = (online, &previous) {
+        if let (true, Some(_)) = (files, &previous) {
+            facts.target_has_previous = self.target_has_manifest("").await?;
+        }
+        if let (true, false, Some(prev)) = (online, files, &previous) {
             if let Some(cp) = &prev.checkpoint {
                 facts.checkpoint_present = self.host.checkpoints(&uuid).await?.contains(cp);
                 if facts.checkpoint_present {
@@ -156,8 +165,9 @@ impl<J: Journal> BackupEngine<'_, J> {
         let (type_, full_reason) = choose_type(spec.type_, &facts)
             .map_err(|(reason, message)| StepError::new(reason, message))?;
 
-        // A full needs up to the allocated size of the disks in staging; refuse early, not half-way.
-        if type_ == BackupType::Full {
+        // A full export needs up to the allocated size of the disks in staging (files mode always
+        // exports whole disks); refuse early, not half-way.
+        if type_ == BackupType::Full || files {
             let need: u64 = view
                 .facts
                 .disks
@@ -200,10 +210,13 @@ impl<J: Journal> BackupEngine<'_, J> {
         s.online = online;
         s.type_ = Some(type_);
         s.full_reason = full_reason;
-        s.checkpoint = online.then(|| format!("snapback-{name}"));
+        // Files mode needs no checkpoint: every export is whole, duplicity finds the changes.
+        s.checkpoint = (online && !files).then(|| format!("snapback-{name}"));
         s.parent_checkpoint = match type_ {
-            BackupType::Incremental => previous.as_ref().and_then(|p| p.checkpoint.clone()),
-            BackupType::Full => None,
+            BackupType::Incremental if !files => {
+                previous.as_ref().and_then(|p| p.checkpoint.clone())
+            }
+            _ => None,
         };
         s.chain = Some(match (type_, &previous) {
             (BackupType::Incremental, Some(p)) => p.chain.clone(),
@@ -240,7 +253,8 @@ impl<J: Journal> BackupEngine<'_, J> {
         self.enter(BackupPhase::Snapshotting).await
     }
 
-    /// Whether the target's newest backup holds the given file (a run's manifest).
+    /// Whether the target's newest backup holds the given file (a run's manifest); with an
+    /// empty name, whether the target holds any backup of this chain at all.
     pub(crate) async fn target_has_manifest(&self, manifest: &str) -> Result<bool, StepError> {
         let out = duplicity::run(
             &self.domain_target(),

@@ -17,7 +17,11 @@ impl<J: Journal> BackupEngine<'_, J> {
         }
         self.status_mut().upload_attempts += 1;
         self.save().await?;
-        self.run_duplicity().await?;
+        if self.files_mode() {
+            self.upload_files().await?;
+        } else {
+            self.run_duplicity().await?;
+        }
         self.status_mut().uploaded = true;
         self.enter(BackupPhase::Finalizing).await
     }
@@ -29,7 +33,6 @@ impl<J: Journal> BackupEngine<'_, J> {
             Some(BackupType::Incremental) => Action::Incremental { source },
             _ => Action::Full { source },
         };
-        let target = self.domain_target();
         // Everything in staging goes up: the exports plus the small XML and manifest files.
         let total: u64 = std::fs::read_dir(self.staging())
             .map(|d| {
@@ -38,6 +41,16 @@ impl<J: Journal> BackupEngine<'_, J> {
                     .sum()
             })
             .unwrap_or(self.status().size_bytes);
+        self.duplicity_with_progress(action, total).await
+    }
+
+    /// Runs a backup action with progress in status, cancellable; records duplicity's time.
+    pub(crate) async fn duplicity_with_progress(
+        &mut self,
+        action: Action,
+        total: u64,
+    ) -> Result<(), StepError> {
+        let target = self.domain_target();
         let latest: Arc<Mutex<Option<u64>>> = Arc::default();
         let seen = latest.clone();
         let result = {
