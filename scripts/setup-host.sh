@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 duplicity gpg gpg-agent python3-boto3 cpio e2fsprogs xfsprogs fdisk
-  busybox-static qemu-guest-agent time)
+  busybox-static qemu-guest-agent time lvm2)
 
 missing=()
 for p in "${need_pkgs[@]}"; do

@@ -474,3 +474,58 @@ fn a_files_run_killed_while_mounted_is_cleaned_up_and_finished_by_the_next_start
     assert_nothing_attached(&env);
     assert_eq!(g.state(), "running");
 }
+
+/// An LVM physical volume (written by pvcreate through a loop device), as qcow2.
+fn lvm_pv_disk(qcow: &Path) {
+    let raw = qcow.with_extension("raw");
+    run_ok("truncate", &["-s", "64M", raw.to_str().unwrap()]);
+    let dev = run_ok("losetup", &["--find", "--show", raw.to_str().unwrap()]);
+    let dev = dev.trim();
+    let out = Command::new("pvcreate")
+        .args([
+            "-q",
+            "--config",
+            "devices { obtain_device_list_from_udev = 0 }",
+            dev,
+        ])
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .unwrap();
+    run_ok("losetup", &["-d", dev]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    to_qcow2(&raw, qcow);
+}
+
+#[test]
+fn a_guest_with_only_lvm_fails_clearly_on_a_host_without_device_mapper_and_leaves_nothing() {
+    if std::path::Path::new("/dev/mapper/control").exists() {
+        // This host could activate the volume group: the refusal below is not what it does.
+        eprintln!("skipped: this host has device-mapper");
+        return;
+    }
+    let env = Env::new();
+    let pv = env.dir.join("pv.qcow2");
+    lvm_pv_disk(&pv);
+    let g = Guest::new(
+        "sbf-lvm",
+        GuestOpts {
+            extra_disks: vec![pv],
+            ..Default::default()
+        },
+    );
+    let out = env.backup(&g.name, &["--mode", "files"]);
+    out.assert_failed_with("FilesystemUnsupported");
+    let line = out.last_err_line();
+    assert!(
+        line.contains("vdb: LVM2_member") && line.contains("device-mapper"),
+        "{line}"
+    );
+    assert!(line.contains("vda: no filesystem"), "{line}");
+    assert_nothing_attached(&env);
+    assert!(g.checkpoints().is_empty());
+    assert_eq!(g.state(), "running");
+}

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::volumes;
 use crate::api::FailureReason;
 use crate::engine::StepError;
 
@@ -45,7 +46,7 @@ fn err(reason: FailureReason, m: impl Into<String>) -> StepError {
     StepError::new(reason, m)
 }
 
-async fn run(argv: &[&str]) -> Result<String, String> {
+pub(crate) async fn run(argv: &[&str]) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(argv[0]);
     cmd.args(&argv[1..]).kill_on_drop(true);
     let out = cmd
@@ -117,6 +118,7 @@ pub async fn detach(layout: &Layout) -> Result<(), StepError> {
             }
         }
     }
+    problems.extend(volumes::release(layout).await);
     let entries: Vec<PathBuf> = std::fs::read_dir(&layout.attach)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -240,7 +242,29 @@ fn mount_options(fstype: &str) -> Option<&'static str> {
     }
 }
 
-async fn fstype(dev: &str) -> Option<String> {
+/// Mounts one filesystem read-only at `<tree>/<name>`; `None` for a type snapback leaves alone.
+async fn mount_one(
+    layout: &Layout,
+    name: &str,
+    node: &str,
+    fstype: &str,
+) -> Result<Option<Mounted>, StepError> {
+    let Some(opts) = mount_options(fstype) else {
+        return Ok(None);
+    };
+    let dir = layout.tree.join(name);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| err(FailureReason::Internal, format!("mount point: {e}")))?;
+    run(&["mount", "-t", fstype, "-o", opts, node, &p(&dir)])
+        .await
+        .map_err(|e| err(FailureReason::Internal, format!("mount {name}: {e}")))?;
+    Ok(Some(Mounted {
+        name: name.to_string(),
+        fstype: fstype.to_string(),
+    }))
+}
+
+pub(crate) async fn fstype(dev: &str) -> Option<String> {
     run(&["blkid", "-p", "-o", "value", "-s", "TYPE", dev])
         .await
         .ok()
@@ -273,6 +297,10 @@ async fn attach_inner(
     std::fs::create_dir_all(&layout.tree).map_err(|e| io("tree dir", e))?;
     let mut mounted = Vec::new();
     let mut skipped = Vec::new();
+    // Volume-manager members, assembled after every disk is attached (a VG or array can span
+    // disks): (our name, device).
+    let mut lvm_members: Vec<(String, String)> = Vec::new();
+    let mut md_members: Vec<(String, String)> = Vec::new();
     for (i, (disk, export)) in exports.iter().enumerate() {
         let fuse = layout.attach.join(format!("{i}.raw"));
         std::fs::write(&fuse, b"").map_err(|e| io("FUSE mount point", e))?;
@@ -345,22 +373,46 @@ async fn attach_inner(
                 skipped.push(format!("{name}: no filesystem"));
                 continue;
             };
-            let Some(opts) = mount_options(&t) else {
-                let why = match t.as_str() {
-                    "LVM2_member" | "linux_raid_member" => {
-                        "needs device-mapper or md assembly, which snapback does not do".to_string()
+            match t.as_str() {
+                "LVM2_member" => lvm_members.push((name, node)),
+                "linux_raid_member" => md_members.push((name, node)),
+                _ => match mount_one(layout, &name, &node, &t).await? {
+                    Some(m) => mounted.push(m),
+                    None => skipped.push(format!(
+                        "{name}: {t}: not a filesystem snapback mounts (ext2/3/4, xfs)"
+                    )),
+                },
+            }
+        }
+    }
+    if !md_members.is_empty() {
+        match volumes::assemble_md(layout, &md_members).await {
+            Ok(devs) => {
+                for (name, dev) in devs {
+                    if let Some(t) = fstype(&dev).await {
+                        match mount_one(layout, &name, &dev, &t).await? {
+                            Some(m) => mounted.push(m),
+                            None => skipped.push(format!("{name}: {t}: not mounted")),
+                        }
                     }
-                    _ => "not a filesystem snapback mounts (ext2/3/4, xfs)".to_string(),
-                };
-                skipped.push(format!("{name}: {t}: {why}"));
-                continue;
-            };
-            let dir = layout.tree.join(&name);
-            std::fs::create_dir_all(&dir).map_err(|e| io("mount point", e))?;
-            run(&["mount", "-t", &t, "-o", opts, &node, &p(&dir)])
-                .await
-                .map_err(|e| err(FailureReason::Internal, format!("mount {name}: {e}")))?;
-            mounted.push(Mounted { name, fstype: t });
+                }
+            }
+            Err(why) => skipped.push(why),
+        }
+    }
+    if !lvm_members.is_empty() {
+        match volumes::activate_lvm(layout, &lvm_members).await {
+            Ok(lvs) => {
+                for (name, dev) in lvs {
+                    if let Some(t) = fstype(&dev).await {
+                        match mount_one(layout, &name, &dev, &t).await? {
+                            Some(m) => mounted.push(m),
+                            None => skipped.push(format!("{name}: {t}: not mounted")),
+                        }
+                    }
+                }
+            }
+            Err(why) => skipped.push(why),
         }
     }
     if mounted.is_empty() {

@@ -13,3 +13,4 @@
 pub mod attach;
 pub mod restore;
 pub mod select;
+pub mod volumes;
