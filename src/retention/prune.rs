@@ -101,6 +101,13 @@ pub async fn prune_after_run(
         Ok(r) => r,
         Err(e) => return Some(failed("InvalidSpec", e.to_string())),
     };
+    if policy.mode == crate::api::BackupMode::Files {
+        // The planner reads each point's manifest, which only image backups carry.
+        return Some(failed(
+            "NotSupported",
+            "retention of files-mode chains is not built yet; nothing was deleted".into(),
+        ));
+    }
     let tz = match policy.time_zone.as_deref().filter(|z| !z.is_empty()) {
         None => TimeZone::UTC,
         Some(z) => match TimeZone::get(z) {
