@@ -66,6 +66,18 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
     let mut failed = 0;
     for (file, policy) in &cfg.policies {
         let pname = policy.metadata.name.clone().unwrap_or_default();
+        let keep_all = if policy.spec.retention.is_unset() {
+            Some("no retention rules: everything is kept")
+        } else if policy.spec.mode == crate::api::BackupMode::Files {
+            Some("files mode: retention of files chains is not built yet")
+        } else {
+            None
+        };
+        if let Some(why) = keep_all {
+            let dash = || "-".to_string();
+            rows.push([pname, dash(), dash(), dash(), "keep".into(), why.into()]);
+            continue;
+        }
         let rules = match policy.spec.retention.validate() {
             Ok(r) => r,
             Err(e) => {
