@@ -186,6 +186,11 @@ fn bad_retention_rules_are_refused_before_anything_is_deleted() {
     let config = write_config(&env, "sbt-none", "{maxAge: 3X}");
     let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
     assert!(out.stderr.contains("unknown unit 'X'"), "{}", out.stderr);
+    // No retention at all means keep everything: listed, nothing deleted, no error.
+    let config = write_config(&env, "sbt-none", "{}");
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("no retention rules"), "{}", out.stdout);
 }
 
 #[test]
