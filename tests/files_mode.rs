@@ -278,24 +278,26 @@ fn assert_nothing_attached(env: &Env) {
     );
 }
 
-#[test]
-fn files_backups_restore_single_files_and_trees_at_each_point_with_their_metadata() {
+/// A running guest whose vdb, vdc and vdd hold the first point's trees.
+fn guest_with_trees(prefix: &str) -> (Env, [PathBuf; 3], Guest) {
     let env = Env::new();
     let disks_dir = env.dir.join("disks");
     std::fs::create_dir_all(&disks_dir).unwrap();
-    let disks = [
-        disks_dir.join("b.qcow2"),
-        disks_dir.join("c.qcow2"),
-        disks_dir.join("d.qcow2"),
-    ];
+    let disks = ["b", "c", "d"].map(|n| disks_dir.join(format!("{n}.qcow2")));
     build_disks(&env.dir, 1, &disks);
     let g = Guest::new(
-        "sbf-files",
+        prefix,
         GuestOpts {
             extra_disks: disks.to_vec(),
             ..Default::default()
         },
     );
+    (env, disks, g)
+}
+
+#[test]
+fn files_backups_restore_single_files_and_trees_at_each_point_with_their_metadata() {
+    let (env, disks, g) = guest_with_trees("sbf-files");
     let first = env.backup(&g.name, &["--mode", "files", "--exclude", "/cache"]);
     let n1 = first.assert_ok();
     let s1 = env.read_run(&n1).status.unwrap();
@@ -400,22 +402,7 @@ fn files_backups_restore_single_files_and_trees_at_each_point_with_their_metadat
 
 #[test]
 fn a_files_run_killed_while_mounted_is_cleaned_up_and_finished_by_the_next_start() {
-    let env = Env::new();
-    let disks_dir = env.dir.join("disks");
-    std::fs::create_dir_all(&disks_dir).unwrap();
-    let disks = [
-        disks_dir.join("b.qcow2"),
-        disks_dir.join("c.qcow2"),
-        disks_dir.join("d.qcow2"),
-    ];
-    build_disks(&env.dir, 1, &disks);
-    let g = Guest::new(
-        "sbf-kill",
-        GuestOpts {
-            extra_disks: disks.to_vec(),
-            ..Default::default()
-        },
-    );
+    let (env, _, g) = guest_with_trees("sbf-kill");
     let mut child = Command::new(env!("CARGO_BIN_EXE_snapback"))
         .args([
             "backup",

@@ -385,30 +385,24 @@ async fn attach_inner(
             }
         }
     }
+    // md arrays, then LVM volume groups: the order a guest assembles them in.
+    let mut assembled = Vec::new();
     if !md_members.is_empty() {
-        match volumes::assemble_md(layout, &md_members).await {
-            Ok(devs) => {
-                for (name, dev) in devs {
-                    if let Some(t) = fstype(&dev).await {
-                        match mount_one(layout, &name, &dev, &t).await? {
-                            Some(m) => mounted.push(m),
-                            None => skipped.push(format!("{name}: {t}: not mounted")),
-                        }
-                    }
-                }
-            }
-            Err(why) => skipped.push(why),
-        }
+        assembled.push(volumes::assemble_md(layout, &md_members).await);
     }
     if !lvm_members.is_empty() {
-        match volumes::activate_lvm(layout, &lvm_members).await {
-            Ok(lvs) => {
-                for (name, dev) in lvs {
-                    if let Some(t) = fstype(&dev).await {
-                        match mount_one(layout, &name, &dev, &t).await? {
-                            Some(m) => mounted.push(m),
-                            None => skipped.push(format!("{name}: {t}: not mounted")),
-                        }
+        assembled.push(volumes::activate_lvm(layout, &lvm_members).await);
+    }
+    for assembly in assembled {
+        match assembly {
+            Ok(volumes) => {
+                for (name, dev) in volumes {
+                    let Some(t) = fstype(&dev).await else {
+                        continue;
+                    };
+                    match mount_one(layout, &name, &dev, &t).await? {
+                        Some(m) => mounted.push(m),
+                        None => skipped.push(format!("{name}: {t}: not mounted")),
                     }
                 }
             }
