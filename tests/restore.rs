@@ -20,27 +20,6 @@ fn read_restore(env: &Env, name: &str) -> RestoreRequest {
     serde_saphyr::from_str(&text).unwrap()
 }
 
-/// Pauses the guest (qemu flushes its caches on stop), copies its disk as the reference of
-/// this point, backs it up, and resumes it. Returns (run name, reference image).
-fn backup_paused(env: &Env, g: &Guest, extra: &[&str]) -> (String, PathBuf) {
-    virsh_ok(&["suspend", &g.name]);
-    let reference = env.dir.join(unique("ref")).with_extension("qcow2");
-    run_ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-U",
-            "-O",
-            "qcow2",
-            g.disk.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        ],
-    );
-    let name = env.backup(&g.name, extra).assert_ok();
-    virsh_ok(&["resume", &g.name]);
-    (name, reference)
-}
-
 fn storage(env: &Env) -> PathBuf {
     let d = env.dir.join(unique("storage"));
     std::fs::create_dir_all(&d).unwrap();

@@ -90,8 +90,10 @@ pub enum FailureReason {
     EncryptionKeyError,
     /// duplicity failed while uploading for a reason not listed here.
     UploadFailed,
-    /// The staging directory ran out of space.
+    /// The staging directory (or duplicity's local temp dir) ran out of space.
     StagingFull,
+    /// The target has no space left for the backup's volumes.
+    TargetFull,
     /// The restore's storage directory is too small.
     StorageFull,
     /// A fetched or rebuilt image did not match its checksum or failed `qemu-img check`.
@@ -128,6 +130,7 @@ impl FailureReason {
             Self::EncryptionKeyError => "EncryptionKeyError",
             Self::UploadFailed => "UploadFailed",
             Self::StagingFull => "StagingFull",
+            Self::TargetFull => "TargetFull",
             Self::StorageFull => "StorageFull",
             Self::VerificationFailed => "VerificationFailed",
             Self::QuiesceFailed => "QuiesceFailed",

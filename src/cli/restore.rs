@@ -71,8 +71,16 @@ pub struct ListArgs {
 
 /// `--files PATH... --to DIR`: single files or trees from the domain's files-mode backups.
 async fn restore_files(args: &RestoreArgs) -> i32 {
-    let at = match crate::restore::select::parse_at(args.at.as_deref()) {
-        Ok(t) => t,
+    use crate::restore::select::{parse_at, At};
+    let at = match parse_at(args.at.as_deref()) {
+        Ok(At::Latest) => None,
+        Ok(At::Time(t)) => Some(t),
+        Ok(At::Run(run)) => {
+            return failure(StepError::new(
+                FailureReason::InvalidSpec,
+                format!("--at '{run}': a files restore takes a time (RFC 3339), not a run name"),
+            ))
+        }
         Err(e) => return failure(StepError::new(FailureReason::InvalidSpec, e)),
     };
     let base = match args.target.to_config(&args.common.state_dir) {

@@ -157,7 +157,8 @@ pub fn classify(code: u32, text: &str) -> FailureReason {
     match code {
         8 => FailureReason::TargetInvalid,                 // bad_url
         10 | 31 | 45 => FailureReason::EncryptionKeyError, // bad_sign_key, gpg_failed, encryption mismatch
-        35 | 53 => FailureReason::StagingFull,             // not enough free space
+        35 => FailureReason::StagingFull,                  // not_enough_freespace (its temp dir)
+        53 => FailureReason::TargetFull,                   // backend_no_space
         38 | 50 | 51 | 52 => FailureReason::TargetUnreachable,
         _ if t.contains("no space left") => FailureReason::StagingFull,
         _ if t.contains("gpg")
@@ -292,6 +293,14 @@ mod tests {
             classify(30, "OSError: [Errno 28] No space left on device"),
             FailureReason::StagingFull
         );
+        assert_eq!(
+            classify(
+                53,
+                "Giving up after 1 attempts. OSError: No space left on device"
+            ),
+            FailureReason::TargetFull
+        );
+        assert_eq!(classify(35, ""), FailureReason::StagingFull);
         assert_eq!(
             classify(30, "Could not connect to the endpoint URL"),
             FailureReason::TargetUnreachable

@@ -1,7 +1,9 @@
 //! The duplicity adapter: a pure argv/env builder, log parsing, and a process runner.
 
 pub mod argv;
+pub mod backend;
 pub mod log;
+pub mod names;
 pub mod runner;
 pub mod url;
 

@@ -22,7 +22,9 @@ pub fn previous_run(
                 && s.domain_uuid.as_deref() == Some(domain_uuid)
                 && s.target_url.as_deref() == Some(target_url)
         })
-        .max_by_key(|(_, s)| s.snapshot_time.or(s.start_time))
+        // duplicity's set time first: it grows with every set on a target whatever the clock
+        // does (names::next_set_time), where a snapshot time can repeat or go backwards.
+        .max_by_key(|(_, s)| (s.target_time, s.snapshot_time.or(s.start_time)))
         .and_then(|(r, s)| {
             let chain = s.chain.clone()?;
             let chain_start = runs
@@ -136,5 +138,33 @@ mod tests {
             "a",
             "the run itself never counts"
         );
+    }
+
+    #[test]
+    fn previous_run_follows_the_target_set_time_when_the_clock_went_backwards() {
+        let mut first = run(
+            "first",
+            BackupPhase::Succeeded,
+            "u1",
+            "file:///t",
+            "2026-11-30T00:00:00Z",
+            "first",
+            0,
+        );
+        // Taken after `first`, with the clock stepped back by NTP.
+        let mut second = run(
+            "second",
+            BackupPhase::Succeeded,
+            "u1",
+            "file:///t",
+            "2026-11-29T23:00:00Z",
+            "first",
+            1,
+        );
+        first.status.as_mut().unwrap().target_time = Some("2026-11-30T00:00:00Z".parse().unwrap());
+        second.status.as_mut().unwrap().target_time =
+            Some("2026-11-30T00:00:01Z".parse().unwrap());
+        let p = previous_run(&[second, first], "u1", "file:///t", BackupMode::Image, "new");
+        assert_eq!(p.unwrap().name, "second");
     }
 }

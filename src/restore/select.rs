@@ -25,26 +25,44 @@ impl RestorePoint {
     }
 }
 
-/// The newest point captured at or before `at` (the newest of all without `at`).
-pub fn select(points: &[RestorePoint], at: Option<Timestamp>) -> Result<usize, String> {
+/// Which point a restore asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum At {
+    Latest,
+    /// The newest point captured at or before this time.
+    Time(Timestamp),
+    /// The point of this backup run.
+    Run(String),
+}
+
+/// The point asked for. Times compare in whole seconds, as `snapback list` prints them: a
+/// point captured at 10:00:00.4 is "at 10:00:00". Points captured in the same second (or
+/// with a clock that stood still) are told apart by their set time on the target.
+pub fn select(points: &[RestorePoint], at: &At) -> Result<usize, String> {
     if points.is_empty() {
         return Err("the target holds no backups of this domain".into());
     }
-    let Some(at) = at else {
-        return Ok(points.len() - 1);
-    };
-    points
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.time() <= at)
-        .max_by_key(|(_, p)| p.time())
-        .map(|(i, _)| i)
-        .ok_or_else(|| {
-            format!(
-                "--at {at} is before the first backup ({})",
-                points[0].time()
-            )
-        })
+    match at {
+        At::Latest => Ok(points.len() - 1),
+        At::Run(run) => points
+            .iter()
+            .position(|p| &p.manifest.run == run)
+            .ok_or_else(|| {
+                format!("--at '{run}' is neither an RFC 3339 time nor a backup run on the target")
+            }),
+        At::Time(at) => points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.time().as_second() <= at.as_second())
+            .max_by_key(|(_, p)| (p.time().as_second(), p.set_time))
+            .map(|(i, _)| i)
+            .ok_or_else(|| {
+                format!(
+                    "--at {at} is before the first backup ({})",
+                    points[0].time()
+                )
+            }),
+    }
 }
 
 /// The points to fetch for `idx`: its chain's full, then every incremental up to it, in order.
@@ -66,15 +84,26 @@ pub fn chain_for(points: &[RestorePoint], idx: usize) -> Result<Vec<usize>, Stri
     Ok(chain)
 }
 
-/// Parses `--at`: RFC 3339, or `latest` / empty for the newest.
-pub fn parse_at(at: Option<&str>) -> Result<Option<Timestamp>, String> {
+/// Parses `--at`: RFC 3339, a backup run's name, or `latest` / empty for the newest.
+pub fn parse_at(at: Option<&str>) -> Result<At, String> {
     match at.map(str::trim) {
-        None | Some("") | Some("latest") => Ok(None),
-        Some(s) => s
-            .parse::<Timestamp>()
-            .map(Some)
-            .map_err(|e| format!("--at '{s}' is not an RFC 3339 time or 'latest': {e}")),
+        None | Some("") | Some("latest") => Ok(At::Latest),
+        Some(s) => match s.parse::<Timestamp>() {
+            Ok(t) => Ok(At::Time(t)),
+            // Run names are Kubernetes object names: lower-case letters, digits, '-' and '.'.
+            Err(_) if is_run_name(s) => Ok(At::Run(s.to_string())),
+            Err(e) => Err(format!(
+                "--at '{s}' is not an RFC 3339 time, a run name or 'latest': {e}"
+            )),
+        },
     }
+}
+
+fn is_run_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 #[cfg(test)]
@@ -149,17 +178,43 @@ mod tests {
     #[test]
     fn the_point_at_or_before_the_requested_time_is_chosen() {
         let h = history();
-        assert_eq!(select(&h, None), Ok(3));
-        assert_eq!(select(&h, Some(t("2026-01-02T12:00:00Z"))), Ok(1));
+        let at = |s: &str| At::Time(t(s));
+        assert_eq!(select(&h, &At::Latest), Ok(3));
+        assert_eq!(select(&h, &at("2026-01-02T12:00:00Z")), Ok(1));
         assert_eq!(
-            select(&h, Some(t("2026-01-03T00:00:00Z"))),
+            select(&h, &at("2026-01-03T00:00:00Z")),
             Ok(2),
             "a point captured exactly then counts"
         );
-        assert!(select(&h, Some(t("2025-12-31T00:00:00Z")))
+        assert!(select(&h, &at("2025-12-31T00:00:00Z"))
             .unwrap_err()
             .contains("before the first backup"));
-        assert!(select(&[], None).is_err());
+        assert!(select(&[], &At::Latest).is_err());
+    }
+
+    #[test]
+    fn a_time_printed_in_whole_seconds_selects_the_point_captured_within_that_second() {
+        let mut h = history();
+        h[0].manifest.snapshot_time = Some(t("2026-01-01T00:00:00.734Z"));
+        assert_eq!(select(&h, &At::Time(t("2026-01-01T00:00:00Z"))), Ok(0));
+    }
+
+    #[test]
+    fn points_captured_in_the_same_second_are_told_apart_by_their_set_time() {
+        let mut h = history();
+        for p in h.iter_mut() {
+            p.manifest.snapshot_time = Some(t("2026-01-01T00:00:00Z"));
+        }
+        assert_eq!(select(&h, &At::Time(t("2026-01-01T00:00:00Z"))), Ok(3));
+    }
+
+    #[test]
+    fn a_run_name_selects_that_run_point() {
+        let h = history();
+        assert_eq!(select(&h, &At::Run("b".into())), Ok(1));
+        assert!(select(&h, &At::Run("zz".into()))
+            .unwrap_err()
+            .contains("neither"));
     }
 
     #[test]
@@ -178,13 +233,19 @@ mod tests {
     }
 
     #[test]
-    fn at_accepts_rfc3339_and_latest() {
-        assert_eq!(parse_at(Some("latest")), Ok(None));
-        assert_eq!(parse_at(None), Ok(None));
+    fn at_accepts_rfc3339_a_run_name_and_latest() {
+        assert_eq!(parse_at(Some("latest")), Ok(At::Latest));
+        assert_eq!(parse_at(None), Ok(At::Latest));
         assert_eq!(
             parse_at(Some("2026-01-02T00:00:00Z")),
-            Ok(Some(t("2026-01-02T00:00:00Z")))
+            Ok(At::Time(t("2026-01-02T00:00:00Z")))
         );
-        assert!(parse_at(Some("yesterday")).is_err());
+        assert_eq!(
+            parse_at(Some("web1-20261122-064438-28ae")),
+            Ok(At::Run("web1-20261122-064438-28ae".into()))
+        );
+        for bad in ["2026-13-01 x", "../etc", "Web1", "a b", "$(id)"] {
+            assert!(parse_at(Some(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -20,6 +20,15 @@ use crate::engine::{human_bytes, human_duration, staging, Event, StepError};
 use crate::libvirt::{domain_xml, DomainState, VirtErrorKind};
 use crate::qemu_img;
 
+/// What a chain member's fetch dir holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Fetched {
+    Verified,
+    Missing,
+    /// This export is whole but its checksum is not the one recorded at backup time.
+    Mismatch(String),
+}
+
 fn invalid(msg: impl Into<String>) -> StepError {
     StepError::new(FailureReason::InvalidSpec, msg)
 }
@@ -162,7 +171,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 format!("the target holds no backups of domain '{}'", spec.domain),
             ));
         }
-        let idx = select(&points, at).map_err(invalid)?;
+        let idx = select(&points, &at).map_err(invalid)?;
         let chain = chain_for(&points, idx)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
         let point = &points[idx];
@@ -258,39 +267,54 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
         })
     }
 
-    /// Every export of a fetched member matches the checksum recorded at backup time.
-    async fn member_verified(&self, run: &str) -> Result<bool, StepError> {
+    /// Whether a member's fetched exports are all there and match the checksums recorded at
+    /// backup time. Files are fetched under a `.part` name and renamed when duplicity is done,
+    /// so a file under its own name is whole: a mismatch is the target's copy, not a fetch
+    /// that a crash cut short.
+    async fn member_fetched(&self, run: &str) -> Result<Fetched, StepError> {
         let Ok(m) = self.read_manifest(run).await else {
-            return Ok(false);
+            return Ok(Fetched::Missing);
         };
         for d in &m.disks {
             let p = self.member_dir(run).join(&d.export_file);
             if !p.exists() {
-                return Ok(false);
+                return Ok(Fetched::Missing);
             }
             let sum = tokio::task::spawn_blocking(move || staging::sha256_file(&p))
                 .await
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
                 .map_err(|e| io_err("cannot read a fetched export", e))?;
             if Some(&sum) != d.sha256.as_ref() {
-                return Err(StepError::new(
-                    FailureReason::VerificationFailed,
-                    format!(
-                        "{} from the target does not match the checksum recorded at backup time",
-                        d.export_file
-                    ),
-                ));
+                return Ok(Fetched::Mismatch(d.export_file.clone()));
             }
         }
-        Ok(true)
+        Ok(Fetched::Verified)
+    }
+
+    /// Restores one file of a member from the target: into `NAME.part`, renamed when whole.
+    async fn fetch_file(&self, run: &str, time: &str, file: &str) -> Result<(), StepError> {
+        let dir = self.member_dir(run);
+        let part = dir.join(format!("{file}.part"));
+        let action = Action::Restore {
+            dest: part.display().to_string(),
+            time: Some(time.to_string()),
+            file: Some(file.to_string()),
+        };
+        let target = self.domain_target();
+        let mut cancel = self.cancel.clone();
+        tokio::select! {
+            r = duplicity::run(&target, &action, |_| {}) => { r?; }
+            _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
+        }
+        std::fs::rename(&part, dir.join(file))
+            .map_err(|e| io_err(&format!("cannot rename {}", part.display()), e))
     }
 
     /// Fetching: restore each chain member's files from the target with duplicity.
     pub(crate) async fn fetch(&mut self) -> Result<(), StepError> {
-        let target = self.domain_target();
         let members = self.status().chain_runs.clone();
         for (i, m) in members.iter().enumerate() {
-            if self.member_verified(&m.run).await? {
+            if self.member_fetched(&m.run).await? == Fetched::Verified {
                 continue; // fetched before a crash
             }
             let dir = self.member_dir(&m.run);
@@ -302,54 +326,43 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 i + 1,
                 members.len()
             )));
+            let time = dup_time(m.time);
             // The manifest came with the listing; fetch it only if that copy is gone.
             let listed = self
                 .work_dir()
                 .join("manifests")
                 .join(manifest_name(&m.run));
-            let mut files = Vec::new();
             if std::fs::copy(&listed, dir.join(manifest_name(&m.run))).is_err() {
-                files.push(manifest_name(&m.run));
+                self.fetch_file(&m.run, &time, &manifest_name(&m.run))
+                    .await?;
             }
+            let mut files = Vec::new();
             if Some(&m.run) == self.status().point.as_ref().map(|p| &p.run) {
                 files.push(domain_xml_name(&m.run));
             }
-            let disk_files: Vec<String> = match self.read_manifest(&m.run).await {
-                Ok(man) => man.disks.iter().map(|d| d.export_file.clone()).collect(),
-                Err(_) => Vec::new(),
-            };
-            files.extend(disk_files);
+            let man = self.read_manifest(&m.run).await?;
+            files.extend(man.disks.iter().map(|d| d.export_file.clone()));
             // One file at a time: duplicity then reads only the volumes that hold it, not every
             // earlier set of the chain (restoring a whole later set re-reads the full).
             for f in files {
-                let action = Action::Restore {
-                    dest: dir.join(&f).display().to_string(),
-                    time: Some(dup_time(m.time)),
-                    file: Some(f.clone()),
-                };
-                let mut cancel = self.cancel.clone();
-                tokio::select! {
-                    r = duplicity::run(&target, &action, |_| {}) => { r?; }
-                    _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
-                }
-                if f == manifest_name(&m.run) {
-                    // Now the disk files are known.
-                    let man = self.read_manifest(&m.run).await?;
-                    for d in man.disks {
-                        let action = Action::Restore {
-                            dest: dir.join(&d.export_file).display().to_string(),
-                            time: Some(dup_time(m.time)),
-                            file: Some(d.export_file.clone()),
-                        };
-                        duplicity::run(&target, &action, |_| {}).await?;
-                    }
-                }
+                self.fetch_file(&m.run, &time, &f).await?;
             }
-            if !self.member_verified(&m.run).await? {
-                return Err(StepError::new(
-                    FailureReason::VerificationFailed,
-                    format!("the target's copy of {} is incomplete", m.run),
-                ));
+            match self.member_fetched(&m.run).await? {
+                Fetched::Verified => {}
+                Fetched::Missing => {
+                    return Err(StepError::new(
+                        FailureReason::VerificationFailed,
+                        format!("the target's copy of {} is incomplete", m.run),
+                    ))
+                }
+                Fetched::Mismatch(file) => {
+                    return Err(StepError::new(
+                        FailureReason::VerificationFailed,
+                        format!(
+                            "{file} from the target does not match the checksum recorded at backup time"
+                        ),
+                    ))
+                }
             }
             self.status_mut().progress = Some(crate::api::Progress {
                 bytes_done: i as u64 + 1,

@@ -47,7 +47,7 @@ pub async fn prune_domain(
     let plan = plan(&planned, rules, tz, Timestamp::now(), in_progress);
     let mut deleted_files = Vec::new();
     if !dry_run && !plan.delete_chains.is_empty() {
-        let names = target_files::list(target).await?;
+        let names = crate::duplicity::backend::list(target).await?;
         for chain in &plan.delete_chains {
             let members: Vec<&RestorePoint> = points
                 .iter()
@@ -61,7 +61,7 @@ pub async fn prune_domain(
             };
             let files = target_files::chain_files(&names, start, end);
             // One chain at a time, newest files first: an interruption leaves a shorter valid chain.
-            target_files::delete(target, &files).await?;
+            crate::duplicity::backend::delete(target, &files).await?;
             deleted_files.extend(files);
         }
     }

@@ -576,6 +576,27 @@ pub fn gpg_home(dir: &Path) -> String {
         .expect("fingerprint")
 }
 
+/// Pauses the guest (qemu flushes its caches on stop), copies its disk as the reference of
+/// this point, backs it up, and resumes it. Returns (run name, reference image).
+pub fn backup_paused(env: &Env, g: &Guest, extra: &[&str]) -> (String, PathBuf) {
+    virsh_ok(&["suspend", &g.name]);
+    let reference = env.dir.join(unique("ref")).with_extension("qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-O",
+            "qcow2",
+            g.disk.to_str().unwrap(),
+            reference.to_str().unwrap(),
+        ],
+    );
+    let name = env.backup(&g.name, extra).assert_ok();
+    virsh_ok(&["resume", &g.name]);
+    (name, reference)
+}
+
 /// A command that scripts/setup-host.sh installs from a registry into the tools folder
 /// (`SNAPBACK_TOOLS`, default /var/tmp/snapback-tools), pinned in scripts/pins/.
 pub fn test_tool(name: &str) -> PathBuf {

@@ -135,13 +135,55 @@ impl<J: Journal> BackupEngine<'_, J> {
         Ok(())
     }
 
+    /// The export file of each disk of the run whose checkpoint this incremental starts from.
+    fn parent_exports(&self) -> Vec<(String, String)> {
+        let s = self.status();
+        let (Some(crate::api::BackupType::Incremental), Some(parent)) =
+            (s.type_, s.parent_checkpoint.as_ref())
+        else {
+            return vec![];
+        };
+        self.ctx
+            .history
+            .iter()
+            .filter_map(|r| r.status.as_ref())
+            .find(|h| h.checkpoint.as_ref() == Some(parent) && h.domain_uuid == s.domain_uuid)
+            .map(|h| {
+                h.disks
+                    .iter()
+                    .map(|d| (d.name.clone(), d.export_file.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Checksums each export, saves the checkpoint XML and writes the run's manifest.
     async fn seal_exports(&mut self) -> Result<(), StepError> {
         let dir = self.staging();
         let name = self.name();
         let mut disks = self.status().disks.clone();
+        let parents = self.parent_exports();
         for d in disks.iter_mut() {
             let path = dir.join(&d.export_file);
+            // libvirt writes an incremental export with the live disk as its backing file.
+            // Naming the parent's export instead (relative, header only) makes the files of a
+            // chain, restored into one directory with plain duplicity, a working qcow2 chain by
+            // themselves: see the README's "Recovery without snapback". Done before hashing,
+            // and idempotent, so a resumed run hashes the same bytes.
+            if let Some((_, parent)) = parents.iter().find(|(n, _)| *n == d.name) {
+                let argv: Vec<String> = ["rebase", "-u", "-F", "qcow2", "-b", parent]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([path.display().to_string()])
+                    .collect();
+                run_qemu_img(
+                    &argv,
+                    FailureReason::BackupJobFailed,
+                    FailureReason::StagingFull,
+                    |_| {},
+                )
+                .await?;
+            }
             let p2 = path.clone();
             let sum = tokio::task::spawn_blocking(move || staging::sha256_file(&p2))
                 .await

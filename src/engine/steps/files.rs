@@ -61,6 +61,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             incremental: self.status().type_ == Some(BackupType::Incremental),
             source: tree,
             selection,
+            current_time: None,
         };
         self.duplicity_with_progress(action, total).await
     }

@@ -30,8 +30,14 @@ impl<J: Journal> BackupEngine<'_, J> {
         let source = self.staging().display().to_string();
         // duplicity's chain mirrors the image chain: image full = duplicity full.
         let action = match self.status().type_ {
-            Some(BackupType::Incremental) => Action::Incremental { source },
-            _ => Action::Full { source },
+            Some(BackupType::Incremental) => Action::Incremental {
+                source,
+                current_time: None,
+            },
+            _ => Action::Full {
+                source,
+                current_time: None,
+            },
         };
         // Everything in staging goes up: the exports plus the small XML and manifest files.
         let total: u64 = std::fs::read_dir(self.staging())
@@ -51,6 +57,13 @@ impl<J: Journal> BackupEngine<'_, J> {
         total: u64,
     ) -> Result<(), StepError> {
         let target = self.domain_target();
+        // The set's time comes after everything already on the target, whatever the clock
+        // says. A resumed partial set keeps its own time: duplicity ignores this then.
+        let names = duplicity::backend::list(&target).await?;
+        let action = action.at(duplicity::names::next_set_time(
+            jiff::Timestamp::now(),
+            &names,
+        ));
         let latest: Arc<Mutex<Option<u64>>> = Arc::default();
         let seen = latest.clone();
         let result = {

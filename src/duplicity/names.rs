@@ -1,0 +1,165 @@
+//! What duplicity's file names on a target say (pure): which set a file belongs to and when
+//! that set was taken. duplicity names every set by the second it starts, so these times are
+//! also what keeps two backups on one target apart.
+
+use jiff::Timestamp;
+
+/// The kind of backup set a duplicity file belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetKind {
+    /// `duplicity-full.T.*`: a full set's manifest or volumes.
+    Full,
+    /// `duplicity-full-signatures.T.*`
+    FullSignatures,
+    /// `duplicity-inc.A.to.B.*`: an incremental set's manifest or volumes.
+    Incremental,
+    /// `duplicity-new-signatures.A.to.B.*`
+    NewSignatures,
+}
+
+/// One file of a backup set: its kind and times (`start` is the parent's time for an
+/// incremental, the set's own time for a full; `end` is the set's own time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetFile {
+    pub kind: SetKind,
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// duplicity's time format in file names: `20261130T043419Z` (UTC, whole seconds).
+pub fn parse_time(s: &str) -> Option<Timestamp> {
+    jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", s)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+/// Reads a file name; `None` for anything that is not a duplicity backup set's file.
+pub fn parse(name: &str) -> Option<SetFile> {
+    let mut parts = name.split('.');
+    let kind = match parts.next()? {
+        "duplicity-full" => SetKind::Full,
+        "duplicity-full-signatures" => SetKind::FullSignatures,
+        "duplicity-inc" => SetKind::Incremental,
+        "duplicity-new-signatures" => SetKind::NewSignatures,
+        _ => return None,
+    };
+    let first = parse_time(parts.next()?)?;
+    match kind {
+        SetKind::Full | SetKind::FullSignatures => Some(SetFile {
+            kind,
+            start: first,
+            end: first,
+        }),
+        SetKind::Incremental | SetKind::NewSignatures => {
+            if parts.next()? != "to" {
+                return None;
+            }
+            let end = parse_time(parts.next()?)?;
+            (first < end).then_some(SetFile {
+                kind,
+                start: first,
+                end,
+            })
+        }
+    }
+}
+
+/// The newest set time among the names, partial sets included.
+pub fn newest_time<S: AsRef<str>>(names: &[S]) -> Option<Timestamp> {
+    names.iter().filter_map(|n| parse(n.as_ref())).map(|f| f.end).max()
+}
+
+/// The time to give duplicity for a new set (`--current-time`): now, or one second after the
+/// newest set on the target when the clock has not passed it (two runs in one second, a clock
+/// stepped back, another host's clock ahead). Two sets with one time overwrite each other's
+/// files, and two chains with one time break every later duplicity call on the target.
+pub fn next_set_time<S: AsRef<str>>(now: Timestamp, names: &[S]) -> i64 {
+    let now = now.as_second();
+    match newest_time(names) {
+        Some(t) if t.as_second() >= now => t.as_second() + 1,
+        _ => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn full_and_incremental_names_give_their_set_times() {
+        assert_eq!(
+            parse("duplicity-full.20260101T000000Z.vol1.difftar.gpg"),
+            Some(SetFile {
+                kind: SetKind::Full,
+                start: t("2026-01-01T00:00:00Z"),
+                end: t("2026-01-01T00:00:00Z"),
+            })
+        );
+        assert_eq!(
+            parse("duplicity-new-signatures.20260101T000000Z.to.20260102T030405Z.sigtar.gz"),
+            Some(SetFile {
+                kind: SetKind::NewSignatures,
+                start: t("2026-01-01T00:00:00Z"),
+                end: t("2026-01-02T03:04:05Z"),
+            })
+        );
+    }
+
+    #[test]
+    fn other_files_and_malformed_names_are_not_sets() {
+        for n in [
+            "",
+            "unrelated.txt",
+            "duplicity-full",
+            "duplicity-full.notatime.manifest",
+            "duplicity-inc.20260101T000000Z.manifest",
+            "duplicity-inc.20260101T000000Z.from.20260102T000000Z.manifest",
+            "duplicity-inc.20260102T000000Z.to.20260101T000000Z.manifest",
+            "duplicity-full.20261399T000000Z.manifest",
+        ] {
+            assert_eq!(parse(n), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn a_new_set_takes_the_clock_when_the_target_is_older() {
+        let names = ["duplicity-full.20260101T000000Z.manifest"];
+        assert_eq!(
+            next_set_time(t("2026-01-01T00:00:05Z"), &names),
+            t("2026-01-01T00:00:05Z").as_second()
+        );
+        assert_eq!(
+            next_set_time::<&str>(t("2026-01-01T00:00:05.9Z"), &[]),
+            t("2026-01-01T00:00:05Z").as_second()
+        );
+    }
+
+    #[test]
+    fn a_new_set_in_the_same_second_or_behind_the_target_comes_one_second_after_the_newest() {
+        let names = [
+            "duplicity-full.20260101T000000Z.manifest",
+            "duplicity-inc.20260101T000000Z.to.20260101T000010Z.manifest",
+            "duplicity-new-signatures.20260101T000000Z.to.20260101T000010Z.sigtar.gz",
+        ];
+        let after = t("2026-01-01T00:00:11Z").as_second();
+        assert_eq!(next_set_time(t("2026-01-01T00:00:10Z"), &names), after);
+        assert_eq!(next_set_time(t("2026-01-01T00:00:10.5Z"), &names), after);
+        // The clock was stepped back by an hour.
+        assert_eq!(next_set_time(t("2025-12-31T23:00:00Z"), &names), after);
+    }
+
+    #[test]
+    fn a_partial_set_counts_as_taken() {
+        let names = ["duplicity-full.20260101T000000Z.vol1.difftar"];
+        assert_eq!(
+            next_set_time(t("2026-01-01T00:00:00Z"), &names),
+            t("2026-01-01T00:00:01Z").as_second()
+        );
+    }
+}
