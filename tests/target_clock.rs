@@ -56,8 +56,7 @@ fn set_times(env: &Env, domain: &str) -> Vec<String> {
 }
 
 #[test]
-fn backups_in_one_frozen_second_after_the_clock_stepped_back_each_keep_their_own_restorable_set()
-{
+fn backups_in_one_frozen_second_after_the_clock_stepped_back_each_keep_their_own_restorable_set() {
     let g = Guest::new(
         "sbt-clock",
         GuestOpts {
@@ -104,7 +103,14 @@ fn backups_in_one_frozen_second_after_the_clock_stepped_back_each_keep_their_own
     assert_eq!(times.len(), 6, "one set per run on the target: {times:?}");
     let mut recorded: Vec<String> = runs
         .iter()
-        .map(|r| env.read_run(r).status.unwrap().target_time.unwrap().to_string())
+        .map(|r| {
+            env.read_run(r)
+                .status
+                .unwrap()
+                .target_time
+                .unwrap()
+                .to_string()
+        })
         .collect();
     recorded.sort();
     recorded.dedup();
@@ -132,8 +138,7 @@ fn backups_in_one_frozen_second_after_the_clock_stepped_back_each_keep_their_own
         "--target",
         &env.target,
         "--at",
-        &env
-            .read_run(&runs[5])
+        &env.read_run(&runs[5])
             .status
             .unwrap()
             .snapshot_time

@@ -85,16 +85,6 @@ impl LogMessage {
     }
 }
 
-/// duplicity's backup time from the statistics notice (`StartTime 1795329230.42 (...)`).
-/// Whole seconds: duplicity names and compares sets by the second.
-pub fn backup_start_time(notices: &[String]) -> Option<i64> {
-    notices.iter().flat_map(|n| n.lines()).find_map(|l| {
-        let rest = l.trim().strip_prefix("StartTime ")?;
-        let secs: f64 = rest.split_whitespace().next()?.parse().ok()?;
-        Some(secs.floor() as i64)
-    })
-}
-
 /// One backup set on the target, from collection status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupSet {
@@ -266,16 +256,6 @@ mod tests {
             }
         );
         assert!(sets[3].full);
-    }
-
-    #[test]
-    fn the_backup_time_is_read_from_the_statistics() {
-        let n = vec![
-            "Last full backup date: none".to_string(),
-            "-----\nStartTime 1795329230.42 (Sun Nov 22)\nEndTime 1795329231.0".to_string(),
-        ];
-        assert_eq!(backup_start_time(&n), Some(1795329230));
-        assert_eq!(backup_start_time(&[]), None);
     }
 
     #[test]

@@ -68,7 +68,24 @@ pub fn parse(name: &str) -> Option<SetFile> {
 
 /// The newest set time among the names, partial sets included.
 pub fn newest_time<S: AsRef<str>>(names: &[S]) -> Option<Timestamp> {
-    names.iter().filter_map(|n| parse(n.as_ref())).map(|f| f.end).max()
+    names
+        .iter()
+        .filter_map(|n| parse(n.as_ref()))
+        .map(|f| f.end)
+        .max()
+}
+
+/// The time of the newest complete set: duplicity uploads a set's manifest last, so a set
+/// with its manifest on the target is whole. (Encrypted manifests end in `.manifest.gpg`.)
+pub fn newest_complete_time<S: AsRef<str>>(names: &[S]) -> Option<Timestamp> {
+    names
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|n| n.ends_with(".manifest") || n.ends_with(".manifest.gpg"))
+        .filter_map(parse)
+        .filter(|f| matches!(f.kind, SetKind::Full | SetKind::Incremental))
+        .map(|f| f.end)
+        .max()
 }
 
 /// The time to give duplicity for a new set (`--current-time`): now, or one second after the
@@ -152,6 +169,20 @@ mod tests {
         assert_eq!(next_set_time(t("2026-01-01T00:00:10.5Z"), &names), after);
         // The clock was stepped back by an hour.
         assert_eq!(next_set_time(t("2025-12-31T23:00:00Z"), &names), after);
+    }
+
+    #[test]
+    fn the_newest_complete_set_is_the_newest_with_a_manifest() {
+        let names = [
+            "duplicity-full.20260101T000000Z.manifest.gpg",
+            "duplicity-inc.20260101T000000Z.to.20260101T000010Z.manifest.gpg",
+            "duplicity-inc.20260101T000010Z.to.20260101T000020Z.vol1.difftar.gpg",
+        ];
+        assert_eq!(
+            newest_complete_time(&names),
+            Some(t("2026-01-01T00:00:10Z"))
+        );
+        assert_eq!(newest_complete_time::<&str>(&[]), None);
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct PreviousRun {
     pub chain_index: u32,
     /// When the chain's full was taken.
     pub chain_start: Timestamp,
+    /// The time of the previous run's set on the target, when recorded.
+    pub target_time: Option<Timestamp>,
     /// (disk name, virtual size) of the previous run.
     pub disks: Vec<(String, u64)>,
 }
@@ -366,6 +368,7 @@ mod tests {
                 chain: "r0".into(),
                 chain_index: 1,
                 chain_start: t("2026-01-01T00:00:00Z"),
+                target_time: None,
                 disks: vec![("vda".into(), 100), ("vdb".into(), 50)],
             }),
             online: true,

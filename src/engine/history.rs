@@ -1,6 +1,8 @@
 //! Finding the previous run of a chain among stored runs (pure).
 
-use crate::api::{BackupMode, BackupPhase, BackupRun};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::{BackupMode, BackupPhase, BackupRun, BackupRunStatus};
 
 use super::decide::PreviousRun;
 
@@ -39,6 +41,7 @@ pub fn previous_run(
                 chain,
                 chain_index: s.chain_index,
                 chain_start,
+                target_time: s.target_time,
                 disks: s
                     .disks
                     .iter()
@@ -46,6 +49,42 @@ pub fn previous_run(
                     .collect(),
             })
         })
+}
+
+/// The checkpoints of a domain that no chain needs any more: those of runs that failed, and of
+/// successes that a newer success to the same target and mode replaced. A chain needs the
+/// newest success of each target and mode, and a run still in progress (this one included)
+/// needs its own. Only checkpoints of runs found in `runs` are named: one that another state
+/// dir or tool made is never touched.
+pub fn stale_checkpoints(
+    runs: &[BackupRun],
+    domain_uuid: &str,
+    this_run: &str,
+) -> BTreeSet<String> {
+    let ours: Vec<(&BackupRun, &BackupRunStatus)> = runs
+        .iter()
+        .filter_map(|r| r.status.as_ref().map(|s| (r, s)))
+        .filter(|(_, s)| s.domain_uuid.as_deref() == Some(domain_uuid))
+        .collect();
+    let mut needed = BTreeSet::new();
+    let mut newest: BTreeMap<(Option<&str>, BackupMode), &BackupRunStatus> = BTreeMap::new();
+    for (r, s) in &ours {
+        if !s.phase.is_terminal() || r.metadata.name.as_deref() == Some(this_run) {
+            needed.extend(s.checkpoint.clone());
+        }
+        if s.phase == BackupPhase::Succeeded {
+            let key = (s.target_url.as_deref(), r.spec.mode);
+            let order = |x: &BackupRunStatus| (x.target_time, x.snapshot_time.or(x.start_time));
+            if newest.get(&key).is_none_or(|n| order(s) >= order(n)) {
+                newest.insert(key, s);
+            }
+        }
+    }
+    needed.extend(newest.values().filter_map(|s| s.checkpoint.clone()));
+    ours.iter()
+        .filter_map(|(_, s)| s.checkpoint.clone())
+        .filter(|cp| !needed.contains(cp))
+        .collect()
 }
 
 #[cfg(test)]
@@ -162,9 +201,88 @@ mod tests {
             1,
         );
         first.status.as_mut().unwrap().target_time = Some("2026-11-30T00:00:00Z".parse().unwrap());
-        second.status.as_mut().unwrap().target_time =
-            Some("2026-11-30T00:00:01Z".parse().unwrap());
-        let p = previous_run(&[second, first], "u1", "file:///t", BackupMode::Image, "new");
+        second.status.as_mut().unwrap().target_time = Some("2026-11-30T00:00:01Z".parse().unwrap());
+        let p = previous_run(
+            &[second, first],
+            "u1",
+            "file:///t",
+            BackupMode::Image,
+            "new",
+        );
         assert_eq!(p.unwrap().name, "second");
+    }
+
+    #[test]
+    fn stale_checkpoints_are_those_of_failed_and_replaced_runs_of_the_domain() {
+        let runs = vec![
+            run(
+                "a",
+                BackupPhase::Succeeded,
+                "u1",
+                "file:///t",
+                "2026-01-01T00:00:00Z",
+                "a",
+                0,
+            ),
+            run(
+                "b",
+                BackupPhase::Succeeded,
+                "u1",
+                "file:///t",
+                "2026-01-02T00:00:00Z",
+                "a",
+                1,
+            ),
+            run(
+                "c",
+                BackupPhase::Failed,
+                "u1",
+                "file:///t",
+                "2026-01-03T00:00:00Z",
+                "a",
+                2,
+            ),
+            run(
+                "d",
+                BackupPhase::Succeeded,
+                "u1",
+                "file:///o",
+                "2026-01-01T00:00:00Z",
+                "d",
+                0,
+            ),
+            run(
+                "e",
+                BackupPhase::Exporting,
+                "u1",
+                "file:///o",
+                "2026-01-04T00:00:00Z",
+                "d",
+                1,
+            ),
+            run(
+                "f",
+                BackupPhase::Failed,
+                "u2",
+                "file:///t",
+                "2026-01-04T00:00:00Z",
+                "f",
+                0,
+            ),
+            run(
+                "g",
+                BackupPhase::Failed,
+                "u1",
+                "file:///t",
+                "2026-01-05T00:00:00Z",
+                "a",
+                2,
+            ),
+        ];
+        let stale = stale_checkpoints(&runs, "u1", "g");
+        let names: Vec<&str> = stale.iter().map(String::as_str).collect();
+        // b is the newest success to file:///t, d to file:///o, e is still running, f is
+        // another domain's, g is the run asking (it may be resuming).
+        assert_eq!(names, ["snapback-a", "snapback-c"]);
     }
 }

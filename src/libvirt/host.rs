@@ -7,6 +7,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
+use super::bitmaps;
 use super::domain_xml::{self, DomainFacts};
 use super::error::{LibvirtError, VirtErrorKind};
 use super::ffi;
@@ -186,21 +187,81 @@ impl LibvirtHost {
         .await
     }
 
-    /// Deletes a checkpoint, merging its bitmap into its parent. When the bitmap is already
-    /// gone, only libvirt's record of it is dropped.
+    /// Deletes a checkpoint and its bitmaps. On a running domain libvirt does both (every
+    /// checkpoint's bitmap records on its own, so nothing is lost); when the bitmap is already
+    /// gone only the record is dropped. libvirt cannot delete a checkpoint of an inactive
+    /// domain, so there the bitmap is removed from each disk's image with qemu-img first, then
+    /// the record: dropping only the record would leave a bitmap that QEMU loads and updates
+    /// on every later start.
     pub async fn delete_checkpoint(&self, dom: &str, name: &str) -> Result<(), LibvirtError> {
         let name = name.to_string();
         self.with_domain(dom, move |d| {
-            match ffi::checkpoint_delete(d, &name, false) {
-                Ok(()) => Ok(()),
+            if d.is_active()? {
+                return match ffi::checkpoint_delete(d, &name, false) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let err = LibvirtError::from(e);
+                        if err.kind == VirtErrorKind::CheckpointNotFound {
+                            Ok(())
+                        } else if err.message.contains("not found in backing chain") {
+                            ffi::checkpoint_delete(d, &name, true).map_err(LibvirtError::from)
+                        } else {
+                            Err(err)
+                        }
+                    }
+                };
+            }
+            let cp_xml = match ffi::checkpoint_xml(d, &name, false) {
+                Ok(x) => x,
                 Err(e) => {
                     let err = LibvirtError::from(e);
-                    if err.kind == VirtErrorKind::CheckpointNotFound {
-                        return Ok(());
-                    }
-                    ffi::checkpoint_delete(d, &name, true).map_err(LibvirtError::from)
+                    return match err.kind {
+                        VirtErrorKind::CheckpointNotFound => Ok(()),
+                        _ => Err(err),
+                    };
+                }
+            };
+            let disks = domain_xml::checkpoint_disks(&cp_xml)
+                .map_err(|e| LibvirtError::new(VirtErrorKind::Other, e.to_string()))?;
+            let facts = domain_xml::parse_domain(&d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?)
+                .map_err(|e| LibvirtError::new(VirtErrorKind::Other, e.to_string()))?;
+            for disk in facts.disks.iter().filter(|x| disks.contains(&x.name)) {
+                if disk.format() == "qcow2" {
+                    bitmaps::remove_image_bitmap(disk.source(), &name)?;
                 }
             }
+            Ok(ffi::checkpoint_delete(d, &name, true)?)
+        })
+        .await
+    }
+
+    /// Removes a bitmap that has no checkpoint from the image `path` of a domain's disk: over
+    /// QMP while QEMU runs (the only way to reach a bitmap libvirt does not know; libvirt then
+    /// marks the domain tainted), with qemu-img when it does not.
+    pub async fn remove_stray_bitmap(
+        &self,
+        dom: &str,
+        path: &str,
+        name: &str,
+    ) -> Result<(), LibvirtError> {
+        let (path, name) = (path.to_string(), name.to_string());
+        self.with_domain(dom, move |d| {
+            if !d.is_active()? {
+                return bitmaps::remove_image_bitmap(&path, &name);
+            }
+            let blocks = d.qemu_monitor_command(r#"{"execute":"query-block"}"#, 0)?;
+            let node = bitmaps::node_of(&blocks, &path).ok_or_else(|| {
+                LibvirtError::new(
+                    VirtErrorKind::Other,
+                    format!("QEMU has no block node for {path}"),
+                )
+            })?;
+            let cmd = serde_json::json!({
+                "execute": "block-dirty-bitmap-remove",
+                "arguments": {"node": node, "name": name},
+            });
+            d.qemu_monitor_command(&cmd.to_string(), 0)?;
+            Ok(())
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! The libvirt adapter (on the `virt` crate), with the unsafe FFI for calls the crate does not
 //! wrap kept in `ffi`.
 
+pub mod bitmaps;
 pub mod domain_xml;
 mod error;
 mod ffi;

@@ -46,6 +46,10 @@ impl<J: Journal> BackupEngine<'_, J> {
                 let _ = self.host.thaw(&id).await;
                 self.status_mut().guest_frozen = false;
             }
+        }
+        // Also when the domain was shut off or destroyed during the run: its checkpoint and
+        // bitmap stay behind otherwise (delete_checkpoint handles inactive domains).
+        if exists {
             if let (Some(cp), false) = (&s.checkpoint, s.uploaded) {
                 match self.host.checkpoints(&id).await {
                     Ok(list) if list.contains(cp) => {

@@ -6,6 +6,7 @@ mod export;
 mod files;
 mod finalize;
 mod prepare;
+mod reconcile;
 mod snapshot;
 mod upload;
 

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 
 use crate::api::{BackupPhase, BackupType, FailureReason, OfflinePolicy, RunDisk};
 use crate::duplicity::{self, Action};
-use crate::engine::decide::{choose_type, parse_duration, ChainFacts};
+use crate::engine::decide::{choose_type, parse_duration, ChainFacts, PreviousRun};
 use crate::engine::{history, human_bytes, staging, BackupEngine, Event, Journal, StepError};
 use crate::libvirt::{DomainState, VirtErrorKind};
 
@@ -78,6 +78,7 @@ impl<J: Journal> BackupEngine<'_, J> {
         self.status_mut().domain_name = Some(view.facts.name.clone());
         self.status_mut().target_url = Some(self.ctx.target.url.redacted());
         self.ensure_lock()?;
+        self.reconcile_checkpoints(&view).await;
 
         let online = match view.state {
             DomainState::Running | DomainState::Paused => true,
@@ -138,7 +139,8 @@ impl<J: Journal> BackupEngine<'_, J> {
             max_incrementals: spec.full_cadence.max_incrementals,
         };
         if let (true, Some(_)) = (files, &previous) {
-            facts.target_has_previous = self.target_has_manifest("").await?;
+            let names = duplicity::backend::list(&self.domain_target()).await?;
+            facts.target_has_previous = duplicity::names::newest_complete_time(&names).is_some();
         }
         if let (true, false, Some(prev)) = (online, files, &previous) {
             if let Some(cp) = &prev.checkpoint {
@@ -158,8 +160,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                 }
             }
             if facts.checkpoint_valid {
-                facts.target_has_previous =
-                    self.target_has_manifest(&manifest_name(&prev.name)).await?;
+                facts.target_has_previous = self.target_ends_with(prev).await?;
             }
         }
         let (type_, full_reason) = choose_type(spec.type_, &facts)
@@ -255,6 +256,17 @@ impl<J: Journal> BackupEngine<'_, J> {
 
     /// Whether the target's newest backup holds the given file (a run's manifest); with an
     /// empty name, whether the target holds any backup of this chain at all.
+    /// Whether the target's newest complete set is the previous run's. Read from the target's
+    /// file names, so it holds whatever this host's or duplicity's clock says; runs recorded
+    /// without their set's time ask duplicity for the files of the newest set instead.
+    async fn target_ends_with(&self, prev: &PreviousRun) -> Result<bool, StepError> {
+        let Some(t) = prev.target_time else {
+            return self.target_has_manifest(&manifest_name(&prev.name)).await;
+        };
+        let names = duplicity::backend::list(&self.domain_target()).await?;
+        Ok(duplicity::names::newest_complete_time(&names) == Some(t))
+    }
+
     pub(crate) async fn target_has_manifest(&self, manifest: &str) -> Result<bool, StepError> {
         let out = duplicity::run(
             &self.domain_target(),

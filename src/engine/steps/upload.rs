@@ -97,10 +97,13 @@ impl<J: Journal> BackupEngine<'_, J> {
                 }
             }
         };
-        let out = result.map_err(StepError::from)?;
-        if let Some(secs) = crate::duplicity::log::backup_start_time(&out.notices) {
-            self.status_mut().target_time = jiff::Timestamp::from_second(secs).ok();
-        }
+        result.map_err(StepError::from)?;
+        // The set's time as the target names it (the one restore asks duplicity for): we hold
+        // the lock of this domain and target, so the newest complete set is the one just
+        // written, be it new or a resumed partial set with its original time. (duplicity's
+        // StartTime statistic is its wall clock, not the set's time.)
+        let after = duplicity::backend::list(&target).await?;
+        self.status_mut().target_time = duplicity::names::newest_complete_time(&after);
         Ok(())
     }
 }
