@@ -213,7 +213,7 @@ async fn a_run_in_flight_when_its_agent_dies_is_resumed_by_the_next_agent_and_ru
     )
     .await;
     // The agent dies mid-run: nothing is cancelled or cleaned up.
-    first.abandon();
+    first.abandon().await;
     drop(first);
     let mid: BackupRun = store.get(Some(NS), "br-restart").await.unwrap().unwrap();
     assert_eq!(run_phase(&mid), BackupPhase::Snapshotting);

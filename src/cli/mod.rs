@@ -9,6 +9,7 @@ pub mod prune;
 pub mod restore;
 pub mod standalone;
 pub mod target_args;
+pub mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -53,6 +54,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List a domain's restore points on a target
     List(restore::ListArgs),
+    /// Read a domain's backups back from the target and check them (checksums, qemu-img check)
+    Verify(verify::VerifyArgs),
     /// Apply every policy's retention in a config dir (whole chains only)
     Prune(prune::PruneArgs),
     /// Single-host mode: run the schedules of a config dir (or every policy now with --once)

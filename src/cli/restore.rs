@@ -13,7 +13,7 @@ use crate::api::{BackupType, FailureReason, RestorePhase, RestoreRequest, Restor
 use crate::engine::{human_bytes, staging, StepError};
 use crate::libvirt::LibvirtHost;
 use crate::restore::select::RestorePoint;
-use crate::restore::{points::list_points, RestoreContext, RestoreEngine};
+use crate::restore::{points::list_sets, RestoreContext, RestoreEngine};
 use crate::store::FileStore;
 
 #[derive(Args, Debug)]
@@ -283,21 +283,42 @@ pub async fn list(mut args: ListArgs) -> i32 {
         .state_dir
         .join("list-scratch")
         .join(format!("{}", std::process::id()));
-    let result = list_points(&target, &scratch).await;
+    let result = list_sets(&target, &scratch).await;
     let _ = std::fs::remove_dir_all(&scratch);
     match result {
-        Ok(points) if points.is_empty() => failure(StepError::new(
+        Ok(l) if l.points.is_empty() && l.damaged.is_empty() => failure(StepError::new(
             crate::api::FailureReason::DomainNotFound,
             format!("the target holds no backups of domain '{}'", args.domain),
         )),
-        Ok(points) => {
+        Ok(l) => {
+            let mut rows: Vec<(Timestamp, [String; 5])> =
+                l.points.iter().map(|p| (p.set_time, list_row(p))).collect();
+            rows.extend(l.damaged.iter().map(|d| {
+                (
+                    d.set_time,
+                    [
+                        d.set_time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        if d.full { "full" } else { "incremental" }.into(),
+                        "?".into(),
+                        "-".into(),
+                        format!("(damaged: {})", d.error.reason),
+                    ],
+                )
+            }));
+            rows.sort_by_key(|(t, _)| *t);
             print!(
                 "{}",
                 table(
                     ["TIME", "TYPE", "CHAIN", "SIZE", "RUN"],
-                    points.iter().map(list_row).collect()
+                    rows.into_iter().map(|(_, r)| r).collect()
                 )
             );
+            if !l.damaged.is_empty() {
+                eprintln!(
+                    "{} backup set(s) cannot be read from the target; `snapback verify --all` says which points they break. Points whose chain holds one cannot be restored: the next backup of the domain starts a new chain when told --type full.",
+                    l.damaged.len()
+                );
+            }
             0
         }
         Err(e) => failure(e),

@@ -151,6 +151,8 @@ pub fn classify(code: u32, text: &str) -> FailureReason {
         53 => FailureReason::TargetFull,                   // backend_no_space
         38 | 50 | 51 | 52 => FailureReason::TargetUnreachable,
         _ if t.contains("no space left") => FailureReason::StagingFull,
+        // duplicity checks each volume against the hash its manifest recorded.
+        _ if t.contains("hash mismatch") => FailureReason::VerificationFailed,
         _ if t.contains("gpg")
             && (t.contains("bad passphrase")
                 || t.contains("decryption failed")
@@ -281,6 +283,13 @@ mod tests {
             FailureReason::TargetFull
         );
         assert_eq!(classify(35, ""), FailureReason::StagingFull);
+        assert_eq!(
+            classify(
+                21,
+                "Invalid data - SHA1 hash mismatch for file: duplicity-inc.X.to.Y.vol1.difftar"
+            ),
+            FailureReason::VerificationFailed
+        );
         assert_eq!(
             classify(30, "Could not connect to the endpoint URL"),
             FailureReason::TargetUnreachable

@@ -1,8 +1,10 @@
 //! Restore: bring a domain back from its backups on the target, as a new domain or in place.
 
+mod fetch;
 pub mod points;
 pub mod select;
 mod steps;
+pub mod verify;
 pub mod xml;
 
 use std::future::Future;

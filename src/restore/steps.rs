@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use super::points::{dup_time, list_points};
+use super::points::list_points;
 use super::select::{chain_for, parse_at, select};
 use super::xml::{rewrite, XmlEdit};
 use super::{RestoreEngine, RestoreJournal};
 use crate::api::{FailureReason, PointRef, RestorePhase, RestoredDisk};
-use crate::duplicity::{self, Action};
 use crate::engine::hooks::{run_hook, HookEnv};
 use crate::engine::manifest::{domain_xml_name, manifest_name, Manifest};
 use crate::engine::{human_bytes, human_duration, staging, Event, StepError};
@@ -291,23 +290,15 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
         Ok(Fetched::Verified)
     }
 
-    /// Restores one file of a member from the target: into `NAME.part`, renamed when whole.
-    async fn fetch_file(&self, run: &str, time: &str, file: &str) -> Result<(), StepError> {
-        let dir = self.member_dir(run);
-        let part = dir.join(format!("{file}.part"));
-        let action = Action::Restore {
-            dest: part.display().to_string(),
-            time: Some(time.to_string()),
-            file: Some(file.to_string()),
-        };
+    /// Restores one file of a member from the target (see `fetch::fetch_file`).
+    async fn fetch_file(&self, run: &str, time: jiff::Timestamp, file: &str) -> Result<(), StepError> {
         let target = self.domain_target();
+        let dir = self.member_dir(run);
         let mut cancel = self.cancel.clone();
         tokio::select! {
-            r = duplicity::run(&target, &action, |_| {}) => { r?; }
-            _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
+            r = super::fetch::fetch_file(&target, &dir, time, file) => r,
+            _ = cancel.changed() => Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
         }
-        std::fs::rename(&part, dir.join(file))
-            .map_err(|e| io_err(&format!("cannot rename {}", part.display()), e))
     }
 
     /// Fetching: restore each chain member's files from the target with duplicity.
@@ -326,14 +317,14 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 i + 1,
                 members.len()
             )));
-            let time = dup_time(m.time);
+            let time = m.time;
             // The manifest came with the listing; fetch it only if that copy is gone.
             let listed = self
                 .work_dir()
                 .join("manifests")
                 .join(manifest_name(&m.run));
             if std::fs::copy(&listed, dir.join(manifest_name(&m.run))).is_err() {
-                self.fetch_file(&m.run, &time, &manifest_name(&m.run))
+                self.fetch_file(&m.run, time, &manifest_name(&m.run))
                     .await?;
             }
             let mut files = Vec::new();
@@ -345,7 +336,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             // One file at a time: duplicity then reads only the volumes that hold it, not every
             // earlier set of the chain (restoring a whole later set re-reads the full).
             for f in files {
-                self.fetch_file(&m.run, &time, &f).await?;
+                self.fetch_file(&m.run, time, &f).await?;
             }
             match self.member_fetched(&m.run).await? {
                 Fetched::Verified => {}

@@ -166,9 +166,15 @@ impl<S: Store> Agent<S> {
 
     /// Drops all work in flight without cancelling it, as a killed process would. The next
     /// agent resumes each run from its recorded status. Used by tests of that promise.
-    pub fn abandon(&self) {
-        for (_, t) in self.tasks.lock().unwrap().drain() {
+    /// Returns once every task is gone: like a dead process, it then holds no lock any more
+    /// (an abort alone takes effect whenever the runtime next polls the task).
+    pub async fn abandon(&self) {
+        let tasks: Vec<Task> = self.tasks.lock().unwrap().drain().map(|(_, t)| t).collect();
+        for t in &tasks {
             t.handle.abort();
+        }
+        for t in tasks {
+            let _ = t.handle.await;
         }
     }
 
