@@ -13,3 +13,16 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
         });
     }
 }
+
+/// A crash point of the crash campaign (tests/crash_campaign.rs, docs/reliability.md): when
+/// `SNAPBACK_CRASH_AT` names this point, the process kills itself with SIGKILL here, exactly
+/// as `kill -9` at that moment would, so every moment can be hit on purpose rather than by
+/// timing. Outside those tests the variable is unset and this is one environment lookup.
+pub fn crash_point(name: &str) {
+    if std::env::var_os("SNAPBACK_CRASH_AT").is_some_and(|v| v == name) {
+        // SAFETY: raising a signal has no memory-safety preconditions.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
+}

@@ -328,8 +328,8 @@ fn files_backups_restore_single_files_and_trees_at_each_point_with_their_metadat
     );
     assert_nothing_attached(&env);
 
+    // `--to` directories do not exist yet: restore creates them, as cp and rsync do.
     let restore = |at: Option<&str>, files: &[&str], to: &Path| {
-        std::fs::create_dir_all(to).unwrap();
         let mut args = vec![
             "restore",
             "--domain",

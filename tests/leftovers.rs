@@ -3,19 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use snapback::api::{BackupPhase, BackupType};
-
-/// The bitmaps stored in a disk image (readable while QEMU runs).
-fn image_bitmaps(disk: &Path) -> Vec<String> {
-    let json = run_ok(
-        "qemu-img",
-        &["info", "-U", "--output=json", disk.to_str().unwrap()],
-    );
-    snapback::libvirt::bitmaps::parse_image_bitmaps(&json).unwrap()
-}
 
 fn hooks_file(env: &Env, yaml: &str) -> String {
     let p = env.dir.join(unique("hooks")).with_extension("yaml");
@@ -125,4 +114,53 @@ fn a_bitmap_a_failed_run_left_without_a_checkpoint_is_removed_by_the_next_run() 
     assert!(!bitmaps.contains(&stray), "{bitmaps:?}");
     assert!(bitmaps.contains(&"other-tool".to_string()), "{bitmaps:?}");
     assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
+}
+
+#[test]
+fn a_vm_whose_qemu_is_killed_during_a_backup_gets_a_clean_full_next_time() {
+    let g = Guest::new(
+        "sbt-qkill",
+        GuestOpts {
+            prefill_mib: 16,
+            ..Default::default()
+        },
+    );
+    let env = Env::new();
+    env.backup(&g.name, &[]).assert_ok();
+    // qemu dies under the running job: nothing is flushed, the bitmaps of this qemu session
+    // are lost with it.
+    let kill = hooks_file(
+        &env,
+        &format!(
+            "onSnapshot:\n- command: [pkill, '-9', '-f', 'guest={},']\n",
+            g.name
+        ),
+    );
+    let out = env.backup(&g.name, &["--hooks-file", &kill]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let failed = env.read_run(&out.name()).status.unwrap();
+    assert_eq!(failed.phase, BackupPhase::Failed);
+    let failed_cp = failed.checkpoint.unwrap();
+    assert!(
+        !g.checkpoints().contains(&failed_cp),
+        "{:?}",
+        g.checkpoints()
+    );
+    assert!(!image_bitmaps(&g.disk).contains(&failed_cp));
+
+    g.start();
+    g.wait_for_writes(g.writes() + 2);
+    let next = env.backup(&g.name, &[]).assert_ok();
+    let s = env.read_run(&next).status.unwrap();
+    assert_eq!(s.type_, Some(BackupType::Full), "{:?}", s.full_reason);
+    assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
+    let v = env.snapback(&[
+        "verify",
+        "--all",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+    ]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }

@@ -56,7 +56,11 @@ fn verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks() 
 
     // Damage the middle point's (first incremental's) volume on the target.
     let s = env.read_run(&runs[1]).status.unwrap();
-    let t = s.target_time.unwrap().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let t = s
+        .target_time
+        .unwrap()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
     let vol = env
         .target_files_of(&g.name)
         .into_iter()

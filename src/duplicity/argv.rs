@@ -61,6 +61,9 @@ pub enum Action {
         time: Option<String>,
     },
     CollectionStatus,
+    /// `cleanup --force`: deletes what failed sessions left (partial sets); complete sets
+    /// are never touched.
+    Cleanup,
     Restore {
         dest: String,
         time: Option<String>,
@@ -152,6 +155,7 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
         }
         Action::ListCurrentFiles { .. } => argv.push("list-current-files".into()),
         Action::CollectionStatus => argv.push("collection-status".into()),
+        Action::Cleanup => argv.push("cleanup".into()),
         Action::Restore { .. } => argv.push("restore".into()),
     }
 
@@ -243,6 +247,10 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
             argv.push(url);
         }
         Action::CollectionStatus => argv.push(url),
+        Action::Cleanup => {
+            argv.push("--force".into());
+            argv.push(url);
+        }
         Action::Restore { dest, time, file } => {
             if let Some(t) = time {
                 argv.push(format!("--time={t}"));

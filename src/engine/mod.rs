@@ -188,7 +188,10 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
             });
         }
         (self.report)(Event::Phase(phase));
-        self.save().await
+        crate::process::crash_point(&format!("backup:before:{phase:?}"));
+        self.save().await?;
+        crate::process::crash_point(&format!("backup:{phase:?}"));
+        Ok(())
     }
 
     pub(crate) fn condition(&mut self, type_: &str, status: bool, reason: &str, message: String) {

@@ -21,6 +21,15 @@ pub async fn restore_files(
     time: Option<String>,
     to: &Path,
 ) -> Result<Restored, StepError> {
+    // Like cp and rsync, a missing destination directory is created.
+    if !to.exists() {
+        std::fs::create_dir_all(to).map_err(|e| {
+            StepError::new(
+                FailureReason::InvalidSpec,
+                format!("--to {}: cannot create it: {e}", to.display()),
+            )
+        })?;
+    }
     if !to.is_dir() {
         return Err(StepError::new(
             FailureReason::InvalidSpec,

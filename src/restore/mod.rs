@@ -94,7 +94,10 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
         self.status_mut().phase = phase;
         self.status_mut().progress = None;
         (self.report)(Event::Note(format!("{phase:?}")));
-        self.save().await
+        crate::process::crash_point(&format!("restore:before:{phase:?}"));
+        self.save().await?;
+        crate::process::crash_point(&format!("restore:{phase:?}"));
+        Ok(())
     }
 
     pub(crate) fn condition(&mut self, type_: &str, status: bool, reason: &str, message: String) {

@@ -291,7 +291,12 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
     }
 
     /// Restores one file of a member from the target (see `fetch::fetch_file`).
-    async fn fetch_file(&self, run: &str, time: jiff::Timestamp, file: &str) -> Result<(), StepError> {
+    async fn fetch_file(
+        &self,
+        run: &str,
+        time: jiff::Timestamp,
+        file: &str,
+    ) -> Result<(), StepError> {
         let target = self.domain_target();
         let dir = self.member_dir(run);
         let mut cancel = self.cancel.clone();
@@ -337,6 +342,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             // earlier set of the chain (restoring a whole later set re-reads the full).
             for f in files {
                 self.fetch_file(&m.run, time, &f).await?;
+                crate::process::crash_point("restore:fetching:file");
             }
             match self.member_fetched(&m.run).await? {
                 Fetched::Verified => {}
@@ -418,6 +424,9 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 FailureReason::VerificationFailed,
                 FailureReason::StorageFull,
                 |pct| {
+                    if pct > 0.0 {
+                        crate::process::crash_point("restore:rebuilding:converting");
+                    }
                     report(Event::Progress {
                         stage: "Rebuilding",
                         done: base_done + (vsize as f64 * pct / 100.0) as u64,
@@ -487,6 +496,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 let xml = rewrite(&self.saved_xml()?, &edit)
                     .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
                 let uuid = self.host.define(xml).await?;
+                crate::process::crash_point("restore:defining:defined");
                 self.status_mut().defined_uuid = Some(uuid);
                 self.save().await?;
             }
@@ -515,6 +525,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             let xml = rewrite(&view.inactive_xml, &edit)
                 .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
             let uuid = self.host.define(xml).await?;
+            crate::process::crash_point("restore:defining:swapped");
             let s = self.status_mut();
             s.defined_uuid = Some(uuid);
             s.swapped = true;

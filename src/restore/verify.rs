@@ -83,8 +83,9 @@ async fn verify_in(
     }
     let chosen: Vec<usize> = match which {
         Which::All => (0..points.len()).collect(),
-        Which::One(at) => vec![select(&points, at)
-            .map_err(|m| StepError::new(FailureReason::InvalidSpec, m))?],
+        Which::One(at) => {
+            vec![select(&points, at).map_err(|m| StepError::new(FailureReason::InvalidSpec, m))?]
+        }
     };
     // One chain at a time: its members are fetched once for all of its points.
     let mut by_chain: BTreeMap<jiff::Timestamp, Vec<usize>> = BTreeMap::new();

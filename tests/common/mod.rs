@@ -344,11 +344,19 @@ impl Env {
 
     /// Runs `snapback ARGS --state-dir STATE --connect URI`.
     pub fn snapback(&self, args: &[&str]) -> SnapOut {
+        self.snapback_with(args, &[])
+    }
+
+    /// `snapback` with more environment for this one call.
+    pub fn snapback_with(&self, args: &[&str], env: &[(&str, &str)]) -> SnapOut {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
         cmd.args(args)
             .env("SNAPBACK_STATE_DIR", &self.state)
             .env("SNAPBACK_CONNECT", connect_uri());
         for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
             cmd.env(k, v);
         }
         let o = cmd.output().expect("run snapback");
@@ -504,6 +512,15 @@ impl SnapOut {
         );
         self.name()
     }
+}
+
+/// The bitmaps stored in a disk image (readable while QEMU runs).
+pub fn image_bitmaps(disk: &Path) -> Vec<String> {
+    let json = run_ok(
+        "qemu-img",
+        &["info", "-U", "--output=json", disk.to_str().unwrap()],
+    );
+    snapback::libvirt::bitmaps::parse_image_bitmaps(&json).unwrap()
 }
 
 /// The promise after every run: the domain runs on its original disks, no block job is

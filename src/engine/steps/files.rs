@@ -34,6 +34,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             .map(|d| (d.name.clone(), staging.join(&d.export_file)))
             .collect();
         let mounted = attach(&layout, &exports).await?;
+        crate::process::crash_point("files:mounted");
         let result = self.upload_tree(&layout, &mounted).await;
         // Always taken down, whatever duplicity did; a crash here is undone by the next start.
         let detached = detach(&layout).await;

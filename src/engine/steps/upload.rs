@@ -14,6 +14,8 @@ impl<J: Journal> BackupEngine<'_, J> {
         // lists the files of a partial set from its local cache as if they were uploaded.)
         if self.status().upload_attempts > 0 {
             (self.report)(Event::Note("resuming the interrupted upload".into()));
+        } else {
+            self.remove_partial_sets().await?;
         }
         self.status_mut().upload_attempts += 1;
         self.save().await?;
@@ -24,6 +26,24 @@ impl<J: Journal> BackupEngine<'_, J> {
         }
         self.status_mut().uploaded = true;
         self.enter(BackupPhase::Finalizing).await
+    }
+
+    /// A partial set on the target is what a failed run left (a run that was only killed is
+    /// resumed before a new run of its domain and target starts, and holds its lock till
+    /// then). Left there, duplicity would "restart" it with this run's files, so it goes.
+    async fn remove_partial_sets(&mut self) -> Result<(), StepError> {
+        let target = self.domain_target();
+        let names = duplicity::backend::list(&target).await?;
+        if duplicity::names::newest_time(&names) == duplicity::names::newest_complete_time(&names) {
+            return Ok(());
+        }
+        (self.report)(Event::Note(
+            "removing the partial set a failed run left on the target".into(),
+        ));
+        duplicity::run(&target, &Action::Cleanup, |_| {})
+            .await
+            .map(|_| ())
+            .map_err(StepError::from)
     }
 
     async fn run_duplicity(&mut self) -> Result<(), StepError> {
@@ -69,6 +89,10 @@ impl<J: Journal> BackupEngine<'_, J> {
         let result = {
             let report = &self.report;
             let fut = duplicity::run(&target, &action, move |t| {
+                // A volume is on the target and more are to come.
+                if t.bytes < total {
+                    crate::process::crash_point("backup:uploading:partial");
+                }
                 *seen.lock().unwrap() = Some(t.bytes);
                 report(Event::Progress {
                     stage: "Uploading",

@@ -1,0 +1,465 @@
+//! The crash campaign: `kill -9` at every step of a backup and of a restore, then `snapback
+//! resume`. The process is killed at named crash points (`SNAPBACK_CRASH_AT`, see
+//! `snapback::process::crash_point`), so each moment is hit on purpose, not by timing.
+//!
+//! docs/reliability.md is rendered from the tables below; a test fails when it is stale
+//! (`SNAPBACK_WRITE_DOCS=1 cargo test --test crash_campaign reliability` rewrites it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use snapback::api::{BackupPhase, RestorePhase, RestoreRequest};
+
+/// A kill -9 at a crash point, what the test checks afterwards, and the outcome.
+struct Crash {
+    point: &'static str,
+    when: &'static str,
+}
+
+const BACKUP_CRASHES: &[Crash] = &[
+    Crash {
+        point: "backup:Preparing",
+        when: "the run is recorded, nothing is decided yet",
+    },
+    Crash {
+        point: "backup:before:Snapshotting",
+        when: "full or incremental decided, not yet recorded",
+    },
+    Crash {
+        point: "backup:Snapshotting",
+        when: "Snapshotting recorded, before hooks, freeze and the job",
+    },
+    Crash {
+        point: "backup:exporting:job-active",
+        when: "mid-export: the push-mode job is copying",
+    },
+    Crash {
+        point: "backup:Exporting",
+        when: "Exporting recorded, job running or done",
+    },
+    Crash {
+        point: "backup:Uploading",
+        when: "exports sealed (checksums, manifest), before duplicity",
+    },
+    Crash {
+        point: "backup:uploading:partial",
+        when: "mid-upload: some volumes on the target, more to come",
+    },
+    Crash {
+        point: "backup:Finalizing",
+        when: "the set is on the target, old checkpoints not yet pruned",
+    },
+    Crash {
+        point: "backup:before:Succeeded",
+        when: "staging emptied and hooks run, success not yet recorded",
+    },
+];
+
+const RESTORE_CRASHES: &[Crash] = &[
+    Crash {
+        point: "restore:Resolving",
+        when: "the request is recorded, the point not yet chosen",
+    },
+    Crash {
+        point: "restore:Fetching",
+        when: "point and chain chosen, nothing fetched",
+    },
+    Crash {
+        point: "restore:fetching:file",
+        when: "mid-fetch: one file of the chain fetched",
+    },
+    Crash {
+        point: "restore:rebuilding:converting",
+        when: "mid-rebuild: the disk is being written (as .part)",
+    },
+    Crash {
+        point: "restore:Defining",
+        when: "disks rebuilt and checked, nothing defined",
+    },
+    Crash {
+        point: "restore:defining:defined",
+        when: "the new domain is defined, its UUID not yet recorded",
+    },
+    Crash {
+        point: "restore:before:Succeeded",
+        when: "everything done, success not yet recorded",
+    },
+];
+
+/// Checked after every backup crash and its resume.
+const BACKUP_CHECKS: &str = "resume ends the run Succeeded; the domain runs on its original disk with no job; only the chain's newest checkpoint is left in libvirt and no bitmap of another run in the image; staging is empty; `snapback verify` reads the newest point back intact; the next backup succeeds; at the end every point verifies and the newest restores byte-exact";
+/// Checked after every restore crash and its resume.
+const RESTORE_CHECKS: &str = "resume ends the request Succeeded; exactly one new domain is defined, on the final disk path, and the disk equals the paused source at the point byte for byte; no `.part` file is left; the original domain is untouched";
+
+/// Other failures, each covered by the named test.
+const FAULTS: &[(&str, &str, &str)] = &[
+    (
+        "the VM is destroyed while the backup job runs",
+        "Failed (BackupJobFailed); the failed run's checkpoint and bitmap are removed though the domain is shut off; the next backup is clean",
+        "leftovers.rs: a_vm_destroyed_during_a_backup_keeps_no_checkpoint_or_bitmap_of_the_failed_run",
+    ),
+    (
+        "the VM's qemu is killed (kill -9) while the backup job runs",
+        "Failed; its checkpoint is removed; the lost bitmaps make the next run a full that says why; every point verifies",
+        "leftovers.rs: a_vm_whose_qemu_is_killed_during_a_backup_gets_a_clean_full_next_time",
+    ),
+    (
+        "the target filesystem fills up during the upload; then turns read-only",
+        "Failed TargetFull, then TargetUnreachable; the VM is as it was; earlier points verify; the chain goes on once there is room",
+        "target_faults.rs: a_full_or_read_only_target_filesystem_fails_the_run_with_its_reason_and_harms_nothing",
+    ),
+    (
+        "the S3 server goes away between two backups",
+        "Failed TargetUnreachable; the VM is as it was",
+        "target_faults.rs: an_s3_server_that_goes_away_fails_the_run_as_target_unreachable_and_harms_nothing",
+    ),
+    (
+        "secrets: passphrase and cloud keys through backup, verify and restore",
+        "never in a child's argv (recorded by wrappers), the output, the run records or any file under the state dir",
+        "secrets.rs: passphrases_and_cloud_keys_never_reach_argv_output_records_or_files",
+    ),
+    (
+        "arbitrary input to every parser (duplicity logs, manifests, URLs, cron, durations, sizes, retention, hooks, config dirs, names)",
+        "no panic; refusals say what is wrong; a domain name never leaves its directory on the target",
+        "parsers_never_panic.rs: a_domain_name_never_leaves_its_directory_on_the_target",
+    ),
+    (
+        "a bitmap an earlier failed run left without a checkpoint",
+        "removed by the next run (QMP while running); another tool's bitmap is kept",
+        "leftovers.rs: a_bitmap_a_failed_run_left_without_a_checkpoint_is_removed_by_the_next_run",
+    ),
+    (
+        "qemu crashes: the bitmap is lost",
+        "the next run is a full with fullReason CheckpointInconsistent",
+        "backup_live.rs: auto_takes_a_full_and_says_why_when_the_bitmap_is_lost_in_a_qemu_crash",
+    ),
+    (
+        "several backups in one second; the clock steps back and stands still",
+        "each set gets its own time after the target's newest; all restore; the chain goes on",
+        "target_clock.rs: backups_in_one_frozen_second_after_the_clock_stepped_back_each_keep_their_own_restorable_set",
+    ),
+    (
+        "a volume on the target is damaged",
+        "verify names the broken points (VerificationFailed) and the sound ones; list still lists; a new full starts a sound chain",
+        "verify.rs: verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks",
+    ),
+    (
+        "SIGTERM during a run",
+        "Failed (Interrupted); cleaned up; the next backup is incremental",
+        "backup_safety.rs: sigterm_mid_run_cleans_up_and_fails_as_interrupted",
+    ),
+    (
+        "a second run on the same domain and target",
+        "refused Busy; the first is unharmed",
+        "backup_safety.rs: a_second_run_on_the_same_domain_and_target_is_refused_as_busy",
+    ),
+    (
+        "killed with the guest frozen and paused",
+        "resume thaws and resumes the guest first",
+        "backup_safety.rs: a_run_that_died_with_the_guest_frozen_and_paused_gives_it_back_on_resume",
+    ),
+    (
+        "a files-mode run killed while the guest disks are mounted",
+        "the next start detaches everything and finishes the run",
+        "files_mode.rs: a_files_run_killed_while_mounted_is_cleaned_up_and_finished_by_the_next_start",
+    ),
+    (
+        "a restore interrupted (SIGTERM)",
+        "rolled back: no half-written disk, nothing defined",
+        "restore.rs: an_interrupted_restore_rolls_back_and_leaves_no_half_written_disk",
+    ),
+    (
+        "the agent dies mid-run (Kubernetes mode)",
+        "the next agent resumes the run; one upload",
+        "agent_live.rs: a_run_in_flight_when_its_agent_dies_is_resumed_by_the_next_agent_and_runs_once",
+    ),
+];
+
+fn render_doc() -> String {
+    let mut s = String::from(
+        "# Reliability: what was tried, and what happened\n\n\
+         Generated from `tests/crash_campaign.rs` (`SNAPBACK_WRITE_DOCS=1 cargo test --test \
+         crash_campaign reliability`); a test fails when this file and the tests disagree.\n\
+         Every row is an automated test on a real libvirtd, qemu, duplicity and target.\n\n\
+         ## kill -9 at every step of a backup, then `snapback resume`\n\n",
+    );
+    s.push_str(&format!("Checked every time: {BACKUP_CHECKS}.\n\n"));
+    s.push_str("| crash point | the moment |\n|---|---|\n");
+    for c in BACKUP_CRASHES {
+        s.push_str(&format!("| `{}` | {} |\n", c.point, c.when));
+    }
+    s.push_str(
+        "\n## kill -9 at every step of a restore as a new domain, then `snapback resume`\n\n",
+    );
+    s.push_str(&format!("Checked every time: {RESTORE_CHECKS}.\n\n"));
+    s.push_str("| crash point | the moment |\n|---|---|\n");
+    for c in RESTORE_CRASHES {
+        s.push_str(&format!("| `{}` | {} |\n", c.point, c.when));
+    }
+    s.push_str("\n## Faults\n\n| what happens | outcome | test |\n|---|---|---|\n");
+    for (what, outcome, test) in FAULTS {
+        s.push_str(&format!("| {what} | {outcome} | `{test}` |\n"));
+    }
+    s
+}
+
+#[test]
+fn reliability_doc_matches_the_campaign_and_names_only_tests_that_exist() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reliability.md");
+    let doc = render_doc();
+    if std::env::var_os("SNAPBACK_WRITE_DOCS").is_some() {
+        std::fs::write(&path, &doc).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == doc,
+        "docs/reliability.md is stale: SNAPBACK_WRITE_DOCS=1 cargo test --test crash_campaign reliability"
+    );
+    for (_, _, test) in FAULTS {
+        let (file, name) = test.split_once(": ").unwrap();
+        let src = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(file),
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            src.contains(&format!("fn {name}(")),
+            "{file} has no test {name}"
+        );
+    }
+}
+
+fn crash(env: &Env, point: &str, args: &[&str]) {
+    let out = env.snapback_with(args, &[("SNAPBACK_CRASH_AT", point)]);
+    assert_eq!(
+        out.code, -1,
+        "{point}: the process must die by SIGKILL there:\n{}",
+        out.stderr
+    );
+}
+
+fn resume(env: &Env, point: &str) {
+    let out = env.snapback(&["resume", "--target", &env.target]);
+    assert_eq!(
+        out.code, 0,
+        "{point}: resume failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+}
+
+fn newest_succeeded_checkpoint(env: &Env) -> String {
+    snapback::store::FileStore::new(&env.state)
+        .backup_runs()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.status)
+        .filter(|s| s.phase == BackupPhase::Succeeded)
+        .max_by_key(|s| s.target_time)
+        .and_then(|s| s.checkpoint)
+        .unwrap()
+}
+
+#[test]
+fn a_backup_killed_at_any_step_is_finished_by_resume_and_leaves_the_vm_and_target_sound() {
+    let g = Guest::new(
+        "sbt-crashb",
+        GuestOpts {
+            prefill_mib: 24,
+            write_mib: 8,
+            ..Default::default()
+        },
+    );
+    let env = Env::new();
+    env.backup(&g.name, &[]).assert_ok();
+    for c in BACKUP_CRASHES {
+        g.wait_for_writes(g.writes() + 2);
+        // Small volumes and a full make several volumes, so an upload can be cut mid-way.
+        let mut args = vec![
+            "backup",
+            "--domain",
+            &g.name,
+            "--target",
+            &env.target,
+            "--volsize",
+            "1",
+        ];
+        if c.point == "backup:uploading:partial" {
+            args.extend(["--type", "full"]);
+        }
+        crash(&env, c.point, &args);
+        resume(&env, c.point);
+        let runs = snapback::store::FileStore::new(&env.state)
+            .backup_runs()
+            .unwrap();
+        for r in &runs {
+            let s = r.status.clone().unwrap_or_default();
+            assert_eq!(
+                s.phase,
+                BackupPhase::Succeeded,
+                "{}: run {:?} ended {:?} {:?}",
+                c.point,
+                r.metadata.name,
+                s.phase,
+                s.failure
+            );
+        }
+        let newest = newest_succeeded_checkpoint(&env);
+        assert_left_clean(&g, &env, true, std::slice::from_ref(&newest));
+        let stray: Vec<String> = image_bitmaps(&g.disk)
+            .into_iter()
+            .filter(|b| b.starts_with("snapback-") && *b != newest)
+            .collect();
+        assert!(stray.is_empty(), "{}: bitmaps left {stray:?}", c.point);
+        let v = env.snapback(&["verify", "--domain", &g.name, "--target", &env.target]);
+        assert_eq!(v.code, 0, "{}: {}\n{}", c.point, v.stdout, v.stderr);
+    }
+    let v = env.snapback(&[
+        "verify",
+        "--all",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+    ]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(v.stdout.lines().count(), BACKUP_CRASHES.len() + 2);
+    // The chain goes on, and its newest point restores byte for byte.
+    let (_, reference) = backup_paused(&env, &g, &[]);
+    let dir = env.dir.join("restored");
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = format!("{}-r", g.name);
+    let out = env.snapback(&[
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--as",
+        &new,
+        "--storage-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let _ = virsh(&["undefine", &new]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            reference.to_str().unwrap(),
+            dir.join(format!("{new}-vda.qcow2")).to_str().unwrap(),
+        ],
+    );
+}
+
+fn restore_requests(env: &Env) -> Vec<RestoreRequest> {
+    let dir = env.state.join("restorerequests");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    serde_saphyr::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every `.part` file below `dir`.
+fn part_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "part") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_restore_killed_at_any_step_is_finished_by_resume_byte_exact_and_defines_one_domain() {
+    let g = Guest::new(
+        "sbt-crashr",
+        GuestOpts {
+            prefill_mib: 24,
+            write_mib: 8,
+            ..Default::default()
+        },
+    );
+    let env = Env::new();
+    env.backup(&g.name, &["--volsize", "1"]).assert_ok();
+    g.wait_for_writes(g.writes() + 3);
+    let (_, reference) = backup_paused(&env, &g, &["--volsize", "1"]);
+    for (i, c) in RESTORE_CRASHES.iter().enumerate() {
+        let new = format!("{}-r{i}", g.name);
+        let dir = env.dir.join(format!("storage-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        crash(
+            &env,
+            c.point,
+            &[
+                "restore",
+                "--domain",
+                &g.name,
+                "--target",
+                &env.target,
+                "--as",
+                &new,
+                "--storage-dir",
+                dir.to_str().unwrap(),
+            ],
+        );
+        resume(&env, c.point);
+        let req = restore_requests(&env)
+            .into_iter()
+            .find(|r| r.spec.new_name.as_deref() == Some(new.as_str()))
+            .unwrap_or_else(|| panic!("{}: no request for {new}", c.point));
+        let s = req.status.unwrap();
+        assert_eq!(
+            s.phase,
+            RestorePhase::Succeeded,
+            "{}: {:?}",
+            c.point,
+            s.failure
+        );
+        let defined: Vec<String> = virsh_ok(&["list", "--all", "--name"])
+            .lines()
+            .filter(|l| l.trim() == new)
+            .map(str::to_string)
+            .collect();
+        assert_eq!(defined.len(), 1, "{}: one domain {new}", c.point);
+        let disk = dir.join(format!("{new}-vda.qcow2"));
+        let xml = virsh_ok(&["dumpxml", &new]);
+        assert!(
+            xml.contains(&format!("file='{}'", disk.display())),
+            "{}: the domain must use the final disk:\n{xml}",
+            c.point
+        );
+        run_ok(
+            "qemu-img",
+            &[
+                "compare",
+                reference.to_str().unwrap(),
+                disk.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            part_files(&dir).is_empty(),
+            "{}: {:?}",
+            c.point,
+            part_files(&dir)
+        );
+        let _ = virsh(&["undefine", &new]);
+    }
+    // The source domain was never touched.
+    assert_eq!(g.state(), "running");
+    assert_eq!(g.disk_sources(), vec![g.disk.display().to_string()]);
+}
