@@ -32,8 +32,8 @@ const BACKUP_CRASHES: &[Crash] = &[
         when: "Snapshotting recorded, before hooks, freeze and the job",
     },
     Crash {
-        point: "backup:exporting:job-active",
-        when: "mid-export: the push-mode job is copying",
+        point: "backup:snapshotting:job-begun",
+        when: "the push-mode job has just begun (its checkpoint exists), the guest not yet thawed or resumed, nothing recorded of it",
     },
     Crash {
         point: "backup:Exporting",
@@ -286,7 +286,7 @@ fn a_backup_killed_at_any_step_is_finished_by_resume_and_leaves_the_vm_and_targe
             "--volsize",
             "1",
         ];
-        if c.point == "backup:uploading:partial" {
+        if c.point == "backup:uploading:partial" || c.point == "backup:snapshotting:job-begun" {
             args.extend(["--type", "full"]);
         }
         crash(&env, c.point, &args);

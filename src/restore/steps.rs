@@ -479,26 +479,37 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             .map(|d| (d.name.clone(), d.path.clone()))
             .collect();
         if let Some(new) = &spec.new_name {
-            let already = self.status().defined_uuid.clone();
-            let exists = match &already {
-                Some(u) => self.host.domain(u).await.is_ok(),
-                None => false,
+            // The UUID is chosen and recorded first: a restore resumed after the define can
+            // then find its own domain, where libvirt would refuse a second define of the name.
+            let uuid = match self.status().defined_uuid.clone() {
+                Some(u) => u,
+                None => {
+                    let u = uuid::Uuid::new_v4().to_string();
+                    self.status_mut().defined_uuid = Some(u.clone());
+                    self.save().await?;
+                    u
+                }
             };
-            if !exists {
+            if self.host.domain(&uuid).await.is_err() {
                 let storage = Path::new(&self.status().disks[0].path)
                     .parent()
                     .map(|p| p.display().to_string());
                 let edit = XmlEdit {
                     new_name: Some(new.clone()),
+                    new_uuid: Some(uuid.clone()),
                     disk_paths,
                     log_dir: storage,
                 };
                 let xml = rewrite(&self.saved_xml()?, &edit)
                     .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
-                let uuid = self.host.define(xml).await?;
+                let defined = self.host.define(xml).await?;
                 crate::process::crash_point("restore:defining:defined");
-                self.status_mut().defined_uuid = Some(uuid);
-                self.save().await?;
+                if defined != uuid {
+                    return Err(StepError::new(
+                        FailureReason::Internal,
+                        format!("libvirt defined {new} as {defined}, not {uuid}"),
+                    ));
+                }
             }
         } else if !self.status().swapped {
             self.hooks("preRecovery", vec![]).await?;
@@ -519,6 +530,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             }
             let edit = XmlEdit {
                 new_name: None,
+                new_uuid: None,
                 disk_paths,
                 log_dir: None,
             };

@@ -11,8 +11,12 @@ use crate::libvirt::domain_xml::escape_attr;
 /// What to change in the saved XML.
 #[derive(Clone, Debug, Default)]
 pub struct XmlEdit {
-    /// A new name; with it the UUID and MAC addresses are dropped so libvirt makes new ones.
+    /// A new name; with it the MAC addresses are dropped so libvirt makes new ones, and the
+    /// UUID is replaced by `new_uuid` (or dropped for libvirt to choose one).
     pub new_name: Option<String>,
+    /// The new domain's UUID. Chosen and recorded before the define, a resumed restore can
+    /// tell its own domain from a stranger's of the same name.
+    pub new_uuid: Option<String>,
     /// Disk target dev → the restored image (qcow2, no backing file).
     pub disk_paths: BTreeMap<String, String>,
     /// For a new domain: file-backed serial/console logs move here, so two domains never
@@ -32,8 +36,18 @@ pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
     if let Some(name) = &edit.new_name {
         let n = child(root, "name").ok_or("saved domain XML has no <name>")?;
         edits.push((n.range(), format!("<name>{}</name>", escape_attr(name))));
-        if let Some(u) = child(root, "uuid") {
-            edits.push((u.range(), String::new()));
+        let uuid = edit
+            .new_uuid
+            .as_ref()
+            .map(|u| format!("<uuid>{}</uuid>", escape_attr(u)))
+            .unwrap_or_default();
+        match child(root, "uuid") {
+            Some(u) => edits.push((u.range(), uuid)),
+            None if !uuid.is_empty() => {
+                let end = n.range().end;
+                edits.push((end..end, uuid));
+            }
+            None => {}
         }
     }
     let Some(devices) = child(root, "devices") else {
@@ -131,6 +145,7 @@ mod tests {
     fn edit(new_name: Option<&str>) -> XmlEdit {
         XmlEdit {
             new_name: new_name.map(String::from),
+            new_uuid: None,
             disk_paths: [("vda".to_string(), "/restore/web2-vda.qcow2".to_string())].into(),
             log_dir: new_name.map(|_| "/restore".to_string()),
         }
@@ -156,6 +171,17 @@ mod tests {
             out.contains("<source network='default'/>"),
             "untouched parts stay as they were"
         );
+    }
+
+    #[test]
+    fn a_new_domain_takes_the_uuid_chosen_for_it() {
+        let mut e = edit(Some("web2"));
+        e.new_uuid = Some("5f0c4b2e-8d1a-4c3e-9b7f-2a6d1e0c9b88".into());
+        let f = parse_domain(&rewrite(XML, &e).unwrap()).unwrap();
+        assert_eq!(f.uuid, "5f0c4b2e-8d1a-4c3e-9b7f-2a6d1e0c9b88");
+        let no_uuid = XML.replace("  <uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid>\n", "");
+        let f = parse_domain(&rewrite(&no_uuid, &e).unwrap()).unwrap();
+        assert_eq!(f.uuid, "5f0c4b2e-8d1a-4c3e-9b7f-2a6d1e0c9b88");
     }
 
     #[test]

@@ -33,7 +33,6 @@ impl<J: Journal> BackupEngine<'_, J> {
         loop {
             match self.host.job(&id).await? {
                 JobState::Active { done, total } => {
-                    crate::process::crash_point("backup:exporting:job-active");
                     (self.report)(Event::Progress {
                         stage: "Exporting",
                         done,

@@ -135,6 +135,9 @@ impl<J: Journal> BackupEngine<'_, J> {
             .as_ref()
             .map(|cp| domain_xml::checkpoint_create_xml(cp, &disk_names));
         let begun = self.host.begin_backup(&id, backup, checkpoint).await;
+        if begun.is_ok() {
+            crate::process::crash_point("backup:snapshotting:job-begun");
+        }
         self.status_mut().snapshot_time = Some(Timestamp::now());
         // Thaw (and resume) whatever happened: the job's point in time is fixed once it began.
         self.undo_freeze_and_pause(window_start).await?;
