@@ -69,8 +69,12 @@ fn a_full_or_read_only_target_filesystem_fails_the_run_with_its_reason_and_harms
             filler.to_str().unwrap(),
         ],
     );
-    env.backup(&g.name, &["--type", "full", "--volsize", "2"])
-        .assert_failed_with("TargetFull");
+    // One attempt: duplicity waits 30 s between retries.
+    env.backup(
+        &g.name,
+        &["--type", "full", "--volsize", "2", "--num-retries", "1"],
+    )
+    .assert_failed_with("TargetFull");
     assert_left_clean(&g, &env, true, std::slice::from_ref(&cp));
     std::fs::remove_file(&filler).unwrap();
     let v = verify_all(&env, &g.name, &[]);
@@ -81,7 +85,7 @@ fn a_full_or_read_only_target_filesystem_fails_the_run_with_its_reason_and_harms
         "mount",
         &["-o", "remount,ro", env.target_dir.to_str().unwrap()],
     );
-    let out = env.backup(&g.name, &["--volsize", "2"]);
+    let out = env.backup(&g.name, &["--volsize", "2", "--num-retries", "1"]);
     out.assert_failed_with("TargetUnreachable");
     assert_left_clean(&g, &env, true, std::slice::from_ref(&cp));
     run_ok(

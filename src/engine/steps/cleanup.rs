@@ -62,6 +62,13 @@ impl<J: Journal> BackupEngine<'_, J> {
                 }
             }
         }
+        // A failed upload leaves a partial set on the target; duplicity would list it as a
+        // point of the chain (its volumes cut short) until something removes it.
+        if s.upload_attempts > 0 && !s.uploaded {
+            if let Err(e) = self.remove_partial_sets().await {
+                problems.push(format!("remove the partial set from the target: {e}"));
+            }
+        }
         if s.staging_dir.is_some() {
             if self.files_mode() {
                 let layout = crate::files::attach::Layout::for_staging(&self.staging());

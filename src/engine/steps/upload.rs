@@ -31,7 +31,7 @@ impl<J: Journal> BackupEngine<'_, J> {
     /// A partial set on the target is what a failed run left (a run that was only killed is
     /// resumed before a new run of its domain and target starts, and holds its lock till
     /// then). Left there, duplicity would "restart" it with this run's files, so it goes.
-    async fn remove_partial_sets(&mut self) -> Result<(), StepError> {
+    pub(crate) async fn remove_partial_sets(&mut self) -> Result<(), StepError> {
         let target = self.domain_target();
         let names = duplicity::backend::list(&target).await?;
         if duplicity::names::newest_time(&names) == duplicity::names::newest_complete_time(&names) {
