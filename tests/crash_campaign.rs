@@ -141,6 +141,16 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "target_clock.rs: backups_in_one_frozen_second_after_the_clock_stepped_back_each_keep_their_own_restorable_set",
     ),
     (
+        "the single-host daemon's clock jumps over a tick, back before it and over it again, then two days ahead",
+        "one run for the tick, none doubled; after the jump ahead the newest tick runs and the one between is counted in missedSchedules",
+        "standalone_daemon.rs: the_daemon_loses_and_doubles_no_run_when_its_clock_jumps_back_and_forth",
+    ),
+    (
+        "restore names that would leave the storage dir (`--as ../x`, `a/b`, control characters)",
+        "refused InvalidSpec; nothing defined or written",
+        "restore.rs: bad_restore_input_gets_a_clear_reason_and_changes_nothing",
+    ),
+    (
         "a volume on the target is damaged",
         "verify names the broken points (VerificationFailed) and the sound ones; list still lists; a new full starts a sound chain",
         "verify.rs: verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks",

@@ -56,7 +56,7 @@ fn a_vm_destroyed_during_a_backup_keeps_no_checkpoint_or_bitmap_of_the_failed_ru
     let s = env.read_run(&next).status.unwrap();
     assert_eq!(s.phase, BackupPhase::Succeeded);
     let newest = s.checkpoint.clone().unwrap();
-    assert_left_clean(&g, &env, true, &[newest.clone()]);
+    assert_left_clean(&g, &env, true, std::slice::from_ref(&newest));
     let mut left = image_bitmaps(&g.disk);
     left.retain(|b| b.starts_with("snapback-"));
     assert!(

@@ -515,6 +515,13 @@ fn bad_restore_input_gets_a_clear_reason_and_changes_nothing() {
         ]),
         "InvalidSpec",
     );
+    // Names that would leave the storage dir, or a domain name libvirt would take apart.
+    for bad in ["../sbt-x7", "sbt/x7", "sbt-x7\n"] {
+        expect(
+            restore(&["--domain", &g.name, "--as", bad, "--storage-dir", d]),
+            "InvalidSpec",
+        );
+    }
     // A storage dir too small for the disk.
     let small = env.dir.join("small");
     std::fs::create_dir_all(&small).unwrap();

@@ -12,12 +12,17 @@ use snapback::api::{BackupPhase, BackupRun, RestorePhase, RestoreRequest};
 use snapback::store::FileStore;
 
 fn start(env: &Env, config: &std::path::Path) -> Child {
+    start_with(env, config, &[])
+}
+
+fn start_with(env: &Env, config: &std::path::Path, extra: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_snapback"))
         .args(["standalone", "--config"])
         .arg(config)
         .args(["--interval", "1"])
         .env("SNAPBACK_STATE_DIR", &env.state)
         .env("SNAPBACK_CONNECT", connect_uri())
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::OpenOptions::new()
@@ -168,4 +173,107 @@ fn the_daemon_runs_its_schedule_survives_a_kill_and_picks_up_a_new_restore_reque
     assert!(code.success(), "SIGTERM stops the daemon cleanly: {code:?}");
     let log = std::fs::read_to_string(env.dir.join("daemon.log")).unwrap();
     assert!(log.contains("config reloaded"), "{log}");
+}
+
+/// The daemon's clock, moved by the test: libfaketime reads it from a file on every call.
+struct FakeClock(std::path::PathBuf);
+impl FakeClock {
+    fn set(&self, at: &str) {
+        // '@' makes the clock run on from `at`.
+        std::fs::write(&self.0, format!("@{at}\n")).unwrap();
+    }
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "LD_PRELOAD",
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".into(),
+            ),
+            ("FAKETIME_TIMESTAMP_FILE", self.0.display().to_string()),
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ]
+    }
+}
+
+#[test]
+fn the_daemon_loses_and_doubles_no_run_when_its_clock_jumps_back_and_forth() {
+    let g = Guest::new("sbd-clock", GuestOpts::default());
+    let env = Env::new();
+    let cfg = env.dir.join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("target.yaml"),
+        format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata: {{name: local}}\nspec: {{url: '{}'}}\n",
+            env.target
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        cfg.join("policy.yaml"),
+        format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {{name: nightly}}\nspec:\n  domainSelector: {{names: [{}]}}\n  targetRef: local\n  schedule: '0 2 * * *'\n",
+            g.name
+        ),
+    )
+    .unwrap();
+    let clock = FakeClock(env.dir.join("clock"));
+    clock.set("2026-03-01 01:58:00");
+    let mut d = start_with(&env, &cfg, &clock.env());
+    let store = FileStore::new(&env.state);
+    let policy = || {
+        store
+            .read::<snapback::api::BackupPolicy>("backuppolicies", "nightly")
+            .ok()
+            .and_then(|p| p.status)
+    };
+    let runs = || -> Vec<String> {
+        let mut v: Vec<String> = store
+            .backup_runs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.spec.policy_ref.as_deref() == Some("nightly"))
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == BackupPhase::Succeeded)
+            })
+            .filter_map(|r| r.metadata.name)
+            .collect();
+        v.sort();
+        v
+    };
+    wait(&env, "the daemon to see the policy", 60, || {
+        policy().and_then(|s| s.last_schedule_time)
+    });
+
+    // Forward over the 02:00 tick: one run.
+    clock.set("2026-03-01 02:00:30");
+    wait(&env, "the 02:00 run", 120, || {
+        (runs().len() == 1).then_some(())
+    });
+    // Back before the tick (NTP steps the clock back), then over it again: no second run.
+    clock.set("2026-03-01 01:59:50");
+    std::thread::sleep(Duration::from_secs(3));
+    clock.set("2026-03-01 02:00:40");
+    std::thread::sleep(Duration::from_secs(3));
+    // Forward two days: the newest tick runs, the one in between is counted as missed.
+    clock.set("2026-03-03 02:00:30");
+    wait(&env, "the catch-up run", 120, || {
+        (runs().len() == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    d.kill().unwrap();
+    d.wait().unwrap();
+
+    let names = runs();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].ends_with("20260301-0200"), "{names:?}");
+    assert!(names[1].ends_with("20260303-0200"), "{names:?}");
+    assert_eq!(policy().unwrap().missed_schedules, 1);
+    assert_eq!(
+        store.backup_runs().unwrap().len(),
+        2,
+        "no run was created and left unfinished"
+    );
 }

@@ -108,9 +108,8 @@ async fn verify_in(
                 Ok(chain) => {
                     let mut first_broken = None;
                     for &m in &chain {
-                        if !members.contains_key(&m) {
-                            let r = check_member(target, &points, &chain, m, &dir).await;
-                            members.insert(m, r);
+                        if let std::collections::btree_map::Entry::Vacant(slot) = members.entry(m) {
+                            slot.insert(check_member(target, &points, &chain, m, &dir).await);
                         }
                         if let Some(Err(e)) = members.get(&m) {
                             first_broken = Some(e.clone());
