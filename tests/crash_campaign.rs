@@ -338,30 +338,7 @@ fn a_backup_killed_at_any_step_is_finished_by_resume_and_leaves_the_vm_and_targe
     assert_eq!(v.stdout.lines().count(), BACKUP_CRASHES.len() + 2);
     // The chain goes on, and its newest point restores byte for byte.
     let (_, reference) = backup_paused(&env, &g, &[]);
-    let dir = env.dir.join("restored");
-    std::fs::create_dir_all(&dir).unwrap();
-    let new = format!("{}-r", g.name);
-    let out = env.snapback(&[
-        "restore",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-        "--as",
-        &new,
-        "--storage-dir",
-        dir.to_str().unwrap(),
-    ]);
-    let _ = virsh(&["undefine", &new]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    run_ok(
-        "qemu-img",
-        &[
-            "compare",
-            reference.to_str().unwrap(),
-            dir.join(format!("{new}-vda.qcow2")).to_str().unwrap(),
-        ],
-    );
+    assert_restores_as_new_byte_exact(&env, &g.name, &[], &reference);
 }
 
 fn restore_requests(env: &Env) -> Vec<RestoreRequest> {

@@ -614,6 +614,43 @@ pub fn backup_paused(env: &Env, g: &Guest, extra: &[&str]) -> (String, PathBuf) 
     (name, reference)
 }
 
+/// Restores `domain` as a new domain `DOMAIN-r` into a fresh storage dir (with `extra`
+/// arguments such as `--at`), undefines it again, and asserts its disk equals `reference`
+/// byte for byte.
+pub fn assert_restores_as_new_byte_exact(
+    env: &Env,
+    domain: &str,
+    extra: &[&str],
+    reference: &Path,
+) {
+    let dir = env.dir.join(unique("storage"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = format!("{domain}-r");
+    let mut args = vec![
+        "restore",
+        "--domain",
+        domain,
+        "--target",
+        &env.target,
+        "--as",
+        &new,
+        "--storage-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = env.snapback(&args);
+    let _ = virsh(&["undefine", &new]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            reference.to_str().unwrap(),
+            dir.join(format!("{new}-vda.qcow2")).to_str().unwrap(),
+        ],
+    );
+}
+
 /// A command that scripts/setup-host.sh installs from a registry into the tools folder
 /// (`SNAPBACK_TOOLS`, default /var/tmp/snapback-tools), pinned in scripts/pins/.
 pub fn test_tool(name: &str) -> PathBuf {
