@@ -487,13 +487,15 @@ fn a_run_killed_during_upload_is_finished_by_the_next_backup_and_restores_intact
         },
     );
     let env = Env::new();
-    let mut child = spawn_backup(&env, &g.name, &["--volsize", "16"]);
-    let name = wait_for_run(&env, "the upload", |s| s.phase == BackupPhase::Uploading);
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // duplicity dies with its parent's pipe; give it a moment to notice.
-    std::thread::sleep(Duration::from_millis(500));
+    // Killed (SIGKILL) once the first volumes are on the target and more are to come.
+    env.backup_with_crash(&g.name, &["--volsize", "16"], "backup:uploading:partial");
+    let name = snapback::store::FileStore::new(&env.state)
+        .backup_runs()
+        .unwrap()
+        .remove(0)
+        .metadata
+        .name
+        .unwrap();
 
     // The next backup of the domain first finishes the interrupted run.
     let next = env.backup(&g.name, &[]);

@@ -161,6 +161,16 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "backup_safety.rs: sigterm_mid_run_cleans_up_and_fails_as_interrupted",
     ),
     (
+        "a restore as a new domain while a backup of the same domain runs; an in-place restore meanwhile",
+        "the restore as new succeeds byte-exact beside the backup; in place is refused Busy and touches nothing; the backup succeeds",
+        "concurrency.rs: a_restore_as_new_runs_beside_a_backup_and_an_in_place_restore_is_refused_busy_meanwhile",
+    ),
+    (
+        "a prune while a backup extends the newest chain",
+        "the old chain goes, the extended chain reads back intact, the backup succeeds",
+        "concurrency.rs: a_prune_during_a_backup_deletes_old_chains_only_and_both_finish_sound",
+    ),
+    (
         "a second run on the same domain and target",
         "refused Busy; the first is unharmed",
         "backup_safety.rs: a_second_run_on_the_same_domain_and_target_is_refused_as_busy",
@@ -242,15 +252,6 @@ fn reliability_doc_matches_the_campaign_and_names_only_tests_that_exist() {
     }
 }
 
-fn crash(env: &Env, point: &str, args: &[&str]) {
-    let out = env.snapback_with(args, &[("SNAPBACK_CRASH_AT", point)]);
-    assert_eq!(
-        out.code, -1,
-        "{point}: the process must die by SIGKILL there:\n{}",
-        out.stderr
-    );
-}
-
 fn resume(env: &Env, point: &str) {
     let out = env.snapback(&["resume", "--target", &env.target]);
     assert_eq!(
@@ -299,7 +300,7 @@ fn a_backup_killed_at_any_step_is_finished_by_resume_and_leaves_the_vm_and_targe
         if c.point == "backup:uploading:partial" || c.point == "backup:snapshotting:job-begun" {
             args.extend(["--type", "full"]);
         }
-        crash(&env, c.point, &args);
+        env.snapback_crash(&args, c.point);
         resume(&env, c.point);
         let runs = snapback::store::FileStore::new(&env.state)
             .backup_runs()
@@ -389,9 +390,7 @@ fn a_restore_killed_at_any_step_is_finished_by_resume_byte_exact_and_defines_one
         let new = format!("{}-r{i}", g.name);
         let dir = env.dir.join(format!("storage-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
-        crash(
-            &env,
-            c.point,
+        env.snapback_crash(
             &[
                 "restore",
                 "--domain",
@@ -403,6 +402,7 @@ fn a_restore_killed_at_any_step_is_finished_by_resume_byte_exact_and_defines_one
                 "--storage-dir",
                 dir.to_str().unwrap(),
             ],
+            c.point,
         );
         resume(&env, c.point);
         let req = restore_requests(&env)

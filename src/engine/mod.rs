@@ -97,7 +97,8 @@ pub struct BackupEngine<'a, J: Journal> {
     pub(crate) ctx: RunContext,
     pub(crate) report: Reporter,
     pub(crate) run: BackupRun,
-    pub(crate) lock: Option<std::fs::File>,
+    /// The domain+target lock, and the shared lock on the domain (see `staging::domain_lock`).
+    pub(crate) lock: Option<(std::fs::File, std::fs::File)>,
     pub(crate) cancel: watch::Receiver<bool>,
 }
 
@@ -294,20 +295,25 @@ impl<'a, J: Journal> BackupEngine<'a, J> {
             return Ok(());
         };
         let tkey = staging::target_key(self.ctx.target.url.as_str());
-        match staging::lock(&self.ctx.state_dir, &tkey, &uuid) {
-            Ok(Some(f)) => {
-                self.lock = Some(f);
-                Ok(())
-            }
-            Ok(None) => Err(StepError::new(
-                FailureReason::Busy,
-                format!("another snapback run is backing up domain {uuid} to this target"),
-            )),
-            Err(e) => Err(StepError::new(
-                FailureReason::Internal,
-                format!("cannot create lock: {e}"),
-            )),
-        }
+        let busy = |what: String| StepError::new(FailureReason::Busy, what);
+        let internal = |e: std::io::Error| {
+            StepError::new(FailureReason::Internal, format!("cannot create lock: {e}"))
+        };
+        let Some(run_lock) = staging::lock(&self.ctx.state_dir, &tkey, &uuid).map_err(internal)?
+        else {
+            return Err(busy(format!(
+                "another snapback run is backing up domain {uuid} to this target"
+            )));
+        };
+        let Some(domain_lock) =
+            staging::domain_lock(&self.ctx.state_dir, &uuid, false).map_err(internal)?
+        else {
+            return Err(busy(format!(
+                "an in-place restore of domain {uuid} is running; back it up when it is done"
+            )));
+        };
+        self.lock = Some((run_lock, domain_lock));
+        Ok(())
     }
 
     /// Cleans up whatever the run left and records the failure.

@@ -74,14 +74,34 @@ pub fn archive_dir(state: &Path) -> PathBuf {
 /// Exclusive lock on a domain+target, held for a run's whole life. flock locks vanish with the
 /// process, so a killed run never leaves a stale lock.
 pub fn lock(state: &Path, tkey: &str, uuid: &str) -> std::io::Result<Option<File>> {
-    let dir = state.join("locks");
-    fs::create_dir_all(&dir)?;
+    flock(
+        &state.join("locks"),
+        &format!("{tkey}-{uuid}.lock"),
+        libc::LOCK_EX,
+    )
+}
+
+/// The lock on a domain whatever the target: backups hold it shared (several targets may back
+/// a domain up at once), an in-place restore exclusive, so neither pulls the domain from under
+/// the other. `None` when the other kind holds it.
+pub fn domain_lock(state: &Path, uuid: &str, exclusive: bool) -> std::io::Result<Option<File>> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    flock(&state.join("locks"), &format!("domain-{uuid}.lock"), op)
+}
+
+fn flock(dir: &Path, name: &str, op: libc::c_int) -> std::io::Result<Option<File>> {
+    fs::create_dir_all(dir)?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(format!("{tkey}-{uuid}.lock")))?;
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        .open(dir.join(name))?;
+    // SAFETY: flock on a descriptor we own; it has no memory-safety preconditions.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {

@@ -132,6 +132,45 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
                 return self.req;
             }
         };
+        // In place, the domain is shut down and swapped: no backup may be running on it, and
+        // none starts until the restore is done (see staging::domain_lock).
+        let _domain_lock = if self.req.spec.in_place {
+            match self.host.domain(&self.req.spec.domain).await {
+                Ok(view) => {
+                    match staging::domain_lock(&self.ctx.state_dir, &view.facts.uuid, true) {
+                        Ok(Some(l)) => Some(l),
+                        Ok(None) if self.status().phase == RestorePhase::Pending => {
+                            // Nothing was touched: refuse without rolling anything back.
+                            let message = format!(
+                                "a backup of domain '{}' is running; restore it in place when it is done",
+                                self.req.spec.domain
+                            );
+                            let s = self.status_mut();
+                            s.failure = Some(Failure {
+                                reason: FailureReason::Busy,
+                                message,
+                            });
+                            s.completion_time = Some(Timestamp::now());
+                            let _ = self.enter(RestorePhase::Failed).await;
+                            return self.req;
+                        }
+                        // A restore already under way is finished.
+                        Ok(None) => None,
+                        Err(e) => {
+                            self.fail(StepError::new(
+                                FailureReason::Internal,
+                                format!("cannot create lock: {e}"),
+                            ))
+                            .await;
+                            return self.req;
+                        }
+                    }
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
         loop {
             let phase = self.status().phase;
             if phase.is_terminal() {

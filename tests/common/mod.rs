@@ -374,6 +374,24 @@ impl Env {
         self.snapback(&args)
     }
 
+    /// `snapback ARGS` killed by SIGKILL at a crash point (`snapback::process::crash_point`).
+    pub fn snapback_crash(&self, args: &[&str], point: &str) -> SnapOut {
+        let out = self.snapback_with(args, &[("SNAPBACK_CRASH_AT", point)]);
+        assert_eq!(
+            out.code, -1,
+            "{point}: the process must die by SIGKILL there:\n{}",
+            out.stderr
+        );
+        out
+    }
+
+    /// `backup` killed at a crash point.
+    pub fn backup_with_crash(&self, domain: &str, extra: &[&str], point: &str) -> SnapOut {
+        let mut args = vec!["backup", "--domain", domain, "--target", &self.target];
+        args.extend_from_slice(extra);
+        self.snapback_crash(&args, point)
+    }
+
     pub fn read_run(&self, name: &str) -> BackupRun {
         let text =
             std::fs::read_to_string(self.state.join("backupruns").join(format!("{name}.yaml")))
