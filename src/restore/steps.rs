@@ -133,7 +133,10 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
         }
         if let Some(n) = &spec.new_name {
             if n.trim().is_empty() || n.contains('/') || n.chars().any(char::is_control) {
-                return Err(invalid(format!("'{n}' is not a valid domain name")));
+                // Debug-quoted: a control character in the name must not split the message.
+                return Err(invalid(format!(
+                    "{n:?} is not a valid domain name (no '/', no control characters)"
+                )));
             }
             if self.host.domain(n).await.is_ok() {
                 return Err(invalid(format!(
