@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -337,15 +336,9 @@ fn required_quiesce_with_a_guest_agent_freezes_and_thaws_within_a_short_window()
 
 /// Starts `snapback backup` in the background.
 fn spawn_backup(env: &Env, domain: &str, extra: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_snapback"))
-        .args(["backup", "--domain", domain, "--target", &env.target])
-        .args(extra)
-        .env("SNAPBACK_STATE_DIR", &env.state)
-        .env("SNAPBACK_CONNECT", connect_uri())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    let mut args = vec!["backup", "--domain", domain, "--target", &env.target];
+    args.extend_from_slice(extra);
+    env.spawn(&args)
 }
 
 /// Waits until the only run in the store satisfies `pred`.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,16 +17,15 @@ fn spawn_slow_backup(env: &Env, domain: &str, secs: u32) -> Child {
         format!("onSnapshot:\n- command: [sleep, '{secs}']\n"),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_snapback"))
-        .args(["backup", "--domain", domain, "--target", &env.target])
-        .arg("--hooks-file")
-        .arg(&hooks)
-        .env("SNAPBACK_STATE_DIR", &env.state)
-        .env("SNAPBACK_CONNECT", connect_uri())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    env.spawn(&[
+        "backup",
+        "--domain",
+        domain,
+        "--target",
+        &env.target,
+        "--hooks-file",
+        hooks.to_str().unwrap(),
+    ])
 }
 
 /// Waits until a run is held in its onSnapshot hook (the job has begun).
@@ -113,21 +112,13 @@ fn a_prune_during_a_backup_deletes_old_chains_only_and_both_finish_sound() {
             .assert_ok();
         g.wait_for_writes(g.writes() + 2);
     }
-    let config = env.dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("target.yaml"),
-        format!("apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata:\n  name: local\nspec:\n  url: '{}'\n", env.target),
-    )
-    .unwrap();
-    std::fs::write(
-        config.join("policy.yaml"),
-        format!(
-            "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: nightly\nspec:\n  domainSelector:\n    names: ['{}']\n  targetRef: local\n  schedule: '0 2 * * *'\n  retention: {{keepLast: 1}}\n",
-            g.name
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        &env,
+        "nightly",
+        &g.name,
+        "0 2 * * *",
+        "  retention: {keepLast: 1}\n",
+    );
 
     // The next backup extends the newest chain; prune runs while it is held in its hook.
     let child = spawn_slow_backup(&env, &g.name, 15);
@@ -139,14 +130,7 @@ fn a_prune_during_a_backup_deletes_old_chains_only_and_both_finish_sound() {
     assert_eq!(s.phase, BackupPhase::Succeeded);
 
     // The old chain is gone; the newest chain, extended by the backup, reads back intact.
-    let v = env.snapback(&[
-        "verify",
-        "--all",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-    ]);
+    let v = env.verify(&g.name, &["--all"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
     assert_eq!(
         v.stdout.lines().count(),

@@ -324,17 +324,10 @@ fn a_backup_killed_at_any_step_is_finished_by_resume_and_leaves_the_vm_and_targe
             .filter(|b| b.starts_with("snapback-") && *b != newest)
             .collect();
         assert!(stray.is_empty(), "{}: bitmaps left {stray:?}", c.point);
-        let v = env.snapback(&["verify", "--domain", &g.name, "--target", &env.target]);
+        let v = env.verify(&g.name, &[]);
         assert_eq!(v.code, 0, "{}: {}\n{}", c.point, v.stdout, v.stderr);
     }
-    let v = env.snapback(&[
-        "verify",
-        "--all",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-    ]);
+    let v = env.verify(&g.name, &["--all"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
     assert_eq!(v.stdout.lines().count(), BACKUP_CRASHES.len() + 2);
     // The chain goes on, and its newest point restores byte for byte.

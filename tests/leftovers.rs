@@ -154,13 +154,6 @@ fn a_vm_whose_qemu_is_killed_during_a_backup_gets_a_clean_full_next_time() {
     let s = env.read_run(&next).status.unwrap();
     assert_eq!(s.type_, Some(BackupType::Full), "{:?}", s.full_reason);
     assert_left_clean(&g, &env, true, &[s.checkpoint.clone().unwrap()]);
-    let v = env.snapback(&[
-        "verify",
-        "--all",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-    ]);
+    let v = env.verify(&g.name, &["--all"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }

@@ -41,22 +41,14 @@ fn chains_on_target(env: &Env, domain: &str) -> usize {
     primary + secondary
 }
 
-fn write_config(env: &Env, domain: &str, retention: &str) -> std::path::PathBuf {
-    let dir = env.dir.join(unique("config"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("target.yaml"),
-        format!("apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata:\n  name: local\nspec:\n  url: '{}'\n", env.target),
+fn prune_config(env: &Env, domain: &str, retention: &str) -> std::path::PathBuf {
+    write_config(
+        env,
+        "nightly",
+        domain,
+        "0 2 * * *",
+        &format!("  retention: {retention}\n"),
     )
-    .unwrap();
-    std::fs::write(
-        dir.join("policy.yaml"),
-        format!(
-            "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: nightly\nspec:\n  domainSelector:\n    names: ['{domain}']\n  targetRef: local\n  schedule: '0 2 * * *'\n  retention: {retention}\n"
-        ),
-    )
-    .unwrap();
-    dir
 }
 
 #[test]
@@ -85,7 +77,7 @@ fn pruning_removes_exactly_the_planned_whole_chains_and_kept_points_still_restor
     assert_eq!(chains_on_target(&env, &g.name), 3);
 
     // keepLast 3 keeps runs 3..5, i.e. the last two chains; the first chain goes whole.
-    let config = write_config(&env, &g.name, "{keepLast: 3}");
+    let config = prune_config(&env, &g.name, "{keepLast: 3}");
     let dry = env.snapback(&["prune", "--config", config.to_str().unwrap(), "--dry-run"]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     let would: Vec<&str> = dry
@@ -166,7 +158,7 @@ fn pruning_removes_exactly_the_planned_whole_chains_and_kept_points_still_restor
 #[test]
 fn bad_retention_rules_are_refused_before_anything_is_deleted() {
     let env = Env::new();
-    let config = write_config(&env, "sbt-none", "{keepDaily: -1}");
+    let config = prune_config(&env, "sbt-none", "{keepDaily: -1}");
     let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
     assert_ne!(out.code, 0);
     assert!(
@@ -176,18 +168,18 @@ fn bad_retention_rules_are_refused_before_anything_is_deleted() {
         "{}",
         out.stderr
     );
-    let config = write_config(&env, "sbt-none", "{keepLast: 0}");
+    let config = prune_config(&env, "sbt-none", "{keepLast: 0}");
     let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
     assert!(
         out.stderr.contains("every retention rule is zero"),
         "{}",
         out.stderr
     );
-    let config = write_config(&env, "sbt-none", "{maxAge: 3X}");
+    let config = prune_config(&env, "sbt-none", "{maxAge: 3X}");
     let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
     assert!(out.stderr.contains("unknown unit 'X'"), "{}", out.stderr);
     // No retention at all means keep everything: listed, nothing deleted, no error.
-    let config = write_config(&env, "sbt-none", "{}");
+    let config = prune_config(&env, "sbt-none", "{}");
     let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("no retention rules"), "{}", out.stdout);
@@ -197,7 +189,7 @@ fn bad_retention_rules_are_refused_before_anything_is_deleted() {
 fn standalone_once_runs_each_policy_and_prunes_after_each_successful_run() {
     let g = Guest::new("sbt-once", GuestOpts::default());
     let env = Env::new();
-    let config = write_config(&env, &g.name, "{keepLast: 2}");
+    let config = prune_config(&env, &g.name, "{keepLast: 2}");
     // A full cadence of one incremental per chain: full, inc, full, inc ...
     let policy = config.join("policy.yaml");
     let text = std::fs::read_to_string(&policy).unwrap().replace(

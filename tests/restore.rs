@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -599,28 +598,19 @@ fn spawn_slow_restore(
         format!("endRecovery:\n- command: [sleep, '{hook_secs}']\n"),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_snapback"))
-        .args([
-            "restore",
-            "--domain",
-            domain,
-            "--target",
-            &env.target,
-            "--as",
-            new,
-        ])
-        .args([
-            "--storage-dir",
-            dir.to_str().unwrap(),
-            "--hooks-file",
-            hooks.to_str().unwrap(),
-        ])
-        .env("SNAPBACK_STATE_DIR", &env.state)
-        .env("SNAPBACK_CONNECT", connect_uri())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    env.spawn(&[
+        "restore",
+        "--domain",
+        domain,
+        "--target",
+        &env.target,
+        "--as",
+        new,
+        "--storage-dir",
+        dir.to_str().unwrap(),
+        "--hooks-file",
+        hooks.to_str().unwrap(),
+    ])
 }
 
 /// Waits until the (only) restore has rebuilt and verified a disk; returns its name.

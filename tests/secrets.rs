@@ -91,16 +91,9 @@ fn passphrases_and_cloud_keys_never_reach_argv_output_records_or_files() {
         outputs.push(out);
         g.wait_for_writes(g.writes() + 2);
     }
-    let mut verify = vec![
-        "verify",
-        "--all",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-    ];
+    let mut verify = vec!["--all"];
     verify.extend_from_slice(&common);
-    outputs.push(env.snapback(&verify));
+    outputs.push(env.verify(&g.name, &verify));
     let dir = env.dir.join("restored");
     let new = format!("{}-r", g.name);
     let mut restore = vec![

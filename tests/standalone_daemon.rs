@@ -63,25 +63,13 @@ fn wait<T>(env: &Env, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -
 fn the_daemon_runs_its_schedule_survives_a_kill_and_picks_up_a_new_restore_request() {
     let g = Guest::new("sbd-daemon", GuestOpts::default());
     let env = Env::new();
-    let cfg = env.dir.join("config");
-    std::fs::create_dir_all(&cfg).unwrap();
-    std::fs::write(
-        cfg.join("target.yaml"),
-        format!(
-            "apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata: {{name: local}}\nspec: {{url: '{}'}}\n",
-            env.target
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        cfg.join("policy.yaml"),
-        format!(
-            "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {{name: every-minute}}\nspec:\n  domainSelector: {{names: [{}]}}\n  targetRef: local\n  schedule: '* * * * *'\n  hooks:\n    onSnapshot:\n    - command: [sleep, '8']\n",
-            g.name
-        ),
-    )
-    .unwrap();
-
+    let cfg = write_config(
+        &env,
+        "every-minute",
+        &g.name,
+        "* * * * *",
+        "  hooks:\n    onSnapshot:\n    - command: [sleep, '8']\n",
+    );
     let mut d = start(&env, &cfg);
     // The first tick comes at the next minute; kill -9 the daemon while its run is mid-way.
     let name = wait(
@@ -199,24 +187,7 @@ impl FakeClock {
 fn the_daemon_loses_and_doubles_no_run_when_its_clock_jumps_back_and_forth() {
     let g = Guest::new("sbd-clock", GuestOpts::default());
     let env = Env::new();
-    let cfg = env.dir.join("config");
-    std::fs::create_dir_all(&cfg).unwrap();
-    std::fs::write(
-        cfg.join("target.yaml"),
-        format!(
-            "apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata: {{name: local}}\nspec: {{url: '{}'}}\n",
-            env.target
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        cfg.join("policy.yaml"),
-        format!(
-            "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {{name: nightly}}\nspec:\n  domainSelector: {{names: [{}]}}\n  targetRef: local\n  schedule: '0 2 * * *'\n",
-            g.name
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(&env, "nightly", &g.name, "0 2 * * *", "");
     let clock = FakeClock(env.dir.join("clock"));
     clock.set("2026-03-01 01:58:00");
     let mut d = start_with(&env, &cfg, &clock.env());

@@ -13,19 +13,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn verify_all(env: &Env, domain: &str, extra: &[&str]) -> SnapOut {
-    let mut args = vec![
-        "verify",
-        "--all",
-        "--domain",
-        domain,
-        "--target",
-        &env.target,
-    ];
-    args.extend_from_slice(extra);
-    env.snapback(&args)
-}
-
 #[test]
 fn a_full_or_read_only_target_filesystem_fails_the_run_with_its_reason_and_harms_nothing() {
     let g = Guest::new(
@@ -77,7 +64,7 @@ fn a_full_or_read_only_target_filesystem_fails_the_run_with_its_reason_and_harms
     .assert_failed_with("TargetFull");
     assert_left_clean(&g, &env, true, std::slice::from_ref(&cp));
     std::fs::remove_file(&filler).unwrap();
-    let v = verify_all(&env, &g.name, &[]);
+    let v = env.verify(&g.name, &["--all"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 
     // Read-only: refused with the target's reason, nothing changes.
@@ -96,7 +83,7 @@ fn a_full_or_read_only_target_filesystem_fails_the_run_with_its_reason_and_harms
     // Space and write access back: the chain goes on, and everything reads back.
     g.wait_for_writes(g.writes() + 2);
     env.backup(&g.name, &["--volsize", "2"]).assert_ok();
-    let v = verify_all(&env, &g.name, &[]);
+    let v = env.verify(&g.name, &["--all"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
     assert_eq!(v.stdout.lines().count(), 3, "{}", v.stdout);
 }

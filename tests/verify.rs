@@ -7,12 +7,6 @@ use std::io::{Seek, SeekFrom, Write};
 
 use common::*;
 
-fn verify(env: &Env, domain: &str, extra: &[&str]) -> SnapOut {
-    let mut args = vec!["verify", "--domain", domain, "--target", &env.target];
-    args.extend_from_slice(extra);
-    env.snapback(&args)
-}
-
 /// The RESULT column of each line, oldest point first.
 fn results(out: &SnapOut) -> Vec<String> {
     out.stdout
@@ -47,10 +41,10 @@ fn verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks() 
         g.wait_for_writes(g.writes() + 3);
     }
 
-    let out = verify(&env, &g.name, &["--all"]);
+    let out = env.verify(&g.name, &["--all"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(results(&out), ["OK", "OK", "OK"], "{}", out.stdout);
-    let out = verify(&env, &g.name, &[]);
+    let out = env.verify(&g.name, &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(results(&out), ["OK"], "latest by default: {}", out.stdout);
 
@@ -76,7 +70,7 @@ fn verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks() 
     f.write_all(&[0x5a; 4096]).unwrap();
     drop(f);
 
-    let out = verify(&env, &g.name, &["--all"]);
+    let out = env.verify(&g.name, &["--all"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(
         results(&out),
@@ -104,10 +98,10 @@ fn verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks() 
     );
     // A new chain starts cleanly beside the damaged one.
     env.backup(&g.name, &["--type", "full"]).assert_ok();
-    let out = verify(&env, &g.name, &[]);
+    let out = env.verify(&g.name, &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // A single point by run name.
-    let out = verify(&env, &g.name, &["--at", &runs[0]]);
+    let out = env.verify(&g.name, &["--at", &runs[0]]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(results(&out), ["OK"]);
     // Nothing was left in the state dir's scratch space.

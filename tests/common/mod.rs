@@ -385,6 +385,26 @@ impl Env {
         out
     }
 
+    /// `snapback ARGS` in the background, output piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .args(args)
+            .env("SNAPBACK_STATE_DIR", &self.state)
+            .env("SNAPBACK_CONNECT", connect_uri())
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `snapback verify --domain D --target T EXTRA...` (`--all` for every point).
+    pub fn verify(&self, domain: &str, extra: &[&str]) -> SnapOut {
+        let mut args = vec!["verify", "--domain", domain, "--target", &self.target];
+        args.extend_from_slice(extra);
+        self.snapback(&args)
+    }
+
     /// `backup` killed at a crash point.
     pub fn backup_with_crash(&self, domain: &str, extra: &[&str], point: &str) -> SnapOut {
         let mut args = vec!["backup", "--domain", domain, "--target", &self.target];
@@ -630,6 +650,36 @@ pub fn backup_paused(env: &Env, g: &Guest, extra: &[&str]) -> (String, PathBuf) 
     let name = env.backup(&g.name, extra).assert_ok();
     virsh_ok(&["resume", &g.name]);
     (name, reference)
+}
+
+/// A fresh config dir for `snapback prune` and `snapback standalone`: the BackupTarget `local`
+/// (this env's target) and the BackupPolicy `policy` for `domain` on `schedule`, its spec
+/// followed by `more_spec` (indented YAML lines, e.g. `"  retention: {keepLast: 1}\n"`).
+pub fn write_config(
+    env: &Env,
+    policy: &str,
+    domain: &str,
+    schedule: &str,
+    more_spec: &str,
+) -> PathBuf {
+    let dir = env.dir.join(unique("config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("target.yaml"),
+        format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata:\n  name: local\nspec:\n  url: '{}'\n",
+            env.target
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: {policy}\nspec:\n  domainSelector:\n    names: ['{domain}']\n  targetRef: local\n  schedule: '{schedule}'\n{more_spec}"
+        ),
+    )
+    .unwrap();
+    dir
 }
 
 /// Restores `domain` as a new domain `DOMAIN-r` into a fresh storage dir (with `extra`
