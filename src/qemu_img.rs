@@ -3,7 +3,7 @@
 use tokio::io::AsyncReadExt;
 
 use crate::api::FailureReason;
-use crate::engine::StepError;
+use crate::error::StepError;
 use crate::libvirt::domain_xml::ChainImage;
 
 /// Runs a short qemu-img command to completion; a non-zero exit becomes `fail` with its output.

@@ -246,7 +246,7 @@ async fn a_run_in_flight_when_its_agent_dies_is_resumed_by_the_next_agent_and_ru
     let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "{log}");
     assert_eq!(
-        snapback::engine::staging::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
+        snapback::state_dir::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
         s.disks[0].sha256.clone().unwrap()
     );
 }

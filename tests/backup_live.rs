@@ -74,7 +74,7 @@ fn a_full_backup_of_a_writing_guest_uploads_a_verifiable_export_and_leaves_the_g
     assert!(ok, "duplicity restore failed: {log}");
     let export = dir.join(&s.disks[0].export_file);
     assert_eq!(
-        snapback::engine::staging::sha256_file(&export).unwrap(),
+        snapback::state_dir::sha256_file(&export).unwrap(),
         s.disks[0].sha256.clone().unwrap()
     );
     run_ok("qemu-img", &["check", export.to_str().unwrap()]);

@@ -465,7 +465,7 @@ fn a_run_killed_after_the_snapshot_resumes_where_it_stopped() {
     let (ok, dir, log) = env.duplicity_restore(&g.name, None, &["--no-encryption"], &[]);
     assert!(ok, "{log}");
     assert_eq!(
-        snapback::engine::staging::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
+        snapback::state_dir::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
         s.disks[0].sha256.clone().unwrap()
     );
 }
@@ -509,7 +509,7 @@ fn a_run_killed_during_upload_is_finished_by_the_next_backup_and_restores_intact
     );
     assert!(ok, "{log}");
     assert_eq!(
-        snapback::engine::staging::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
+        snapback::state_dir::sha256_file(&dir.join(&s.disks[0].export_file)).unwrap(),
         s.disks[0].sha256.clone().unwrap(),
         "the resumed upload holds exactly the export"
     );

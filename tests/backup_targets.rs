@@ -12,7 +12,7 @@ use snapback::api::BackupType;
 fn assert_volumes_unreadable(env: &Env, domain: &str) {
     let dir = env
         .target_dir
-        .join(snapback::engine::staging::domain_dir(domain));
+        .join(snapback::catalog::layout::domain_dir(domain));
     let vols: Vec<String> = env
         .target_files_of(domain)
         .into_iter()

@@ -4,14 +4,14 @@
 use proptest::prelude::*;
 
 use snapback::api::Hooks;
+use snapback::catalog::layout::domain_dir;
+use snapback::catalog::manifest::Manifest;
+use snapback::catalog::select::parse_at;
 use snapback::duplicity::log::{classify, collection_sets, LogParser};
 use snapback::duplicity::{names, TargetUrl};
-use snapback::engine::decide::parse_duration;
-use snapback::engine::manifest::Manifest;
-use snapback::engine::staging::domain_dir;
-use snapback::restore::select::parse_at;
 use snapback::retention::rules::{parse_age, parse_size, RetentionSpec};
 use snapback::schedule::Schedule;
+use snapback::units::parse_duration;
 
 /// Text that looks like the input it is fed to, so the fuzzing gets past the first character.
 fn near(words: &'static [&'static str]) -> impl Strategy<Value = String> {

@@ -14,7 +14,7 @@ fn chains_on_target(env: &Env, domain: &str) -> usize {
     let url = format!(
         "{}/{}",
         env.target,
-        snapback::engine::staging::domain_dir(domain)
+        snapback::catalog::layout::domain_dir(domain)
     );
     let out = Command::new("duplicity")
         .args([

@@ -82,7 +82,7 @@ fn the_readme_recovery_commands_restore_an_encrypted_incremental_point_with_dupl
         let target = format!(
             "{}/{}",
             env.target,
-            snapback::engine::staging::domain_dir(&g.name)
+            snapback::catalog::layout::domain_dir(&g.name)
         );
         let out = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &readme_recovery_block()])
@@ -147,7 +147,7 @@ fn an_incremental_export_names_its_parent_export_as_a_relative_backing_file() {
     assert_eq!(v["backing-filename"], full_export.as_str(), "{info}");
     // The checksum recorded at backup time is that of the rebased file on the target.
     assert_eq!(
-        snapback::engine::staging::sha256_file(&export).unwrap(),
+        snapback::state_dir::sha256_file(&export).unwrap(),
         inc_status.disks[0].sha256.clone().unwrap()
     );
 }

@@ -62,7 +62,7 @@ fn verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks() 
         .expect("the incremental's first volume");
     let path = env
         .target_dir
-        .join(snapback::engine::staging::domain_dir(&g.name))
+        .join(snapback::catalog::layout::domain_dir(&g.name))
         .join(&vol);
     let len = std::fs::metadata(&path).unwrap().len();
     let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();

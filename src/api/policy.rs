@@ -57,7 +57,7 @@ pub struct BackupPolicySpec {
     pub exclude: Vec<String>,
     /// Which backups to keep on the target; applied by `snapback prune`.
     #[serde(default)]
-    pub retention: crate::retention::rules::RetentionSpec,
+    pub retention: crate::api::RetentionSpec,
     /// Backing-chain depth: 0 = whole chain, -1 = all but the shared base, N = top N images.
     #[serde(default)]
     pub depth: i32,

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, Failure, Hooks};
-use super::run::{BackupType, HookResult, Progress};
+use super::run::{BackupType, HookResult, PhaseRecord, Progress};
 
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
@@ -153,4 +153,7 @@ pub struct RestoreRequestStatus {
     pub progress: Option<Progress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookResult>,
+    /// When each phase started and ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseRecord<RestorePhase>>,
 }

@@ -193,11 +193,11 @@ pub struct HookResult {
     pub succeeded: bool,
 }
 
-/// The start and end of one phase.
+/// The start and end of one phase (of a backup run, or of a restore).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct PhaseRecord {
-    pub phase: BackupPhase,
+pub struct PhaseRecord<P = BackupPhase> {
+    pub phase: P,
     #[schemars(with = "String")]
     pub start_time: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,8 @@ use crate::api::{
     BackupPhase, BackupRun, BackupRunSpec, BackupRunStatus, Consistency, Failure, FailureReason,
     FullCadence, OfflinePolicy, Quiesce, RequestedType,
 };
-use crate::engine::{BackupEngine, RunContext, StepError};
+use crate::engine::{BackupEngine, RunContext};
+use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
 use crate::store::FileStore;
 

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::api::BackupRun;
-use crate::engine::{human_bytes, human_duration};
+use crate::units::human_bytes;
+use crate::units::human_duration;
 
 fn line(out: &mut String, key: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "{:<16}{value}", format!("{key}:"));

@@ -14,7 +14,7 @@ pub mod verify;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::api::{FailureReason, Hooks};
-use crate::engine::StepError;
+use crate::error::StepError;
 
 /// Reads a `--hooks-file` (YAML with preSnapshot ... postRecovery lists); none means no hooks.
 pub fn read_hooks_file(path: Option<&std::path::Path>) -> Result<Hooks, StepError> {

@@ -3,12 +3,13 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::engine::{human_bytes, Event, Reporter};
+use crate::lifecycle::{Event, Reporter};
+use crate::units::human_bytes;
 
 pub fn stderr_reporter(run: String) -> Reporter {
     let last: Mutex<Option<Instant>> = Mutex::new(None);
     Box::new(move |ev| match ev {
-        crate::engine::Event::Phase(p) => eprintln!("{run}: {p:?}"),
+        Event::Phase(p) => eprintln!("{run}: {p}"),
         Event::Note(n) => eprintln!("{run}: {n}"),
         Event::Progress { stage, done, total } => {
             let mut l = last.lock().unwrap();

@@ -8,10 +8,12 @@ use jiff::tz::TimeZone;
 use super::backup::CommonArgs;
 use super::restore::table;
 use crate::api::{BackupRun, FailureReason};
-use crate::engine::{staging, StepError};
+use crate::catalog::layout;
+use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
 use crate::retention::prune::{expired, prune_domain};
-use crate::standalone::{config, glob};
+use crate::selector;
+use crate::standalone::config;
 use crate::store::FileStore;
 
 #[derive(Args, Debug)]
@@ -31,21 +33,17 @@ fn fail(e: impl std::fmt::Display, reason: FailureReason) -> i32 {
     1
 }
 
-/// The domains a policy covers: its names, and libvirt's domains matching its globs.
+/// The domains a policy covers: those its selector picks on this host.
 async fn domains(
     p: &crate::api::BackupPolicySpec,
     connect: &str,
 ) -> Result<Vec<String>, StepError> {
-    let mut out = p.domain_selector.names.clone();
-    if !p.domain_selector.globs.is_empty() {
-        let host = LibvirtHost::connect(connect).await?;
-        for d in host.domain_names().await? {
-            if p.domain_selector.globs.iter().any(|g| glob::matches(g, &d)) && !out.contains(&d) {
-                out.push(d);
-            }
-        }
+    let sel = &p.domain_selector;
+    if sel.globs.is_empty() && sel.metadata.is_empty() {
+        return Ok(sel.names.clone());
     }
-    Ok(out)
+    let host = LibvirtHost::connect(connect).await?;
+    Ok(selector::on_host(&host, sel).await?)
 }
 
 pub async fn execute(mut args: PruneArgs) -> i32 {
@@ -105,7 +103,7 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
         let Some(t) = cfg.target(&policy.spec.target_ref) else {
             continue;
         };
-        let base = match config::target_config(t, &args.common.state_dir) {
+        let base = match crate::driver::target::target_config(t, &args.common.state_dir) {
             Ok(b) => b,
             Err(e) => return fail(e.message, e.reason),
         };
@@ -114,12 +112,12 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
             Err(e) => return fail(e.message, e.reason),
         };
         for d in doms {
-            let target = staging::domain_target(&base, &d);
+            let target = layout::domain_target(&base, &d);
             let scratch = args
                 .common
                 .state_dir
                 .join("prune-scratch")
-                .join(staging::domain_dir(&d));
+                .join(layout::domain_dir(&d));
             let result =
                 prune_domain(&target, &rules, &tz, &in_progress, &scratch, args.dry_run).await;
             let _ = std::fs::remove_dir_all(&scratch);

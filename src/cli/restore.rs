@@ -10,11 +10,14 @@ use super::backup::{cancel_on_signal, run_name, CommonArgs};
 use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
 use crate::api::{BackupType, FailureReason, RestorePhase, RestoreRequest, RestoreRequestSpec};
-use crate::engine::{human_bytes, staging, StepError};
+use crate::catalog::layout;
+use crate::catalog::points::list_sets;
+use crate::catalog::select::RestorePoint;
+use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
-use crate::restore::select::RestorePoint;
-use crate::restore::{points::list_sets, RestoreContext, RestoreEngine};
+use crate::restore::{RestoreContext, RestoreEngine};
 use crate::store::FileStore;
+use crate::units::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -71,7 +74,7 @@ pub struct ListArgs {
 
 /// `--files PATH... --to DIR`: single files or trees from the domain's files-mode backups.
 async fn restore_files(args: &RestoreArgs) -> i32 {
-    use crate::restore::select::{parse_at, At};
+    use crate::catalog::select::{parse_at, At};
     let at = match parse_at(args.at.as_deref()) {
         Ok(At::Latest) => None,
         Ok(At::Time(t)) => Some(t),
@@ -87,7 +90,7 @@ async fn restore_files(args: &RestoreArgs) -> i32 {
         Ok(b) => b,
         Err(e) => return failure(e),
     };
-    let target = crate::engine::staging::files_target(&base, &args.domain);
+    let target = crate::catalog::layout::files_target(&base, &args.domain);
     let time = at.map(|t| t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string());
     let to = args.to.clone().unwrap_or_default();
     let to = std::path::absolute(&to).unwrap_or(to);
@@ -275,7 +278,7 @@ pub fn table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> Strin
 pub async fn list(mut args: ListArgs) -> i32 {
     args.common.absolutize();
     let target = match args.target.to_config(&args.common.state_dir) {
-        Ok(t) => staging::domain_target(&t, &args.domain),
+        Ok(t) => layout::domain_target(&t, &args.domain),
         Err(e) => return failure(e),
     };
     let scratch = args

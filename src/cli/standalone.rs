@@ -24,8 +24,8 @@ use crate::libvirt::LibvirtHost;
 use crate::restore::{RestoreContext, RestoreEngine};
 use crate::retention::prune::prune_after_run;
 use crate::schedule::{due, Schedule};
+use crate::selector;
 use crate::standalone::config::{self, Config};
-use crate::standalone::glob;
 use crate::store::FileStore;
 
 #[derive(Args, Debug)]
@@ -103,27 +103,11 @@ fn check_policies(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The domains a policy selects on this host, by name, glob or snapback metadata labels.
+/// The domains a policy selects on this host (none when libvirt cannot list them).
 async fn matched_domains(host: &LibvirtHost, p: &BackupPolicy) -> Vec<String> {
-    let sel = &p.spec.domain_selector;
-    let mut out = sel.names.clone();
-    for d in host.domain_names().await.unwrap_or_default() {
-        if out.contains(&d) {
-            continue;
-        }
-        let by_glob = sel.globs.iter().any(|g| glob::matches(g, &d));
-        let by_meta = !sel.metadata.is_empty() && {
-            let m = match host.domain(&d).await {
-                Ok(v) => crate::libvirt::domain_xml::snapback_metadata(&v.xml),
-                Err(_) => Default::default(),
-            };
-            sel.metadata.iter().all(|(k, v)| m.get(k) == Some(v))
-        };
-        if by_glob || by_meta {
-            out.push(d);
-        }
-    }
-    out
+    selector::on_host(host, &p.spec.domain_selector)
+        .await
+        .unwrap_or_default()
 }
 
 fn new_run(name: String, p: &BackupPolicy, domain: &str) -> BackupRun {
@@ -157,7 +141,7 @@ async fn drive(ctx: &Ctx, cfg: &Config, run: BackupRun) -> (BackupRun, String) {
         );
         return (run, msg);
     };
-    let base = match config::target_config(target, &ctx.state_dir) {
+    let base = match crate::driver::target::target_config(target, &ctx.state_dir) {
         Ok(b) => b,
         Err(e) => return (run, format!("Failed ({})", e.reason)),
     };
@@ -430,7 +414,7 @@ async fn run_restore_once(ctx: &Ctx, cfg: &Config, rr: &RestoreRequest) {
         );
         return;
     };
-    let target = match config::target_config(target, &ctx.state_dir) {
+    let target = match crate::driver::target::target_config(target, &ctx.state_dir) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{name}: {}: {}", e.reason, e.message);

@@ -6,7 +6,9 @@ use clap::Args;
 
 use crate::api::FailureReason;
 use crate::duplicity::{Crypto, TargetConfig, TargetUrl};
-use crate::engine::{staging, StepError};
+use crate::error::StepError;
+use crate::secrets::read_secret_file;
+use crate::state_dir;
 
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
@@ -40,24 +42,6 @@ pub struct TargetArgs {
     pub num_retries: u32,
 }
 
-/// Reads a secret file: first line, without the line ending. Never echoes the content.
-pub fn read_secret_file(path: &Path) -> Result<String, StepError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        StepError::new(
-            FailureReason::EncryptionKeyError,
-            format!("cannot read passphrase file {}: {e}", path.display()),
-        )
-    })?;
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.is_empty() {
-        return Err(StepError::new(
-            FailureReason::EncryptionKeyError,
-            format!("passphrase file {} is empty", path.display()),
-        ));
-    }
-    Ok(line)
-}
-
 impl TargetArgs {
     pub fn to_config(&self, state_dir: &Path) -> Result<TargetConfig, StepError> {
         let url = TargetUrl::parse(&self.target)
@@ -86,7 +70,7 @@ impl TargetArgs {
             crypto,
             volsize_mib: self.volsize,
             extra_options: vec![],
-            archive_dir: staging::archive_dir(state_dir).display().to_string(),
+            archive_dir: state_dir::archive_dir(state_dir).display().to_string(),
             name: String::new(),
             backend_env: vec![],
             num_retries: self.num_retries,

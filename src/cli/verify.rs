@@ -6,8 +6,8 @@ use super::backup::CommonArgs;
 use super::restore::table;
 use super::target_args::TargetArgs;
 use crate::api::FailureReason;
-use crate::engine::staging;
-use crate::restore::select::parse_at;
+use crate::catalog::layout;
+use crate::catalog::select::parse_at;
 use crate::restore::verify::{verify, PointCheck, Which};
 
 #[derive(Args, Debug)]
@@ -60,7 +60,7 @@ pub async fn execute(mut args: VerifyArgs) -> i32 {
         }
     };
     let target = match args.target.to_config(&args.common.state_dir) {
-        Ok(t) => staging::domain_target(&t, &args.domain),
+        Ok(t) => layout::domain_target(&t, &args.domain),
         Err(e) => {
             eprintln!("{}: {}", e.reason, e.message);
             return 1;

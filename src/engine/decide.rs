@@ -193,32 +193,6 @@ pub fn choose_type(requested: RequestedType, f: &ChainFacts) -> TypeChoice {
     }
 }
 
-/// Parses a duration like `7d`, `12h`, `30m`, `90s`, `2w`.
-pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}': expected a number then s, m, h, d or w"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => {
-            return Err(format!(
-                "invalid duration '{s}': unknown unit '{unit}' (use s, m, h, d or w)"
-            ))
-        }
-    };
-    if n <= 0 {
-        return Err(format!("invalid duration '{s}': must be positive"));
-    }
-    Ok(SignedDuration::from_secs(n * secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,20 +447,5 @@ mod tests {
             choose_type(RequestedType::Full, &facts()),
             Ok((BackupType::Full, Some(FullReason::Requested)))
         );
-    }
-
-    #[test]
-    fn durations_parse_with_units_and_reject_the_rest() {
-        assert_eq!(
-            parse_duration("7d").unwrap(),
-            SignedDuration::from_hours(168)
-        );
-        assert_eq!(
-            parse_duration("90s").unwrap(),
-            SignedDuration::from_secs(90)
-        );
-        assert!(parse_duration("7x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("d").is_err());
-        assert!(parse_duration("0h").is_err());
     }
 }

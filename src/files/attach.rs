@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::volumes;
 use crate::api::FailureReason;
-use crate::engine::StepError;
+use crate::error::StepError;
 
 /// Where a run attaches its exports: next to its staging dir, at paths stable per domain and
 /// target (duplicity wants the same source path for every run of a chain).

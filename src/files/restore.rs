@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::api::FailureReason;
 use crate::duplicity::{self, Action, TargetConfig};
-use crate::engine::StepError;
+use crate::error::StepError;
 
 use super::select::locate;
 

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use crate::api::FailureReason;
 use crate::duplicity::{self, Action, TargetConfig};
-use crate::engine::StepError;
+use crate::error::StepError;
 
-use super::points::dup_time;
+use crate::catalog::points::dup_time;
 
 pub async fn fetch_file(
     target: &TargetConfig,

@@ -1,30 +1,21 @@
 //! Restore: bring a domain back from its backups on the target, as a new domain or in place.
 
 mod fetch;
-pub mod points;
-pub mod select;
 mod steps;
 pub mod verify;
 pub mod xml;
 
-use std::future::Future;
 use std::path::PathBuf;
 
-use jiff::Timestamp;
 use tokio::sync::watch;
 
-use crate::api::{
-    Condition, Failure, FailureReason, RestorePhase, RestoreRequest, RestoreRequestStatus,
-};
+use crate::api::{FailureReason, RestorePhase, RestoreRequest};
+use crate::catalog::layout;
 use crate::duplicity::TargetConfig;
-use crate::engine::{human_duration, staging, Event, Reporter, StepError};
+use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
-
-/// Where restore status is recorded.
-pub trait RestoreJournal: Send + Sync {
-    fn save_restore(&self, req: &RestoreRequest)
-        -> impl Future<Output = Result<(), String>> + Send;
-}
+use crate::lifecycle::{Journal, Lifecycle, Reporter};
+use crate::state_dir;
 
 pub struct RestoreContext {
     /// The target (base URL) with secrets resolved.
@@ -32,16 +23,13 @@ pub struct RestoreContext {
     pub state_dir: PathBuf,
 }
 
-pub struct RestoreEngine<'a, J: RestoreJournal> {
+pub struct RestoreEngine<'a, J: Journal<RestoreRequest>> {
     pub(crate) host: &'a LibvirtHost,
-    pub(crate) journal: &'a J,
+    pub(crate) lc: Lifecycle<'a, RestoreRequest, J>,
     pub(crate) ctx: RestoreContext,
-    pub(crate) report: Reporter,
-    pub(crate) req: RestoreRequest,
-    pub(crate) cancel: watch::Receiver<bool>,
 }
 
-impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
+impl<'a, J: Journal<RestoreRequest>> RestoreEngine<'a, J> {
     pub fn new(
         host: &'a LibvirtHost,
         journal: &'a J,
@@ -52,76 +40,30 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
     ) -> Self {
         Self {
             host,
-            journal,
+            lc: Lifecycle::new(req, journal, report, cancel),
             ctx,
-            report,
-            req,
-            cancel,
         }
-    }
-
-    pub(crate) fn status(&self) -> &RestoreRequestStatus {
-        self.req.status.as_ref().expect("status is set in run()")
-    }
-
-    pub(crate) fn status_mut(&mut self) -> &mut RestoreRequestStatus {
-        self.req.status.get_or_insert_with(Default::default)
-    }
-
-    pub(crate) fn name(&self) -> String {
-        self.req.metadata.name.clone().unwrap_or_default()
     }
 
     /// The duplicity target of the domain being restored (`<target>/<domain>`).
     pub(crate) fn domain_target(&self) -> TargetConfig {
-        let mut t = staging::domain_target(&self.ctx.target, &self.req.spec.domain);
-        t.archive_dir = staging::archive_dir(&self.ctx.state_dir)
+        let mut t = layout::domain_target(&self.ctx.target, &self.lc.record.spec.domain);
+        t.archive_dir = state_dir::archive_dir(&self.ctx.state_dir)
             .display()
             .to_string();
         t
     }
 
-    pub(crate) async fn save(&mut self) -> Result<(), StepError> {
-        self.journal.save_restore(&self.req).await.map_err(|e| {
-            StepError::new(
-                FailureReason::Internal,
-                format!("cannot record status: {e}"),
-            )
-        })
-    }
-
-    pub(crate) async fn enter(&mut self, phase: RestorePhase) -> Result<(), StepError> {
-        self.status_mut().phase = phase;
-        self.status_mut().progress = None;
-        (self.report)(Event::Note(format!("{phase:?}")));
-        crate::process::crash_point(&format!("restore:before:{phase:?}"));
-        self.save().await?;
-        crate::process::crash_point(&format!("restore:{phase:?}"));
-        Ok(())
-    }
-
-    pub(crate) fn condition(&mut self, type_: &str, status: bool, reason: &str, message: String) {
-        let c = Condition::now(type_, status, reason, message, self.req.metadata.generation);
-        crate::api::set_condition(&mut self.status_mut().conditions, c);
-    }
-
     /// Runs the restore to Succeeded or Failed. Each phase is idempotent, so a restore whose
     /// process died is continued by running it again.
     pub async fn run(mut self) -> RestoreRequest {
-        if self.req.status.is_none() {
-            self.req.status = Some(RestoreRequestStatus::default());
-        }
-        if self.status().start_time.is_none() {
-            self.status_mut().start_time = Some(Timestamp::now());
-        }
         // One process per request: a second one (a resume while the first still runs) leaves it alone.
-        let _lock = match staging::lock(&self.ctx.state_dir, "restore", &self.name()) {
+        let _lock = match state_dir::lock(&self.ctx.state_dir, "restore", &self.lc.name()) {
             Ok(Some(l)) => l,
             Ok(None) => {
-                (self.report)(Event::Note(
-                    "another snapback process is running this restore".into(),
-                ));
-                return self.req;
+                self.lc
+                    .note("another snapback process is running this restore");
+                return self.lc.record;
             }
             Err(e) => {
                 self.fail(StepError::new(
@@ -129,30 +71,26 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
                     format!("cannot create lock: {e}"),
                 ))
                 .await;
-                return self.req;
+                return self.lc.record;
             }
         };
         // In place, the domain is shut down and swapped: no backup may be running on it, and
-        // none starts until the restore is done (see staging::domain_lock).
-        let _domain_lock = if self.req.spec.in_place {
-            match self.host.domain(&self.req.spec.domain).await {
+        // none starts until the restore is done (see state_dir::domain_lock).
+        let _domain_lock = if self.lc.record.spec.in_place {
+            match self.host.domain(&self.lc.record.spec.domain).await {
                 Ok(view) => {
-                    match staging::domain_lock(&self.ctx.state_dir, &view.facts.uuid, true) {
+                    match state_dir::domain_lock(&self.ctx.state_dir, &view.facts.uuid, true) {
                         Ok(Some(l)) => Some(l),
-                        Ok(None) if self.status().phase == RestorePhase::Pending => {
+                        Ok(None) if self.lc.status().phase == RestorePhase::Pending => {
                             // Nothing was touched: refuse without rolling anything back.
                             let message = format!(
                                 "a backup of domain '{}' is running; restore it in place when it is done",
-                                self.req.spec.domain
+                                self.lc.record.spec.domain
                             );
-                            let s = self.status_mut();
-                            s.failure = Some(Failure {
-                                reason: FailureReason::Busy,
-                                message,
-                            });
-                            s.completion_time = Some(Timestamp::now());
-                            let _ = self.enter(RestorePhase::Failed).await;
-                            return self.req;
+                            self.lc
+                                .fail(StepError::new(FailureReason::Busy, message))
+                                .await;
+                            return self.lc.record;
                         }
                         // A restore already under way is finished.
                         Ok(None) => None,
@@ -162,7 +100,7 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
                                 format!("cannot create lock: {e}"),
                             ))
                             .await;
-                            return self.req;
+                            return self.lc.record;
                         }
                     }
                 }
@@ -172,11 +110,11 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
             None
         };
         loop {
-            let phase = self.status().phase;
+            let phase = self.lc.status().phase;
             if phase.is_terminal() {
                 break;
             }
-            if *self.cancel.borrow() {
+            if *self.lc.cancel.borrow() {
                 self.fail(StepError::new(
                     FailureReason::Interrupted,
                     "interrupted by a signal; rolled back",
@@ -198,22 +136,14 @@ impl<'a, J: RestoreJournal> RestoreEngine<'a, J> {
                 break;
             }
         }
-        self.req
+        self.lc.record
     }
 
+    /// Rolls back what the restore did and records the failure.
     async fn fail(&mut self, e: StepError) {
-        tracing::warn!(reason = %e.reason, message = %e.message, "restore failed; rolling back");
         if let Err(c) = self.rollback().await {
-            (self.report)(Event::Note(format!("rollback incomplete: {c}")));
+            self.lc.note(format!("rollback incomplete: {c}"));
         }
-        let now = Timestamp::now();
-        let s = self.status_mut();
-        s.failure = Some(Failure {
-            reason: e.reason,
-            message: e.message,
-        });
-        s.completion_time = Some(now);
-        s.duration = s.start_time.map(|t| human_duration(now.duration_since(t)));
-        let _ = self.enter(RestorePhase::Failed).await;
+        self.lc.fail(e).await;
     }
 }

@@ -6,18 +6,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
-
-use super::points::list_points;
-use super::select::{chain_for, parse_at, select};
 use super::xml::{rewrite, XmlEdit};
-use super::{RestoreEngine, RestoreJournal};
-use crate::api::{FailureReason, PointRef, RestorePhase, RestoredDisk};
-use crate::engine::hooks::{run_hook, HookEnv};
-use crate::engine::manifest::{domain_xml_name, manifest_name, Manifest};
-use crate::engine::{human_bytes, human_duration, staging, Event, StepError};
+use super::RestoreEngine;
+use crate::api::{FailureReason, PointRef, RestorePhase, RestoreRequest, RestoredDisk};
+use crate::catalog::layout;
+use crate::catalog::manifest::{domain_xml_name, manifest_name, Manifest};
+use crate::catalog::points::list_points;
+use crate::catalog::select::{chain_for, parse_at, select};
+use crate::error::StepError;
+use crate::hooks::HookStage;
 use crate::libvirt::{domain_xml, DomainState, VirtErrorKind};
+use crate::lifecycle::{Event, Journal};
 use crate::qemu_img;
+use crate::state_dir;
+use crate::units::human_bytes;
 
 /// What a chain member's fetch dir holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,7 +59,7 @@ pub fn check_storage_dir(dir: &Path, need: u64) -> Result<(), StepError> {
         ))
     })?;
     let _ = std::fs::remove_file(&probe);
-    let free = staging::free_bytes(dir).unwrap_or(u64::MAX);
+    let free = state_dir::free_bytes(dir).unwrap_or(u64::MAX);
     if free < need {
         return Err(StepError::new(
             FailureReason::StorageFull,
@@ -72,58 +74,33 @@ pub fn check_storage_dir(dir: &Path, need: u64) -> Result<(), StepError> {
     Ok(())
 }
 
-impl<J: RestoreJournal> RestoreEngine<'_, J> {
+impl<J: Journal<RestoreRequest>> RestoreEngine<'_, J> {
     fn work_dir(&self) -> PathBuf {
-        PathBuf::from(self.status().work_dir.clone().unwrap_or_default())
+        PathBuf::from(self.lc.status().work_dir.clone().unwrap_or_default())
     }
 
-    async fn hooks(&mut self, stage: &str, extra: Vec<(String, String)>) -> Result<(), StepError> {
-        let hooks = match stage {
-            "preRecovery" => self.req.spec.hooks.pre_recovery.clone(),
-            "endRecovery" => self.req.spec.hooks.end_recovery.clone(),
-            _ => self.req.spec.hooks.post_recovery.clone(),
-        };
-        for hook in &hooks {
-            let domain = self
-                .status()
-                .defined_domain
-                .clone()
-                .unwrap_or_else(|| self.req.spec.domain.clone());
-            let run = self.name();
-            let env = HookEnv {
-                stage,
-                domain: &domain,
-                run: &run,
-                extra: extra.clone(),
-            };
-            let mut cancel = self.cancel.clone();
-            // A signal stops a hook too: dropping its future kills the child process.
-            let r = tokio::select! {
-                r = run_hook(self.host, hook, &env) => r,
-                _ = cancel.changed() => {
-                    return Err(StepError::new(FailureReason::Interrupted, format!("interrupted during {stage} hook")));
-                }
-            };
-            let ok = r.succeeded;
-            let detail = format!(
-                "hook '{}' ({stage}) failed: exit {:?}: {}",
-                r.hook,
-                r.exit_code,
-                r.output.trim()
-            );
-            self.status_mut().hooks.push(r);
-            self.save().await?;
-            if !ok && hook.on_error == crate::api::HookOnError::Fail {
-                return Err(StepError::new(FailureReason::HookFailed, detail));
-            }
-        }
-        Ok(())
+    /// Runs hooks of a stage; the domain in their environment is the one being restored to.
+    async fn hooks(
+        &mut self,
+        stage: HookStage,
+        extra: Vec<(String, String)>,
+    ) -> Result<(), StepError> {
+        let hooks = stage.of(&self.lc.record.spec.hooks).to_vec();
+        let domain = self
+            .lc
+            .status()
+            .defined_domain
+            .clone()
+            .unwrap_or_else(|| self.lc.record.spec.domain.clone());
+        self.lc
+            .run_hooks(self.host, stage, &hooks, &domain, extra)
+            .await
     }
 
     /// Resolving: choose the point and its chain; check the destination before touching anything.
     pub(crate) async fn resolve(&mut self) -> Result<(), StepError> {
-        self.enter(RestorePhase::Resolving).await?;
-        let spec = self.req.spec.clone();
+        self.lc.enter(RestorePhase::Resolving).await?;
+        let spec = self.lc.record.spec.clone();
         match (&spec.new_name, spec.in_place) {
             (Some(_), true) => return Err(invalid("choose one of --as NAME and --in-place")),
             (None, false) => {
@@ -163,8 +140,8 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             None
         };
 
-        let work = self.ctx.state_dir.join("restore-work").join(self.name());
-        self.status_mut().work_dir = Some(work.display().to_string());
+        let work = self.ctx.state_dir.join("restore-work").join(self.lc.name());
+        self.lc.status_mut().work_dir = Some(work.display().to_string());
         let target = self.domain_target();
         let points = list_points(&target, &work.join("manifests")).await?;
         if points.is_empty() {
@@ -200,7 +177,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
 
         let base = spec.new_name.clone().unwrap_or_else(|| spec.domain.clone());
         let suffix = if spec.in_place {
-            format!("-restored-{}", self.name())
+            format!("-restored-{}", self.lc.name())
         } else {
             String::new()
         };
@@ -213,7 +190,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 path: storage
                     .join(format!(
                         "{}-{}{suffix}.qcow2",
-                        staging::domain_dir(&base),
+                        layout::domain_dir(&base),
                         d.name
                     ))
                     .display()
@@ -237,7 +214,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             chain: points[i].manifest.chain.clone(),
             chain_index: points[i].manifest.chain_index,
         };
-        let s = self.status_mut();
+        let s = self.lc.status_mut();
         s.point = Some(to_ref(idx));
         s.chain_runs = chain.iter().map(|&i| to_ref(i)).collect();
         s.disks = disks;
@@ -249,8 +226,8 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             point.time(),
             chain.len()
         );
-        (self.report)(Event::Note(note));
-        self.enter(RestorePhase::Fetching).await
+        self.lc.report(Event::Note(note));
+        self.lc.enter(RestorePhase::Fetching).await
     }
 
     fn member_dir(&self, run: &str) -> PathBuf {
@@ -282,7 +259,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             if !p.exists() {
                 return Ok(Fetched::Missing);
             }
-            let sum = tokio::task::spawn_blocking(move || staging::sha256_file(&p))
+            let sum = tokio::task::spawn_blocking(move || state_dir::sha256_file(&p))
                 .await
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
                 .map_err(|e| io_err("cannot read a fetched export", e))?;
@@ -302,7 +279,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
     ) -> Result<(), StepError> {
         let target = self.domain_target();
         let dir = self.member_dir(run);
-        let mut cancel = self.cancel.clone();
+        let mut cancel = self.lc.cancel.clone();
         tokio::select! {
             r = super::fetch::fetch_file(&target, &dir, time, file) => r,
             _ = cancel.changed() => Err(StepError::new(FailureReason::Interrupted, "interrupted while fetching")),
@@ -311,7 +288,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
 
     /// Fetching: restore each chain member's files from the target with duplicity.
     pub(crate) async fn fetch(&mut self) -> Result<(), StepError> {
-        let members = self.status().chain_runs.clone();
+        let members = self.lc.status().chain_runs.clone();
         for (i, m) in members.iter().enumerate() {
             if self.member_fetched(&m.run).await? == Fetched::Verified {
                 continue; // fetched before a crash
@@ -319,7 +296,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             let dir = self.member_dir(&m.run);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create the fetch dir", e))?;
-            (self.report)(Event::Note(format!(
+            self.lc.report(Event::Note(format!(
                 "fetching {} ({}/{})",
                 m.run,
                 i + 1,
@@ -336,7 +313,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                     .await?;
             }
             let mut files = Vec::new();
-            if Some(&m.run) == self.status().point.as_ref().map(|p| &p.run) {
+            if Some(&m.run) == self.lc.status().point.as_ref().map(|p| &p.run) {
                 files.push(domain_xml_name(&m.run));
             }
             let man = self.read_manifest(&m.run).await?;
@@ -364,20 +341,20 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                     ))
                 }
             }
-            self.status_mut().progress = Some(crate::api::Progress {
+            self.lc.status_mut().progress = Some(crate::api::Progress {
                 bytes_done: i as u64 + 1,
                 bytes_total: members.len() as u64,
             });
-            self.save().await?;
+            self.lc.save().await?;
         }
-        self.enter(RestorePhase::Rebuilding).await
+        self.lc.enter(RestorePhase::Rebuilding).await
     }
 
     /// Rebuilding: rebase each incremental onto its parent, flatten the chain into one qcow2
     /// per disk, and check it.
     pub(crate) async fn rebuild(&mut self) -> Result<(), StepError> {
-        let members = self.status().chain_runs.clone();
-        let mut disks = self.status().disks.clone();
+        let members = self.lc.status().chain_runs.clone();
+        let mut disks = self.lc.status().disks.clone();
         let total: u64 = disks.iter().map(|d| d.virtual_size).sum();
         let mut base_done = 0u64;
         for d in disks.iter_mut() {
@@ -420,7 +397,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 .map(|s| s.to_string())
                 .chain([top, part.clone()])
                 .collect();
-            let report = &self.report;
+            let report = &self.lc.report;
             let vsize = d.virtual_size;
             qemu_img::run_qemu_img(
                 &argv,
@@ -444,23 +421,24 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             d.verified = true;
             base_done += vsize;
         }
-        self.status_mut().disks = disks.clone();
-        self.save().await?;
+        self.lc.status_mut().disks = disks.clone();
+        self.lc.save().await?;
         let list = disks
             .iter()
             .map(|d| format!("{}={}", d.name, d.path))
             .collect::<Vec<_>>()
             .join(",");
         self.hooks(
-            "endRecovery",
+            HookStage::EndRecovery,
             vec![("SNAPBACK_RESTORED_DISKS".into(), list)],
         )
         .await?;
-        self.enter(RestorePhase::Defining).await
+        self.lc.enter(RestorePhase::Defining).await
     }
 
     fn saved_xml(&self) -> Result<String, StepError> {
         let run = self
+            .lc
             .status()
             .point
             .as_ref()
@@ -474,8 +452,9 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
     /// Defining: a new domain from the saved XML, or the existing one swapped onto the
     /// restored disks (its old disks untouched until the end).
     pub(crate) async fn define(&mut self) -> Result<(), StepError> {
-        let spec = self.req.spec.clone();
+        let spec = self.lc.record.spec.clone();
         let disk_paths: BTreeMap<String, String> = self
+            .lc
             .status()
             .disks
             .iter()
@@ -484,17 +463,17 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
         if let Some(new) = &spec.new_name {
             // The UUID is chosen and recorded first: a restore resumed after the define can
             // then find its own domain, where libvirt would refuse a second define of the name.
-            let uuid = match self.status().defined_uuid.clone() {
+            let uuid = match self.lc.status().defined_uuid.clone() {
                 Some(u) => u,
                 None => {
                     let u = uuid::Uuid::new_v4().to_string();
-                    self.status_mut().defined_uuid = Some(u.clone());
-                    self.save().await?;
+                    self.lc.status_mut().defined_uuid = Some(u.clone());
+                    self.lc.save().await?;
                     u
                 }
             };
             if self.host.domain(&uuid).await.is_err() {
-                let storage = Path::new(&self.status().disks[0].path)
+                let storage = Path::new(&self.lc.status().disks[0].path)
                     .parent()
                     .map(|p| p.display().to_string());
                 let edit = XmlEdit {
@@ -514,16 +493,16 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                     ));
                 }
             }
-        } else if !self.status().swapped {
-            self.hooks("preRecovery", vec![]).await?;
+        } else if !self.lc.status().swapped {
+            self.hooks(HookStage::PreRecovery, vec![]).await?;
             let view = self.host.domain(&spec.domain).await?;
             let original = self.work_dir().join("original.xml");
             if !original.exists() {
                 std::fs::write(&original, &view.inactive_xml)
                     .map_err(|e| io_err("cannot save the original XML", e))?;
-                self.status_mut().was_running =
+                self.lc.status_mut().was_running =
                     matches!(view.state, DomainState::Running | DomainState::Paused);
-                self.save().await?;
+                self.lc.save().await?;
             }
             self.power_off(&spec.domain, spec.shutdown_timeout_seconds)
                 .await?;
@@ -541,17 +520,17 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
             let uuid = self.host.define(xml).await?;
             crate::process::crash_point("restore:defining:swapped");
-            let s = self.status_mut();
+            let s = self.lc.status_mut();
             s.defined_uuid = Some(uuid);
             s.swapped = true;
-            self.save().await?;
+            self.lc.save().await?;
         }
         let next = if spec.start {
             RestorePhase::Starting
         } else {
             RestorePhase::Recovering
         };
-        self.enter(next).await
+        self.lc.enter(next).await
     }
 
     /// Graceful shutdown, then forced off after the timeout.
@@ -564,7 +543,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                (self.report)(Event::Note(
+                self.lc.report(Event::Note(
                     "the guest did not shut down in time; forcing it off".into(),
                 ));
                 return Ok(self.host.destroy(dom).await?);
@@ -579,7 +558,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
 
     /// Starting: start the restored domain and check it keeps running.
     pub(crate) async fn start(&mut self) -> Result<(), StepError> {
-        let id = self.status().defined_uuid.clone().unwrap_or_default();
+        let id = self.lc.status().defined_uuid.clone().unwrap_or_default();
         if self.host.domain(&id).await?.state != DomainState::Running {
             self.host.start(&id).await?;
         }
@@ -590,19 +569,19 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 "the restored domain stopped right after starting",
             ));
         }
-        self.condition(
+        self.lc.condition(
             "Started",
             true,
             "DomainRunning",
             "the restored domain is running".into(),
         );
-        self.enter(RestorePhase::Recovering).await
+        self.lc.enter(RestorePhase::Recovering).await
     }
 
     /// Recovering: postRecovery hooks; in place, only now are the old disks renamed aside.
     pub(crate) async fn recover(&mut self) -> Result<(), StepError> {
-        self.hooks("postRecovery", vec![]).await?;
-        if self.req.spec.in_place && self.status().replaced_disks.is_empty() {
+        self.hooks(HookStage::PostRecovery, vec![]).await?;
+        if self.lc.record.spec.in_place && self.lc.status().replaced_disks.is_empty() {
             let original = std::fs::read_to_string(self.work_dir().join("original.xml"))
                 .map_err(|e| io_err("original XML", e))?;
             let facts = domain_xml::parse_domain(&original)
@@ -614,15 +593,15 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 .filter(|d| d.kind == crate::libvirt::DiskKind::File)
             {
                 let from = d.source().to_string();
-                let to = format!("{from}.snapback-replaced-{}", self.name());
+                let to = format!("{from}.snapback-replaced-{}", self.lc.name());
                 if Path::new(&from).exists() {
                     std::fs::rename(&from, &to)
                         .map_err(|e| io_err("cannot rename the replaced disk", e))?;
                     kept.push(to);
                 }
             }
-            self.status_mut().replaced_disks = kept.clone();
-            self.condition(
+            self.lc.status_mut().replaced_disks = kept.clone();
+            self.lc.condition(
                 "OldDisksKept",
                 true,
                 "Renamed",
@@ -633,37 +612,33 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
             );
         }
         let _ = std::fs::remove_dir_all(self.work_dir());
-        let now = Timestamp::now();
-        let s = self.status_mut();
-        s.completion_time = Some(now);
-        s.duration = s.start_time.map(|t| human_duration(now.duration_since(t)));
-        self.enter(RestorePhase::Succeeded).await
+        self.lc.finish(RestorePhase::Succeeded, None).await
     }
 
     /// Undo a failed restore: no half-written disk stays attached to a domain, and an in-place
     /// restore puts the domain back on its old disks.
     pub(crate) async fn rollback(&mut self) -> Result<(), StepError> {
-        let s = self.status().clone();
+        let s = self.lc.status().clone();
         let mut problems = Vec::new();
-        if self.req.spec.in_place {
+        if self.lc.record.spec.in_place {
             if s.swapped {
-                let id = self.req.spec.domain.clone();
+                let id = self.lc.record.spec.domain.clone();
                 let _ = self.host.destroy(&id).await;
                 match std::fs::read_to_string(self.work_dir().join("original.xml")) {
                     Ok(xml) => {
                         if let Err(e) = self.host.define(xml).await {
                             problems.push(format!("redefine the original domain: {e}"));
                         } else {
-                            self.status_mut().swapped = false;
+                            self.lc.status_mut().swapped = false;
                         }
                     }
                     Err(e) => problems.push(format!("original XML: {e}")),
                 }
             }
-            if s.was_running && self.status().defined_uuid.is_some() {
-                if let Ok(v) = self.host.domain(&self.req.spec.domain).await {
+            if s.was_running && self.lc.status().defined_uuid.is_some() {
+                if let Ok(v) = self.host.domain(&self.lc.record.spec.domain).await {
                     if v.state == DomainState::ShutOff {
-                        if let Err(e) = self.host.start(&self.req.spec.domain).await {
+                        if let Err(e) = self.host.start(&self.lc.record.spec.domain).await {
                             problems.push(format!("restart the original domain: {e}"));
                         }
                     }
@@ -677,7 +652,7 @@ impl<J: RestoreJournal> RestoreEngine<'_, J> {
                 }
             }
         }
-        if self.status().replaced_disks.is_empty() {
+        if self.lc.status().replaced_disks.is_empty() {
             for d in &s.disks {
                 let _ = std::fs::remove_file(&d.path);
                 let _ = std::fs::remove_file(format!("{}.part", d.path));

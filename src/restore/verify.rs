@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::api::FailureReason;
+use crate::catalog::manifest::{domain_xml_name, manifest_name, Manifest};
 use crate::duplicity::TargetConfig;
-use crate::engine::manifest::{domain_xml_name, manifest_name, Manifest};
-use crate::engine::{staging, StepError};
+use crate::error::StepError;
 use crate::qemu_img;
+use crate::state_dir;
 
 use super::fetch::fetch_file;
-use super::points::list_sets;
-use super::select::{chain_for, select, At, RestorePoint};
+use crate::catalog::points::list_sets;
+use crate::catalog::select::{chain_for, select, At, RestorePoint};
 
 /// Which points to verify.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,7 +211,7 @@ fn fetch_error(run: &str, e: StepError) -> StepError {
 
 async fn sha256(path: &Path) -> Result<String, StepError> {
     let p: PathBuf = path.to_path_buf();
-    tokio::task::spawn_blocking(move || staging::sha256_file(&p))
+    tokio::task::spawn_blocking(move || state_dir::sha256_file(&p))
         .await
         .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
         .map_err(|e| {

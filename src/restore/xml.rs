@@ -111,7 +111,7 @@ pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
                         let name = edit.new_name.as_deref().unwrap_or("domain");
                         let p = format!(
                             "{log_dir}/{}-{base}",
-                            crate::engine::staging::domain_dir(name)
+                            crate::catalog::layout::domain_dir(name)
                         );
                         edits.push((a.range_value(), escape_attr(&p)));
                     }

@@ -10,10 +10,11 @@ use super::plan::{plan, Plan, Point};
 use super::rules::Rules;
 use super::target_files;
 use crate::api::{set_condition, BackupPhase, BackupPolicySpec, BackupRun, Condition};
+use crate::catalog::layout;
+use crate::catalog::points::list_points;
+use crate::catalog::select::RestorePoint;
 use crate::duplicity::TargetConfig;
-use crate::engine::{staging, StepError};
-use crate::restore::points::list_points;
-use crate::restore::select::RestorePoint;
+use crate::error::StepError;
 
 /// What pruning a domain did (or would do, in a dry run).
 #[derive(Debug)]
@@ -115,10 +116,10 @@ pub async fn prune_after_run(
             Err(e) => return Some(failed("InvalidSpec", format!("timeZone '{z}': {e}"))),
         },
     };
-    let dt = staging::domain_target(base, domain);
+    let dt = layout::domain_target(base, domain);
     let scratch = state_dir
         .join("prune-scratch")
-        .join(staging::domain_dir(domain));
+        .join(layout::domain_dir(domain));
     let pruned = prune_domain(&dt, &rules, &tz, &[], &scratch, false).await;
     let _ = std::fs::remove_dir_all(&scratch);
     Some(match pruned {

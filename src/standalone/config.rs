@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::api::{BackupPolicy, BackupTarget, EncryptionMode, FailureReason};
-use crate::duplicity::{Crypto, TargetConfig, TargetUrl};
-use crate::engine::{staging, StepError};
+use crate::api::{BackupPolicy, BackupTarget};
+use crate::duplicity::TargetUrl;
 
 #[derive(Debug, Default)]
 pub struct Config {
@@ -122,75 +121,6 @@ impl Config {
     }
 }
 
-fn read_secret(path: &str) -> Result<String, StepError> {
-    crate::cli::target_args::read_secret_file(Path::new(path))
-}
-
-/// The duplicity settings of a BackupTarget on a single host: secrets from files.
-pub fn target_config(t: &BackupTarget, state_dir: &Path) -> Result<TargetConfig, StepError> {
-    let passphrase = match t.spec.encryption.passphrase.as_ref() {
-        Some(src) => match (&src.file, &src.secret_key_ref) {
-            (Some(f), _) => Some(read_secret(f)?),
-            (None, Some(_)) => {
-                return Err(StepError::new(
-                    FailureReason::EncryptionKeyError,
-                    "encryption.passphrase: secretKeyRef needs Kubernetes; on a single host use encryption.passphrase.file",
-                ))
-            }
-            (None, None) => None,
-        },
-        None => None,
-    };
-    target_config_with(t, state_dir, passphrase, Vec::new())
-}
-
-/// The duplicity settings of a BackupTarget with its secrets already resolved (from files on a
-/// single host, from Secrets by the agent).
-pub fn target_config_with(
-    t: &BackupTarget,
-    state_dir: &Path,
-    passphrase: Option<String>,
-    backend_env: Vec<(String, String)>,
-) -> Result<TargetConfig, StepError> {
-    let s = &t.spec;
-    let url = TargetUrl::parse(&s.url)
-        .map_err(|e| StepError::new(FailureReason::TargetInvalid, e.to_string()))?;
-    let secret = |_what: &str| -> Result<Option<String>, StepError> { Ok(passphrase.clone()) };
-    let crypto = match s.encryption.mode {
-        EncryptionMode::None => Crypto::None,
-        EncryptionMode::Symmetric => Crypto::Symmetric {
-            passphrase: secret("encryption.passphrase")?.ok_or_else(|| {
-                StepError::new(
-                    FailureReason::EncryptionKeyError,
-                    "encryption mode Symmetric needs encryption.passphrase",
-                )
-            })?,
-        },
-        EncryptionMode::Gpg => Crypto::Gpg {
-            recipients: s.encryption.recipients.clone(),
-            sign_key: s.encryption.sign_key.clone(),
-            sign_passphrase: secret("encryption.passphrase")?,
-            gnupg_home: s.encryption.gnupg_home.clone(),
-        },
-    };
-    let archive = s
-        .cache_dir
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| staging::archive_dir(state_dir));
-    Ok(TargetConfig {
-        url,
-        s3_endpoint_url: s.s3_endpoint_url.clone(),
-        crypto,
-        volsize_mib: s.duplicity.volsize_mib,
-        extra_options: s.duplicity.extra_options.clone(),
-        archive_dir: archive.display().to_string(),
-        name: String::new(),
-        backend_env,
-        num_retries: 3,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,8 +155,7 @@ mod tests {
         p.retention.validate().unwrap();
         assert_eq!(p.time_zone.as_deref(), Some("Europe/Berlin"));
         assert!(jiff::tz::TimeZone::get("Europe/Berlin").is_ok());
-        crate::engine::decide::parse_duration(p.full_cadence.full_every.as_deref().unwrap())
-            .unwrap();
+        crate::units::parse_duration(p.full_cadence.full_every.as_deref().unwrap()).unwrap();
     }
 
     #[test]

@@ -1,4 +1,3 @@
 //! The single-host front-end: resources from a config dir of YAML files.
 
 pub mod config;
-pub mod glob;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::api::BackupRun;
-use crate::engine::Journal;
+use crate::lifecycle::Journal;
 
 #[derive(Clone, Debug)]
 pub struct FileStore {
@@ -97,8 +97,8 @@ impl FileStore {
     }
 }
 
-impl crate::restore::RestoreJournal for FileStore {
-    fn save_restore(
+impl Journal<crate::api::RestoreRequest> for FileStore {
+    fn save(
         &self,
         req: &crate::api::RestoreRequest,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send {
@@ -110,7 +110,7 @@ impl crate::restore::RestoreJournal for FileStore {
     }
 }
 
-impl Journal for FileStore {
+impl Journal<BackupRun> for FileStore {
     fn save(
         &self,
         run: &BackupRun,

@@ -442,7 +442,7 @@ impl Env {
     pub fn target_files_of(&self, domain: &str) -> Vec<String> {
         let dir = self
             .target_dir
-            .join(snapback::engine::staging::domain_dir(domain));
+            .join(snapback::catalog::layout::domain_dir(domain));
         std::fs::read_dir(dir)
             .map(|rd| {
                 rd.flatten()
@@ -484,7 +484,7 @@ impl Env {
         args.push(format!(
             "{}/{}",
             self.target.trim_end_matches('/'),
-            snapback::engine::staging::domain_dir(domain)
+            snapback::catalog::layout::domain_dir(domain)
         ));
         args.push(out.display().to_string());
         let mut cmd = Command::new("duplicity");

@@ -5,8 +5,7 @@ use std::sync::Mutex;
 
 use crate::api::{BackupPhase, BackupRun, Failure, RestorePhase, RestoreRequest};
 use crate::cluster::store::{reference, EventType, Object, Store};
-use crate::engine::Journal;
-use crate::restore::RestoreJournal;
+use crate::lifecycle::Journal;
 
 use super::inventory::FIELD_MANAGER;
 
@@ -62,7 +61,7 @@ impl<S: Store> ApiJournal<S> {
     }
 }
 
-impl<S: Store> Journal for ApiJournal<S> {
+impl<S: Store> Journal<BackupRun> for ApiJournal<S> {
     async fn save(&self, run: &BackupRun) -> Result<(), String> {
         let phase = run.status.as_ref().map(|s| {
             let failed = s
@@ -75,8 +74,8 @@ impl<S: Store> Journal for ApiJournal<S> {
     }
 }
 
-impl<S: Store> RestoreJournal for ApiJournal<S> {
-    async fn save_restore(&self, req: &RestoreRequest) -> Result<(), String> {
+impl<S: Store> Journal<RestoreRequest> for ApiJournal<S> {
+    async fn save(&self, req: &RestoreRequest) -> Result<(), String> {
         let phase = req.status.as_ref().map(|s| {
             let failed = s
                 .failure

@@ -21,8 +21,10 @@ use crate::api::{
 };
 use crate::cluster::labels;
 use crate::cluster::store::{ApiErrorKind, ApiResult, Object, Store};
-use crate::engine::{BackupEngine, Event, Reporter, RunContext, StepError};
+use crate::engine::{BackupEngine, RunContext};
+use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
+use crate::lifecycle::{Event, Journal, Reporter};
 use crate::metrics::{Health, Metrics, PolicyDomain, ReasonLabel};
 use crate::restore::{RestoreContext, RestoreEngine};
 use crate::retention::prune::{expired, prune_after_run};
@@ -68,7 +70,7 @@ fn key<K: Object>(o: &K) -> String {
 fn log_reporter(name: String) -> Reporter {
     let last = Mutex::new(Instant::now() - Duration::from_secs(60));
     Box::new(move |ev| match ev {
-        Event::Phase(p) => info!(run = %name, phase = ?p, "phase"),
+        Event::Phase(p) => info!(run = %name, phase = %p, "phase"),
         Event::Note(n) => info!(run = %name, "{n}"),
         Event::Progress { stage, done, total } => {
             let mut l = last.lock().unwrap();
@@ -393,7 +395,7 @@ impl<S: Store> Agent<S> {
         if let Some(s) = done.status.as_mut() {
             set_condition(&mut s.conditions, after.condition);
         }
-        if let Err(e) = crate::engine::Journal::save(journal, &done).await {
+        if let Err(e) = Journal::save(journal, &done).await {
             warn!(run = ?done.metadata.name, "cannot record the prune: {e}");
         }
         if !after.deleted_chains.is_empty() {
@@ -430,7 +432,7 @@ impl<S: Store> Agent<S> {
                     message: e.message,
                 });
                 s.completion_time = Some(Timestamp::now());
-                let _ = crate::restore::RestoreJournal::save_restore(&journal, &r).await;
+                let _ = Journal::save(&journal, &r).await;
                 r
             }
             Ok(target) => {
@@ -488,6 +490,6 @@ async fn fail_before_start<S: Store>(
         reason: e.reason,
         message: e.message,
     });
-    let _ = crate::engine::Journal::save(j, &run).await;
+    let _ = Journal::save(j, &run).await;
     run
 }

@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::api::{BackupTarget, FailureReason};
 use crate::cluster::store::{secret_value, Store};
+use crate::driver::target::target_config_with;
 use crate::duplicity::TargetConfig;
-use crate::engine::StepError;
-use crate::standalone::config::target_config_with;
+use crate::error::StepError;
 
 /// Reads the target and its Secrets. Secret values go into the returned config only (and from
 /// there into duplicity's environment); errors name the Secret and key, never a value.
@@ -39,7 +39,7 @@ pub async fn resolve_target<S: Store>(
                     .await
                     .map_err(|e| StepError::new(FailureReason::EncryptionKeyError, e.message))?,
             ),
-            (None, Some(f)) => Some(crate::cli::target_args::read_secret_file(Path::new(f))?),
+            (None, Some(f)) => Some(crate::secrets::read_secret_file(Path::new(f))?),
             (None, None) => None,
         },
     };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 
 use crate::api::{BackupPolicySpec, DomainSelector, HostDomain, VirtHost};
-use crate::standalone::glob;
+use crate::selector;
 
 #[derive(Clone, Debug)]
 pub struct HostEntry {
@@ -63,13 +63,7 @@ impl Inventory {
 }
 
 pub fn domain_matches(sel: &DomainSelector, d: &HostDomain) -> bool {
-    sel.names.contains(&d.name)
-        || sel.globs.iter().any(|g| glob::matches(g, &d.name))
-        || (!sel.metadata.is_empty()
-            && sel
-                .metadata
-                .iter()
-                .all(|(k, v)| d.metadata.get(k) == Some(v)))
+    selector::selects(sel, &d.name, &d.metadata)
 }
 
 fn labels_match(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {

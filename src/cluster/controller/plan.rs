@@ -43,8 +43,7 @@ pub fn validate(p: &BackupPolicy) -> Result<Schedule, String> {
         s.retention.validate().map_err(|e| e.to_string())?;
     }
     if let Some(f) = &s.full_cadence.full_every {
-        crate::engine::decide::parse_duration(f)
-            .map_err(|e| format!("fullCadence.fullEvery: {e}"))?;
+        crate::units::parse_duration(f).map_err(|e| format!("fullCadence.fullEvery: {e}"))?;
     }
     if s.starting_deadline_seconds.is_some_and(|d| d < 0) {
         return Err("startingDeadlineSeconds must not be negative".into());

@@ -2,16 +2,20 @@
 
 use std::time::{Duration, Instant};
 
+use crate::api::BackupRun;
 use crate::api::FailureReason;
-use crate::engine::{staging, BackupEngine, Journal, StepError};
+use crate::engine::BackupEngine;
+use crate::error::StepError;
 use crate::libvirt::{JobState, VirtErrorKind};
+use crate::lifecycle::Journal;
+use crate::state_dir;
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     /// Aborts our job, thaws and resumes the guest, deletes the checkpoint of a run that never
     /// reached the target (its bitmap merges back into the parent, so the chain stays valid),
     /// and empties staging. Earlier backups on the target are never touched.
     pub(crate) async fn cleanup(&mut self) -> Result<(), StepError> {
-        let s = self.status().clone();
+        let s = self.lc.status().clone();
         if s.domain_uuid.is_none() {
             return Ok(());
         }
@@ -40,11 +44,11 @@ impl<J: Journal> BackupEngine<'_, J> {
             }
             if s.guest_paused {
                 let _ = self.host.resume(&id).await;
-                self.status_mut().guest_paused = false;
+                self.lc.status_mut().guest_paused = false;
             }
             if s.guest_frozen {
                 let _ = self.host.thaw(&id).await;
-                self.status_mut().guest_frozen = false;
+                self.lc.status_mut().guest_frozen = false;
             }
         }
         // Also when the domain was shut off or destroyed during the run: its checkpoint and
@@ -76,7 +80,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                     problems.push(e.message);
                 }
             }
-            if let Err(e) = staging::empty_dir(&self.staging()) {
+            if let Err(e) = state_dir::empty_dir(&self.staging()) {
                 problems.push(format!("empty staging: {e}"));
             }
         }

@@ -4,27 +4,32 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::api::BackupRun;
 use crate::api::{BackupPhase, FailureReason};
-use crate::engine::{human_bytes, staging, BackupEngine, Event, Journal, StepError};
+use crate::engine::BackupEngine;
+use crate::error::StepError;
 use crate::libvirt::domain_xml::depth_images;
 use crate::libvirt::JobState;
+use crate::lifecycle::{Event, Journal};
 use crate::qemu_img::{probe_chain, run_qemu_img};
+use crate::state_dir;
+use crate::units::human_bytes;
 
 use super::manifest_name;
-use crate::engine::manifest::Manifest;
+use crate::catalog::manifest::Manifest;
 
 /// How often progress is written to status during long waits.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     pub(crate) async fn export(&mut self) -> Result<(), StepError> {
-        if self.status().online {
+        if self.lc.status().online {
             self.wait_for_job().await?;
         } else {
             self.export_offline().await?;
         }
         self.seal_exports().await?;
-        self.enter(BackupPhase::Uploading).await
+        self.lc.enter(BackupPhase::Uploading).await
     }
 
     async fn wait_for_job(&mut self) -> Result<(), StepError> {
@@ -33,17 +38,17 @@ impl<J: Journal> BackupEngine<'_, J> {
         loop {
             match self.host.job(&id).await? {
                 JobState::Active { done, total } => {
-                    (self.report)(Event::Progress {
+                    self.lc.report(Event::Progress {
                         stage: "Exporting",
                         done,
                         total,
                     });
-                    self.status_mut().progress = Some(crate::api::Progress {
+                    self.lc.status_mut().progress = Some(crate::api::Progress {
                         bytes_done: done,
                         bytes_total: total,
                     });
                     if last_save.elapsed() >= SAVE_EVERY {
-                        self.save().await?;
+                        self.lc.save().await?;
                         last_save = Instant::now();
                     }
                 }
@@ -58,7 +63,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                     ));
                 }
             }
-            let mut cancel = self.cancel.clone();
+            let mut cancel = self.lc.cancel.clone();
             tokio::select! {
                 _ = tokio::time::sleep(self.ctx.poll) => {}
                 _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted during export")),
@@ -70,8 +75,8 @@ impl<J: Journal> BackupEngine<'_, J> {
     async fn export_offline(&mut self) -> Result<(), StepError> {
         let view = self.host.domain(&self.domain_id()).await?;
         let dir = self.staging();
-        let depth = self.run.spec.depth;
-        let disks = self.status().disks.clone();
+        let depth = self.lc.record.spec.depth;
+        let disks = self.lc.status().disks.clone();
         let total: u64 = disks.iter().map(|d| d.virtual_size).sum();
         let mut base_done = 0u64;
         for d in &disks {
@@ -112,7 +117,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                 disk.source().to_string(),
                 part.display().to_string(),
             ]);
-            let report = &self.report;
+            let report = &self.lc.report;
             let vsize = d.virtual_size;
             run_qemu_img(
                 &argv,
@@ -137,7 +142,7 @@ impl<J: Journal> BackupEngine<'_, J> {
 
     /// The export file of each disk of the run whose checkpoint this incremental starts from.
     fn parent_exports(&self) -> Vec<(String, String)> {
-        let s = self.status();
+        let s = self.lc.status();
         let (Some(crate::api::BackupType::Incremental), Some(parent)) =
             (s.type_, s.parent_checkpoint.as_ref())
         else {
@@ -160,8 +165,8 @@ impl<J: Journal> BackupEngine<'_, J> {
     /// Checksums each export, saves the checkpoint XML and writes the run's manifest.
     async fn seal_exports(&mut self) -> Result<(), StepError> {
         let dir = self.staging();
-        let name = self.name();
-        let mut disks = self.status().disks.clone();
+        let name = self.lc.name();
+        let mut disks = self.lc.status().disks.clone();
         let parents = self.parent_exports();
         for d in disks.iter_mut() {
             let path = dir.join(&d.export_file);
@@ -185,7 +190,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                 .await?;
             }
             let p2 = path.clone();
-            let sum = tokio::task::spawn_blocking(move || staging::sha256_file(&p2))
+            let sum = tokio::task::spawn_blocking(move || state_dir::sha256_file(&p2))
                 .await
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
                 .map_err(|e| {
@@ -195,25 +200,25 @@ impl<J: Journal> BackupEngine<'_, J> {
                     )
                 })?;
             d.sha256 = Some(sum);
-            d.export_bytes = staging::allocated_bytes(&path);
+            d.export_bytes = state_dir::allocated_bytes(&path);
         }
-        if let Some(cp) = self.status().checkpoint.clone() {
+        if let Some(cp) = self.lc.status().checkpoint.clone() {
             let xml = self.host.checkpoint_xml(&self.domain_id(), &cp).await?;
             write(&dir.join(format!("{name}.checkpoint.xml")), xml.as_bytes())?;
         }
         let total: u64 = disks.iter().map(|d| d.export_bytes).sum();
-        let s = self.status_mut();
+        let s = self.lc.status_mut();
         s.disks = disks;
         s.size_bytes = total;
         s.size = Some(human_bytes(total));
-        let s = self.status().clone();
+        let s = self.lc.status().clone();
         let manifest = Manifest {
             api_version: "snapback.dev/v1alpha1".into(),
             run: name.clone(),
             domain: s
                 .domain_name
                 .clone()
-                .unwrap_or_else(|| self.run.spec.domain.clone()),
+                .unwrap_or_else(|| self.lc.record.spec.domain.clone()),
             domain_uuid: s.domain_uuid.clone(),
             type_: s.type_.unwrap_or(crate::api::BackupType::Full),
             full_reason: s.full_reason,
@@ -228,7 +233,7 @@ impl<J: Journal> BackupEngine<'_, J> {
         let text = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
         write(&dir.join(manifest_name(&name)), &text)?;
-        self.save().await
+        self.lc.save().await
     }
 }
 

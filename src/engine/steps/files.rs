@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 
+use crate::api::BackupRun;
 use crate::api::{BackupType, FailureReason};
 use crate::duplicity::Action;
-use crate::engine::{BackupEngine, Journal, StepError};
+use crate::engine::BackupEngine;
+use crate::error::StepError;
 use crate::files::attach::{attach, detach, Layout};
 use crate::files::select::selection;
+use crate::lifecycle::Journal;
 
 /// Bytes in use on a mounted filesystem (the upper bound of what duplicity reads there).
 fn used_bytes(path: &std::path::Path) -> u64 {
@@ -23,11 +26,12 @@ fn used_bytes(path: &std::path::Path) -> u64 {
     (s.f_blocks.saturating_sub(s.f_bfree) as u64).saturating_mul(s.f_frsize as u64)
 }
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     pub(crate) async fn upload_files(&mut self) -> Result<(), StepError> {
         let staging = self.staging();
         let layout = Layout::for_staging(&staging);
         let exports: Vec<(String, PathBuf)> = self
+            .lc
             .status()
             .disks
             .iter()
@@ -47,19 +51,19 @@ impl<J: Journal> BackupEngine<'_, J> {
         layout: &Layout,
         mounted: &[crate::files::attach::Mounted],
     ) -> Result<(), StepError> {
-        self.status_mut().filesystems = mounted
+        self.lc.status_mut().filesystems = mounted
             .iter()
             .map(|m| format!("{} ({})", m.name, m.fstype))
             .collect();
-        self.save().await?;
+        self.lc.save().await?;
         let names: Vec<String> = mounted.iter().map(|m| m.name.clone()).collect();
         let tree = layout.tree.display().to_string();
-        let spec = self.run.spec.clone();
+        let spec = self.lc.record.spec.clone();
         let selection = selection(&tree, &names, &spec.include, &spec.exclude)
             .map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?;
         let total = names.iter().map(|n| used_bytes(&layout.tree.join(n))).sum();
         let action = Action::Files {
-            incremental: self.status().type_ == Some(BackupType::Incremental),
+            incremental: self.lc.status().type_ == Some(BackupType::Incremental),
             source: tree,
             selection,
             current_time: None,

@@ -1,29 +1,27 @@
 //! Finalizing: drop checkpoints the chain no longer needs, empty staging, postSnapshot hooks.
 
-use jiff::Timestamp;
-
+use crate::api::BackupRun;
 use crate::api::{BackupPhase, FailureReason};
-use crate::engine::{human_duration, staging, BackupEngine, Journal, StepError};
+use crate::engine::BackupEngine;
+use crate::error::StepError;
+use crate::hooks::HookStage;
+use crate::lifecycle::Journal;
+use crate::state_dir;
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     pub(crate) async fn finalize(&mut self) -> Result<(), StepError> {
-        if self.status().online && self.status().checkpoint.is_some() {
+        if self.lc.status().online && self.lc.status().checkpoint.is_some() {
             self.prune_checkpoints().await?;
         }
-        staging::empty_dir(&self.staging()).map_err(|e| {
+        state_dir::empty_dir(&self.staging()).map_err(|e| {
             StepError::new(
                 FailureReason::Internal,
                 format!("cannot empty staging: {e}"),
             )
         })?;
-        let hooks = self.run.spec.hooks.post_snapshot.clone();
-        self.run_hooks("postSnapshot", &hooks).await?;
-        let now = Timestamp::now();
-        let s = self.status_mut();
-        s.completion_time = Some(now);
-        s.duration = s.start_time.map(|t| human_duration(now.duration_since(t)));
-        s.progress = None;
-        self.enter(BackupPhase::Succeeded).await
+        let hooks = self.lc.record.spec.hooks.post_snapshot.clone();
+        self.run_hooks(HookStage::PostSnapshot, &hooks).await?;
+        self.lc.finish(BackupPhase::Succeeded, None).await
     }
 
     /// Only the newest checkpoint is needed for the next incremental. Older ones that runs of
@@ -31,7 +29,7 @@ impl<J: Journal> BackupEngine<'_, J> {
     /// this run does not know of (another target's chain, another tool) are left alone.
     async fn prune_checkpoints(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
-        let s = self.status().clone();
+        let s = self.lc.status().clone();
         let ours = s.checkpoint.clone();
         let known: Vec<String> = self
             .ctx

@@ -12,55 +12,28 @@ mod upload;
 
 use std::path::PathBuf;
 
-use super::{BackupEngine, Journal, StepError};
-use crate::api::{FailureReason, Hook, HookOnError};
-use crate::engine::hooks::{run_hook, HookEnv};
+use super::BackupEngine;
+use crate::api::{BackupRun, Hook};
+use crate::error::StepError;
+use crate::hooks::HookStage;
+use crate::lifecycle::Journal;
 
-pub(crate) use crate::engine::manifest::manifest_name;
+pub(crate) use crate::catalog::manifest::manifest_name;
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     pub(crate) fn staging(&self) -> PathBuf {
-        PathBuf::from(self.status().staging_dir.clone().unwrap_or_default())
+        PathBuf::from(self.lc.status().staging_dir.clone().unwrap_or_default())
     }
 
-    /// Runs a list of hooks in order, recording each result. A failing hook with
-    /// `onError: Fail` stops the list and fails the step.
-    pub(crate) async fn run_hooks(&mut self, stage: &str, hooks: &[Hook]) -> Result<(), StepError> {
-        for hook in hooks {
-            let domain = self.run.spec.domain.clone();
-            let run = self.name();
-            let env = HookEnv {
-                stage,
-                domain: &domain,
-                run: &run,
-                extra: vec![],
-            };
-            let mut cancel = self.cancel.clone();
-            // A signal stops a hook too: dropping its future kills the child process.
-            let result = tokio::select! {
-                r = run_hook(self.host, hook, &env) => r,
-                _ = cancel.changed() => {
-                    return Err(StepError::new(FailureReason::Interrupted, format!("interrupted during {stage} hook")));
-                }
-            };
-            let ok = result.succeeded;
-            let detail = format!(
-                "hook '{}' ({stage}) failed: exit {:?}: {}",
-                result.hook,
-                result.exit_code,
-                result.output.trim()
-            );
-            self.status_mut().hooks.push(result);
-            self.save().await?;
-            if !ok {
-                match hook.on_error {
-                    HookOnError::Fail => {
-                        return Err(StepError::new(FailureReason::HookFailed, detail))
-                    }
-                    HookOnError::Continue => tracing::warn!("{detail} (onError: Continue)"),
-                }
-            }
-        }
-        Ok(())
+    /// Runs hooks of a stage with this run's domain in their environment.
+    pub(crate) async fn run_hooks(
+        &mut self,
+        stage: HookStage,
+        hooks: &[Hook],
+    ) -> Result<(), StepError> {
+        let domain = self.lc.record.spec.domain.clone();
+        self.lc
+            .run_hooks(self.host, stage, hooks, &domain, vec![])
+            .await
     }
 }

@@ -2,11 +2,18 @@
 
 use jiff::Timestamp;
 
+use crate::api::BackupRun;
 use crate::api::{BackupPhase, BackupType, FailureReason, OfflinePolicy, RunDisk};
+use crate::catalog::layout;
 use crate::duplicity::{self, Action};
-use crate::engine::decide::{choose_type, parse_duration, ChainFacts, PreviousRun};
-use crate::engine::{history, human_bytes, staging, BackupEngine, Event, Journal, StepError};
+use crate::engine::decide::{choose_type, ChainFacts, PreviousRun};
+use crate::engine::{history, BackupEngine};
+use crate::error::StepError;
 use crate::libvirt::{DomainState, VirtErrorKind};
+use crate::lifecycle::{Event, Journal};
+use crate::state_dir;
+use crate::units::human_bytes;
+use crate::units::parse_duration;
 
 use super::manifest_name;
 
@@ -28,12 +35,12 @@ fn validate_domain_id(id: &str) -> Result<(), StepError> {
     Ok(())
 }
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     pub(crate) async fn prepare(&mut self) -> Result<(), StepError> {
-        if self.status().phase == BackupPhase::Pending {
-            self.enter(BackupPhase::Preparing).await?;
+        if self.lc.status().phase == BackupPhase::Pending {
+            self.lc.enter(BackupPhase::Preparing).await?;
         }
-        let spec = self.run.spec.clone();
+        let spec = self.lc.record.spec.clone();
         validate_domain_id(&spec.domain)?;
         for h in spec
             .hooks
@@ -72,11 +79,11 @@ impl<J: Journal> BackupEngine<'_, J> {
                 ),
                 _ => e.into(),
             })?;
-        let name = self.name();
+        let name = self.lc.name();
         let uuid = view.facts.uuid.clone();
-        self.status_mut().domain_uuid = Some(uuid.clone());
-        self.status_mut().domain_name = Some(view.facts.name.clone());
-        self.status_mut().target_url = Some(self.ctx.target.url.redacted());
+        self.lc.status_mut().domain_uuid = Some(uuid.clone());
+        self.lc.status_mut().domain_name = Some(view.facts.name.clone());
+        self.lc.status_mut().target_url = Some(self.ctx.target.url.redacted());
         self.ensure_lock()?;
         self.reconcile_checkpoints(&view).await;
 
@@ -100,8 +107,8 @@ impl<J: Journal> BackupEngine<'_, J> {
             ));
         }
 
-        let tkey = staging::target_key(self.ctx.target.url.as_str());
-        let dir = staging::staging_dir(&self.ctx.state_dir, &tkey, &uuid);
+        let tkey = layout::target_key(self.ctx.target.url.as_str());
+        let dir = state_dir::staging_dir(&self.ctx.state_dir, &tkey, &uuid);
         std::fs::create_dir_all(&dir).map_err(|e| {
             StepError::new(
                 FailureReason::StagingFull,
@@ -109,7 +116,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             )
         })?;
         // We hold the lock: anything left in staging is debris of an earlier failed run.
-        staging::empty_dir(&dir).map_err(|e| {
+        state_dir::empty_dir(&dir).map_err(|e| {
             StepError::new(
                 FailureReason::Internal,
                 format!("cannot empty staging: {e}"),
@@ -149,7 +156,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                     facts.checkpoint_valid = match self.host.validate_checkpoint(&uuid, cp).await {
                         Ok(()) => true,
                         Err(e) if e.kind == VirtErrorKind::CheckpointInconsistent => {
-                            (self.report)(Event::Note(format!(
+                            self.lc.report(Event::Note(format!(
                                 "checkpoint {cp} is inconsistent: {}",
                                 e.message
                             )));
@@ -174,9 +181,9 @@ impl<J: Journal> BackupEngine<'_, J> {
                 .disks
                 .iter()
                 .flat_map(|d| &d.chain)
-                .map(|c| staging::allocated_bytes(c.path.as_ref()))
+                .map(|c| state_dir::allocated_bytes(c.path.as_ref()))
                 .sum();
-            let free = staging::free_bytes(&dir).unwrap_or(u64::MAX);
+            let free = state_dir::free_bytes(&dir).unwrap_or(u64::MAX);
             if free < need {
                 return Err(StepError::new(
                     FailureReason::StagingFull,
@@ -190,7 +197,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             }
         }
         if spec.depth != 0 && online {
-            self.condition(
+            self.lc.condition(
                 "DepthApplied",
                 false,
                 "OnlineExportIsWholeChain",
@@ -207,7 +214,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             },
         )?;
 
-        let s = self.status_mut();
+        let s = self.lc.status_mut();
         s.online = online;
         s.type_ = Some(type_);
         s.full_reason = full_reason;
@@ -247,11 +254,15 @@ impl<J: Journal> BackupEngine<'_, J> {
             (BackupType::Full, Some(r)) => format!("full backup ({r:?})"),
             _ => format!(
                 "incremental since {}",
-                self.status().parent_checkpoint.clone().unwrap_or_default()
+                self.lc
+                    .status()
+                    .parent_checkpoint
+                    .clone()
+                    .unwrap_or_default()
             ),
         };
-        (self.report)(Event::Note(note));
-        self.enter(BackupPhase::Snapshotting).await
+        self.lc.report(Event::Note(note));
+        self.lc.enter(BackupPhase::Snapshotting).await
     }
 
     /// Whether the target's newest backup holds the given file (a run's manifest); with an
@@ -288,16 +299,10 @@ impl<J: Journal> BackupEngine<'_, J> {
     }
 
     async fn skip(&mut self) -> Result<(), StepError> {
-        let now = Timestamp::now();
-        let s = self.status_mut();
-        s.failure = Some(crate::api::Failure {
-            reason: FailureReason::DomainShutOff,
-            message: "the domain is shut off and the policy says offline: Skip".into(),
-        });
-        s.completion_time = Some(now);
-        s.duration = s
-            .start_time
-            .map(|t| crate::engine::human_duration(now.duration_since(t)));
-        self.enter(BackupPhase::Skipped).await
+        let why = StepError::new(
+            FailureReason::DomainShutOff,
+            "the domain is shut off and the policy says offline: Skip",
+        );
+        self.lc.finish(BackupPhase::Skipped, Some(why)).await
     }
 }

@@ -7,14 +7,17 @@
 //! process itself died. Measured on libvirt 9.0: a checkpoint created by a job that never
 //! finished is kept, with a clean bitmap after `destroy`, no bitmap after `kill -9`.
 
-use crate::engine::{history, BackupEngine, Event, Journal};
+use crate::api::BackupRun;
+use crate::engine::{history, BackupEngine};
 use crate::libvirt::{bitmaps, DomainView};
+use crate::lifecycle::{Event, Journal};
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     /// Best effort: a leftover that cannot be removed is reported and the run goes on.
     pub(crate) async fn reconcile_checkpoints(&mut self, view: &DomainView) {
         let id = self.domain_id();
-        let stale = history::stale_checkpoints(&self.ctx.history, &view.facts.uuid, &self.name());
+        let stale =
+            history::stale_checkpoints(&self.ctx.history, &view.facts.uuid, &self.lc.name());
         if stale.is_empty() {
             return;
         }
@@ -52,13 +55,13 @@ impl<J: Journal> BackupEngine<'_, J> {
             }
         }
         if !removed.is_empty() {
-            (self.report)(Event::Note(format!(
+            self.lc.report(Event::Note(format!(
                 "removed what earlier runs left: {}",
                 removed.join(", ")
             )));
         }
         if !problems.is_empty() {
-            (self.report)(Event::Note(format!(
+            self.lc.report(Event::Note(format!(
                 "could not remove what earlier runs left: {}",
                 problems.join("; ")
             )));

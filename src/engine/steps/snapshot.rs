@@ -5,46 +5,51 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use crate::api::BackupRun;
 use crate::api::{BackupPhase, FailureReason, Quiesce};
-use crate::engine::{BackupEngine, Event, Journal, StepError};
+use crate::engine::BackupEngine;
+use crate::error::StepError;
+use crate::hooks::HookStage;
 use crate::libvirt::domain_xml;
+use crate::lifecycle::{Event, Journal};
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     pub(crate) async fn snapshot(&mut self) -> Result<(), StepError> {
-        let spec = self.run.spec.clone();
-        self.run_hooks("preSnapshot", &spec.hooks.pre_snapshot)
+        let spec = self.lc.record.spec.clone();
+        self.run_hooks(HookStage::PreSnapshot, &spec.hooks.pre_snapshot)
             .await?;
-        if self.status().online {
+        if self.lc.status().online {
             self.begin_job().await?;
         } else {
             // A shut-off domain's disks do not change: the files are the snapshot.
-            self.status_mut().snapshot_time = Some(Timestamp::now());
-            self.save().await?;
+            self.lc.status_mut().snapshot_time = Some(Timestamp::now());
+            self.lc.save().await?;
         }
-        self.run_hooks("onSnapshot", &spec.hooks.on_snapshot)
+        self.run_hooks(HookStage::OnSnapshot, &spec.hooks.on_snapshot)
             .await?;
-        self.enter(BackupPhase::Exporting).await
+        self.lc.enter(BackupPhase::Exporting).await
     }
 
     /// Resuming after the job began: the onSnapshot hooks not yet recorded as run are run now
     /// (an interrupted one again), so a hook that lets a paused application continue is never
     /// skipped by a crash.
     pub(crate) async fn finish_snapshot(&mut self) -> Result<(), StepError> {
-        let hooks = self.run.spec.hooks.on_snapshot.clone();
+        let hooks = self.lc.record.spec.hooks.on_snapshot.clone();
         let done = self
+            .lc
             .status()
             .hooks
             .iter()
-            .filter(|h| h.stage == "onSnapshot")
+            .filter(|h| h.stage == HookStage::OnSnapshot.as_str())
             .count();
         let pending = hooks.get(done..).unwrap_or_default();
-        self.run_hooks("onSnapshot", pending).await?;
-        self.enter(BackupPhase::Exporting).await
+        self.run_hooks(HookStage::OnSnapshot, pending).await?;
+        self.lc.enter(BackupPhase::Exporting).await
     }
 
     async fn begin_job(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
-        let c = self.run.spec.consistency.clone();
+        let c = self.lc.record.spec.consistency.clone();
         let view = self.host.domain(&id).await?;
         let mut window_start: Option<Instant> = None;
 
@@ -57,7 +62,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             ));
         }
         if paused && c.quiesce != Quiesce::None {
-            self.condition(
+            self.lc.condition(
                 "Quiesced",
                 false,
                 "DomainPaused",
@@ -66,8 +71,8 @@ impl<J: Journal> BackupEngine<'_, J> {
             );
         }
         if c.quiesce != Quiesce::None && !paused {
-            self.status_mut().guest_frozen = true;
-            self.save().await?;
+            self.lc.status_mut().guest_frozen = true;
+            self.lc.save().await?;
             let res = if view.facts.has_agent_channel {
                 self.host
                     .freeze(&id, Duration::from_secs(c.freeze_timeout_seconds as u64))
@@ -79,8 +84,8 @@ impl<J: Journal> BackupEngine<'_, J> {
             match res {
                 Ok(n) => {
                     window_start = Some(Instant::now());
-                    self.status_mut().quiesced = true;
-                    self.condition(
+                    self.lc.status_mut().quiesced = true;
+                    self.lc.condition(
                         "Quiesced",
                         true,
                         "FilesystemsFrozen",
@@ -88,27 +93,28 @@ impl<J: Journal> BackupEngine<'_, J> {
                     );
                 }
                 Err(msg) => {
-                    self.status_mut().guest_frozen = false;
-                    self.save().await?;
+                    self.lc.status_mut().guest_frozen = false;
+                    self.lc.save().await?;
                     if c.quiesce == Quiesce::Required {
                         return Err(StepError::new(
                             FailureReason::QuiesceFailed,
                             format!("cannot freeze guest filesystems: {msg}"),
                         ));
                     }
-                    self.condition(
+                    self.lc.condition(
                         "Quiesced",
                         false,
                         "GuestAgentUnavailable",
                         format!("crash-consistent backup: {msg}"),
                     );
-                    (self.report)(Event::Note(format!("warning: not quiesced: {msg}")));
+                    self.lc
+                        .report(Event::Note(format!("warning: not quiesced: {msg}")));
                 }
             }
         }
         if c.pause && !paused {
-            self.status_mut().guest_paused = true;
-            self.save().await?;
+            self.lc.status_mut().guest_paused = true;
+            self.lc.save().await?;
             if let Err(e) = self.host.suspend(&id).await {
                 self.undo_freeze_and_pause(window_start).await?;
                 return Err(e.into());
@@ -116,7 +122,7 @@ impl<J: Journal> BackupEngine<'_, J> {
             window_start.get_or_insert_with(Instant::now);
         }
 
-        let s = self.status().clone();
+        let s = self.lc.status().clone();
         let dir = self.staging();
         let exports: Vec<(String, String)> = s
             .disks
@@ -138,7 +144,7 @@ impl<J: Journal> BackupEngine<'_, J> {
         if begun.is_ok() {
             crate::process::crash_point("backup:snapshotting:job-begun");
         }
-        self.status_mut().snapshot_time = Some(Timestamp::now());
+        self.lc.status_mut().snapshot_time = Some(Timestamp::now());
         // Thaw (and resume) whatever happened: the job's point in time is fixed once it began.
         self.undo_freeze_and_pause(window_start).await?;
         begun.map_err(|e| {
@@ -155,22 +161,22 @@ impl<J: Journal> BackupEngine<'_, J> {
     ) -> Result<(), StepError> {
         let id = self.domain_id();
         let mut problems = Vec::new();
-        if self.status().guest_paused {
+        if self.lc.status().guest_paused {
             match self.host.resume(&id).await {
-                Ok(()) => self.status_mut().guest_paused = false,
+                Ok(()) => self.lc.status_mut().guest_paused = false,
                 Err(e) => problems.push(format!("resume: {e}")),
             }
         }
-        if self.status().guest_frozen {
+        if self.lc.status().guest_frozen {
             match self.host.thaw(&id).await {
-                Ok(_) => self.status_mut().guest_frozen = false,
+                Ok(_) => self.lc.status_mut().guest_frozen = false,
                 Err(e) => problems.push(format!("thaw: {e}")),
             }
         }
         if let Some(t) = window_start {
-            self.status_mut().freeze_window_ms = Some(t.elapsed().as_millis() as u64);
+            self.lc.status_mut().freeze_window_ms = Some(t.elapsed().as_millis() as u64);
         }
-        self.save().await?;
+        self.lc.save().await?;
         if problems.is_empty() {
             Ok(())
         } else {
@@ -184,18 +190,18 @@ impl<J: Journal> BackupEngine<'_, J> {
     /// A run died while the guest was frozen or paused: give the guest back first.
     pub(crate) async fn recover(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
-        (self.report)(Event::Note(
+        self.lc.report(Event::Note(
             "recovering: thawing/resuming the guest left by an interrupted run".into(),
         ));
-        if self.status().guest_paused {
+        if self.lc.status().guest_paused {
             // "not paused" is fine: someone resumed it already.
             let _ = self.host.resume(&id).await;
-            self.status_mut().guest_paused = false;
+            self.lc.status_mut().guest_paused = false;
         }
-        if self.status().guest_frozen {
+        if self.lc.status().guest_frozen {
             let _ = self.host.thaw(&id).await;
-            self.status_mut().guest_frozen = false;
+            self.lc.status_mut().guest_frozen = false;
         }
-        self.save().await
+        self.lc.save().await
     }
 }

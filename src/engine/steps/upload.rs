@@ -3,29 +3,33 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::BackupRun;
 use crate::api::{BackupPhase, BackupType, FailureReason, Progress};
 use crate::duplicity::{self, Action};
-use crate::engine::{BackupEngine, Event, Journal, StepError};
+use crate::engine::BackupEngine;
+use crate::error::StepError;
+use crate::lifecycle::{Event, Journal};
 
-impl<J: Journal> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     pub(crate) async fn upload(&mut self) -> Result<(), StepError> {
         // A resumed upload simply runs duplicity again: duplicity finds the partial set in its
         // archive dir and continues it. (Asking the target first is not reliable: duplicity
         // lists the files of a partial set from its local cache as if they were uploaded.)
-        if self.status().upload_attempts > 0 {
-            (self.report)(Event::Note("resuming the interrupted upload".into()));
+        if self.lc.status().upload_attempts > 0 {
+            self.lc
+                .report(Event::Note("resuming the interrupted upload".into()));
         } else {
             self.remove_partial_sets().await?;
         }
-        self.status_mut().upload_attempts += 1;
-        self.save().await?;
+        self.lc.status_mut().upload_attempts += 1;
+        self.lc.save().await?;
         if self.files_mode() {
             self.upload_files().await?;
         } else {
             self.run_duplicity().await?;
         }
-        self.status_mut().uploaded = true;
-        self.enter(BackupPhase::Finalizing).await
+        self.lc.status_mut().uploaded = true;
+        self.lc.enter(BackupPhase::Finalizing).await
     }
 
     /// A partial set on the target is what a failed run left (a run that was only killed is
@@ -37,7 +41,7 @@ impl<J: Journal> BackupEngine<'_, J> {
         if duplicity::names::newest_time(&names) == duplicity::names::newest_complete_time(&names) {
             return Ok(());
         }
-        (self.report)(Event::Note(
+        self.lc.report(Event::Note(
             "removing the partial set a failed run left on the target".into(),
         ));
         duplicity::run(&target, &Action::Cleanup, |_| {})
@@ -49,7 +53,7 @@ impl<J: Journal> BackupEngine<'_, J> {
     async fn run_duplicity(&mut self) -> Result<(), StepError> {
         let source = self.staging().display().to_string();
         // duplicity's chain mirrors the image chain: image full = duplicity full.
-        let action = match self.status().type_ {
+        let action = match self.lc.status().type_ {
             Some(BackupType::Incremental) => Action::Incremental {
                 source,
                 current_time: None,
@@ -66,7 +70,7 @@ impl<J: Journal> BackupEngine<'_, J> {
                     .map(|m| m.len())
                     .sum()
             })
-            .unwrap_or(self.status().size_bytes);
+            .unwrap_or(self.lc.status().size_bytes);
         self.duplicity_with_progress(action, total).await
     }
 
@@ -87,7 +91,7 @@ impl<J: Journal> BackupEngine<'_, J> {
         let latest: Arc<Mutex<Option<u64>>> = Arc::default();
         let seen = latest.clone();
         let result = {
-            let report = &self.report;
+            let report = &self.lc.report;
             let fut = duplicity::run(&target, &action, move |t| {
                 // A volume is on the target and more are to come.
                 if t.bytes < total {
@@ -102,17 +106,17 @@ impl<J: Journal> BackupEngine<'_, J> {
             });
             tokio::pin!(fut);
             let mut tick = tokio::time::interval(Duration::from_secs(2));
-            let mut cancel = self.cancel.clone();
+            let mut cancel = self.lc.cancel.clone();
             loop {
                 tokio::select! {
                     r = &mut fut => break r,
                     _ = tick.tick() => {
                         let done = *latest.lock().unwrap();
                         if let Some(done) = done {
-                            let s = self.run.status.get_or_insert_with(Default::default);
+                            let s = self.lc.record.status.get_or_insert_with(Default::default);
                             s.progress = Some(Progress { bytes_done: done, bytes_total: total });
                             // Status saves are best effort here; the phase record is what resumes.
-                            let _ = self.journal.save(&self.run).await;
+                            let _ = self.lc.save().await;
                         }
                     }
                     _ = cancel.changed() => {
@@ -127,7 +131,7 @@ impl<J: Journal> BackupEngine<'_, J> {
         // written, be it new or a resumed partial set with its original time. (duplicity's
         // StartTime statistic is its wall clock, not the set's time.)
         let after = duplicity::backend::list(&target).await?;
-        self.status_mut().target_time = duplicity::names::newest_complete_time(&after);
+        self.lc.status_mut().target_time = duplicity::names::newest_complete_time(&after);
         Ok(())
     }
 }

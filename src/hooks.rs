@@ -5,8 +5,45 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::api::{Hook, HookLocation, HookResult};
+use crate::api::{Hook, HookLocation, HookResult, Hooks};
 use crate::libvirt::LibvirtHost;
+
+/// When a hook list runs. Backups run the snapshot stages, restores the recovery stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookStage {
+    PreSnapshot,
+    OnSnapshot,
+    PostSnapshot,
+    PreRecovery,
+    EndRecovery,
+    PostRecovery,
+}
+
+impl HookStage {
+    /// The name in specs, status (`hooks[].stage`) and the hook's `SNAPBACK_STAGE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PreSnapshot => "preSnapshot",
+            Self::OnSnapshot => "onSnapshot",
+            Self::PostSnapshot => "postSnapshot",
+            Self::PreRecovery => "preRecovery",
+            Self::EndRecovery => "endRecovery",
+            Self::PostRecovery => "postRecovery",
+        }
+    }
+
+    /// The hooks a spec lists for this stage.
+    pub fn of(self, hooks: &Hooks) -> &[Hook] {
+        match self {
+            Self::PreSnapshot => &hooks.pre_snapshot,
+            Self::OnSnapshot => &hooks.on_snapshot,
+            Self::PostSnapshot => &hooks.post_snapshot,
+            Self::PreRecovery => &hooks.pre_recovery,
+            Self::EndRecovery => &hooks.end_recovery,
+            Self::PostRecovery => &hooks.post_recovery,
+        }
+    }
+}
 
 /// The most hook output kept in status.
 pub const OUTPUT_LIMIT: usize = 2048;
@@ -25,7 +62,7 @@ pub fn truncate_output(s: &str) -> String {
 
 /// Context passed to hooks as environment variables.
 pub struct HookEnv<'a> {
-    pub stage: &'a str,
+    pub stage: HookStage,
     pub domain: &'a str,
     pub run: &'a str,
     pub extra: Vec<(String, String)>,
@@ -40,7 +77,7 @@ pub async fn run_hook(host: &LibvirtHost, hook: &Hook, env: &HookEnv<'_>) -> Hoo
     };
     HookResult {
         hook: hook.display_name(),
-        stage: env.stage.to_string(),
+        stage: env.stage.as_str().to_string(),
         exit_code,
         output: truncate_output(&output),
         duration_ms: started.elapsed().as_millis() as u64,
@@ -58,7 +95,7 @@ async fn run_on_host(
     };
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
-        .env("SNAPBACK_STAGE", env.stage)
+        .env("SNAPBACK_STAGE", env.stage.as_str())
         .env("SNAPBACK_DOMAIN", env.domain)
         .env("SNAPBACK_RUN", env.run)
         .envs(env.extra.iter().map(|(k, v)| (k, v)))
@@ -154,5 +191,42 @@ mod tests {
         assert!(t.len() < OUTPUT_LIMIT + 40);
         assert!(t.ends_with("the error"));
         assert_eq!(truncate_output("short"), "short");
+    }
+
+    #[test]
+    fn each_stage_picks_its_own_list_and_keeps_its_spec_name() {
+        let hook = |n: &str| Hook {
+            name: Some(n.into()),
+            command: vec!["true".into()],
+            run_in: HookLocation::Host,
+            timeout_seconds: 1,
+            on_error: Default::default(),
+        };
+        let hooks = Hooks {
+            pre_snapshot: vec![hook("a")],
+            on_snapshot: vec![hook("b")],
+            post_snapshot: vec![hook("c")],
+            pre_recovery: vec![hook("d")],
+            end_recovery: vec![hook("e")],
+            post_recovery: vec![hook("f")],
+        };
+        let stages = [
+            HookStage::PreSnapshot,
+            HookStage::OnSnapshot,
+            HookStage::PostSnapshot,
+            HookStage::PreRecovery,
+            HookStage::EndRecovery,
+            HookStage::PostRecovery,
+        ];
+        let picked: Vec<String> = stages
+            .iter()
+            .map(|s| s.of(&hooks)[0].display_name())
+            .collect();
+        assert_eq!(picked, ["a", "b", "c", "d", "e", "f"]);
+        // The spec's field names, as serde writes them.
+        let yaml = serde_json::to_value(&hooks).unwrap();
+        for s in stages {
+            assert!(yaml.get(s.as_str()).is_some(), "{}", s.as_str());
+        }
     }
 }

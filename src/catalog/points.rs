@@ -7,9 +7,9 @@ use jiff::Timestamp;
 
 use super::select::RestorePoint;
 use crate::api::FailureReason;
+use crate::catalog::manifest::Manifest;
 use crate::duplicity::{self, log::collection_sets, Action, TargetConfig};
-use crate::engine::manifest::Manifest;
-use crate::engine::StepError;
+use crate::error::StepError;
 
 /// duplicity's `--time` form for a set time.
 pub fn dup_time(t: Timestamp) -> String {

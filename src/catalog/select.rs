@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 
-use crate::engine::manifest::Manifest;
+use crate::catalog::manifest::Manifest;
 
 /// One restorable point on the target.
 #[derive(Clone, Debug, PartialEq)]
