@@ -23,4 +23,5 @@ pub mod selector;
 pub mod standalone;
 pub mod state_dir;
 pub mod store;
+pub mod table;
 pub mod units;

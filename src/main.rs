@@ -85,7 +85,7 @@ async fn resume(mut args: snapback::cli::ResumeArgs) -> i32 {
             return 1;
         }
     };
-    let cancel = backup::cancel_on_signal();
+    let cancel = snapback::process::cancel_on_signal();
     let mut failed = 0;
     match backup::resume_stale(
         &host,

@@ -1,4 +1,4 @@
-//! Helpers for child processes.
+//! The process: its child processes, its signals, and the crash points of the tests.
 
 /// Makes the child receive SIGKILL when snapback dies, so a killed run never leaves a
 /// duplicity, qemu-img or hook process running on its own (the resumed run starts its own).
@@ -25,4 +25,25 @@ pub fn crash_point(name: &str) {
             libc::raise(libc::SIGKILL);
         }
     }
+}
+
+/// A flag that turns true on SIGINT or SIGTERM: engines then clean up (or roll back) and
+/// fail as Interrupted, and daemons stop.
+pub fn cancel_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }

@@ -158,6 +158,32 @@ fn trim_dashes(s: &str) -> &str {
     s.trim_matches('-')
 }
 
+/// The name of a run or restore started by hand (not by a schedule): a DNS-1123 name from
+/// the domain name and the time, with a random suffix: `web-20260101-120000-3f2a`.
+pub fn adhoc_run_name(domain: &str, now: Timestamp) -> String {
+    let mut base: String = domain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    base.truncate(30);
+    if base.is_empty() {
+        base = "domain".into();
+    }
+    let t = now.strftime("%Y%m%d-%H%M%S");
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..4];
+    format!("{}-{t}-{suffix}", base.trim_end_matches('-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +329,15 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
             assert!(!n.starts_with('-') && !n.ends_with('-'));
         }
+    }
+
+    #[test]
+    fn hand_started_run_names_are_dns_safe_even_for_hostile_domain_names() {
+        let n = adhoc_run_name("Web;rm -rf /`x`", "2026-01-02T03:04:05Z".parse().unwrap());
+        assert!(n.starts_with("web-rm-rf-x-20260102-030405-"), "{n}");
+        assert!(n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(adhoc_run_name("", Timestamp::now()).starts_with("domain-"));
     }
 }

@@ -10,12 +10,16 @@ use kube::api::ObjectMeta;
 use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
 use crate::api::{
-    BackupPhase, BackupRun, BackupRunSpec, BackupRunStatus, Consistency, Failure, FailureReason,
-    FullCadence, OfflinePolicy, Quiesce, RequestedType,
+    BackupPhase, BackupRun, BackupRunSpec, Consistency, FailureReason, FullCadence, OfflinePolicy,
+    Quiesce, RequestedType,
 };
-use crate::engine::{BackupEngine, RunContext};
+use crate::driver::Driver;
 use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
+use crate::lifecycle::Lifecycle;
+use crate::process::cancel_on_signal;
+use crate::schedule::adhoc_run_name;
+use crate::standalone::site::{LocalSite, Targets};
 use crate::store::FileStore;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -106,71 +110,14 @@ impl CommonArgs {
     }
 }
 
-/// A DNS-1123 name from the domain name and the time: `web-20260101-120000-3f2a`.
-pub fn run_name(domain: &str, now: Timestamp) -> String {
-    let mut base: String = domain
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect::<String>()
-        .split('-')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("-");
-    base.truncate(30);
-    if base.is_empty() {
-        base = "domain".into();
-    }
-    let t = now.strftime("%Y%m%d-%H%M%S");
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..4];
-    format!("{}-{t}-{suffix}", base.trim_end_matches('-'))
-}
-
-fn fail_early(store: &FileStore, mut run: BackupRun, e: StepError) -> BackupRun {
-    let now = Timestamp::now();
-    run.status = Some(BackupRunStatus {
-        phase: BackupPhase::Failed,
-        start_time: Some(now),
-        completion_time: Some(now),
-        failure: Some(Failure {
-            reason: e.reason,
-            message: e.message,
-        }),
-        ..Default::default()
-    });
-    if let Err(err) = store.write(
-        "backupruns",
-        run.metadata.name.as_deref().unwrap_or("run"),
-        &run,
-    ) {
-        eprintln!("warning: cannot record the run: {err}");
-    }
-    run
-}
-
-/// Sets a flag on SIGINT/SIGTERM so the engine cleans up and fails the run as Interrupted.
-pub fn cancel_on_signal() -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        let _ = tx.send(true);
-    });
-    rx
+/// Records a run that failed before the engine could start (libvirt unreachable, the state
+/// dir not writable): nothing was touched, so nothing is cleaned up.
+async fn fail_early(site: &LocalSite<'_>, run: BackupRun, e: StepError) -> BackupRun {
+    let (_tx, cancel) = tokio::sync::watch::channel(false);
+    let name = run.metadata.name.clone().unwrap_or_default();
+    let mut lc = Lifecycle::new(run, site, stderr_reporter(name), cancel);
+    lc.fail(e).await;
+    lc.record
 }
 
 /// Runs the engine over every unfinished run in the store whose process died (its lock is
@@ -187,6 +134,16 @@ pub async fn resume_stale(
         .backup_runs()
         .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
     let url = crate::duplicity::url::redact(&target.target);
+    let site = LocalSite {
+        store,
+        targets: Targets::Given(Box::new(target.to_config(state_dir))),
+    };
+    let driver = Driver {
+        host,
+        state_dir,
+        poll: Duration::from_millis(250),
+        metrics: None,
+    };
     let mut done = Vec::new();
     for run in runs
         .iter()
@@ -196,22 +153,16 @@ pub async fn resume_stale(
             continue;
         }
         let name = run.metadata.name.clone().unwrap_or_default();
-        let ctx = RunContext {
-            target: target.to_config(state_dir)?,
-            state_dir: state_dir.to_path_buf(),
-            history: runs.clone(),
-            poll: Duration::from_millis(250),
-        };
         eprintln!("{name}: resuming an interrupted run");
-        let engine = BackupEngine::new(
-            host,
-            store,
-            ctx,
-            run.clone(),
-            stderr_reporter(name.clone()),
-            cancel.clone(),
-        );
-        let finished = engine.run().await;
+        let finished = driver
+            .backup(
+                &site,
+                run.clone(),
+                stderr_reporter(name.clone()),
+                cancel.clone(),
+            )
+            .await
+            .run;
         if finished
             .status
             .as_ref()
@@ -233,7 +184,7 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
     args.common.absolutize();
     let store = FileStore::new(&args.common.state_dir);
     let now = Timestamp::now();
-    let name = run_name(&args.domain, now);
+    let name = adhoc_run_name(&args.domain, now);
     let hooks = match super::read_hooks_file(args.hooks_file.as_deref()) {
         Ok(h) => h,
         Err(e) => return report_failure(&name, e),
@@ -292,13 +243,13 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
             ),
         );
     }
-    let target = match args.target.to_config(&args.common.state_dir) {
-        Ok(t) => t,
-        Err(e) => return finish(fail_early(&store, run, e)),
+    let site = LocalSite {
+        store: &store,
+        targets: Targets::Given(Box::new(args.target.to_config(&args.common.state_dir))),
     };
     let host = match LibvirtHost::connect(&args.common.connect).await {
         Ok(h) => h,
-        Err(e) => return finish(fail_early(&store, run, e.into())),
+        Err(e) => return finish(fail_early(&site, run, e.into()).await),
     };
     let cancel = cancel_on_signal();
     if let Err(e) = resume_stale(
@@ -313,31 +264,14 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
     {
         eprintln!("warning: could not resume earlier runs: {e}");
     }
-    let history = match store.backup_runs() {
-        Ok(h) => h,
-        Err(e) => {
-            return finish(fail_early(
-                &store,
-                run,
-                StepError::new(FailureReason::Internal, e.to_string()),
-            ))
-        }
-    };
-    let ctx = RunContext {
-        target,
-        state_dir: args.common.state_dir.clone(),
-        history,
+    let driver = Driver {
+        host: &host,
+        state_dir: &args.common.state_dir,
         poll: Duration::from_millis(250),
+        metrics: None,
     };
-    let engine = BackupEngine::new(
-        &host,
-        &store,
-        ctx,
-        run,
-        stderr_reporter(name.clone()),
-        cancel,
-    );
-    finish(engine.run().await)
+    let report = stderr_reporter(name.clone());
+    finish(driver.backup(&site, run, report, cancel).await.run)
 }
 
 fn report_failure(name: &str, e: StepError) -> i32 {
@@ -374,20 +308,5 @@ fn finish(run: BackupRun) -> i32 {
             eprintln!("Internal: the run ended in phase {p:?} without a reason");
             1
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_names_are_dns_safe_even_for_hostile_domain_names() {
-        let n = run_name("Web;rm -rf /`x`", "2026-01-02T03:04:05Z".parse().unwrap());
-        assert!(n.starts_with("web-rm-rf-x-20260102-030405-"), "{n}");
-        assert!(n
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
-        assert!(run_name("", Timestamp::now()).starts_with("domain-"));
     }
 }

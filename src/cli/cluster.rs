@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tracing::{error, info, warn};
 
-use super::backup::cancel_on_signal;
 use crate::cluster::agent::{Agent, AgentConfig};
 use crate::cluster::controller::{pass, PassConfig};
 use crate::cluster::kube_api::{connect, KubeStore};
 use crate::libvirt::LibvirtHost;
 use crate::metrics::{serve, Health, Metrics};
+use crate::process::cancel_on_signal;
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {

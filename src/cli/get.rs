@@ -3,6 +3,7 @@
 use jiff::Timestamp;
 
 use crate::api::BackupRun;
+use crate::table::table;
 
 fn age(t: Option<Timestamp>) -> String {
     let Some(t) = t else {
@@ -19,8 +20,7 @@ fn age(t: Option<Timestamp>) -> String {
 
 /// Renders runs oldest first, like `kubectl get backupruns`.
 pub fn backup_runs_table(runs: &[BackupRun]) -> String {
-    let mut rows: Vec<[String; 7]> =
-        vec![["NAME", "DOMAIN", "TYPE", "PHASE", "SIZE", "DURATION", "AGE"].map(String::from)];
+    let mut rows: Vec<[String; 7]> = Vec::new();
     let mut sorted: Vec<&BackupRun> = runs.iter().collect();
     sorted.sort_by_key(|r| r.status.as_ref().and_then(|s| s.start_time));
     for r in sorted {
@@ -46,18 +46,8 @@ pub fn backup_runs_table(runs: &[BackupRun]) -> String {
             age(s.start_time),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
+    table(
+        ["NAME", "DOMAIN", "TYPE", "PHASE", "SIZE", "DURATION", "AGE"],
+        rows,
+    )
 }

@@ -6,7 +6,6 @@ use clap::Args;
 use jiff::tz::TimeZone;
 
 use super::backup::CommonArgs;
-use super::restore::table;
 use crate::api::{BackupRun, FailureReason};
 use crate::catalog::layout;
 use crate::error::StepError;
@@ -15,6 +14,7 @@ use crate::retention::prune::{expired, prune_domain};
 use crate::selector;
 use crate::standalone::config;
 use crate::store::FileStore;
+use crate::table::table;
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {

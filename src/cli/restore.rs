@@ -6,17 +6,21 @@ use clap::Args;
 use jiff::Timestamp;
 use kube::api::ObjectMeta;
 
-use super::backup::{cancel_on_signal, run_name, CommonArgs};
+use super::backup::CommonArgs;
 use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
 use crate::api::{BackupType, FailureReason, RestorePhase, RestoreRequest, RestoreRequestSpec};
 use crate::catalog::layout;
 use crate::catalog::points::list_sets;
 use crate::catalog::select::RestorePoint;
+use crate::driver::Driver;
 use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
-use crate::restore::{RestoreContext, RestoreEngine};
+use crate::process::cancel_on_signal;
+use crate::schedule::adhoc_run_name;
+use crate::standalone::site::{LocalSite, Targets};
 use crate::store::FileStore;
+use crate::table::table;
 use crate::units::human_bytes;
 
 #[derive(Args, Debug)]
@@ -107,6 +111,15 @@ async fn restore_files(args: &RestoreArgs) -> i32 {
     }
 }
 
+fn driver<'a>(host: &'a LibvirtHost, state_dir: &'a std::path::Path) -> Driver<'a> {
+    Driver {
+        host,
+        state_dir,
+        poll: std::time::Duration::from_millis(250),
+        metrics: None,
+    }
+}
+
 fn failure(e: StepError) -> i32 {
     eprintln!("{}: {}", e.reason, e.message);
     1
@@ -118,7 +131,7 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
         return restore_files(&args).await;
     }
     let store = FileStore::new(&args.common.state_dir);
-    let name = format!("restore-{}", run_name(&args.domain, Timestamp::now()));
+    let name = format!("restore-{}", adhoc_run_name(&args.domain, Timestamp::now()));
     println!("{name}");
     let hooks = match super::read_hooks_file(args.hooks_file.as_deref()) {
         Ok(h) => h,
@@ -154,27 +167,22 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
             format!("cannot create state dir: {e}"),
         ));
     }
-    let target = match args.target.to_config(&args.common.state_dir) {
-        Ok(t) => t,
-        Err(e) => return failure(e),
-    };
     let host = match LibvirtHost::connect(&args.common.connect).await {
         Ok(h) => h,
         Err(e) => return failure(e.into()),
     };
-    let ctx = RestoreContext {
-        target,
-        state_dir: args.common.state_dir.clone(),
+    let site = LocalSite {
+        store: &store,
+        targets: Targets::Given(Box::new(args.target.to_config(&args.common.state_dir))),
     };
-    let engine = RestoreEngine::new(
-        &host,
-        &store,
-        ctx,
-        req,
-        stderr_reporter(name.clone()),
-        cancel_on_signal(),
-    );
-    let done = engine.run().await;
+    let done = driver(&host, &args.common.state_dir)
+        .restore(
+            &site,
+            req,
+            stderr_reporter(name.clone()),
+            cancel_on_signal(),
+        )
+        .await;
     let s = done.status.unwrap_or_default();
     match (s.phase, s.failure) {
         (RestorePhase::Succeeded, _) => {
@@ -223,6 +231,10 @@ pub async fn resume_stale(
         .list("restorerequests")
         .map_err(|e| StepError::new(crate::api::FailureReason::Internal, e.to_string()))?;
     let url = crate::duplicity::url::redact(&target.target);
+    let site = LocalSite {
+        store,
+        targets: Targets::Given(Box::new(target.to_config(state_dir))),
+    };
     let mut done = Vec::new();
     for req in reqs {
         let unfinished = req.status.as_ref().is_some_and(|s| !s.phase.is_terminal());
@@ -231,13 +243,12 @@ pub async fn resume_stale(
         }
         let name = req.metadata.name.clone().unwrap_or_default();
         eprintln!("{name}: resuming an interrupted restore");
-        let ctx = RestoreContext {
-            target: target.to_config(state_dir)?,
-            state_dir: state_dir.to_path_buf(),
-        };
-        let engine =
-            RestoreEngine::new(host, store, ctx, req, stderr_reporter(name), cancel.clone());
-        done.push(engine.run().await);
+        let report = stderr_reporter(name);
+        done.push(
+            driver(host, state_dir)
+                .restore(&site, req, report, cancel.clone())
+                .await,
+        );
     }
     Ok(done)
 }
@@ -253,26 +264,6 @@ fn list_row(p: &RestorePoint) -> [String; 5] {
         human_bytes(p.size()),
         p.manifest.run.clone(),
     ]
-}
-
-/// Renders rows under a header with aligned columns.
-pub fn table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> String {
-    let mut all = vec![header.map(String::from)];
-    all.extend(rows);
-    let widths: Vec<usize> = (0..N)
-        .map(|i| all.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in all {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
-        out.push_str(cells.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 pub async fn list(mut args: ListArgs) -> i32 {

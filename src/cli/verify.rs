@@ -3,12 +3,12 @@
 use clap::Args;
 
 use super::backup::CommonArgs;
-use super::restore::table;
 use super::target_args::TargetArgs;
 use crate::api::FailureReason;
 use crate::catalog::layout;
 use crate::catalog::select::parse_at;
 use crate::restore::verify::{verify, PointCheck, Which};
+use crate::table::table;
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {

@@ -119,6 +119,13 @@ impl Config {
             .map(|(_, t)| t)
             .find(|t| t.metadata.name.as_deref() == Some(name))
     }
+
+    pub fn policy(&self, name: &str) -> Option<&BackupPolicy> {
+        self.policies
+            .iter()
+            .map(|(_, p)| p)
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 
 pub mod inventory;
 pub mod journal;
+pub mod site;
 pub mod target;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,21 +18,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::api::{
-    set_condition, BackupPhase, BackupPolicy, BackupRun, Failure, RestorePhase, RestoreRequest,
-};
+use crate::api::{BackupRun, RestoreRequest};
 use crate::cluster::labels;
 use crate::cluster::store::{ApiErrorKind, ApiResult, Object, Store};
-use crate::engine::{BackupEngine, RunContext};
-use crate::error::StepError;
+use crate::driver::Driver;
 use crate::libvirt::LibvirtHost;
-use crate::lifecycle::{Event, Journal, Reporter};
-use crate::metrics::{Health, Metrics, PolicyDomain, ReasonLabel};
-use crate::restore::{RestoreContext, RestoreEngine};
-use crate::retention::prune::{expired, prune_after_run};
+use crate::lifecycle::{Event, Record, Reporter};
+use crate::metrics::{Health, Metrics};
 
-use journal::ApiJournal;
-use target::resolve_target;
+use site::AgentSite;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -125,12 +121,12 @@ impl<S: Store> Agent<S> {
         let mut runs: Vec<BackupRun> = self.store.list(ns, &sel).await?;
         runs.sort_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for r in runs {
-            self.consider_run(r).await?;
+            self.consider(r).await?;
         }
         let mut restores: Vec<RestoreRequest> = self.store.list(ns, &sel).await?;
         restores.sort_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for r in restores {
-            self.consider_restore(r);
+            self.consider(r).await?;
         }
         Ok(())
     }
@@ -180,11 +176,14 @@ impl<S: Store> Agent<S> {
         }
     }
 
-    async fn consider_run(self: &Arc<Self>, run: BackupRun) -> ApiResult<()> {
-        let k = key(&run);
-        let deleting = run.metadata.deletion_timestamp.is_some();
-        let ours = labels::has_finalizer(&run.metadata, labels::RUN_FINALIZER);
-        let terminal = run.status.as_ref().is_some_and(|s| s.phase.is_terminal());
+    /// Starts, cancels or releases one run or restore. A started one carries the agent's
+    /// finalizer, so deleting it cancels the work, which cleans up (or rolls back) before the
+    /// object goes.
+    async fn consider<K: Work>(self: &Arc<Self>, obj: K) -> ApiResult<()> {
+        let k = key(&obj);
+        let deleting = obj.meta().deletion_timestamp.is_some();
+        let ours = labels::has_finalizer(obj.meta(), labels::RUN_FINALIZER);
+        let terminal = obj.terminal();
         {
             let tasks = self.tasks.lock().unwrap();
             if let Some(t) = tasks.get(&k) {
@@ -194,21 +193,21 @@ impl<S: Store> Agent<S> {
                 return Ok(());
             }
             let startable = !terminal && (ours || !deleting);
-            if startable && tasks.values().any(|t| t.domain == run.spec.domain) {
-                // One run per domain at a time; this one waits for the next tick.
+            if startable && tasks.values().any(|t| t.domain == obj.domain()) {
+                // One run or restore per domain at a time; this one waits for the next tick.
                 return Ok(());
             }
         }
         if terminal || (deleting && !ours) {
             if ours {
-                self.release::<BackupRun>(&run).await?;
+                self.release(&obj).await?;
             }
             return Ok(());
         }
         let (tx, rx) = watch::channel(deleting);
         let me = self.clone();
-        let domain = run.spec.domain.clone();
-        let handle = tokio::spawn(async move { me.drive_run(run, rx).await });
+        let domain = obj.domain().to_string();
+        let handle = tokio::spawn(async move { me.drive(obj, rx).await });
         self.tasks.lock().unwrap().insert(
             k,
             Task {
@@ -218,36 +217,6 @@ impl<S: Store> Agent<S> {
             },
         );
         Ok(())
-    }
-
-    fn consider_restore(self: &Arc<Self>, req: RestoreRequest) {
-        let k = key(&req);
-        let terminal = req.status.as_ref().is_some_and(|s| s.phase.is_terminal());
-        let mut tasks = self.tasks.lock().unwrap();
-        if let Some(t) = tasks.get(&k) {
-            if req.metadata.deletion_timestamp.is_some() {
-                let _ = t.cancel.send(true);
-            }
-            return;
-        }
-        if terminal
-            || req.metadata.deletion_timestamp.is_some()
-            || tasks.values().any(|t| t.domain == req.spec.domain)
-        {
-            return;
-        }
-        let (tx, rx) = watch::channel(false);
-        let me = self.clone();
-        let domain = req.spec.domain.clone();
-        let handle = tokio::spawn(async move { me.drive_restore(req, rx).await });
-        tasks.insert(
-            k,
-            Task {
-                domain,
-                cancel: tx,
-                handle,
-            },
-        );
     }
 
     /// Adds (`add`) or removes the run finalizer on the newest version, retrying conflicts.
@@ -284,212 +253,81 @@ impl<S: Store> Agent<S> {
         self.set_finalizer(obj, false).await.map(|_| ())
     }
 
-    async fn drive_run(self: Arc<Self>, run: BackupRun, cancel: watch::Receiver<bool>) {
-        let name = run.metadata.name.clone().unwrap_or_default();
-        let ns = run.metadata.namespace.clone().unwrap_or_default();
-        let fresh = run.status.is_none();
-        let run = match self.set_finalizer(&run, true).await {
-            Ok(Some(r)) => r,
+    /// Takes the object (its finalizer), drives it to the end and releases it.
+    async fn drive<K: Work>(self: Arc<Self>, obj: K, cancel: watch::Receiver<bool>) {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let obj = match self.set_finalizer(&obj, true).await {
+            Ok(Some(o)) => o,
             Ok(None) => return,
             Err(e) => {
-                warn!(run = %name, "cannot take the run: {e}");
+                warn!(name = %name, "cannot take it: {e}");
                 return;
             }
         };
-        let journal = ApiJournal::new(self.store.clone());
-        self.metrics.active_runs.inc();
-        if fresh {
-            self.metrics.backup_attempts.inc();
-        }
-        let done = match resolve_target(&self.store, &ns, &run.spec.target_ref, &self.cfg.state_dir)
-            .await
-        {
-            Err(e) => fail_before_start(&journal, run, e).await,
-            Ok(target) => {
-                let base = target.clone();
-                let history: Vec<BackupRun> =
-                    self.store.list(Some(&ns), &[]).await.unwrap_or_default();
-                let ctx = RunContext {
-                    target,
-                    state_dir: self.cfg.state_dir.clone(),
-                    history,
-                    poll: Duration::from_millis(500),
-                };
-                let done = BackupEngine::new(
-                    &self.host,
-                    &journal,
-                    ctx,
-                    run,
-                    log_reporter(name.clone()),
-                    cancel,
-                )
-                .run()
-                .await;
-                self.apply_retention(&journal, done, &base).await
-            }
+        let site = AgentSite::new(self.store.clone(), self.cfg.state_dir.clone());
+        let driver = Driver {
+            host: &self.host,
+            state_dir: &self.cfg.state_dir,
+            poll: Duration::from_millis(500),
+            metrics: Some(&self.metrics),
         };
-        self.metrics.active_runs.dec();
-        let s = done.status.clone().unwrap_or_default();
-        match (s.phase, &s.failure) {
-            (BackupPhase::Succeeded, _) => {
-                self.metrics.backup_success.inc();
-                self.metrics.backup_bytes.observe(s.size_bytes as f64);
-                if let Some(t) = s.completion_time {
-                    self.metrics
-                        .last_success
-                        .get_or_create(&PolicyDomain {
-                            policy: done.spec.policy_ref.clone().unwrap_or_default(),
-                            domain: done.spec.domain.clone(),
-                        })
-                        .set(t.as_millisecond() as f64 / 1000.0);
-                }
-            }
-            (BackupPhase::Failed, Some(f)) => {
-                self.metrics
-                    .backup_failure
-                    .get_or_create(&ReasonLabel {
-                        reason: f.reason.as_str().to_string(),
-                    })
-                    .inc();
-            }
-            _ => {}
-        }
-        if let (Some(a), Some(b)) = (s.start_time, s.completion_time) {
-            self.metrics
-                .backup_duration
-                .observe((b.as_millisecond() - a.as_millisecond()) as f64 / 1000.0);
-        }
-        if s.phase.is_terminal() {
+        let done = obj
+            .drive(&driver, &site, log_reporter(name.clone()), cancel)
+            .await;
+        if done.terminal() {
             if let Err(e) = self.release(&done).await {
-                warn!(run = %name, "cannot release the run: {e}");
+                warn!(name = %name, "cannot release it: {e}");
             }
         }
-        info!(run = %name, phase = ?s.phase, "run finished");
-    }
-
-    /// The policy's retention after a successful run: whole chains are deleted from the target,
-    /// the outcome is a `Pruned` condition on the run, and the runs of deleted chains are marked
-    /// `Expired`.
-    async fn apply_retention(
-        &self,
-        journal: &ApiJournal<S>,
-        mut done: BackupRun,
-        base: &crate::duplicity::TargetConfig,
-    ) -> BackupRun {
-        let succeeded = done
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase == BackupPhase::Succeeded);
-        let (true, Some(pname)) = (succeeded, done.spec.policy_ref.clone()) else {
-            return done;
-        };
-        let ns = done.metadata.namespace.clone().unwrap_or_default();
-        let Ok(Some(policy)) = self.store.get::<BackupPolicy>(Some(&ns), &pname).await else {
-            return done;
-        };
-        let Some(after) =
-            prune_after_run(base, &done.spec.domain, &policy.spec, &self.cfg.state_dir).await
-        else {
-            return done;
-        };
-        if let Some(s) = done.status.as_mut() {
-            set_condition(&mut s.conditions, after.condition);
-        }
-        if let Err(e) = Journal::save(journal, &done).await {
-            warn!(run = ?done.metadata.name, "cannot record the prune: {e}");
-        }
-        if !after.deleted_chains.is_empty() {
-            let runs: Vec<BackupRun> = self.store.list(Some(&ns), &[]).await.unwrap_or_default();
-            for r in runs
-                .iter()
-                .filter_map(|r| expired(r, &after.deleted_chains))
-            {
-                if let Err(e) = self.store.apply_status(&r, inventory::FIELD_MANAGER).await {
-                    warn!(run = ?r.metadata.name, "cannot mark expired: {e}");
-                }
-            }
-        }
-        done
-    }
-
-    async fn drive_restore(self: Arc<Self>, req: RestoreRequest, cancel: watch::Receiver<bool>) {
-        let name = req.metadata.name.clone().unwrap_or_default();
-        let ns = req.metadata.namespace.clone().unwrap_or_default();
-        let journal = ApiJournal::new(self.store.clone());
-        self.metrics.active_runs.inc();
-        if req.status.is_none() {
-            self.metrics.restore_attempts.inc();
-        }
-        let done = match resolve_target(&self.store, &ns, &req.spec.target_ref, &self.cfg.state_dir)
-            .await
-        {
-            Err(e) => {
-                let mut r = req;
-                let s = r.status.get_or_insert_with(Default::default);
-                s.phase = RestorePhase::Failed;
-                s.failure = Some(Failure {
-                    reason: e.reason,
-                    message: e.message,
-                });
-                s.completion_time = Some(Timestamp::now());
-                let _ = Journal::save(&journal, &r).await;
-                r
-            }
-            Ok(target) => {
-                let ctx = RestoreContext {
-                    target,
-                    state_dir: self.cfg.state_dir.clone(),
-                };
-                RestoreEngine::new(
-                    &self.host,
-                    &journal,
-                    ctx,
-                    req,
-                    log_reporter(name.clone()),
-                    cancel,
-                )
-                .run()
-                .await
-            }
-        };
-        self.metrics.active_runs.dec();
-        let s = done.status.unwrap_or_default();
-        match (s.phase, &s.failure) {
-            (RestorePhase::Succeeded, _) => self.metrics.restore_success.inc(),
-            (RestorePhase::Failed, Some(f)) => self
-                .metrics
-                .restore_failure
-                .get_or_create(&ReasonLabel {
-                    reason: f.reason.as_str().to_string(),
-                })
-                .inc(),
-            _ => 0,
-        };
-        if let (Some(a), Some(b)) = (s.start_time, s.completion_time) {
-            self.metrics
-                .restore_duration
-                .observe((b.as_millisecond() - a.as_millisecond()) as f64 / 1000.0);
-        }
-        info!(restore = %name, phase = ?s.phase, "restore finished");
+        info!(name = %name, kind = K::KIND, "finished");
     }
 }
 
-/// A run that cannot start (its target or Secrets are missing) fails with the reason, without
-/// touching the domain.
-async fn fail_before_start<S: Store>(
-    j: &ApiJournal<S>,
-    mut run: BackupRun,
-    e: StepError,
-) -> BackupRun {
-    let now = Timestamp::now();
-    let s = run.status.get_or_insert_with(Default::default);
-    s.phase = BackupPhase::Failed;
-    s.start_time.get_or_insert(now);
-    s.completion_time = Some(now);
-    s.failure = Some(Failure {
-        reason: e.reason,
-        message: e.message,
-    });
-    let _ = Journal::save(j, &run).await;
-    run
+/// What the agent drives: BackupRuns and RestoreRequests.
+trait Work: Object + Record {
+    fn domain(&self) -> &str;
+    fn terminal(&self) -> bool;
+    fn drive<S: Store>(
+        self,
+        driver: &Driver<'_>,
+        site: &AgentSite<S>,
+        report: Reporter,
+        cancel: watch::Receiver<bool>,
+    ) -> impl Future<Output = Self> + Send;
+}
+
+impl Work for BackupRun {
+    fn domain(&self) -> &str {
+        &self.spec.domain
+    }
+    fn terminal(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.phase.is_terminal())
+    }
+    async fn drive<S: Store>(
+        self,
+        driver: &Driver<'_>,
+        site: &AgentSite<S>,
+        report: Reporter,
+        cancel: watch::Receiver<bool>,
+    ) -> Self {
+        driver.backup(site, self, report, cancel).await.run
+    }
+}
+
+impl Work for RestoreRequest {
+    fn domain(&self) -> &str {
+        &self.spec.domain
+    }
+    fn terminal(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.phase.is_terminal())
+    }
+    async fn drive<S: Store>(
+        self,
+        driver: &Driver<'_>,
+        site: &AgentSite<S>,
+        report: Reporter,
+        cancel: watch::Receiver<bool>,
+    ) -> Self {
+        driver.restore(site, self, report, cancel).await
+    }
 }

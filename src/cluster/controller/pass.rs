@@ -9,12 +9,13 @@ use k8s_openapi::api::core::v1::Node;
 use tracing::{debug, warn};
 
 use super::inventory::Inventory;
-use super::plan::{condition, is_active, plan_policy};
+use super::plan::{condition, plan_policy};
 use crate::api::{
     set_condition, BackupPhase, BackupPolicy, BackupRun, BackupTarget, RestoreRequest, VirtHost,
 };
 use crate::cluster::labels;
 use crate::cluster::store::{reference, ApiErrorKind, ApiResult, EventType, Store};
+use crate::driver::tick::is_active;
 use crate::duplicity::TargetUrl;
 
 #[derive(Clone, Debug)]

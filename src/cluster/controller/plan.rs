@@ -9,12 +9,13 @@ use kube::api::ObjectMeta;
 
 use super::inventory::{match_domains, Inventory};
 use crate::api::{
-    set_condition, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec,
-    BackupTarget, ConcurrencyPolicy, Condition,
+    set_condition, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, BackupTarget,
+    Condition,
 };
 use crate::cluster::labels;
 use crate::cluster::EventType;
-use crate::schedule::{due, run_name, Schedule};
+use crate::driver::tick::{history_deletions, plan_tick, record_outcomes, TickInput};
+use crate::schedule::{run_name, Schedule};
 
 #[derive(Debug, Default)]
 pub struct PolicyPlan {
@@ -51,20 +52,6 @@ pub fn validate(p: &BackupPolicy) -> Result<Schedule, String> {
     Ok(sched)
 }
 
-fn phase(r: &BackupRun) -> BackupPhase {
-    r.status.as_ref().map(|s| s.phase).unwrap_or_default()
-}
-
-fn finished_at(r: &BackupRun) -> Option<Timestamp> {
-    r.status
-        .as_ref()
-        .and_then(|s| s.completion_time.or(s.start_time))
-}
-
-pub fn is_active(r: &BackupRun) -> bool {
-    !phase(r).is_terminal() && r.metadata.deletion_timestamp.is_none()
-}
-
 fn new_run(p: &BackupPolicy, domain: &str, node: &str, tick: Timestamp) -> BackupRun {
     let pname = p.metadata.name.clone().unwrap_or_default();
     let mut spec = BackupRunSpec::from_policy(&pname, &p.spec, domain);
@@ -87,45 +74,6 @@ fn new_run(p: &BackupPolicy, domain: &str, node: &str, tick: Timestamp) -> Backu
     }
 }
 
-/// Runs beyond the history limits, newest kept. The newest successful run of each domain and
-/// the run holding its chain's full are never deleted: the next incremental is planned from
-/// them.
-pub fn history_deletions(runs: &[&BackupRun], succeeded: u32, failed: u32) -> Vec<String> {
-    let mut protected: Vec<String> = Vec::new();
-    let mut newest: BTreeMap<&str, &BackupRun> = BTreeMap::new();
-    for r in runs.iter().filter(|r| phase(r) == BackupPhase::Succeeded) {
-        let e = newest.entry(r.spec.domain.as_str()).or_insert(r);
-        if finished_at(r) > finished_at(e) {
-            *e = r;
-        }
-    }
-    for r in newest.values() {
-        protected.extend(r.metadata.name.clone());
-        protected.extend(r.status.as_ref().and_then(|s| s.chain.clone()));
-    }
-    let mut out = Vec::new();
-    for (want, limit) in [
-        (BackupPhase::Succeeded, succeeded),
-        (BackupPhase::Failed, failed),
-    ] {
-        let mut of: Vec<&&BackupRun> = runs
-            .iter()
-            .filter(|r| {
-                phase(r) == want
-                    || (want == BackupPhase::Succeeded && phase(r) == BackupPhase::Skipped)
-            })
-            .collect();
-        of.sort_by_key(|r| std::cmp::Reverse(finished_at(r)));
-        for r in of.into_iter().skip(limit as usize) {
-            let n = r.metadata.name.clone().unwrap_or_default();
-            if !protected.contains(&n) {
-                out.push(n);
-            }
-        }
-    }
-    out
-}
-
 /// `runs` are this policy's runs (any phase).
 pub fn plan_policy(
     p: &BackupPolicy,
@@ -142,46 +90,7 @@ pub fn plan_policy(
     st.observed_generation = p.metadata.generation;
 
     // Outcome of the runs so far, whatever the spec says now.
-    let newest_done = runs
-        .iter()
-        .filter(|r| matches!(phase(r), BackupPhase::Succeeded | BackupPhase::Failed))
-        .max_by_key(|r| finished_at(r));
-    if let Some(r) = newest_done {
-        let s = r.status.as_ref();
-        let c = match s.and_then(|s| s.failure.as_ref()) {
-            Some(f) if phase(r) == BackupPhase::Failed => condition(
-                "LastRunSucceeded",
-                false,
-                f.reason.as_str(),
-                format!(
-                    "{}: {}",
-                    r.metadata.name.clone().unwrap_or_default(),
-                    f.message
-                ),
-                now,
-            ),
-            _ => condition(
-                "LastRunSucceeded",
-                true,
-                "Succeeded",
-                r.metadata.name.clone().unwrap_or_default(),
-                now,
-            ),
-        };
-        set_condition(&mut st.conditions, c);
-    }
-    let last_ok = runs
-        .iter()
-        .filter(|r| phase(r) == BackupPhase::Succeeded)
-        .filter_map(|r| finished_at(r))
-        .max();
-    let prev_ok = st
-        .last_successful_time
-        .as_deref()
-        .and_then(|t| t.parse::<Timestamp>().ok());
-    if let Some(t) = last_ok.max(prev_ok) {
-        st.last_successful_time = Some(t.to_string());
-    }
+    record_outcomes(st, runs, now);
 
     // The target: present, and not reported unavailable.
     let target_ok = match target {
@@ -206,12 +115,6 @@ pub fn plan_policy(
     let have_target = target_ok.status == "True";
     set_condition(&mut st.conditions, target_ok);
 
-    plan.delete = history_deletions(
-        runs,
-        p.spec.successful_runs_history_limit,
-        p.spec.failed_runs_history_limit,
-    );
-
     let sched = match validate(p) {
         Ok(s) => s,
         Err(e) => {
@@ -221,6 +124,12 @@ pub fn plan_policy(
             );
             st.next_schedule_time = None;
             plan.events.push((EventType::Warning, "InvalidSpec", e));
+            // History limits still hold while the spec is broken.
+            plan.delete = history_deletions(
+                runs,
+                p.spec.successful_runs_history_limit,
+                p.spec.failed_runs_history_limit,
+            );
             return plan;
         }
     };
@@ -255,83 +164,52 @@ pub fn plan_policy(
     };
     set_condition(&mut st.conditions, ready);
 
-    let since = st
-        .last_schedule_time
-        .as_deref()
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .or_else(|| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or(now);
-    let d = due(&sched, since, now, p.spec.starting_deadline_seconds);
-    st.next_schedule_time = if p.spec.suspend {
-        None
-    } else {
-        d.next.map(|t| t.to_string())
-    };
-    if p.spec.suspend || !have_target {
-        return plan;
+    let nodes: BTreeMap<&str, &str> = matching
+        .assigned
+        .iter()
+        .map(|(d, n)| (d.as_str(), n.as_str()))
+        .collect();
+    let domains: Vec<String> = nodes.keys().map(|d| d.to_string()).collect();
+    let tick = plan_tick(&TickInput {
+        spec: &p.spec,
+        schedule: &sched,
+        status: st,
+        since: p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(now),
+        domains: &domains,
+        runs,
+        can_run: have_target,
+        now,
+    });
+    tick.apply(st);
+    plan.delete = tick.history.clone();
+    plan.delete.extend(tick.replace.iter().cloned());
+    for n in &tick.notices {
+        let ty = if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        plan.events.push((ty, n.reason, n.message.clone()));
     }
-    let Some(latest) = d.latest else {
-        return plan;
-    };
-    st.last_schedule_time = Some(latest.to_string());
-    st.missed_schedules += u64::from(d.missed);
-    if d.deadline_passed {
-        plan.events.push((
-            EventType::Warning,
-            "MissedSchedule",
-            format!("the tick at {latest} is past startingDeadlineSeconds; skipped"),
-        ));
-    }
-    if d.missed > 0 && !d.deadline_passed {
-        plan.events.push((
-            EventType::Normal,
-            "CatchUp",
-            format!(
-                "{} missed tick(s); running only the newest, {latest}",
-                d.missed
-            ),
-        ));
-    }
-    let Some(tick) = d.tick else {
-        return plan;
-    };
-    for (domain, node) in &matching.assigned {
-        let active: Vec<&&BackupRun> = runs
-            .iter()
-            .filter(|r| r.spec.domain == *domain && is_active(r))
-            .collect();
-        if !active.is_empty() {
-            match p.spec.concurrency_policy {
-                ConcurrencyPolicy::Forbid => {
-                    st.missed_schedules += 1;
-                    plan.events.push((
-                        EventType::Warning,
-                        "ConcurrentRunActive",
-                        format!(
-                            "{domain}: {} is still running; tick {tick} skipped (Forbid)",
-                            active[0].metadata.name.clone().unwrap_or_default()
-                        ),
-                    ));
-                    continue;
-                }
-                ConcurrencyPolicy::Replace => {
-                    for r in active {
-                        plan.delete.extend(r.metadata.name.clone());
-                    }
-                }
-                ConcurrencyPolicy::Allow => {}
-            }
+    if let Some(at) = tick.tick {
+        for domain in &tick.start {
+            let node = nodes[domain.as_str()];
+            let run = new_run(p, domain, node, at);
+            plan.events.push((
+                EventType::Normal,
+                "RunCreated",
+                format!(
+                    "{} for {domain} on {node}",
+                    run.metadata.name.clone().unwrap_or_default()
+                ),
+            ));
+            plan.create.push(run);
         }
-        let run = new_run(p, domain, node, tick);
-        plan.events.push((
-            EventType::Normal,
-            "RunCreated",
-            format!(
-                "{} for {domain} on {node}",
-                run.metadata.name.clone().unwrap_or_default()
-            ),
-        ));
-        plan.create.push(run);
     }
     plan
 }
