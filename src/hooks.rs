@@ -6,7 +6,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use crate::api::{Hook, HookLocation, HookResult, Hooks};
-use crate::libvirt::LibvirtHost;
+use crate::source::Source;
 
 /// When a hook list runs. Backups run the snapshot stages, restores the recovery stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,12 +68,12 @@ pub struct HookEnv<'a> {
     pub extra: Vec<(String, String)>,
 }
 
-pub async fn run_hook(host: &LibvirtHost, hook: &Hook, env: &HookEnv<'_>) -> HookResult {
+pub async fn run_hook<S: Source>(source: &S, hook: &Hook, env: &HookEnv<'_>) -> HookResult {
     let started = Instant::now();
     let timeout = Duration::from_secs(hook.timeout_seconds.max(1) as u64);
     let (exit_code, output, ok) = match hook.run_in {
         HookLocation::Host => run_on_host(hook, env, timeout).await,
-        HookLocation::Guest => run_in_guest(host, hook, env.domain, timeout).await,
+        HookLocation::Guest => run_in_guest(source, hook, env.domain, timeout).await,
     };
     HookResult {
         hook: hook.display_name(),
@@ -122,8 +122,8 @@ async fn run_on_host(
     }
 }
 
-async fn run_in_guest(
-    host: &LibvirtHost,
+async fn run_in_guest<S: Source>(
+    source: &S,
     hook: &Hook,
     domain: &str,
     timeout: Duration,
@@ -133,7 +133,7 @@ async fn run_in_guest(
     };
     let deadline = Instant::now() + timeout;
     let cmd = json!({"execute": "guest-exec", "arguments": {"path": prog, "arg": args, "capture-output": true}});
-    let started = match host.agent_command(domain, cmd.to_string(), timeout).await {
+    let started = match source.agent_command(domain, cmd.to_string(), timeout).await {
         Ok(s) => s,
         Err(e) => return (None, format!("guest agent: {e}"), false),
     };
@@ -157,7 +157,7 @@ async fn run_in_guest(
         }
         let q = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
         let left = deadline.saturating_duration_since(Instant::now());
-        let ans = match host
+        let ans = match source
             .agent_command(domain, q.to_string(), left.max(Duration::from_secs(1)))
             .await
         {

@@ -20,6 +20,7 @@ pub mod retention;
 pub mod schedule;
 pub mod secrets;
 pub mod selector;
+pub mod source;
 pub mod standalone;
 pub mod state_dir;
 pub mod store;

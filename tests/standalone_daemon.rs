@@ -248,3 +248,115 @@ fn the_daemon_loses_and_doubles_no_run_when_its_clock_jumps_back_and_forth() {
         "no run was created and left unfinished"
     );
 }
+
+/// Names of the policy's runs in the state dir, sorted, with their phases.
+fn runs_of(store: &FileStore, policy: &str) -> Vec<(String, BackupPhase)> {
+    let mut v: Vec<(String, BackupPhase)> = store
+        .backup_runs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.spec.policy_ref.as_deref() == Some(policy))
+        .map(|r| {
+            let phase = r.status.map(|s| s.phase).unwrap_or_default();
+            (r.metadata.name.unwrap_or_default(), phase)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn the_daemon_skips_a_tick_under_forbid_while_a_run_is_unfinished_and_keeps_the_history_limits() {
+    let g = Guest::new("sbd-limits", GuestOpts::default());
+    let env = Env::new();
+    let cfg = write_config(
+        &env,
+        "hourly",
+        &g.name,
+        "0 * * * *",
+        "  concurrencyPolicy: Forbid\n  successfulRunsHistoryLimit: 1\n  failedRunsHistoryLimit: 1\n",
+    );
+    let store = FileStore::new(&env.state);
+    let policy = || {
+        store
+            .read::<snapback::api::BackupPolicy>("backuppolicies", "hourly")
+            .ok()
+            .and_then(|p| p.status)
+    };
+    let succeeded = |tick: &str| {
+        runs_of(&store, "hourly")
+            .iter()
+            .any(|(n, p)| n.ends_with(tick) && *p == BackupPhase::Succeeded)
+    };
+    let clock = FakeClock(env.dir.join("clock"));
+    clock.set("2026-03-01 00:58:00");
+    let mut d = start_with(&env, &cfg, &clock.env());
+    wait(&env, "the daemon to see the policy", 60, || {
+        policy().and_then(|s| s.last_schedule_time)
+    });
+    clock.set("2026-03-01 01:00:30");
+    wait(&env, "the 01:00 run (the chain's full)", 180, || {
+        succeeded("20260301-0100").then_some(())
+    });
+    d.kill().unwrap();
+    d.wait().unwrap();
+
+    // The 02:00 run dies in Uploading with its daemon, as a kill -9 would leave it.
+    clock.set("2026-03-01 02:00:30");
+    let mut crash = clock.env();
+    crash.push(("SNAPBACK_CRASH_AT", "backup:Uploading".into()));
+    let mut d = start_with(&env, &cfg, &crash);
+    let status = d.wait().unwrap();
+    assert!(!status.success(), "the daemon died at the crash point");
+    assert!(runs_of(&store, "hourly")
+        .iter()
+        .any(|(n, p)| n.ends_with("20260301-0200") && *p == BackupPhase::Uploading));
+
+    // At 03:00 the 02:00 run is still unfinished: Forbid skips the tick and counts it, and
+    // the 02:00 run is finished instead.
+    clock.set("2026-03-01 03:00:30");
+    let mut d = start_with(&env, &cfg, &clock.env());
+    wait(&env, "the 02:00 run to be finished", 180, || {
+        succeeded("20260301-0200").then_some(())
+    });
+    assert_eq!(
+        policy().unwrap().missed_schedules,
+        1,
+        "the 03:00 tick is missed"
+    );
+    assert!(
+        !runs_of(&store, "hourly")
+            .iter()
+            .any(|(n, _)| n.ends_with("20260301-0300")),
+        "no run for the 03:00 tick"
+    );
+
+    // At 04:00 a run succeeds; with a history of one, the 02:00 run goes. The 01:00 run stays:
+    // it holds the full of the newest run's chain.
+    clock.set("2026-03-01 04:00:30");
+    wait(
+        &env,
+        "the history limit to remove the 02:00 run",
+        180,
+        || {
+            let names: Vec<String> = runs_of(&store, "hourly")
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            (names.len() == 2 && names[1].ends_with("20260301-0400") && succeeded("20260301-0400"))
+                .then_some(names)
+        },
+    );
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let names: Vec<String> = runs_of(&store, "hourly")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names[0].ends_with("20260301-0100"), "{names:?}");
+    assert_eq!(
+        env.verify(&g.name, &["--all"]).code,
+        0,
+        "every kept point reads back"
+    );
+}

@@ -4,6 +4,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::conditions::ConditionType;
+
 /// A metav1.Condition-style condition. `lastTransitionTime` moves only when `status` changes.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -24,7 +26,7 @@ pub struct Condition {
 impl Condition {
     /// A condition that changes now; `set_condition` keeps the old time if the status did not change.
     pub fn now(
-        type_: &str,
+        type_: ConditionType,
         status: bool,
         reason: &str,
         message: String,
@@ -35,7 +37,7 @@ impl Condition {
 
     /// The same, at a given time (reconcile code takes the clock as a parameter).
     pub fn at(
-        type_: &str,
+        type_: ConditionType,
         status: bool,
         reason: &str,
         message: String,
@@ -43,7 +45,7 @@ impl Condition {
         time: Timestamp,
     ) -> Self {
         Self {
-            type_: type_.into(),
+            type_: type_.as_str().into(),
             status: if status { "True" } else { "False" }.into(),
             reason: reason.into(),
             message,
@@ -51,6 +53,13 @@ impl Condition {
             observed_generation: generation,
         }
     }
+}
+
+/// Whether `conditions` hold a True condition of type `t`.
+pub fn is_true(conditions: &[Condition], t: ConditionType) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == t.as_str() && c.status == "True")
 }
 
 /// Sets or replaces the condition of the same type. The transition time changes only when the

@@ -4,6 +4,7 @@
 //! single-host front-end reads and writes the same documents as YAML files.
 
 pub mod common;
+pub mod conditions;
 pub mod crds;
 pub mod policy;
 pub mod reference;
@@ -14,6 +15,7 @@ pub mod target;
 pub mod virthost;
 
 pub use common::*;
+pub use conditions::{reason, ConditionType};
 pub use policy::*;
 pub use restore::*;
 pub use retention::*;

@@ -3,6 +3,7 @@
 use jiff::Timestamp;
 
 use crate::api::BackupRun;
+use crate::api::ConditionType;
 use crate::table::table;
 
 fn age(t: Option<Timestamp>) -> String {
@@ -28,7 +29,7 @@ pub fn backup_runs_table(runs: &[BackupRun]) -> String {
         let expired = s
             .conditions
             .iter()
-            .any(|c| c.type_ == "Expired" && c.status == "True");
+            .any(|c| c.type_ == ConditionType::Expired.as_str() && c.status == "True");
         let phase = match (&s.failure, s.phase) {
             _ if expired => "Expired".to_string(),
             (Some(f), p) if p.is_terminal() => format!("{p:?} ({})", f.reason),

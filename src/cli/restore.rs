@@ -111,7 +111,7 @@ async fn restore_files(args: &RestoreArgs) -> i32 {
     }
 }
 
-fn driver<'a>(host: &'a LibvirtHost, state_dir: &'a std::path::Path) -> Driver<'a> {
+fn driver<'a>(host: &'a LibvirtHost, state_dir: &'a std::path::Path) -> Driver<'a, LibvirtHost> {
     Driver {
         host,
         state_dir,

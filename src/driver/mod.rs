@@ -18,11 +18,11 @@ use crate::api::{BackupPhase, BackupPolicySpec, BackupRun, RestoreRequest};
 use crate::duplicity::TargetConfig;
 use crate::engine::{BackupEngine, RunContext};
 use crate::error::StepError;
-use crate::libvirt::LibvirtHost;
 use crate::lifecycle::{Journal, Lifecycle, Reporter};
 use crate::metrics::Metrics;
 use crate::restore::{RestoreContext, RestoreEngine};
 use crate::retention::prune::{expired, prune_after_run};
+use crate::source::Source;
 
 pub use outcome::{BackupOutcome, Pruned};
 
@@ -49,20 +49,21 @@ pub trait Site: Journal<BackupRun> + Journal<RestoreRequest> {
     fn save_expired(&self, run: &BackupRun) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-pub struct Driver<'a> {
-    pub host: &'a LibvirtHost,
+pub struct Driver<'a, S: Source> {
+    /// Where the VMs are: the local libvirt.
+    pub host: &'a S,
     pub state_dir: &'a Path,
     /// How often a running libvirt job is polled.
     pub poll: Duration,
     pub metrics: Option<&'a Metrics>,
 }
 
-impl Driver<'_> {
+impl<S: Source> Driver<'_, S> {
     /// Runs a backup to a terminal phase (a resumed one from where it stopped), then applies
     /// its policy's retention when it succeeded.
-    pub async fn backup<S: Site>(
+    pub async fn backup<T: Site>(
         &self,
-        site: &S,
+        site: &T,
         run: BackupRun,
         report: Reporter,
         cancel: watch::Receiver<bool>,
@@ -103,9 +104,9 @@ impl Driver<'_> {
     /// The policy's retention after a successful run: whole chains are deleted from the
     /// target, the outcome is the run's `Pruned` condition, and the runs of deleted chains are
     /// marked `Expired`.
-    async fn prune_after<S: Site>(
+    async fn prune_after<T: Site>(
         &self,
-        site: &S,
+        site: &T,
         mut done: BackupRun,
         target: &TargetConfig,
     ) -> (BackupRun, Option<Pruned>) {
@@ -151,9 +152,9 @@ impl Driver<'_> {
     }
 
     /// Runs a restore to Succeeded or Failed (a resumed one from where it stopped).
-    pub async fn restore<S: Site>(
+    pub async fn restore<T: Site>(
         &self,
-        site: &S,
+        site: &T,
         req: RestoreRequest,
         report: Reporter,
         cancel: watch::Receiver<bool>,

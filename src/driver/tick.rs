@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+use crate::api::{reason, ConditionType};
 use crate::api::{
     set_condition, BackupPhase, BackupPolicySpec, BackupPolicyStatus, BackupRun, ConcurrencyPolicy,
     Condition,
@@ -172,14 +173,21 @@ pub fn record_outcomes(st: &mut BackupPolicyStatus, runs: &[&BackupRun], now: Ti
         let failure = r.status.as_ref().and_then(|s| s.failure.as_ref());
         let c = match failure {
             Some(f) if phase(r) == BackupPhase::Failed => Condition::at(
-                "LastRunSucceeded",
+                ConditionType::LastRunSucceeded,
                 false,
                 f.reason.as_str(),
                 format!("{}: {}", name(r), f.message),
                 None,
                 now,
             ),
-            _ => Condition::at("LastRunSucceeded", true, "Succeeded", name(r), None, now),
+            _ => Condition::at(
+                ConditionType::LastRunSucceeded,
+                true,
+                reason::SUCCEEDED,
+                name(r),
+                None,
+                now,
+            ),
         };
         set_condition(&mut st.conditions, c);
     }

@@ -36,6 +36,25 @@ pub struct TargetConfig {
     pub num_retries: u32,
 }
 
+impl TargetConfig {
+    /// An unencrypted local target under `dir`, for tests.
+    #[cfg(test)]
+    pub(crate) fn local_for_tests(dir: &std::path::Path) -> Self {
+        Self {
+            url: TargetUrl::parse(&format!("file://{}", dir.join("target").display()))
+                .expect("a file URL parses"),
+            s3_endpoint_url: None,
+            crypto: Crypto::None,
+            volsize_mib: 1,
+            extra_options: vec![],
+            archive_dir: dir.join("cache").display().to_string(),
+            name: String::new(),
+            backend_env: vec![],
+            num_retries: 1,
+        }
+    }
+}
+
 /// A duplicity operation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {

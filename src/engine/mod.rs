@@ -4,7 +4,10 @@
 //! the `Journal` that records status and in how the `RunContext` is assembled.
 
 pub mod decide;
+#[cfg(test)]
+mod fake_tests;
 pub mod history;
+pub mod plan;
 mod steps;
 
 use std::path::PathBuf;
@@ -16,8 +19,9 @@ use crate::api::{BackupPhase, BackupRun, FailureReason};
 use crate::catalog::layout;
 use crate::duplicity::TargetConfig;
 use crate::error::StepError;
-use crate::libvirt::{JobState, LibvirtHost, VirtErrorKind};
+use crate::libvirt::{JobState, VirtErrorKind};
 use crate::lifecycle::{Journal, Lifecycle, Reporter};
+use crate::source::Source;
 use crate::state_dir;
 
 use decide::{decide, Observed, Step};
@@ -33,17 +37,17 @@ pub struct RunContext {
     pub poll: Duration,
 }
 
-pub struct BackupEngine<'a, J: Journal<BackupRun>> {
-    pub(crate) host: &'a LibvirtHost,
+pub struct BackupEngine<'a, J: Journal<BackupRun>, S: Source> {
+    pub(crate) source: &'a S,
     pub(crate) lc: Lifecycle<'a, BackupRun, J>,
     pub(crate) ctx: RunContext,
     /// The domain+target lock, and the shared lock on the domain (see `state_dir::domain_lock`).
     pub(crate) lock: Option<(std::fs::File, std::fs::File)>,
 }
 
-impl<'a, J: Journal<BackupRun>> BackupEngine<'a, J> {
+impl<'a, J: Journal<BackupRun>, S: Source> BackupEngine<'a, J, S> {
     pub fn new(
-        host: &'a LibvirtHost,
+        source: &'a S,
         journal: &'a J,
         ctx: RunContext,
         run: BackupRun,
@@ -51,7 +55,7 @@ impl<'a, J: Journal<BackupRun>> BackupEngine<'a, J> {
         cancel: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            host,
+            source,
             lc: Lifecycle::new(run, journal, report, cancel),
             ctx,
             lock: None,
@@ -141,7 +145,7 @@ impl<'a, J: Journal<BackupRun>> BackupEngine<'a, J> {
         }
         self.ensure_lock()?;
         let id = self.domain_id();
-        match self.host.domain(&id).await {
+        match self.source.domain(&id).await {
             Ok(_) => {}
             Err(e) if e.kind == VirtErrorKind::DomainNotFound => {
                 o.domain_exists = false;
@@ -150,9 +154,9 @@ impl<'a, J: Journal<BackupRun>> BackupEngine<'a, J> {
             Err(e) => return Err(e.into()),
         }
         if s.online && matches!(s.phase, BackupPhase::Snapshotting | BackupPhase::Exporting) {
-            o.job = self.host.job(&id).await?;
+            o.job = self.source.job(&id).await?;
             if let Some(cp) = &s.checkpoint {
-                o.checkpoint_exists = self.host.checkpoints(&id).await?.contains(cp);
+                o.checkpoint_exists = self.source.checkpoints(&id).await?.contains(cp);
             }
         }
         if let Some(dir) = &s.staging_dir {

@@ -266,7 +266,7 @@ impl LibvirtHost {
         .await
     }
 
-    pub async fn begin_backup(
+    pub async fn begin_backup_xml(
         &self,
         dom: &str,
         backup_xml: String,

@@ -3,6 +3,8 @@
 //! entered with their timings, conditions set, hooks run by stage, and the end (success or
 //! failure) stamped in one place.
 
+#[cfg(test)]
+pub mod memory;
 pub mod record;
 
 use std::future::Future;
@@ -12,10 +14,12 @@ use tokio::sync::watch;
 
 pub use record::{Phase, Record, Shared, Status};
 
-use crate::api::{Condition, Failure, FailureReason, Hook, HookOnError, PhaseRecord};
+use crate::api::{
+    Condition, ConditionType, Failure, FailureReason, Hook, HookOnError, PhaseRecord,
+};
 use crate::error::StepError;
 use crate::hooks::{run_hook, HookEnv, HookStage};
-use crate::libvirt::LibvirtHost;
+use crate::source::Source;
 use crate::units::human_duration;
 
 /// Where a record is kept: the Kubernetes API, or the state dir's YAML files.
@@ -126,7 +130,7 @@ impl<'a, R: Record, J: Journal<R>> Lifecycle<'a, R, J> {
         Ok(())
     }
 
-    pub fn condition(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+    pub fn condition(&mut self, type_: ConditionType, status: bool, reason: &str, message: String) {
         let c = Condition::now(type_, status, reason, message, self.record.generation());
         crate::api::set_condition(self.status_mut().shared().conditions, c);
     }
@@ -162,9 +166,9 @@ impl<'a, R: Record, J: Journal<R>> Lifecycle<'a, R, J> {
 
     /// Runs a stage's hooks in order, recording each result. A failing hook with
     /// `onError: Fail` stops the list and fails the step; a signal kills the running hook.
-    pub async fn run_hooks(
+    pub async fn run_hooks<S: Source>(
         &mut self,
-        host: &LibvirtHost,
+        source: &S,
         stage: HookStage,
         hooks: &[Hook],
         domain: &str,
@@ -181,7 +185,7 @@ impl<'a, R: Record, J: Journal<R>> Lifecycle<'a, R, J> {
             let mut cancel = self.cancel.clone();
             // Dropping the hook's future kills its child process.
             let result = tokio::select! {
-                r = run_hook(host, hook, &env) => r,
+                r = run_hook(source, hook, &env) => r,
                 _ = cancel.changed() => {
                     return Err(StepError::new(
                         FailureReason::Interrupted,

@@ -34,17 +34,17 @@ pub enum Step {
     /// The domain is defined (or swapped) already: go on.
     Defined,
     /// Start the restored domain (unless it runs already) and check that it keeps running.
-    Start { running: bool },
+    Start {
+        running: bool,
+    },
     /// postRecovery hooks; in place, rename the replaced disks aside unless that was done.
-    Recover { rename_old: bool },
+    Recover {
+        rename_old: bool,
+    },
     Done,
 }
 
-pub fn decide(
-    spec: &RestoreRequestSpec,
-    s: &RestoreRequestStatus,
-    o: &Observed,
-) -> Step {
+pub fn decide(spec: &RestoreRequestSpec, s: &RestoreRequestStatus, o: &Observed) -> Step {
     let todo = |done: &[bool], n: usize| -> Vec<usize> {
         (0..n)
             .filter(|&i| !done.get(i).copied().unwrap_or(false))
@@ -121,11 +121,11 @@ mod tests {
     }
 
     fn spec(in_place: bool) -> RestoreRequestSpec {
-        RestoreRequestSpec {
-            in_place,
-            new_name: (!in_place).then(|| "copy".to_string()),
-            ..Default::default()
-        }
+        let mut s: RestoreRequestSpec =
+            serde_json::from_value(serde_json::json!({"domain": "web", "targetRef": "t"})).unwrap();
+        s.in_place = in_place;
+        s.new_name = (!in_place).then(|| "copy".to_string());
+        s
     }
 
     #[test]
@@ -139,7 +139,13 @@ mod tests {
         );
         let none: fn(&mut RestoreRequestStatus) = |_| {};
         let table: Vec<Case> = vec![
-            ("new request", false, none, Observed::default(), Step::Resolve),
+            (
+                "new request",
+                false,
+                none,
+                Observed::default(),
+                Step::Resolve,
+            ),
             (
                 "nothing fetched yet",
                 false,

@@ -1,11 +1,18 @@
 //! Restore: bring a domain back from its backups on the target, as a new domain or in place.
 
+pub mod decide;
+#[cfg(test)]
+mod fake_tests;
 mod fetch;
+pub mod plan;
 mod steps;
 pub mod verify;
 pub mod xml;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use decide::{decide, Observed, Step};
+use steps::Fetched;
 
 use tokio::sync::watch;
 
@@ -13,8 +20,9 @@ use crate::api::{FailureReason, RestorePhase, RestoreRequest};
 use crate::catalog::layout;
 use crate::duplicity::TargetConfig;
 use crate::error::StepError;
-use crate::libvirt::LibvirtHost;
+use crate::libvirt::VirtErrorKind;
 use crate::lifecycle::{Journal, Lifecycle, Reporter};
+use crate::source::Source;
 use crate::state_dir;
 
 pub struct RestoreContext {
@@ -23,15 +31,15 @@ pub struct RestoreContext {
     pub state_dir: PathBuf,
 }
 
-pub struct RestoreEngine<'a, J: Journal<RestoreRequest>> {
-    pub(crate) host: &'a LibvirtHost,
+pub struct RestoreEngine<'a, J: Journal<RestoreRequest>, S: Source> {
+    pub(crate) source: &'a S,
     pub(crate) lc: Lifecycle<'a, RestoreRequest, J>,
     pub(crate) ctx: RestoreContext,
 }
 
-impl<'a, J: Journal<RestoreRequest>> RestoreEngine<'a, J> {
+impl<'a, J: Journal<RestoreRequest>, S: Source> RestoreEngine<'a, J, S> {
     pub fn new(
-        host: &'a LibvirtHost,
+        source: &'a S,
         journal: &'a J,
         ctx: RestoreContext,
         req: RestoreRequest,
@@ -39,7 +47,7 @@ impl<'a, J: Journal<RestoreRequest>> RestoreEngine<'a, J> {
         cancel: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            host,
+            source,
             lc: Lifecycle::new(req, journal, report, cancel),
             ctx,
         }
@@ -77,7 +85,7 @@ impl<'a, J: Journal<RestoreRequest>> RestoreEngine<'a, J> {
         // In place, the domain is shut down and swapped: no backup may be running on it, and
         // none starts until the restore is done (see state_dir::domain_lock).
         let _domain_lock = if self.lc.record.spec.in_place {
-            match self.host.domain(&self.lc.record.spec.domain).await {
+            match self.source.domain(&self.lc.record.spec.domain).await {
                 Ok(view) => {
                     match state_dir::domain_lock(&self.ctx.state_dir, &view.facts.uuid, true) {
                         Ok(Some(l)) => Some(l),
@@ -114,7 +122,7 @@ impl<'a, J: Journal<RestoreRequest>> RestoreEngine<'a, J> {
             if phase.is_terminal() {
                 break;
             }
-            if *self.lc.cancel.borrow() {
+            if self.lc.cancelled() {
                 self.fail(StepError::new(
                     FailureReason::Interrupted,
                     "interrupted by a signal; rolled back",
@@ -122,14 +130,25 @@ impl<'a, J: Journal<RestoreRequest>> RestoreEngine<'a, J> {
                 .await;
                 break;
             }
-            let result = match phase {
-                RestorePhase::Pending | RestorePhase::Resolving => self.resolve().await,
-                RestorePhase::Fetching => self.fetch().await,
-                RestorePhase::Rebuilding => self.rebuild().await,
-                RestorePhase::Defining => self.define().await,
-                RestorePhase::Starting => self.start().await,
-                RestorePhase::Recovering => self.recover().await,
-                RestorePhase::Succeeded | RestorePhase::Failed => break,
+            let observed = match self.observe().await {
+                Ok(o) => o,
+                Err(e) => {
+                    self.fail(e).await;
+                    break;
+                }
+            };
+            let step = decide(&self.lc.record.spec, self.lc.status(), &observed);
+            tracing::debug!(?step, ?phase, "next restore step");
+            let result = match step {
+                Step::Resolve => self.resolve().await,
+                Step::Fetch(todo) => self.fetch(todo).await,
+                Step::Rebuild(todo) => self.rebuild(todo).await,
+                Step::DefineNew => self.define_new().await,
+                Step::Swap => self.swap().await,
+                Step::Defined => self.defined().await,
+                Step::Start { running } => self.start(running).await,
+                Step::Recover { rename_old } => self.recover(rename_old).await,
+                Step::Done => break,
             };
             if let Err(e) = result {
                 self.fail(e).await;
@@ -137,6 +156,39 @@ impl<'a, J: Journal<RestoreRequest>> RestoreEngine<'a, J> {
             }
         }
         self.lc.record
+    }
+
+    /// Looks at what the current phase's decision needs: fetched members, rebuilt disks, the
+    /// defined domain.
+    async fn observe(&self) -> Result<Observed, StepError> {
+        let s = self.lc.status();
+        let mut o = Observed::default();
+        match s.phase {
+            RestorePhase::Fetching => {
+                for m in &s.chain_runs {
+                    let fetched = self.member_fetched(&m.run).await? == Fetched::Verified;
+                    o.members_fetched.push(fetched);
+                }
+            }
+            RestorePhase::Rebuilding => {
+                o.disks_present = s
+                    .disks
+                    .iter()
+                    .map(|d| Path::new(&d.path).exists())
+                    .collect();
+            }
+            RestorePhase::Defining | RestorePhase::Starting => {
+                if let Some(uuid) = &s.defined_uuid {
+                    match self.source.domain(uuid).await {
+                        Ok(v) => o.defined = Some(v.state),
+                        Err(e) if e.kind == VirtErrorKind::DomainNotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(o)
     }
 
     /// Rolls back what the restore did and records the failure.

@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use super::plan::{plan, Plan, Point};
 use super::rules::Rules;
 use super::target_files;
+use crate::api::{reason, ConditionType};
 use crate::api::{set_condition, BackupPhase, BackupPolicySpec, BackupRun, Condition};
 use crate::catalog::layout;
 use crate::catalog::points::list_points;
@@ -95,7 +96,7 @@ pub async fn prune_after_run(
         return None;
     }
     let failed = |reason: &str, message: String| AfterRun {
-        condition: Condition::now("Pruned", false, reason, message, None),
+        condition: Condition::now(ConditionType::Pruned, false, reason, message, None),
         deleted_chains: Vec::new(),
     };
     let rules = match policy.retention.validate() {
@@ -125,9 +126,9 @@ pub async fn prune_after_run(
     Some(match pruned {
         Ok(p) => AfterRun {
             condition: Condition::now(
-                "Pruned",
+                ConditionType::Pruned,
                 true,
-                "RetentionApplied",
+                reason::RETENTION_APPLIED,
                 format!("deleted chains: {:?}", p.plan.delete_chains),
                 None,
             ),
@@ -146,15 +147,15 @@ pub fn expired(run: &BackupRun, chains: &[String]) -> Option<BackupRun> {
         && !s
             .conditions
             .iter()
-            .any(|c| c.type_ == "Expired" && c.status == "True");
+            .any(|c| c.type_ == ConditionType::Expired.as_str() && c.status == "True");
     if !hit {
         return None;
     }
     let mut r = run.clone();
     let c = Condition::now(
-        "Expired",
+        ConditionType::Expired,
         true,
-        "Pruned",
+        reason::PRUNED,
         "retention deleted this backup's chain from the target".into(),
         None,
     );

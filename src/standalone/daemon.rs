@@ -37,7 +37,7 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn driver(&self) -> Driver<'_> {
+    fn driver(&self) -> Driver<'_, LibvirtHost> {
         Driver {
             host: self.host,
             state_dir: self.state_dir,

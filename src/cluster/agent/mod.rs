@@ -23,7 +23,7 @@ use crate::cluster::labels;
 use crate::cluster::store::{ApiErrorKind, ApiResult, Object, Store};
 use crate::driver::Driver;
 use crate::libvirt::LibvirtHost;
-use crate::lifecycle::{Event, Record, Reporter};
+use crate::lifecycle::{Event, Phase, Record, Reporter, Status};
 use crate::metrics::{Health, Metrics};
 
 use site::AgentSite;
@@ -286,10 +286,12 @@ impl<S: Store> Agent<S> {
 /// What the agent drives: BackupRuns and RestoreRequests.
 trait Work: Object + Record {
     fn domain(&self) -> &str;
-    fn terminal(&self) -> bool;
+    fn terminal(&self) -> bool {
+        self.status().is_some_and(|s| s.phase().is_terminal())
+    }
     fn drive<S: Store>(
         self,
-        driver: &Driver<'_>,
+        driver: &Driver<'_, LibvirtHost>,
         site: &AgentSite<S>,
         report: Reporter,
         cancel: watch::Receiver<bool>,
@@ -300,12 +302,9 @@ impl Work for BackupRun {
     fn domain(&self) -> &str {
         &self.spec.domain
     }
-    fn terminal(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| s.phase.is_terminal())
-    }
     async fn drive<S: Store>(
         self,
-        driver: &Driver<'_>,
+        driver: &Driver<'_, LibvirtHost>,
         site: &AgentSite<S>,
         report: Reporter,
         cancel: watch::Receiver<bool>,
@@ -318,12 +317,9 @@ impl Work for RestoreRequest {
     fn domain(&self) -> &str {
         &self.spec.domain
     }
-    fn terminal(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| s.phase.is_terminal())
-    }
     async fn drive<S: Store>(
         self,
-        driver: &Driver<'_>,
+        driver: &Driver<'_, LibvirtHost>,
         site: &AgentSite<S>,
         report: Reporter,
         cancel: watch::Receiver<bool>,

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use super::inventory::Inventory;
 use super::plan::{condition, plan_policy};
+use crate::api::{reason, ConditionType};
 use crate::api::{
     set_condition, BackupPhase, BackupPolicy, BackupRun, BackupTarget, RestoreRequest, VirtHost,
 };
@@ -198,9 +199,15 @@ async fn reconcile_target<S: Store>(
 ) -> ApiResult<()> {
     let mut status = t.status.clone().unwrap_or_default();
     let c = match TargetUrl::parse(&t.spec.url) {
-        Ok(u) => condition("Available", true, "UrlValid", u.redacted(), now),
+        Ok(u) => condition(
+            ConditionType::Available,
+            true,
+            reason::URL_VALID,
+            u.redacted(),
+            now,
+        ),
         Err(e) => condition(
-            "Available",
+            ConditionType::Available,
             false,
             "TargetInvalid",
             format!("spec.url: {e}"),
@@ -237,23 +244,23 @@ async fn mark_stale_agent<S: Store>(
     let had = status
         .conditions
         .iter()
-        .any(|c| c.type_ == "AgentHeartbeatStale" && c.status == "True");
+        .any(|c| c.type_ == ConditionType::AgentHeartbeatStale.as_str() && c.status == "True");
     if fresh != had {
         return Ok(());
     }
     let c = if fresh {
         condition(
-            "AgentHeartbeatStale",
+            ConditionType::AgentHeartbeatStale,
             false,
-            "HeartbeatFresh",
+            reason::HEARTBEAT_FRESH,
             String::new(),
             now,
         )
     } else {
         condition(
-            "AgentHeartbeatStale",
+            ConditionType::AgentHeartbeatStale,
             true,
-            "AgentNotAnswering",
+            reason::AGENT_NOT_ANSWERING,
             format!("the agent on {node} has not sent a heartbeat; the run waits for it and is never run elsewhere"),
             now,
         )

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use kube::api::ObjectMeta;
 
 use super::inventory::{match_domains, Inventory};
+use crate::api::{reason, ConditionType};
 use crate::api::{
     set_condition, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, BackupTarget,
     Condition,
@@ -27,7 +28,7 @@ pub struct PolicyPlan {
 }
 
 pub fn condition(
-    type_: &str,
+    type_: ConditionType,
     ok: bool,
     reason: &str,
     message: String,
@@ -95,21 +96,31 @@ pub fn plan_policy(
     // The target: present, and not reported unavailable.
     let target_ok = match target {
         None => condition(
-            "TargetAvailable",
+            ConditionType::TargetAvailable,
             false,
-            "TargetNotFound",
+            reason::TARGET_NOT_FOUND,
             format!("BackupTarget '{}' not found", p.spec.target_ref),
             now,
         ),
-        Some(t) => match t
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Available"))
-        {
-            Some(c) if c.status == "False" => {
-                condition("TargetAvailable", false, &c.reason, c.message.clone(), now)
-            }
-            _ => condition("TargetAvailable", true, "Found", String::new(), now),
+        Some(t) => match t.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ConditionType::Available.as_str())
+        }) {
+            Some(c) if c.status == "False" => condition(
+                ConditionType::TargetAvailable,
+                false,
+                &c.reason,
+                c.message.clone(),
+                now,
+            ),
+            _ => condition(
+                ConditionType::TargetAvailable,
+                true,
+                reason::FOUND,
+                String::new(),
+                now,
+            ),
         },
     };
     let have_target = target_ok.status == "True";
@@ -120,7 +131,7 @@ pub fn plan_policy(
         Err(e) => {
             set_condition(
                 &mut st.conditions,
-                condition("Ready", false, "InvalidSpec", e.clone(), now),
+                condition(ConditionType::Ready, false, "InvalidSpec", e.clone(), now),
             );
             st.next_schedule_time = None;
             plan.events.push((EventType::Warning, "InvalidSpec", e));
@@ -151,16 +162,28 @@ pub fn plan_policy(
     }
     let ready = if !have_target {
         condition(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "TargetNotFound",
+            reason::TARGET_NOT_FOUND,
             "the target is not available".into(),
             now,
         )
     } else if p.spec.suspend {
-        condition("Ready", true, "Suspended", notes.join("; "), now)
+        condition(
+            ConditionType::Ready,
+            true,
+            reason::SUSPENDED,
+            notes.join("; "),
+            now,
+        )
     } else {
-        condition("Ready", true, "Scheduled", notes.join("; "), now)
+        condition(
+            ConditionType::Ready,
+            true,
+            reason::SCHEDULED,
+            notes.join("; "),
+            now,
+        )
     };
     set_condition(&mut st.conditions, ready);
 

@@ -8,9 +8,10 @@ use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::libvirt::{JobState, VirtErrorKind};
 use crate::lifecycle::Journal;
+use crate::source::Source;
 use crate::state_dir;
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     /// Aborts our job, thaws and resumes the guest, deletes the checkpoint of a run that never
     /// reached the target (its bitmap merges back into the parent, so the chain stays valid),
     /// and empties staging. Earlier backups on the target are never touched.
@@ -21,7 +22,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         }
         let id = self.domain_id();
         let mut problems: Vec<String> = Vec::new();
-        let exists = match self.host.domain(&id).await {
+        let exists = match self.source.domain(&id).await {
             Ok(_) => true,
             Err(e) if e.kind == VirtErrorKind::DomainNotFound => false,
             Err(e) => {
@@ -30,24 +31,24 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
             }
         };
         if exists && s.online {
-            if let Ok(JobState::Active { .. }) = self.host.job(&id).await {
-                if let Err(e) = self.host.abort_job(&id).await {
+            if let Ok(JobState::Active { .. }) = self.source.job(&id).await {
+                if let Err(e) = self.source.abort_job(&id).await {
                     problems.push(format!("abort job: {e}"));
                 }
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while Instant::now() < deadline {
-                    if !matches!(self.host.job(&id).await, Ok(JobState::Active { .. })) {
+                    if !matches!(self.source.job(&id).await, Ok(JobState::Active { .. })) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
             if s.guest_paused {
-                let _ = self.host.resume(&id).await;
+                let _ = self.source.resume(&id).await;
                 self.lc.status_mut().guest_paused = false;
             }
             if s.guest_frozen {
-                let _ = self.host.thaw(&id).await;
+                let _ = self.source.thaw(&id).await;
                 self.lc.status_mut().guest_frozen = false;
             }
         }
@@ -55,9 +56,9 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         // bitmap stay behind otherwise (delete_checkpoint handles inactive domains).
         if exists {
             if let (Some(cp), false) = (&s.checkpoint, s.uploaded) {
-                match self.host.checkpoints(&id).await {
+                match self.source.checkpoints(&id).await {
                     Ok(list) if list.contains(cp) => {
-                        if let Err(e) = self.host.delete_checkpoint(&id, cp).await {
+                        if let Err(e) = self.source.delete_checkpoint(&id, cp).await {
                             problems.push(format!("delete checkpoint {cp}: {e}"));
                         }
                     }

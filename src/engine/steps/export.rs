@@ -12,6 +12,7 @@ use crate::libvirt::domain_xml::depth_images;
 use crate::libvirt::JobState;
 use crate::lifecycle::{Event, Journal};
 use crate::qemu_img::{probe_chain, run_qemu_img};
+use crate::source::Source;
 use crate::state_dir;
 use crate::units::human_bytes;
 
@@ -21,7 +22,7 @@ use crate::catalog::manifest::Manifest;
 /// How often progress is written to status during long waits.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn export(&mut self) -> Result<(), StepError> {
         if self.lc.status().online {
             self.wait_for_job().await?;
@@ -36,7 +37,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         let id = self.domain_id();
         let mut last_save = Instant::now();
         loop {
-            match self.host.job(&id).await? {
+            match self.source.job(&id).await? {
                 JobState::Active { done, total } => {
                     self.lc.report(Event::Progress {
                         stage: "Exporting",
@@ -73,7 +74,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
 
     /// Exports each disk of a shut-off domain with qemu-img, honouring the depth rule.
     async fn export_offline(&mut self) -> Result<(), StepError> {
-        let view = self.host.domain(&self.domain_id()).await?;
+        let view = self.source.domain(&self.domain_id()).await?;
         let dir = self.staging();
         let depth = self.lc.record.spec.depth;
         let disks = self.lc.status().disks.clone();
@@ -203,7 +204,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
             d.export_bytes = state_dir::allocated_bytes(&path);
         }
         if let Some(cp) = self.lc.status().checkpoint.clone() {
-            let xml = self.host.checkpoint_xml(&self.domain_id(), &cp).await?;
+            let xml = self.source.checkpoint_xml(&self.domain_id(), &cp).await?;
             write(&dir.join(format!("{name}.checkpoint.xml")), xml.as_bytes())?;
         }
         let total: u64 = disks.iter().map(|d| d.export_bytes).sum();

@@ -11,6 +11,7 @@ use crate::error::StepError;
 use crate::files::attach::{attach, detach, Layout};
 use crate::files::select::selection;
 use crate::lifecycle::Journal;
+use crate::source::Source;
 
 /// Bytes in use on a mounted filesystem (the upper bound of what duplicity reads there).
 fn used_bytes(path: &std::path::Path) -> u64 {
@@ -26,7 +27,7 @@ fn used_bytes(path: &std::path::Path) -> u64 {
     (s.f_blocks.saturating_sub(s.f_bfree) as u64).saturating_mul(s.f_frsize as u64)
 }
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn upload_files(&mut self) -> Result<(), StepError> {
         let staging = self.staging();
         let layout = Layout::for_staging(&staging);

@@ -6,9 +6,10 @@ use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::hooks::HookStage;
 use crate::lifecycle::Journal;
+use crate::source::Source;
 use crate::state_dir;
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn finalize(&mut self) -> Result<(), StepError> {
         if self.lc.status().online && self.lc.status().checkpoint.is_some() {
             self.prune_checkpoints().await?;
@@ -40,9 +41,9 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
             .filter_map(|h| h.checkpoint.clone())
             .chain(s.parent_checkpoint.clone())
             .collect();
-        for cp in self.host.checkpoints(&id).await? {
+        for cp in self.source.checkpoints(&id).await? {
             if Some(&cp) != ours.as_ref() && known.contains(&cp) {
-                self.host.delete_checkpoint(&id, &cp).await?;
+                self.source.delete_checkpoint(&id, &cp).await?;
             }
         }
         Ok(())

@@ -17,10 +17,11 @@ use crate::api::{BackupRun, Hook};
 use crate::error::StepError;
 use crate::hooks::HookStage;
 use crate::lifecycle::Journal;
+use crate::source::Source;
 
 pub(crate) use crate::catalog::manifest::manifest_name;
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) fn staging(&self) -> PathBuf {
         PathBuf::from(self.lc.status().staging_dir.clone().unwrap_or_default())
     }
@@ -33,7 +34,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     ) -> Result<(), StepError> {
         let domain = self.lc.record.spec.domain.clone();
         self.lc
-            .run_hooks(self.host, stage, hooks, &domain, vec![])
+            .run_hooks(self.source, stage, hooks, &domain, vec![])
             .await
     }
 }

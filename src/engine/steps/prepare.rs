@@ -3,79 +3,42 @@
 use jiff::Timestamp;
 
 use crate::api::BackupRun;
+use crate::api::{reason, ConditionType};
 use crate::api::{BackupPhase, BackupType, FailureReason, OfflinePolicy, RunDisk};
 use crate::catalog::layout;
 use crate::duplicity::{self, Action};
 use crate::engine::decide::{choose_type, ChainFacts, PreviousRun};
-use crate::engine::{history, BackupEngine};
+use crate::engine::{history, plan, BackupEngine};
 use crate::error::StepError;
-use crate::libvirt::{DomainState, VirtErrorKind};
+use crate::libvirt::VirtErrorKind;
 use crate::lifecycle::{Event, Journal};
+use crate::source::Source;
 use crate::state_dir;
 use crate::units::human_bytes;
-use crate::units::parse_duration;
 
 use super::manifest_name;
 
-/// Rejects names that cannot be a libvirt domain name or UUID (control characters, empty).
-/// Shell metacharacters are harmless: nothing is ever passed through a shell.
-fn validate_domain_id(id: &str) -> Result<(), StepError> {
-    if id.trim().is_empty() {
-        return Err(StepError::new(
-            FailureReason::InvalidSpec,
-            "the domain name is empty",
-        ));
-    }
-    if id.chars().any(|c| c.is_control()) || id.len() > 1024 {
-        return Err(StepError::new(
-            FailureReason::InvalidSpec,
-            "the domain name contains control characters or is too long",
-        ));
-    }
-    Ok(())
-}
-
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn prepare(&mut self) -> Result<(), StepError> {
         if self.lc.status().phase == BackupPhase::Pending {
             self.lc.enter(BackupPhase::Preparing).await?;
         }
         let spec = self.lc.record.spec.clone();
-        validate_domain_id(&spec.domain)?;
-        for h in spec
-            .hooks
-            .pre_snapshot
-            .iter()
-            .chain(&spec.hooks.on_snapshot)
-            .chain(&spec.hooks.post_snapshot)
-        {
-            if h.command.is_empty() || h.command[0].is_empty() {
-                return Err(StepError::new(
-                    FailureReason::InvalidSpec,
-                    "a hook has an empty command",
-                ));
-            }
-        }
+        let full_every = plan::validate_spec(&spec)?;
         let files = self.files_mode();
-        for p in spec.include.iter().chain(&spec.exclude) {
-            crate::files::select::check_guest_path(p)
-                .map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?;
-        }
-        let full_every = match &spec.full_cadence.full_every {
-            Some(s) => {
-                Some(parse_duration(s).map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?)
-            }
-            None => None,
-        };
 
         let view = self
-            .host
+            .source
             .domain(&spec.domain)
             .await
             .map_err(|e| match e.kind {
                 VirtErrorKind::DomainNotFound => StepError::new(
                     FailureReason::DomainNotFound,
-                    format!("domain '{}' not found on {}", spec.domain, self.host.uri),
+                    format!(
+                        "domain '{}' not found on {}",
+                        spec.domain,
+                        self.source.location()
+                    ),
                 ),
                 _ => e.into(),
             })?;
@@ -87,16 +50,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         self.ensure_lock()?;
         self.reconcile_checkpoints(&view).await;
 
-        let online = match view.state {
-            DomainState::Running | DomainState::Paused => true,
-            DomainState::ShutOff => false,
-            DomainState::Other => {
-                return Err(StepError::new(
-                    FailureReason::LibvirtError,
-                    "the domain is neither running, paused nor shut off (crashed or in transition); not backing it up now",
-                ))
-            }
-        };
+        let online = plan::online(view.state)?;
         if !online && spec.consistency.offline == OfflinePolicy::Skip {
             return self.skip().await;
         }
@@ -151,9 +105,10 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         }
         if let (true, false, Some(prev)) = (online, files, &previous) {
             if let Some(cp) = &prev.checkpoint {
-                facts.checkpoint_present = self.host.checkpoints(&uuid).await?.contains(cp);
+                facts.checkpoint_present = self.source.checkpoints(&uuid).await?.contains(cp);
                 if facts.checkpoint_present {
-                    facts.checkpoint_valid = match self.host.validate_checkpoint(&uuid, cp).await {
+                    facts.checkpoint_valid = match self.source.validate_checkpoint(&uuid, cp).await
+                    {
                         Ok(()) => true,
                         Err(e) if e.kind == VirtErrorKind::CheckpointInconsistent => {
                             self.lc.report(Event::Note(format!(
@@ -198,9 +153,9 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         }
         if spec.depth != 0 && online {
             self.lc.condition(
-                "DepthApplied",
+                ConditionType::DepthApplied,
                 false,
-                "OnlineExportIsWholeChain",
+                reason::ONLINE_EXPORT_IS_WHOLE_CHAIN,
                 "a running domain's push-mode export always holds the whole backing chain; depth applies to shut-off domains".into(),
             );
         }
@@ -214,26 +169,15 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
             },
         )?;
 
+        let place = plan::chain_place(&name, type_, previous.as_ref(), online, files);
         let s = self.lc.status_mut();
         s.online = online;
         s.type_ = Some(type_);
         s.full_reason = full_reason;
-        // Files mode needs no checkpoint: every export is whole, duplicity finds the changes.
-        s.checkpoint = (online && !files).then(|| format!("snapback-{name}"));
-        s.parent_checkpoint = match type_ {
-            BackupType::Incremental if !files => {
-                previous.as_ref().and_then(|p| p.checkpoint.clone())
-            }
-            _ => None,
-        };
-        s.chain = Some(match (type_, &previous) {
-            (BackupType::Incremental, Some(p)) => p.chain.clone(),
-            _ => name.clone(),
-        });
-        s.chain_index = match (type_, &previous) {
-            (BackupType::Incremental, Some(p)) => p.chain_index + 1,
-            _ => 0,
-        };
+        s.checkpoint = place.checkpoint;
+        s.parent_checkpoint = place.parent_checkpoint;
+        s.chain = Some(place.chain);
+        s.chain_index = place.chain_index;
         s.staging_dir = Some(dir.display().to_string());
         s.disks = view
             .facts

@@ -11,8 +11,9 @@ use crate::api::BackupRun;
 use crate::engine::{history, BackupEngine};
 use crate::libvirt::{bitmaps, DomainView};
 use crate::lifecycle::{Event, Journal};
+use crate::source::Source;
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     /// Best effort: a leftover that cannot be removed is reported and the run goes on.
     pub(crate) async fn reconcile_checkpoints(&mut self, view: &DomainView) {
         let id = self.domain_id();
@@ -23,10 +24,10 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         }
         let mut removed = Vec::new();
         let mut problems = Vec::new();
-        match self.host.checkpoints(&id).await {
+        match self.source.checkpoints(&id).await {
             Ok(list) => {
                 for cp in list.iter().filter(|c| stale.contains(*c)) {
-                    match self.host.delete_checkpoint(&id, cp).await {
+                    match self.source.delete_checkpoint(&id, cp).await {
                         Ok(()) => removed.push(format!("checkpoint {cp}")),
                         Err(e) => problems.push(format!("checkpoint {cp}: {e}")),
                     }
@@ -35,7 +36,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
             Err(e) => problems.push(format!("list checkpoints: {e}")),
         }
         // Bitmaps whose checkpoint record is gone: libvirt no longer sees them.
-        let known = self.host.checkpoints(&id).await.unwrap_or_default();
+        let known = self.source.checkpoints(&id).await.unwrap_or_default();
         for disk in view.facts.disks.iter().filter(|d| d.format() == "qcow2") {
             let found = match bitmaps::image_bitmaps(disk.source()) {
                 Ok(b) => b,
@@ -48,7 +49,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
                 .iter()
                 .filter(|b| stale.contains(*b) && !known.contains(*b))
             {
-                match self.host.remove_stray_bitmap(&id, disk.source(), b).await {
+                match self.source.remove_stray_bitmap(&id, disk.source(), b).await {
                     Ok(()) => removed.push(format!("bitmap {b} of {}", disk.name)),
                     Err(e) => problems.push(format!("bitmap {b} of {}: {e}", disk.name)),
                 }

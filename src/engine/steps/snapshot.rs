@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use crate::api::BackupRun;
+use crate::api::{reason, ConditionType};
 use crate::api::{BackupPhase, FailureReason, Quiesce};
 use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::hooks::HookStage;
-use crate::libvirt::domain_xml;
 use crate::lifecycle::{Event, Journal};
+use crate::source::{BackupRequest, Source};
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn snapshot(&mut self) -> Result<(), StepError> {
         let spec = self.lc.record.spec.clone();
         self.run_hooks(HookStage::PreSnapshot, &spec.hooks.pre_snapshot)
@@ -50,7 +51,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
     async fn begin_job(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
         let c = self.lc.record.spec.consistency.clone();
-        let view = self.host.domain(&id).await?;
+        let view = self.source.domain(&id).await?;
         let mut window_start: Option<Instant> = None;
 
         // A paused guest cannot answer its agent, and its disks are already still.
@@ -63,9 +64,9 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         }
         if paused && c.quiesce != Quiesce::None {
             self.lc.condition(
-                "Quiesced",
+                ConditionType::Quiesced,
                 false,
-                "DomainPaused",
+                reason::DOMAIN_PAUSED,
                 "the domain was paused: its disks do not change, the guest agent cannot answer"
                     .into(),
             );
@@ -74,7 +75,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
             self.lc.status_mut().guest_frozen = true;
             self.lc.save().await?;
             let res = if view.facts.has_agent_channel {
-                self.host
+                self.source
                     .freeze(&id, Duration::from_secs(c.freeze_timeout_seconds as u64))
                     .await
                     .map_err(|e| e.message)
@@ -86,9 +87,9 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
                     window_start = Some(Instant::now());
                     self.lc.status_mut().quiesced = true;
                     self.lc.condition(
-                        "Quiesced",
+                        ConditionType::Quiesced,
                         true,
-                        "FilesystemsFrozen",
+                        reason::FILESYSTEMS_FROZEN,
                         format!("{n} guest filesystem(s) frozen"),
                     );
                 }
@@ -102,9 +103,9 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
                         ));
                     }
                     self.lc.condition(
-                        "Quiesced",
+                        ConditionType::Quiesced,
                         false,
-                        "GuestAgentUnavailable",
+                        reason::GUEST_AGENT_UNAVAILABLE,
                         format!("crash-consistent backup: {msg}"),
                     );
                     self.lc
@@ -115,7 +116,7 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         if c.pause && !paused {
             self.lc.status_mut().guest_paused = true;
             self.lc.save().await?;
-            if let Err(e) = self.host.suspend(&id).await {
+            if let Err(e) = self.source.suspend(&id).await {
                 self.undo_freeze_and_pause(window_start).await?;
                 return Err(e.into());
             }
@@ -124,30 +125,27 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
 
         let s = self.lc.status().clone();
         let dir = self.staging();
-        let exports: Vec<(String, String)> = s
-            .disks
-            .iter()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    dir.join(&d.export_file).display().to_string(),
-                )
-            })
-            .collect();
-        let disk_names: Vec<String> = s.disks.iter().map(|d| d.name.clone()).collect();
-        let backup = domain_xml::backup_xml(s.parent_checkpoint.as_deref(), &exports);
-        let checkpoint = s
-            .checkpoint
-            .as_ref()
-            .map(|cp| domain_xml::checkpoint_create_xml(cp, &disk_names));
-        let begun = self.host.begin_backup(&id, backup, checkpoint).await;
-        if begun.is_ok() {
+        let request = BackupRequest {
+            incremental_since: s.parent_checkpoint.clone(),
+            checkpoint: s.checkpoint.clone(),
+            exports: s
+                .disks
+                .iter()
+                .map(|d| (d.name.clone(), dir.join(&d.export_file)))
+                .collect(),
+        };
+        let begun = self.source.begin_backup(&id, &request).await;
+        if let Ok(b) = &begun {
             crate::process::crash_point("backup:snapshotting:job-begun");
+            // A source that names its own checkpoints (KubeVirt) is followed.
+            if b.checkpoint != s.checkpoint {
+                self.lc.status_mut().checkpoint = b.checkpoint.clone();
+            }
         }
         self.lc.status_mut().snapshot_time = Some(Timestamp::now());
         // Thaw (and resume) whatever happened: the job's point in time is fixed once it began.
         self.undo_freeze_and_pause(window_start).await?;
-        begun.map_err(|e| {
+        begun.map(|_| ()).map_err(|e| {
             StepError::new(
                 FailureReason::BackupJobFailed,
                 format!("cannot begin the backup job: {}", e.message),
@@ -162,13 +160,13 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         let id = self.domain_id();
         let mut problems = Vec::new();
         if self.lc.status().guest_paused {
-            match self.host.resume(&id).await {
+            match self.source.resume(&id).await {
                 Ok(()) => self.lc.status_mut().guest_paused = false,
                 Err(e) => problems.push(format!("resume: {e}")),
             }
         }
         if self.lc.status().guest_frozen {
-            match self.host.thaw(&id).await {
+            match self.source.thaw(&id).await {
                 Ok(_) => self.lc.status_mut().guest_frozen = false,
                 Err(e) => problems.push(format!("thaw: {e}")),
             }
@@ -195,11 +193,11 @@ impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
         ));
         if self.lc.status().guest_paused {
             // "not paused" is fine: someone resumed it already.
-            let _ = self.host.resume(&id).await;
+            let _ = self.source.resume(&id).await;
             self.lc.status_mut().guest_paused = false;
         }
         if self.lc.status().guest_frozen {
-            let _ = self.host.thaw(&id).await;
+            let _ = self.source.thaw(&id).await;
             self.lc.status_mut().guest_frozen = false;
         }
         self.lc.save().await

@@ -9,8 +9,9 @@ use crate::duplicity::{self, Action};
 use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::lifecycle::{Event, Journal};
+use crate::source::Source;
 
-impl<J: Journal<BackupRun>> BackupEngine<'_, J> {
+impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn upload(&mut self) -> Result<(), StepError> {
         // A resumed upload simply runs duplicity again: duplicity finds the partial set in its
         // archive dir and continues it. (Asking the target first is not reliable: duplicity

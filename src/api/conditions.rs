@@ -1,0 +1,69 @@
+//! The condition types snapback sets, and the reason words of its conditions that are not
+//! failure reasons (those are `FailureReason`). Status carries them as strings; code names
+//! them here, so a typo is a compile error and a reader finds every use.
+
+/// Every condition type, on whichever resource it appears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    /// BackupPolicy: the spec is valid and its target exists.
+    Ready,
+    /// BackupPolicy: the target exists and is not reported unavailable.
+    TargetAvailable,
+    /// BackupPolicy: how the newest finished run ended.
+    LastRunSucceeded,
+    /// BackupTarget: its URL is valid.
+    Available,
+    /// BackupRun: the guest's filesystems were frozen for the snapshot.
+    Quiesced,
+    /// BackupRun: how the depth rule applied to a running domain.
+    DepthApplied,
+    /// BackupRun: retention ran after it.
+    Pruned,
+    /// BackupRun: retention deleted its chain from the target.
+    Expired,
+    /// BackupRun: its agent stopped answering while it ran.
+    AgentHeartbeatStale,
+    /// RestoreRequest: the restored domain was started and keeps running.
+    Started,
+    /// RestoreRequest (in place): the replaced disks were kept, renamed.
+    OldDisksKept,
+}
+
+impl ConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::TargetAvailable => "TargetAvailable",
+            Self::LastRunSucceeded => "LastRunSucceeded",
+            Self::Available => "Available",
+            Self::Quiesced => "Quiesced",
+            Self::DepthApplied => "DepthApplied",
+            Self::Pruned => "Pruned",
+            Self::Expired => "Expired",
+            Self::AgentHeartbeatStale => "AgentHeartbeatStale",
+            Self::Started => "Started",
+            Self::OldDisksKept => "OldDisksKept",
+        }
+    }
+}
+
+/// Reason words of conditions that report success or a state, not a failure.
+pub mod reason {
+    pub const SCHEDULED: &str = "Scheduled";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const FOUND: &str = "Found";
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    pub const URL_VALID: &str = "UrlValid";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const HEARTBEAT_FRESH: &str = "HeartbeatFresh";
+    pub const AGENT_NOT_ANSWERING: &str = "AgentNotAnswering";
+    pub const FILESYSTEMS_FROZEN: &str = "FilesystemsFrozen";
+    pub const GUEST_AGENT_UNAVAILABLE: &str = "GuestAgentUnavailable";
+    pub const DOMAIN_PAUSED: &str = "DomainPaused";
+    pub const ONLINE_EXPORT_IS_WHOLE_CHAIN: &str = "OnlineExportIsWholeChain";
+    pub const RETENTION_APPLIED: &str = "RetentionApplied";
+    pub const NOT_SUPPORTED: &str = "NotSupported";
+    pub const PRUNED: &str = "Pruned";
+    pub const DOMAIN_RUNNING: &str = "DomainRunning";
+    pub const RENAMED: &str = "Renamed";
+}

@@ -1,0 +1,165 @@
+//! The restore engine's rollback and resume against the fake source: a failed in-place
+//! restore puts the domain back on its old definition and restarts it, a failed restore as a
+//! new domain removes what it defined, and a restore resumed after its define does not
+//! define twice.
+
+use std::path::Path;
+
+use tokio::sync::watch;
+
+use super::{RestoreContext, RestoreEngine};
+use crate::api::{
+    FailureReason, RestorePhase, RestoreRequest, RestoreRequestSpec, RestoreRequestStatus,
+    RestoredDisk,
+};
+use crate::duplicity::TargetConfig;
+use crate::libvirt::DomainState;
+use crate::lifecycle::memory::MemoryJournal;
+use crate::source::FakeSource;
+
+const ORIGINAL: &str = "<domain type='kvm'><name>web</name>\
+<uuid>11111111-2222-3333-4444-555555555555</uuid><devices>\
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+<source file='/images/web.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+</devices></domain>";
+
+fn swapped_onto(disk: &Path) -> String {
+    ORIGINAL.replace("/images/web.qcow2", &disk.display().to_string())
+}
+
+/// The definition of a restored copy `web-copy` on `disk`, with a UUID of its own.
+fn copy_on(disk: &Path) -> String {
+    swapped_onto(disk)
+        .replace("<name>web</name>", "<name>web-copy</name>")
+        .replace(
+            "11111111-2222-3333-4444-555555555555",
+            "99999999-2222-3333-4444-555555555555",
+        )
+}
+
+fn request(in_place: bool, status: RestoreRequestStatus) -> RestoreRequest {
+    let mut spec: RestoreRequestSpec =
+        serde_json::from_value(serde_json::json!({"domain": "web", "targetRef": "t"})).unwrap();
+    spec.in_place = in_place;
+    spec.new_name = (!in_place).then(|| "web-copy".to_string());
+    spec.start = true;
+    let mut r = RestoreRequest::new("bring-back", spec);
+    r.status = Some(status);
+    r
+}
+
+/// A restore recorded in `phase` with its work dir and one restored disk written.
+fn status_in(phase: RestorePhase, dir: &Path) -> RestoreRequestStatus {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let disk = dir.join("web-vda-restored.qcow2");
+    std::fs::write(&disk, b"restored").unwrap();
+    RestoreRequestStatus {
+        phase,
+        work_dir: Some(work.display().to_string()),
+        disks: vec![RestoredDisk {
+            name: "vda".into(),
+            path: disk.display().to_string(),
+            virtual_size: 1 << 20,
+            verified: true,
+        }],
+        ..Default::default()
+    }
+}
+
+async fn run(fake: &FakeSource, req: RestoreRequest, dir: &Path) -> RestoreRequest {
+    let journal = MemoryJournal::default();
+    let ctx = RestoreContext {
+        target: TargetConfig::local_for_tests(dir),
+        state_dir: dir.join("state"),
+    };
+    let (_tx, cancel) = watch::channel(false);
+    RestoreEngine::new(fake, &journal, ctx, req, Box::new(|_| {}), cancel)
+        .run()
+        .await
+}
+
+fn outcome(r: &RestoreRequest) -> (RestorePhase, Option<FailureReason>) {
+    let s = r.status.clone().unwrap();
+    (s.phase, s.failure.map(|f| f.reason))
+}
+
+#[tokio::test]
+async fn a_failed_in_place_restore_puts_the_domain_back_on_its_old_disks_and_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = status_in(RestorePhase::Starting, dir.path());
+    let restored = s.disks[0].path.clone();
+    std::fs::write(dir.path().join("work/original.xml"), ORIGINAL).unwrap();
+    let fake = FakeSource::new();
+    // The swap happened before: the domain is defined on the restored disk, and off.
+    let uuid = fake.add(&swapped_onto(Path::new(&restored)), DomainState::ShutOff);
+    s.swapped = true;
+    s.was_running = true;
+    s.defined_uuid = Some(uuid.clone());
+    fake.fail_next("start", "the restored guest does not boot");
+
+    let done = run(&fake, request(true, s), dir.path()).await;
+
+    assert_eq!(
+        outcome(&done),
+        (RestorePhase::Failed, Some(FailureReason::LibvirtError))
+    );
+    let vm = fake.vm(&uuid).unwrap();
+    assert_eq!(vm.definition, ORIGINAL, "the original definition is back");
+    assert_eq!(
+        vm.state,
+        DomainState::Running,
+        "and it runs, as it did before"
+    );
+    assert!(
+        !Path::new(&restored).exists(),
+        "the restored disk is removed"
+    );
+    assert!(!dir.path().join("work").exists(), "the work dir is removed");
+    assert!(!done.status.unwrap().swapped);
+}
+
+#[tokio::test]
+async fn a_failed_restore_as_a_new_domain_undefines_it_and_removes_its_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = status_in(RestorePhase::Starting, dir.path());
+    let restored = s.disks[0].path.clone();
+    let fake = FakeSource::new();
+    fake.add(ORIGINAL, DomainState::Running);
+    let uuid = fake.add(&copy_on(Path::new(&restored)), DomainState::ShutOff);
+    s.defined_uuid = Some(uuid.clone());
+    fake.fail_next("start", "the restored guest does not boot");
+
+    let done = run(&fake, request(false, s), dir.path()).await;
+
+    assert_eq!(outcome(&done).0, RestorePhase::Failed);
+    assert!(fake.vm(&uuid).is_none(), "the new domain is undefined");
+    assert!(!Path::new(&restored).exists(), "its disk is removed");
+    let original = fake.vm("web").unwrap();
+    assert_eq!(
+        (original.definition.as_str(), original.state),
+        (ORIGINAL, DomainState::Running),
+        "the original domain is not touched"
+    );
+}
+
+#[tokio::test]
+async fn a_restore_resumed_after_its_define_finds_its_domain_and_defines_nothing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = status_in(RestorePhase::Defining, dir.path());
+    let restored = s.disks[0].path.clone();
+    let fake = FakeSource::new();
+    let uuid = fake.add(&copy_on(Path::new(&restored)), DomainState::ShutOff);
+    s.defined_uuid = Some(uuid.clone());
+
+    let done = run(&fake, request(false, s), dir.path()).await;
+
+    assert_eq!(outcome(&done), (RestorePhase::Succeeded, None));
+    let calls = fake.calls();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("define")),
+        "no second define: {calls:?}"
+    );
+    assert_eq!(fake.vm(&uuid).unwrap().state, DomainState::Running);
+    assert!(Path::new(&restored).exists(), "the restored disk stays");
+}

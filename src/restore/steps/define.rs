@@ -1,0 +1,147 @@
+//! Defining: a new domain from the backup's XML, or the existing one swapped onto the restored
+//! disks (its old disks untouched until the end).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::io_err;
+use crate::api::{FailureReason, RestorePhase, RestoreRequest};
+use crate::catalog::manifest::domain_xml_name;
+use crate::error::StepError;
+use crate::hooks::HookStage;
+use crate::libvirt::DomainState;
+use crate::lifecycle::{Event, Journal};
+use crate::restore::xml::{rewrite, XmlEdit};
+use crate::restore::RestoreEngine;
+use crate::source::Source;
+
+impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
+    fn saved_xml(&self) -> Result<String, StepError> {
+        let run = self
+            .lc
+            .status()
+            .point
+            .as_ref()
+            .map(|p| p.run.clone())
+            .unwrap_or_default();
+        let p = self.member_dir(&run).join(domain_xml_name(&run));
+        std::fs::read_to_string(&p)
+            .map_err(|e| io_err(&format!("the backup's domain XML {}", p.display()), e))
+    }
+
+    fn disk_paths(&self) -> BTreeMap<String, String> {
+        self.lc
+            .status()
+            .disks
+            .iter()
+            .map(|d| (d.name.clone(), d.path.clone()))
+            .collect()
+    }
+
+    /// A new domain from the backup's XML, under a new name and a UUID chosen and recorded
+    /// first: a restore resumed after the define then finds its own domain, where libvirt
+    /// would refuse a second define of the name.
+    pub(crate) async fn define_new(&mut self) -> Result<(), StepError> {
+        let new = self.lc.record.spec.new_name.clone().unwrap_or_default();
+        let uuid = match self.lc.status().defined_uuid.clone() {
+            Some(u) => u,
+            None => {
+                let u = uuid::Uuid::new_v4().to_string();
+                self.lc.status_mut().defined_uuid = Some(u.clone());
+                self.lc.save().await?;
+                u
+            }
+        };
+        let storage = Path::new(&self.lc.status().disks[0].path)
+            .parent()
+            .map(|p| p.display().to_string());
+        let edit = XmlEdit {
+            new_name: Some(new.clone()),
+            new_uuid: Some(uuid.clone()),
+            disk_paths: self.disk_paths(),
+            log_dir: storage,
+        };
+        let xml = rewrite(&self.saved_xml()?, &edit)
+            .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
+        let defined = self.source.define(xml).await?;
+        crate::process::crash_point("restore:defining:defined");
+        if defined != uuid {
+            return Err(StepError::new(
+                FailureReason::Internal,
+                format!("libvirt defined {new} as {defined}, not {uuid}"),
+            ));
+        }
+        self.defined().await
+    }
+
+    /// In place: preRecovery hooks, the original XML saved (once), the domain shut down and
+    /// redefined on the restored disks. Its old disks stay untouched until the end.
+    pub(crate) async fn swap(&mut self) -> Result<(), StepError> {
+        let spec = self.lc.record.spec.clone();
+        self.hooks(HookStage::PreRecovery, vec![]).await?;
+        let view = self.source.domain(&spec.domain).await?;
+        let original = self.work_dir().join("original.xml");
+        if !original.exists() {
+            std::fs::write(&original, &view.inactive_xml)
+                .map_err(|e| io_err("cannot save the original XML", e))?;
+            self.lc.status_mut().was_running =
+                matches!(view.state, DomainState::Running | DomainState::Paused);
+            self.lc.save().await?;
+        }
+        self.power_off(&spec.domain, spec.shutdown_timeout_seconds)
+            .await?;
+        // The old checkpoints' bitmaps live in the old disks: forget them, the next backup is a full.
+        for cp in self.source.checkpoints(&spec.domain).await? {
+            self.source.forget_checkpoint(&spec.domain, &cp).await?;
+        }
+        let edit = XmlEdit {
+            new_name: None,
+            new_uuid: None,
+            disk_paths: self.disk_paths(),
+            log_dir: None,
+        };
+        let xml = rewrite(&view.inactive_xml, &edit)
+            .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
+        let uuid = self.source.define(xml).await?;
+        crate::process::crash_point("restore:defining:swapped");
+        let s = self.lc.status_mut();
+        s.defined_uuid = Some(uuid);
+        s.swapped = true;
+        self.lc.save().await?;
+        self.defined().await
+    }
+
+    /// The domain is defined (or swapped): start it, or go straight to recovery.
+    pub(crate) async fn defined(&mut self) -> Result<(), StepError> {
+        let next = if self.lc.record.spec.start {
+            RestorePhase::Starting
+        } else {
+            RestorePhase::Recovering
+        };
+        self.lc.enter(next).await
+    }
+
+    /// Graceful shutdown, then forced off after the timeout.
+    async fn power_off(&mut self, dom: &str, timeout_s: u32) -> Result<(), StepError> {
+        let deadline = Instant::now() + Duration::from_secs(timeout_s as u64);
+        let mut asked = false;
+        loop {
+            let v = self.source.domain(dom).await?;
+            if v.state == DomainState::ShutOff {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.lc.report(Event::Note(
+                    "the guest did not shut down in time; forcing it off".into(),
+                ));
+                return Ok(self.source.destroy(dom).await?);
+            }
+            if !asked {
+                let _ = self.source.shutdown(dom).await;
+                asked = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

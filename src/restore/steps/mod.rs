@@ -1,0 +1,139 @@
+//! The steps of a restore, one file each. `decide.rs` chooses which runs and with how much
+//! work left; each step ends by entering the next phase.
+
+mod define;
+mod fetch;
+mod rebuild;
+mod recover;
+mod resolve;
+mod rollback;
+mod start;
+
+use std::path::{Path, PathBuf};
+
+use super::RestoreEngine;
+use crate::api::{FailureReason, RestoreRequest};
+use crate::catalog::manifest::{manifest_name, Manifest};
+use crate::error::StepError;
+use crate::hooks::HookStage;
+use crate::lifecycle::Journal;
+use crate::source::Source;
+use crate::state_dir;
+use crate::units::human_bytes;
+
+/// What a chain member's fetch dir holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    Verified,
+    Missing,
+    /// This export is whole but its checksum is not the one recorded at backup time.
+    Mismatch(String),
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> StepError {
+    StepError::new(FailureReason::InvalidSpec, msg)
+}
+
+pub(crate) fn io_err(what: &str, e: std::io::Error) -> StepError {
+    let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
+        FailureReason::StorageFull
+    } else {
+        FailureReason::Internal
+    };
+    StepError::new(reason, format!("{what}: {e}"))
+}
+
+/// A storage directory must exist, be writable and hold `need` bytes.
+pub(crate) fn check_storage_dir(dir: &Path, need: u64) -> Result<(), StepError> {
+    if !dir.is_dir() {
+        return Err(invalid(format!(
+            "storage dir {} does not exist or is not a directory",
+            dir.display()
+        )));
+    }
+    let probe = dir.join(format!(".snapback-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"x").map_err(|e| {
+        invalid(format!(
+            "storage dir {} is not writable: {e}",
+            dir.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    let free = state_dir::free_bytes(dir).unwrap_or(u64::MAX);
+    if free < need {
+        return Err(StepError::new(
+            FailureReason::StorageFull,
+            format!(
+                "storage dir {} has {} free, the restored disks need up to {}",
+                dir.display(),
+                human_bytes(free),
+                human_bytes(need)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
+    pub(crate) fn work_dir(&self) -> PathBuf {
+        PathBuf::from(self.lc.status().work_dir.clone().unwrap_or_default())
+    }
+
+    /// Runs hooks of a stage; the domain in their environment is the one being restored to.
+    pub(crate) async fn hooks(
+        &mut self,
+        stage: HookStage,
+        extra: Vec<(String, String)>,
+    ) -> Result<(), StepError> {
+        let hooks = stage.of(&self.lc.record.spec.hooks).to_vec();
+        let domain = self
+            .lc
+            .status()
+            .defined_domain
+            .clone()
+            .unwrap_or_else(|| self.lc.record.spec.domain.clone());
+        self.lc
+            .run_hooks(self.source, stage, &hooks, &domain, extra)
+            .await
+    }
+
+    pub(crate) fn member_dir(&self, run: &str) -> PathBuf {
+        self.work_dir().join("fetch").join(run)
+    }
+
+    pub(crate) async fn read_manifest(&self, run: &str) -> Result<Manifest, StepError> {
+        let p = self.member_dir(run).join(manifest_name(run));
+        let text =
+            std::fs::read(&p).map_err(|e| io_err(&format!("cannot read {}", p.display()), e))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            StepError::new(
+                FailureReason::VerificationFailed,
+                format!("{}: {e}", p.display()),
+            )
+        })
+    }
+
+    /// Whether a member's fetched exports are all there and match the checksums recorded at
+    /// backup time. Files are fetched under a `.part` name and renamed when duplicity is done,
+    /// so a file under its own name is whole: a mismatch is the target's copy, not a fetch
+    /// that a crash cut short.
+    pub(crate) async fn member_fetched(&self, run: &str) -> Result<Fetched, StepError> {
+        let Ok(m) = self.read_manifest(run).await else {
+            return Ok(Fetched::Missing);
+        };
+        for d in &m.disks {
+            let p = self.member_dir(run).join(&d.export_file);
+            if !p.exists() {
+                return Ok(Fetched::Missing);
+            }
+            let sum = tokio::task::spawn_blocking(move || state_dir::sha256_file(&p))
+                .await
+                .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
+                .map_err(|e| io_err("cannot read a fetched export", e))?;
+            if Some(&sum) != d.sha256.as_ref() {
+                return Ok(Fetched::Mismatch(d.export_file.clone()));
+            }
+        }
+        Ok(Fetched::Verified)
+    }
+}

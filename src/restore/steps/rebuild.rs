@@ -1,0 +1,99 @@
+//! Rebuilding: rebase each incremental onto its parent, flatten the chain into one qcow2 per
+//! disk, and check it; then the endRecovery hooks.
+
+use super::io_err;
+use crate::api::{FailureReason, RestorePhase, RestoreRequest};
+use crate::error::StepError;
+use crate::hooks::HookStage;
+use crate::lifecycle::{Event, Journal};
+use crate::qemu_img;
+use crate::restore::RestoreEngine;
+use crate::source::Source;
+
+impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
+    /// Rebuilds the disks `todo` (indexes into `disks`); the others were rebuilt and checked
+    /// before a crash.
+    pub(crate) async fn rebuild(&mut self, todo: Vec<usize>) -> Result<(), StepError> {
+        let members = self.lc.status().chain_runs.clone();
+        let mut disks = self.lc.status().disks.clone();
+        let total: u64 = disks.iter().map(|d| d.virtual_size).sum();
+        let mut base_done = 0u64;
+        for (i, d) in disks.iter_mut().enumerate() {
+            if !todo.contains(&i) {
+                base_done += d.virtual_size;
+                continue;
+            }
+            let mut images = Vec::new();
+            for m in &members {
+                let man = self.read_manifest(&m.run).await?;
+                let Some(md) = man.disks.iter().find(|x| x.name == d.name) else {
+                    return Err(StepError::new(
+                        FailureReason::VerificationFailed,
+                        format!("{} has no disk {}", m.run, d.name),
+                    ));
+                };
+                images.push(self.member_dir(&m.run).join(&md.export_file));
+            }
+            for pair in images.windows(2) {
+                let argv = ["rebase", "-u", "-F", "qcow2", "-b"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([pair[0].display().to_string(), pair[1].display().to_string()]);
+                qemu_img::run_qemu_img(
+                    &argv.collect::<Vec<_>>(),
+                    FailureReason::VerificationFailed,
+                    FailureReason::StorageFull,
+                    |_| {},
+                )
+                .await?;
+            }
+            let top = images
+                .last()
+                .expect("a chain has a full")
+                .display()
+                .to_string();
+            let part = format!("{}.part", d.path);
+            let argv: Vec<String> = ["convert", "-p", "-O", "qcow2", "-f", "qcow2"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([top, part.clone()])
+                .collect();
+            let report = &self.lc.report;
+            let vsize = d.virtual_size;
+            qemu_img::run_qemu_img(
+                &argv,
+                FailureReason::VerificationFailed,
+                FailureReason::StorageFull,
+                |pct| {
+                    if pct > 0.0 {
+                        crate::process::crash_point("restore:rebuilding:converting");
+                    }
+                    report(Event::Progress {
+                        stage: "Rebuilding",
+                        done: base_done + (vsize as f64 * pct / 100.0) as u64,
+                        total,
+                    })
+                },
+            )
+            .await?;
+            qemu_img::check(&part).await?;
+            std::fs::rename(&part, &d.path)
+                .map_err(|e| io_err("cannot move the rebuilt disk in place", e))?;
+            d.verified = true;
+            base_done += vsize;
+        }
+        self.lc.status_mut().disks = disks.clone();
+        self.lc.save().await?;
+        let list = disks
+            .iter()
+            .map(|d| format!("{}={}", d.name, d.path))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.hooks(
+            HookStage::EndRecovery,
+            vec![("SNAPBACK_RESTORED_DISKS".into(), list)],
+        )
+        .await?;
+        self.lc.enter(RestorePhase::Defining).await
+    }
+}

@@ -1,0 +1,64 @@
+//! Rolling back a failed restore: no half-written disk stays attached to a domain, and an
+//! in-place restore puts the domain back on its old disks.
+
+use crate::api::{FailureReason, RestoreRequest};
+use crate::error::StepError;
+use crate::libvirt::{DomainState, VirtErrorKind};
+use crate::lifecycle::Journal;
+use crate::restore::RestoreEngine;
+use crate::source::Source;
+
+impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
+    /// Undo a failed restore: no half-written disk stays attached to a domain, and an in-place
+    /// restore puts the domain back on its old disks.
+    pub(crate) async fn rollback(&mut self) -> Result<(), StepError> {
+        let s = self.lc.status().clone();
+        let mut problems = Vec::new();
+        if self.lc.record.spec.in_place {
+            if s.swapped {
+                let id = self.lc.record.spec.domain.clone();
+                let _ = self.source.destroy(&id).await;
+                match std::fs::read_to_string(self.work_dir().join("original.xml")) {
+                    Ok(xml) => {
+                        if let Err(e) = self.source.define(xml).await {
+                            problems.push(format!("redefine the original domain: {e}"));
+                        } else {
+                            self.lc.status_mut().swapped = false;
+                        }
+                    }
+                    Err(e) => problems.push(format!("original XML: {e}")),
+                }
+            }
+            if s.was_running && self.lc.status().defined_uuid.is_some() {
+                if let Ok(v) = self.source.domain(&self.lc.record.spec.domain).await {
+                    if v.state == DomainState::ShutOff {
+                        if let Err(e) = self.source.start(&self.lc.record.spec.domain).await {
+                            problems.push(format!("restart the original domain: {e}"));
+                        }
+                    }
+                }
+            }
+        } else if let Some(uuid) = &s.defined_uuid {
+            let _ = self.source.destroy(uuid).await;
+            if let Err(e) = self.source.undefine(uuid).await {
+                if e.kind != VirtErrorKind::DomainNotFound {
+                    problems.push(format!("undefine the new domain: {e}"));
+                }
+            }
+        }
+        if self.lc.status().replaced_disks.is_empty() {
+            for d in &s.disks {
+                let _ = std::fs::remove_file(&d.path);
+                let _ = std::fs::remove_file(format!("{}.part", d.path));
+            }
+        }
+        if s.work_dir.is_some() {
+            let _ = std::fs::remove_dir_all(self.work_dir());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StepError::new(FailureReason::Internal, problems.join("; ")))
+        }
+    }
+}

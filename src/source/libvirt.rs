@@ -1,0 +1,108 @@
+//! A local libvirt as a source: the adapter's calls, and a backup request turned into
+//! libvirt's backup and checkpoint XML.
+
+use std::time::Duration;
+
+use super::{BackupBegun, BackupRequest, Source};
+use crate::libvirt::domain_xml::{backup_xml, checkpoint_create_xml};
+use crate::libvirt::{DomainView, JobState, LibvirtError, LibvirtHost};
+
+impl Source for LibvirtHost {
+    fn location(&self) -> String {
+        self.uri.clone()
+    }
+    async fn domain(&self, vm: &str) -> Result<DomainView, LibvirtError> {
+        LibvirtHost::domain(self, vm).await
+    }
+    async fn domain_names(&self) -> Result<Vec<String>, LibvirtError> {
+        LibvirtHost::domain_names(self).await
+    }
+    async fn checkpoints(&self, vm: &str) -> Result<Vec<String>, LibvirtError> {
+        LibvirtHost::checkpoints(self, vm).await
+    }
+    async fn checkpoint_xml(&self, vm: &str, name: &str) -> Result<String, LibvirtError> {
+        LibvirtHost::checkpoint_xml(self, vm, name).await
+    }
+    async fn validate_checkpoint(&self, vm: &str, name: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::validate_checkpoint(self, vm, name).await
+    }
+    async fn delete_checkpoint(&self, vm: &str, name: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::delete_checkpoint(self, vm, name).await
+    }
+    async fn forget_checkpoint(&self, vm: &str, name: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::forget_checkpoint(self, vm, name).await
+    }
+    async fn remove_stray_bitmap(
+        &self,
+        vm: &str,
+        disk_path: &str,
+        bitmap: &str,
+    ) -> Result<(), LibvirtError> {
+        LibvirtHost::remove_stray_bitmap(self, vm, disk_path, bitmap).await
+    }
+
+    /// libvirt creates the checkpoint under the name asked for, in the same call that begins
+    /// the job, so the checkpoint's point in time is the backup's.
+    async fn begin_backup(
+        &self,
+        vm: &str,
+        req: &BackupRequest,
+    ) -> Result<BackupBegun, LibvirtError> {
+        let exports: Vec<(String, String)> = req
+            .exports
+            .iter()
+            .map(|(disk, path)| (disk.clone(), path.display().to_string()))
+            .collect();
+        let disks: Vec<String> = req.exports.iter().map(|(d, _)| d.clone()).collect();
+        let backup = backup_xml(req.incremental_since.as_deref(), &exports);
+        let checkpoint = req
+            .checkpoint
+            .as_ref()
+            .map(|cp| checkpoint_create_xml(cp, &disks));
+        self.begin_backup_xml(vm, backup, checkpoint).await?;
+        Ok(BackupBegun {
+            checkpoint: req.checkpoint.clone(),
+        })
+    }
+    async fn job(&self, vm: &str) -> Result<JobState, LibvirtError> {
+        LibvirtHost::job(self, vm).await
+    }
+    async fn abort_job(&self, vm: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::abort_job(self, vm).await
+    }
+    async fn freeze(&self, vm: &str, timeout: Duration) -> Result<u32, LibvirtError> {
+        LibvirtHost::freeze(self, vm, timeout).await
+    }
+    async fn thaw(&self, vm: &str) -> Result<u32, LibvirtError> {
+        LibvirtHost::thaw(self, vm).await
+    }
+    async fn suspend(&self, vm: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::suspend(self, vm).await
+    }
+    async fn resume(&self, vm: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::resume(self, vm).await
+    }
+    async fn agent_command(
+        &self,
+        vm: &str,
+        json: String,
+        timeout: Duration,
+    ) -> Result<String, LibvirtError> {
+        LibvirtHost::agent_command(self, vm, json, timeout).await
+    }
+    async fn define(&self, definition: String) -> Result<String, LibvirtError> {
+        LibvirtHost::define(self, definition).await
+    }
+    async fn undefine(&self, vm: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::undefine(self, vm).await
+    }
+    async fn start(&self, vm: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::start(self, vm).await
+    }
+    async fn shutdown(&self, vm: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::shutdown(self, vm).await
+    }
+    async fn destroy(&self, vm: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::destroy(self, vm).await
+    }
+}

@@ -1,0 +1,128 @@
+//! Where a VM and its disks come from: the seam between the engines and the hypervisor.
+//!
+//! The engines ask a `Source` to look a VM up, list and drop its checkpoints, freeze and
+//! pause it, begin a backup job and follow it, and define, power and remove VMs on restore.
+//! `LibvirtHost` is the source of a local libvirt (`libvirt.rs`); `FakeSource` (`fake.rs`)
+//! keeps VMs in memory so cleanup, rollback and resume are tested without one.
+//!
+//! The trait is shaped for a source that is not libvirt as well. KubeVirt, for one, takes a
+//! backup through its own API (a VirtualMachineBackup writing one qcow2 per volume into a
+//! volume it mounts), names the checkpoint itself, and freezes the guest on its own. So a
+//! backup is asked for with a `BackupRequest` (incremental since which checkpoint, where each
+//! disk's export goes), not in libvirt's XML, and `begin_backup` answers with the name the
+//! checkpoint really got. The errors and the VM view are the libvirt adapter's types for now:
+//! their kinds (not found, unavailable, checkpoint inconsistent, agent unavailable) are not
+//! libvirt's alone.
+
+pub mod fake;
+mod libvirt;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use fake::FakeSource;
+
+use crate::libvirt::{DomainView, JobState, LibvirtError};
+
+/// A push-mode backup of some disks of a running VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupRequest {
+    /// Only what changed since this checkpoint; everything when `None`.
+    pub incremental_since: Option<String>,
+    /// The checkpoint to create at the backup's point in time, named as the engine would like.
+    pub checkpoint: Option<String>,
+    /// Per disk (by target name, `vda`): the file its export is written to.
+    pub exports: Vec<(String, PathBuf)>,
+}
+
+/// What a begun backup job is known by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupBegun {
+    /// The checkpoint the job created, under the name the source gave it.
+    pub checkpoint: Option<String>,
+}
+
+/// The operations the engines need of a hypervisor. `vm` is a name or a UUID.
+pub trait Source: Send + Sync {
+    /// Where the VMs are, for messages (`qemu:///system`).
+    fn location(&self) -> String;
+
+    /// The VM as it is now: identity, run state, disks and their sizes, definition.
+    fn domain(&self, vm: &str) -> impl Future<Output = Result<DomainView, LibvirtError>> + Send;
+    fn domain_names(&self) -> impl Future<Output = Result<Vec<String>, LibvirtError>> + Send;
+
+    fn checkpoints(
+        &self,
+        vm: &str,
+    ) -> impl Future<Output = Result<Vec<String>, LibvirtError>> + Send;
+    /// The checkpoint's definition, saved beside the backup.
+    fn checkpoint_xml(
+        &self,
+        vm: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<String, LibvirtError>> + Send;
+    /// Fails `CheckpointInconsistent` when the checkpoint cannot serve an incremental.
+    fn validate_checkpoint(
+        &self,
+        vm: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// Deletes a checkpoint and what tracks its changes (its bitmap merges into the parent).
+    fn delete_checkpoint(
+        &self,
+        vm: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// Forgets a checkpoint's record only (its bitmaps live in disks that are being replaced).
+    fn forget_checkpoint(
+        &self,
+        vm: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// Removes a change-tracking bitmap no checkpoint owns (left by a killed job).
+    fn remove_stray_bitmap(
+        &self,
+        vm: &str,
+        disk_path: &str,
+        bitmap: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+
+    fn begin_backup(
+        &self,
+        vm: &str,
+        req: &BackupRequest,
+    ) -> impl Future<Output = Result<BackupBegun, LibvirtError>> + Send;
+    fn job(&self, vm: &str) -> impl Future<Output = Result<JobState, LibvirtError>> + Send;
+    fn abort_job(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+
+    /// Freezes the guest's filesystems through its agent; answers how many.
+    fn freeze(
+        &self,
+        vm: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<u32, LibvirtError>> + Send;
+    fn thaw(&self, vm: &str) -> impl Future<Output = Result<u32, LibvirtError>> + Send;
+    /// Pauses the vCPUs.
+    fn suspend(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    fn resume(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// A guest agent command (JSON in, JSON out): guest-exec for hooks that run in the guest.
+    fn agent_command(
+        &self,
+        vm: &str,
+        json: String,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<String, LibvirtError>> + Send;
+
+    /// Defines a VM from a saved definition; answers its UUID.
+    fn define(
+        &self,
+        definition: String,
+    ) -> impl Future<Output = Result<String, LibvirtError>> + Send;
+    fn undefine(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    fn start(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// Asks the guest to shut down.
+    fn shutdown(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// Powers the VM off at once.
+    fn destroy(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+}
