@@ -20,7 +20,7 @@ use crate::catalog::layout;
 use crate::duplicity::TargetConfig;
 use crate::error::StepError;
 use crate::libvirt::{JobState, VirtErrorKind};
-use crate::lifecycle::{Journal, Lifecycle, Reporter};
+use crate::lifecycle::{run_steps, Journal, Lifecycle, Reporter, Stepper};
 use crate::source::Source;
 use crate::state_dir;
 
@@ -93,40 +93,7 @@ impl<'a, J: Journal<BackupRun>, S: Source> BackupEngine<'a, J, S> {
 
     /// Runs the run to a terminal phase and returns it.
     pub async fn run(mut self) -> BackupRun {
-        loop {
-            if self.lc.cancelled() && !self.lc.status().phase.is_terminal() {
-                self.fail(StepError::new(
-                    FailureReason::Interrupted,
-                    "interrupted by a signal; cleaned up",
-                ))
-                .await;
-                break;
-            }
-            let observed = match self.observe().await {
-                Ok(o) => o,
-                Err(e) => {
-                    self.fail(e).await;
-                    break;
-                }
-            };
-            let step = decide(self.lc.status(), &observed);
-            tracing::debug!(?step, phase = ?self.lc.status().phase, "next step");
-            let result = match step {
-                Step::Done => break,
-                Step::Prepare => self.prepare().await,
-                Step::Recover => self.recover().await,
-                Step::Snapshot => self.snapshot().await,
-                Step::FinishSnapshot => self.finish_snapshot().await,
-                Step::Export => self.export().await,
-                Step::Upload => self.upload().await,
-                Step::Finalize => self.finalize().await,
-                Step::Fail(reason, message) => Err(StepError::new(reason, message)),
-            };
-            if let Err(e) = result {
-                self.fail(e).await;
-                break;
-            }
-        }
+        run_steps(&mut self).await;
         self.lock = None;
         self.lc.record
     }
@@ -196,6 +163,42 @@ impl<'a, J: Journal<BackupRun>, S: Source> BackupEngine<'a, J, S> {
         };
         self.lock = Some((run_lock, domain_lock));
         Ok(())
+    }
+}
+
+impl<J: Journal<BackupRun>, S: Source> Stepper for BackupEngine<'_, J, S> {
+    type Step = Step;
+    const ON_SIGNAL: &'static str = "cleaned up";
+
+    fn finished(&self) -> bool {
+        self.lc.status().phase.is_terminal()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.lc.cancelled()
+    }
+
+    async fn next(&mut self) -> Result<Option<Step>, StepError> {
+        let observed = self.observe().await?;
+        match decide(self.lc.status(), &observed) {
+            Step::Done => Ok(None),
+            Step::Fail(reason, message) => Err(StepError::new(reason, message)),
+            step => Ok(Some(step)),
+        }
+    }
+
+    async fn take(&mut self, step: Step) -> Result<(), StepError> {
+        match step {
+            Step::Prepare => self.prepare().await,
+            Step::Recover => self.recover().await,
+            Step::Snapshot => self.snapshot().await,
+            Step::FinishSnapshot => self.finish_snapshot().await,
+            Step::Export => self.export().await,
+            Step::Upload => self.upload().await,
+            Step::Finalize => self.finalize().await,
+            Step::Done => Ok(()),
+            Step::Fail(reason, message) => Err(StepError::new(reason, message)),
+        }
     }
 
     /// Cleans up whatever the run left and records the failure.

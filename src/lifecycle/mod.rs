@@ -43,6 +43,44 @@ pub enum Event {
 
 pub type Reporter = Box<dyn Fn(Event) + Send + Sync>;
 
+/// An engine as its loop sees it: what to do next (observed and decided), doing it, failing.
+pub trait Stepper: Send {
+    type Step: std::fmt::Debug + Send;
+    /// What a signal's failure message says was done about it: `cleaned up`, `rolled back`.
+    const ON_SIGNAL: &'static str;
+    fn finished(&self) -> bool;
+    fn cancelled(&self) -> bool;
+    /// Observes and decides; `None` when nothing is left to do.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Self::Step>, StepError>> + Send;
+    fn take(&mut self, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Cleans up (or rolls back) and records the failure.
+    fn fail(&mut self, e: StepError) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs an engine until it ends: one step at a time, each decided afresh from what is
+/// observed, so a resumed record goes on from where it stopped. A signal or an error
+/// fails it, after its cleanup.
+pub async fn run_steps<E: Stepper>(engine: &mut E) {
+    while !engine.finished() {
+        if engine.cancelled() {
+            let message = format!("interrupted by a signal; {}", E::ON_SIGNAL);
+            engine
+                .fail(StepError::new(FailureReason::Interrupted, message))
+                .await;
+            return;
+        }
+        let step = match engine.next().await {
+            Ok(Some(step)) => step,
+            Ok(None) => return,
+            Err(e) => return engine.fail(e).await,
+        };
+        tracing::debug!(?step, "next step");
+        if let Err(e) = engine.take(step).await {
+            return engine.fail(e).await;
+        }
+    }
+}
+
 pub struct Lifecycle<'a, R: Record, J: Journal<R>> {
     pub record: R,
     journal: &'a J,

@@ -21,9 +21,13 @@ use crate::catalog::layout;
 use crate::duplicity::TargetConfig;
 use crate::error::StepError;
 use crate::libvirt::VirtErrorKind;
-use crate::lifecycle::{Journal, Lifecycle, Reporter};
+use crate::lifecycle::{run_steps, Journal, Lifecycle, Reporter, Stepper};
 use crate::source::Source;
 use crate::state_dir;
+
+fn lock_failed(e: std::io::Error) -> StepError {
+    StepError::new(FailureReason::Internal, format!("cannot create lock: {e}"))
+}
 
 pub struct RestoreContext {
     /// The target (base URL) with secrets resolved.
@@ -74,11 +78,7 @@ impl<'a, J: Journal<RestoreRequest>, S: Source> RestoreEngine<'a, J, S> {
                 return self.lc.record;
             }
             Err(e) => {
-                self.fail(StepError::new(
-                    FailureReason::Internal,
-                    format!("cannot create lock: {e}"),
-                ))
-                .await;
+                self.fail(lock_failed(e)).await;
                 return self.lc.record;
             }
         };
@@ -103,11 +103,7 @@ impl<'a, J: Journal<RestoreRequest>, S: Source> RestoreEngine<'a, J, S> {
                         // A restore already under way is finished.
                         Ok(None) => None,
                         Err(e) => {
-                            self.fail(StepError::new(
-                                FailureReason::Internal,
-                                format!("cannot create lock: {e}"),
-                            ))
-                            .await;
+                            self.fail(lock_failed(e)).await;
                             return self.lc.record;
                         }
                     }
@@ -117,44 +113,7 @@ impl<'a, J: Journal<RestoreRequest>, S: Source> RestoreEngine<'a, J, S> {
         } else {
             None
         };
-        loop {
-            let phase = self.lc.status().phase;
-            if phase.is_terminal() {
-                break;
-            }
-            if self.lc.cancelled() {
-                self.fail(StepError::new(
-                    FailureReason::Interrupted,
-                    "interrupted by a signal; rolled back",
-                ))
-                .await;
-                break;
-            }
-            let observed = match self.observe().await {
-                Ok(o) => o,
-                Err(e) => {
-                    self.fail(e).await;
-                    break;
-                }
-            };
-            let step = decide(&self.lc.record.spec, self.lc.status(), &observed);
-            tracing::debug!(?step, ?phase, "next restore step");
-            let result = match step {
-                Step::Resolve => self.resolve().await,
-                Step::Fetch(todo) => self.fetch(todo).await,
-                Step::Rebuild(todo) => self.rebuild(todo).await,
-                Step::DefineNew => self.define_new().await,
-                Step::Swap => self.swap().await,
-                Step::Defined => self.defined().await,
-                Step::Start { running } => self.start(running).await,
-                Step::Recover { rename_old } => self.recover(rename_old).await,
-                Step::Done => break,
-            };
-            if let Err(e) = result {
-                self.fail(e).await;
-                break;
-            }
-        }
+        run_steps(&mut self).await;
         self.lc.record
     }
 
@@ -189,6 +148,43 @@ impl<'a, J: Journal<RestoreRequest>, S: Source> RestoreEngine<'a, J, S> {
             _ => {}
         }
         Ok(o)
+    }
+}
+
+impl<J: Journal<RestoreRequest>, S: Source> Stepper for RestoreEngine<'_, J, S> {
+    type Step = Step;
+    const ON_SIGNAL: &'static str = "rolled back";
+
+    fn finished(&self) -> bool {
+        self.lc.status().phase.is_terminal()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.lc.cancelled()
+    }
+
+    async fn next(&mut self) -> Result<Option<Step>, StepError> {
+        let observed = self.observe().await?;
+        Ok(
+            match decide(&self.lc.record.spec, self.lc.status(), &observed) {
+                Step::Done => None,
+                step => Some(step),
+            },
+        )
+    }
+
+    async fn take(&mut self, step: Step) -> Result<(), StepError> {
+        match step {
+            Step::Resolve => self.resolve().await,
+            Step::Fetch(todo) => self.fetch(todo).await,
+            Step::Rebuild(todo) => self.rebuild(todo).await,
+            Step::DefineNew => self.define_new().await,
+            Step::Swap => self.swap().await,
+            Step::Defined => self.defined().await,
+            Step::Start { running } => self.start(running).await,
+            Step::Recover { rename_old } => self.recover(rename_old).await,
+            Step::Done => Ok(()),
+        }
     }
 
     /// Rolls back what the restore did and records the failure.
