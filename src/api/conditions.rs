@@ -27,6 +27,8 @@ pub enum ConditionType {
     Started,
     /// RestoreRequest (in place): the replaced disks were kept, renamed.
     OldDisksKept,
+    /// RestoreRequest: the UEFI variable store and TPM state came from the backup.
+    FirmwareRestored,
 }
 
 impl ConditionType {
@@ -43,6 +45,7 @@ impl ConditionType {
             Self::AgentHeartbeatStale => "AgentHeartbeatStale",
             Self::Started => "Started",
             Self::OldDisksKept => "OldDisksKept",
+            Self::FirmwareRestored => "FirmwareRestored",
         }
     }
 }
@@ -66,4 +69,6 @@ pub mod reason {
     pub const PRUNED: &str = "Pruned";
     pub const DOMAIN_RUNNING: &str = "DomainRunning";
     pub const RENAMED: &str = "Renamed";
+    pub const RESTORED: &str = "Restored";
+    pub const NOT_IN_BACKUP: &str = "NotInBackup";
 }

@@ -156,4 +156,11 @@ pub struct RestoreRequestStatus {
     /// When each phase started and ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<PhaseRecord<RestorePhase>>,
+    /// Firmware state files this restore wrote for the domain (removed on rollback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware_written: Vec<String>,
+    /// In place: the firmware state files replaced, as `original=kept copy` (the copy is put
+    /// back on rollback, and kept after success, as the old disks are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced_firmware: Vec<String>,
 }

@@ -177,6 +177,27 @@ pub struct RunDisk {
     pub sha256: Option<String>,
 }
 
+/// What a piece of firmware state is.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum FirmwareKind {
+    /// The UEFI variable store: boot entries, Secure Boot keys.
+    Nvram,
+    /// The persistent state of an emulated TPM 2.0 (swtpm).
+    TpmState,
+}
+
+/// Firmware state saved whole with a backup point, beside its disks.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FirmwareFile {
+    pub kind: FirmwareKind,
+    /// The file name in staging and on the target.
+    pub file: String,
+    /// Where the domain kept it.
+    pub source: String,
+    pub sha256: String,
+}
+
 /// The output of one hook execution.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -301,6 +322,9 @@ pub struct BackupRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub target_time: Option<Timestamp>,
+    /// The firmware state saved with this point (UEFI NVRAM, TPM state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware: Vec<FirmwareFile>,
 
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookResult>,

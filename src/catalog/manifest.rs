@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{BackupType, FullReason, RunDisk};
+use crate::api::{BackupType, FirmwareFile, FullReason, RunDisk};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -28,6 +28,10 @@ pub struct Manifest {
     pub snapshot_time: Option<Timestamp>,
     pub online: bool,
     pub disks: Vec<RunDisk>,
+    /// Firmware state saved with the point; empty for BIOS domains and for points taken
+    /// before snapback saved it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware: Vec<FirmwareFile>,
 }
 
 /// The file name of a run's manifest.

@@ -138,6 +138,7 @@ mod tests {
                 snapshot_time: Some(t(snap)),
                 online: true,
                 disks: vec![],
+                firmware: vec![],
             },
         }
     }

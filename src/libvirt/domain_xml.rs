@@ -39,6 +39,24 @@ impl Disk {
     }
 }
 
+/// The firmware and boot files a domain's XML names, and whether it has state beside its
+/// disks: a UEFI variable store (NVRAM) and an emulated TPM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Firmware {
+    /// UEFI: `<os firmware='efi'>` or a pflash `<loader>`.
+    pub efi: bool,
+    /// The read-only firmware code.
+    pub loader: Option<String>,
+    /// The per-domain variable store, when the XML names it.
+    pub nvram: Option<String>,
+    /// An emulated TPM (swtpm), whose state libvirt keeps per domain UUID.
+    pub tpm_emulator: bool,
+    /// Direct kernel boot files, shared read-only.
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub dtb: Option<String>,
+}
+
 /// What the domain XML says snapback needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainFacts {
@@ -47,6 +65,7 @@ pub struct DomainFacts {
     pub disks: Vec<Disk>,
     /// Whether a qemu guest agent channel is configured.
     pub has_agent_channel: bool,
+    pub firmware: Firmware,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +171,35 @@ pub fn parse_domain(xml: &str) -> Result<DomainFacts, XmlError> {
         uuid,
         disks,
         has_agent_channel,
+        firmware: firmware_of(root),
     })
+}
+
+fn firmware_of(root: Node) -> Firmware {
+    let os = child(root, "os");
+    let text = |tag: &str| {
+        os.and_then(|o| child(o, tag))
+            .and_then(|n| n.text())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    let loader = os.and_then(|o| child(o, "loader"));
+    let efi = os.and_then(|o| o.attribute("firmware")) == Some("efi")
+        || loader.and_then(|l| l.attribute("type")) == Some("pflash");
+    let tpm_emulator = child(root, "devices").is_some_and(|d| {
+        d.children()
+            .filter(|c| c.has_tag_name("tpm"))
+            .any(|t| child(t, "backend").and_then(|b| b.attribute("type")) == Some("emulator"))
+    });
+    Firmware {
+        efi,
+        loader: text("loader"),
+        nvram: text("nvram"),
+        tpm_emulator,
+        kernel: text("kernel"),
+        initrd: text("initrd"),
+        dtb: text("dtb"),
+    }
 }
 
 /// The depth rule: how many images of a backing chain of `len` images a backup covers.

@@ -357,12 +357,17 @@ impl LibvirtHost {
         .await
     }
 
-    /// Removes a domain's definition (and libvirt's checkpoint records of it).
+    /// Removes a domain's definition, libvirt's checkpoint records of it, and its own firmware
+    /// state (UEFI variable store, TPM state). Only a domain a restore defined is undefined,
+    /// and a restored domain never shares those files with another (see `restore::steps`);
+    /// without the flags libvirt 9.0 refuses to undefine a UEFI domain at all.
     pub async fn undefine(&self, dom: &str) -> Result<(), LibvirtError> {
         self.with_domain(dom, |d| {
             Ok(d.undefine_flags(
                 sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-                    | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+                    | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    | sys::VIR_DOMAIN_UNDEFINE_NVRAM
+                    | sys::VIR_DOMAIN_UNDEFINE_TPM,
             )?)
         })
         .await

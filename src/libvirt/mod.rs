@@ -5,8 +5,9 @@ pub mod bitmaps;
 pub mod domain_xml;
 mod error;
 mod ffi;
+pub mod firmware;
 mod host;
 
-pub use domain_xml::{Disk, DiskKind, DomainFacts};
+pub use domain_xml::{Disk, DiskKind, DomainFacts, Firmware};
 pub use error::{LibvirtError, VirtErrorKind};
 pub use host::{DomainState, DomainView, JobState, LibvirtHost};

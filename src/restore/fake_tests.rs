@@ -163,3 +163,86 @@ async fn a_restore_resumed_after_its_define_finds_its_domain_and_defines_nothing
     assert_eq!(fake.vm(&uuid).unwrap().state, DomainState::Running);
     assert!(Path::new(&restored).exists(), "the restored disk stays");
 }
+
+#[tokio::test]
+async fn a_uefi_point_saved_before_firmware_state_was_kept_says_so_and_still_gets_its_own_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = status_in(RestorePhase::Defining, dir.path());
+    let restored = s.disks[0].path.clone();
+    let member = dir.path().join("work/fetch/r1");
+    std::fs::create_dir_all(&member).unwrap();
+    let efi = swapped_onto(Path::new("/images/web.qcow2")).replace(
+        "<devices>",
+        "<os firmware='efi'><type>hvm</type><nvram>/nv/web_VARS.fd</nvram></os><devices>",
+    );
+    std::fs::write(member.join("r1.domain.xml"), &efi).unwrap();
+    let manifest = serde_json::json!({
+        "apiVersion": "snapback.dev/v1alpha1", "run": "r1", "domain": "web",
+        "type": "Full", "chain": "r1", "chainIndex": 0, "online": true,
+        "disks": [{"name": "vda", "source": "/images/web.qcow2", "format": "qcow2",
+            "virtualSize": 1048576, "exportFile": "r1.vda.qcow2"}]
+    });
+    std::fs::write(member.join("r1.manifest.json"), manifest.to_string()).unwrap();
+    s.point = Some(crate::api::PointRef {
+        run: "r1".into(),
+        time: "2026-01-01T00:00:00Z".parse().unwrap(),
+        type_: None,
+        chain: "r1".into(),
+        chain_index: 0,
+    });
+    let fake = FakeSource::new();
+    fake.firmware_root(&dir.path().join("fw"));
+    fake.add(ORIGINAL, DomainState::Running);
+    let mut req = request(false, s);
+    req.spec.start = false;
+
+    let done = run(&fake, req, dir.path()).await;
+
+    assert_eq!(outcome(&done), (RestorePhase::Succeeded, None));
+    let c = done
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "FirmwareRestored")
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "NotInBackup")
+    );
+    let copy = fake.vm("web-copy").unwrap();
+    let own = dir.path().join("fw/nvram/web-copy_VARS.fd");
+    assert!(
+        copy.definition.contains(&own.display().to_string())
+            && !copy.definition.contains("/nv/web_VARS.fd"),
+        "{}",
+        copy.definition
+    );
+    assert!(Path::new(&restored).exists());
+}
+
+#[tokio::test]
+async fn a_failed_in_place_restore_puts_the_replaced_firmware_state_back_before_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = status_in(RestorePhase::Starting, dir.path());
+    let restored = s.disks[0].path.clone();
+    std::fs::write(dir.path().join("work/original.xml"), ORIGINAL).unwrap();
+    let home = dir.path().join("web_VARS.fd");
+    let kept = dir.path().join("web_VARS.fd.snapback-replaced-bring-back");
+    std::fs::write(&home, b"the point's variables").unwrap();
+    std::fs::write(&kept, b"the domain's own variables").unwrap();
+    s.replaced_firmware = vec![format!("{}={}", home.display(), kept.display())];
+    let fake = FakeSource::new();
+    let uuid = fake.add(&swapped_onto(Path::new(&restored)), DomainState::ShutOff);
+    s.swapped = true;
+    s.was_running = true;
+    s.defined_uuid = Some(uuid.clone());
+    fake.fail_next("start", "the restored guest does not boot");
+
+    let done = run(&fake, request(true, s), dir.path()).await;
+
+    assert_eq!(outcome(&done).0, RestorePhase::Failed);
+    assert_eq!(std::fs::read(&home).unwrap(), b"the domain's own variables");
+    assert!(!kept.exists());
+    assert_eq!(fake.vm(&uuid).unwrap().state, DomainState::Running);
+}

@@ -22,6 +22,8 @@ pub struct XmlEdit {
     /// For a new domain: file-backed serial/console logs move here, so two domains never
     /// write the same log file.
     pub log_dir: Option<String>,
+    /// A UEFI domain's variable store: its own path, so two domains never share one.
+    pub nvram_path: Option<String>,
 }
 
 fn child<'a, 'i>(n: Node<'a, 'i>, tag: &str) -> Option<Node<'a, 'i>> {
@@ -48,6 +50,27 @@ pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
                 edits.push((end..end, uuid));
             }
             None => {}
+        }
+    }
+    if let Some(path) = &edit.nvram_path {
+        let os = child(root, "os").ok_or("saved domain XML has no <os>")?;
+        let text = escape_attr(path);
+        match child(os, "nvram") {
+            Some(n) => {
+                let attrs: String = n
+                    .attributes()
+                    .map(|a| format!(" {}='{}'", a.name(), escape_attr(a.value())))
+                    .collect();
+                edits.push((n.range(), format!("<nvram{attrs}>{text}</nvram>")));
+            }
+            None => {
+                let at = os
+                    .children()
+                    .rfind(|c| c.is_element())
+                    .map(|c| c.range().end)
+                    .ok_or("saved domain XML has an empty <os>")?;
+                edits.push((at..at, format!("<nvram>{text}</nvram>")));
+            }
         }
     }
     let Some(devices) = child(root, "devices") else {
@@ -138,6 +161,31 @@ pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uefi_copy_gets_its_own_variable_store_whether_or_not_the_xml_named_one() {
+        let named = "<domain><name>web</name><os><type>hvm</type>\
+            <loader readonly='yes' type='pflash'>/fw/CODE.fd</loader>\
+            <nvram template='/fw/VARS.fd'>/nv/web_VARS.fd</nvram></os><devices/></domain>";
+        let edit = XmlEdit {
+            new_name: Some("copy".into()),
+            nvram_path: Some("/nv/copy_VARS.fd".into()),
+            ..Default::default()
+        };
+        let out = rewrite(named, &edit).unwrap();
+        assert!(
+            out.contains("<nvram template='/fw/VARS.fd'>/nv/copy_VARS.fd</nvram>"),
+            "{out}"
+        );
+        assert!(!out.contains("/nv/web_VARS.fd"), "{out}");
+        let auto =
+            "<domain><name>web</name><os firmware='efi'><type>hvm</type></os><devices/></domain>";
+        let out = rewrite(auto, &edit).unwrap();
+        assert!(
+            out.contains("<type>hvm</type><nvram>/nv/copy_VARS.fd</nvram></os>"),
+            "{out}"
+        );
+    }
     use crate::libvirt::domain_xml::parse_domain;
 
     const XML: &str = "<domain type='qemu'>\n  <name>web</name>\n  <uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid>\n  <devices>\n    <disk type='block' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source dev='/dev/vg/web'/>\n      <backingStore/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <interface type='network'><mac address='52:54:00:12:34:56'/><source network='default'/></interface>\n    <serial type='file'><source path='/var/log/web.log'/><target port='0'/></serial>\n  </devices>\n</domain>";
@@ -148,6 +196,7 @@ mod tests {
             new_uuid: None,
             disk_paths: [("vda".to_string(), "/restore/web2-vda.qcow2".to_string())].into(),
             log_dir: new_name.map(|_| "/restore".to_string()),
+            nvram_path: None,
         }
     }
 

@@ -5,11 +5,12 @@
 //! once, and every call is logged.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{BackupBegun, BackupRequest, Source};
+use crate::api::FirmwareKind;
 use crate::libvirt::domain_xml::parse_domain;
 use crate::libvirt::{DomainState, DomainView, JobState, LibvirtError, VirtErrorKind};
 
@@ -33,6 +34,8 @@ struct State {
     /// A begun job stays Active until aborted, instead of completing at once.
     hold_jobs: bool,
     calls: Vec<String>,
+    /// Where firmware state files live (see `firmware_home`).
+    firmware_root: PathBuf,
 }
 
 #[derive(Default)]
@@ -99,6 +102,11 @@ impl FakeSource {
             .unwrap()
             .faults
             .insert(op, message.to_string());
+    }
+
+    /// Puts firmware state files under `dir`.
+    pub fn firmware_root(&self, dir: &Path) {
+        self.state.lock().unwrap().firmware_root = dir.to_path_buf();
     }
 
     /// Begun jobs stay Active (a job the process was killed in the middle of).
@@ -327,6 +335,30 @@ impl Source for FakeSource {
                 "the fake has no guest",
             ))
         })
+    }
+
+    /// Firmware state lives under the fake's `firmware_root` (a test's temp dir), named as
+    /// libvirt names it.
+    fn firmware_state(&self, vm: &DomainView) -> Vec<(FirmwareKind, PathBuf)> {
+        let fw = &vm.facts.firmware;
+        let nvram = fw.efi.then(|| {
+            let path = fw.nvram.as_ref().map(PathBuf::from);
+            let home = self.firmware_home(FirmwareKind::Nvram, &vm.facts.name, &vm.facts.uuid);
+            (FirmwareKind::Nvram, path.unwrap_or(home))
+        });
+        let tpm = fw.tpm_emulator.then(|| {
+            let home = self.firmware_home(FirmwareKind::TpmState, &vm.facts.name, &vm.facts.uuid);
+            (FirmwareKind::TpmState, home)
+        });
+        nvram.into_iter().chain(tpm).collect()
+    }
+
+    fn firmware_home(&self, kind: FirmwareKind, name: &str, uuid: &str) -> PathBuf {
+        let root = self.state.lock().unwrap().firmware_root.clone();
+        match kind {
+            FirmwareKind::Nvram => root.join("nvram").join(format!("{name}_VARS.fd")),
+            FirmwareKind::TpmState => root.join("swtpm").join(uuid).join("tpm2-00.permall"),
+        }
     }
 
     /// A known name keeps its UUID and run state, as a libvirt redefinition does.

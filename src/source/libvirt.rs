@@ -1,10 +1,13 @@
 //! A local libvirt as a source: the adapter's calls, and a backup request turned into
 //! libvirt's backup and checkpoint XML.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{BackupBegun, BackupRequest, Source};
+use crate::api::FirmwareKind;
 use crate::libvirt::domain_xml::{backup_xml, checkpoint_create_xml};
+use crate::libvirt::firmware;
 use crate::libvirt::{DomainView, JobState, LibvirtError, LibvirtHost};
 
 impl Source for LibvirtHost {
@@ -89,6 +92,20 @@ impl Source for LibvirtHost {
         timeout: Duration,
     ) -> Result<String, LibvirtError> {
         LibvirtHost::agent_command(self, vm, json, timeout).await
+    }
+    fn firmware_state(&self, vm: &DomainView) -> Vec<(FirmwareKind, PathBuf)> {
+        let fw = &vm.facts.firmware;
+        let nvram = firmware::nvram_path(fw, &vm.facts.name).map(|p| (FirmwareKind::Nvram, p));
+        let tpm = fw
+            .tpm_emulator
+            .then(|| (FirmwareKind::TpmState, firmware::tpm_state(&vm.facts.uuid)));
+        nvram.into_iter().chain(tpm).collect()
+    }
+    fn firmware_home(&self, kind: FirmwareKind, name: &str, uuid: &str) -> PathBuf {
+        match kind {
+            FirmwareKind::Nvram => firmware::default_nvram(name),
+            FirmwareKind::TpmState => firmware::tpm_state(uuid),
+        }
     }
     async fn define(&self, definition: String) -> Result<String, LibvirtError> {
         LibvirtHost::define(self, definition).await

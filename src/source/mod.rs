@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub use fake::FakeSource;
 
+use crate::api::FirmwareKind;
 use crate::libvirt::{DomainView, JobState, LibvirtError};
 
 /// A push-mode backup of some disks of a running VM.
@@ -113,6 +114,12 @@ pub trait Source: Send + Sync {
         json: String,
         timeout: Duration,
     ) -> impl Future<Output = Result<String, LibvirtError>> + Send;
+
+    /// The files holding the VM's firmware state (UEFI variable store, TPM state) on this
+    /// host, whether or not they exist yet.
+    fn firmware_state(&self, vm: &DomainView) -> Vec<(FirmwareKind, PathBuf)>;
+    /// Where a VM of this name and UUID keeps that state when its definition names no place.
+    fn firmware_home(&self, kind: FirmwareKind, name: &str, uuid: &str) -> PathBuf;
 
     /// Defines a VM from a saved definition; answers its UUID.
     fn define(

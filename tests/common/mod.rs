@@ -102,6 +102,9 @@ pub struct GuestOpts {
     pub start: bool,
     /// More qcow2 disks, attached as vdb, vdc ... (the guest leaves them alone).
     pub extra_disks: Vec<PathBuf>,
+    /// A q35 machine booting through OVMF (UEFI, with its own variable store) with an
+    /// emulated TPM 2.0 (swtpm), instead of a BIOS `pc`.
+    pub uefi_tpm: bool,
 }
 
 impl Default for GuestOpts {
@@ -114,6 +117,7 @@ impl Default for GuestOpts {
             agent_channel: true,
             start: true,
             extra_disks: Vec::new(),
+            uefi_tpm: false,
         }
     }
 }
@@ -195,15 +199,30 @@ impl Guest {
                 )
             })
             .collect();
+        // OVMF boots the same kernel and initrd; the variable store's path is libvirt's own.
+        let (mib, machine, firmware, features, tpm) = if opts.uefi_tpm {
+            (
+                256,
+                "q35",
+                "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
+    <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'/>",
+                "<features><acpi/><apic/></features>",
+                "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>",
+            )
+        } else {
+            (192, "pc", "", "", "")
+        };
         let xml = format!(
-            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>{mib}</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='{machine}'>hvm</type>{firmware}<kernel>{k}</kernel><initrd>{i}</initrd>
     <cmdline>console=ttyS0 quiet snapback.write_mb={wm} snapback.write_offset_mb={wo}</cmdline></os>
+  {features}
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{d}'/><target dev='vda' bus='virtio'/></disk>
     {extra}
     <serial type='file'><source path='{l}'/><target port='0'/></serial>
     {agent}
+    {tpm}
   </devices></domain>",
             name = xml_escape(name),
             k = gd.join("vmlinuz").display(),
@@ -305,7 +324,13 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = virsh(&["destroy", &self.name]);
-        let _ = virsh(&["undefine", &self.name, "--checkpoints-metadata", "--nvram"]);
+        let _ = virsh(&[
+            "undefine",
+            &self.name,
+            "--checkpoints-metadata",
+            "--nvram",
+            "--tpm",
+        ]);
         let _ = virsh(&["undefine", &self.name, "--checkpoints-metadata"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -230,6 +230,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             snapshot_time: s.snapshot_time,
             online: s.online,
             disks: s.disks.clone(),
+            firmware: s.firmware.clone(),
         };
         let text = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;

@@ -5,6 +5,7 @@ mod cleanup;
 mod export;
 mod files;
 mod finalize;
+mod firmware;
 mod prepare;
 mod reconcile;
 mod snapshot;

@@ -23,6 +23,10 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             self.begin_job().await?;
         } else {
             // A shut-off domain's disks do not change: the files are the snapshot.
+            if !self.files_mode() {
+                let view = self.source.domain(&self.domain_id()).await?;
+                self.capture_firmware(&view).await?;
+            }
             self.lc.status_mut().snapshot_time = Some(Timestamp::now());
             self.lc.save().await?;
         }
@@ -134,7 +138,18 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 .map(|d| (d.name.clone(), dir.join(&d.export_file)))
                 .collect(),
         };
-        let begun = self.source.begin_backup(&id, &request).await;
+        let captured = if self.files_mode() {
+            Ok(())
+        } else {
+            self.capture_firmware(&view).await
+        };
+        let begun = match captured {
+            Ok(()) => self.source.begin_backup(&id, &request).await,
+            Err(e) => {
+                self.undo_freeze_and_pause(window_start).await?;
+                return Err(e);
+            }
+        };
         if let Ok(b) = &begun {
             crate::process::crash_point("backup:snapshotting:job-begun");
             // A source that names its own checkpoints (KubeVirt) is followed.

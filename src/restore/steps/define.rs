@@ -10,7 +10,7 @@ use crate::api::{FailureReason, RestorePhase, RestoreRequest};
 use crate::catalog::manifest::domain_xml_name;
 use crate::error::StepError;
 use crate::hooks::HookStage;
-use crate::libvirt::DomainState;
+use crate::libvirt::{domain_xml, DomainState};
 use crate::lifecycle::{Event, Journal};
 use crate::restore::xml::{rewrite, XmlEdit};
 use crate::restore::RestoreEngine;
@@ -56,13 +56,19 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         let storage = Path::new(&self.lc.status().disks[0].path)
             .parent()
             .map(|p| p.display().to_string());
+        let saved = self.saved_xml()?;
+        let fw = domain_xml::parse_domain(&saved)
+            .map_err(|e| StepError::new(FailureReason::VerificationFailed, e.to_string()))?
+            .firmware;
+        let nvram_path = self.firmware_for_new(&fw, &new, &uuid).await?;
         let edit = XmlEdit {
             new_name: Some(new.clone()),
             new_uuid: Some(uuid.clone()),
             disk_paths: self.disk_paths(),
             log_dir: storage,
+            nvram_path,
         };
-        let xml = rewrite(&self.saved_xml()?, &edit)
+        let xml = rewrite(&saved, &edit)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
         let defined = self.source.define(xml).await?;
         crate::process::crash_point("restore:defining:defined");
@@ -95,11 +101,15 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         for cp in self.source.checkpoints(&spec.domain).await? {
             self.source.forget_checkpoint(&spec.domain, &cp).await?;
         }
+        // Shut down, the domain's firmware state can be replaced (its old files kept).
+        let files = self.source.firmware_state(&view);
+        self.firmware_in_place(files).await?;
         let edit = XmlEdit {
             new_name: None,
             new_uuid: None,
             disk_paths: self.disk_paths(),
             log_dir: None,
+            nvram_path: None,
         };
         let xml = rewrite(&view.inactive_xml, &edit)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;

@@ -60,6 +60,9 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             }
             let man = self.read_manifest(&m.run).await?;
             files.extend(man.disks.iter().map(|d| d.export_file.clone()));
+            if Some(&m.run) == self.lc.status().point.as_ref().map(|p| &p.run) {
+                files.extend(man.firmware.iter().map(|f| f.file.clone()));
+            }
             // One file at a time: duplicity then reads only the volumes that hold it, not every
             // earlier set of the chain (restoring a whole later set re-reads the full).
             for f in files {

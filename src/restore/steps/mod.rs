@@ -3,6 +3,7 @@
 
 mod define;
 mod fetch;
+mod firmware;
 mod rebuild;
 mod recover;
 mod resolve;
@@ -117,21 +118,32 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
     /// backup time. Files are fetched under a `.part` name and renamed when duplicity is done,
     /// so a file under its own name is whole: a mismatch is the target's copy, not a fetch
     /// that a crash cut short.
+    /// The point's own member also holds the firmware state it saved.
     pub(crate) async fn member_fetched(&self, run: &str) -> Result<Fetched, StepError> {
         let Ok(m) = self.read_manifest(run).await else {
             return Ok(Fetched::Missing);
         };
-        for d in &m.disks {
-            let p = self.member_dir(run).join(&d.export_file);
+        let is_point = self.lc.status().point.as_ref().map(|p| p.run.as_str()) == Some(run);
+        let disks = m
+            .disks
+            .iter()
+            .map(|d| (d.export_file.clone(), d.sha256.clone()));
+        let firmware = m
+            .firmware
+            .iter()
+            .filter(|_| is_point)
+            .map(|f| (f.file.clone(), Some(f.sha256.clone())));
+        for (file, want) in disks.chain(firmware) {
+            let p = self.member_dir(run).join(&file);
             if !p.exists() {
                 return Ok(Fetched::Missing);
             }
             let sum = tokio::task::spawn_blocking(move || state_dir::sha256_file(&p))
                 .await
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
-                .map_err(|e| io_err("cannot read a fetched export", e))?;
-            if Some(&sum) != d.sha256.as_ref() {
-                return Ok(Fetched::Mismatch(d.export_file.clone()));
+                .map_err(|e| io_err("cannot read a fetched file", e))?;
+            if Some(&sum) != want.as_ref() {
+                return Ok(Fetched::Mismatch(file));
             }
         }
         Ok(Fetched::Verified)

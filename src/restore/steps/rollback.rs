@@ -29,7 +29,11 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                     Err(e) => problems.push(format!("original XML: {e}")),
                 }
             }
-            if s.was_running && self.lc.status().defined_uuid.is_some() {
+            // Its firmware state goes back before it starts again.
+            problems.extend(self.rollback_firmware());
+            // Restarted whenever the restore had found it running: also when the failure came
+            // after the shutdown and before the redefinition.
+            if s.was_running {
                 if let Ok(v) = self.source.domain(&self.lc.record.spec.domain).await {
                     if v.state == DomainState::ShutOff {
                         if let Err(e) = self.source.start(&self.lc.record.spec.domain).await {
@@ -38,13 +42,16 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                     }
                 }
             }
-        } else if let Some(uuid) = &s.defined_uuid {
-            let _ = self.source.destroy(uuid).await;
-            if let Err(e) = self.source.undefine(uuid).await {
-                if e.kind != VirtErrorKind::DomainNotFound {
-                    problems.push(format!("undefine the new domain: {e}"));
+        } else {
+            if let Some(uuid) = &s.defined_uuid {
+                let _ = self.source.destroy(uuid).await;
+                if let Err(e) = self.source.undefine(uuid).await {
+                    if e.kind != VirtErrorKind::DomainNotFound {
+                        problems.push(format!("undefine the new domain: {e}"));
+                    }
                 }
             }
+            problems.extend(self.rollback_firmware());
         }
         if self.lc.status().replaced_disks.is_empty() {
             for d in &s.disks {

@@ -1,0 +1,203 @@
+//! Firmware state on restore. A new domain gets its own UEFI variable store (at libvirt's
+//! path for its name) and TPM state (under its UUID), written from the point before it is
+//! defined, so it never shares a writable file with the original. In place, the domain's
+//! files are replaced after it is shut down, the old ones kept beside them until the end.
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::io_err;
+use crate::api::{reason, ConditionType, FirmwareFile, FirmwareKind, RestoreRequest};
+use crate::error::StepError;
+use crate::libvirt::domain_xml::Firmware;
+use crate::lifecycle::Journal;
+use crate::restore::RestoreEngine;
+use crate::source::Source;
+
+/// Writes `from` to `to` through `to.part`, so `to` is never half written; directories are
+/// made private (swtpm's state directory is 0700) and owned like their parent.
+fn place(from: &Path, to: &Path) -> Result<(), StepError> {
+    if let Some(dir) = to.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))?;
+            own_like_parent(dir);
+        }
+    }
+    let part = PathBuf::from(format!("{}.part", to.display()));
+    std::fs::copy(from, &part)
+        .map_err(|e| io_err(&format!("cannot write {}", part.display()), e))?;
+    std::fs::rename(&part, to).map_err(|e| io_err(&format!("cannot write {}", to.display()), e))?;
+    own_like_parent(to);
+    Ok(())
+}
+
+/// Gives `path` the owner of its nearest parent directory (swtpm runs as its own user on some
+/// hosts, and libvirt's directories belong to it). Best effort.
+fn own_like_parent(path: &Path) {
+    let owner = path
+        .ancestors()
+        .skip(1)
+        .find_map(|a| std::fs::metadata(a).ok());
+    if let Some(m) = owner {
+        let _ = std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()));
+    }
+}
+
+fn saved(manifest: &[FirmwareFile], kind: FirmwareKind) -> Option<&FirmwareFile> {
+    manifest.iter().find(|f| f.kind == kind)
+}
+
+impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
+    /// The firmware state saved with the point (empty for BIOS domains and older points).
+    async fn point_firmware(&self) -> Result<Vec<FirmwareFile>, StepError> {
+        let run = self
+            .lc
+            .status()
+            .point
+            .as_ref()
+            .map(|p| p.run.clone())
+            .unwrap_or_default();
+        Ok(self.read_manifest(&run).await?.firmware)
+    }
+
+    fn point_file(&self, f: &FirmwareFile) -> PathBuf {
+        let run = self.lc.status().point.as_ref().map(|p| p.run.clone());
+        self.member_dir(&run.unwrap_or_default()).join(&f.file)
+    }
+
+    /// Says, on the request, whether the firmware state came from the backup.
+    fn firmware_condition(&mut self, restored: Vec<String>, missing: Vec<String>) {
+        if missing.is_empty() && restored.is_empty() {
+            return;
+        }
+        let (ok, why, message) = if missing.is_empty() {
+            (
+                true,
+                reason::RESTORED,
+                format!("restored from the backup: {}", restored.join(", ")),
+            )
+        } else {
+            (
+                false,
+                reason::NOT_IN_BACKUP,
+                format!(
+                    "the backup holds no {}: it was taken before snapback saved firmware state; libvirt starts the domain with fresh state",
+                    missing.join(" or ")
+                ),
+            )
+        };
+        self.lc
+            .condition(ConditionType::FirmwareRestored, ok, why, message);
+    }
+
+    /// For a new domain `name` with UUID `uuid`: writes its own variable store and TPM state
+    /// from the point, and answers the variable store's path for its XML.
+    pub(crate) async fn firmware_for_new(
+        &mut self,
+        fw: &Firmware,
+        name: &str,
+        uuid: &str,
+    ) -> Result<Option<String>, StepError> {
+        let point = self.point_firmware().await?;
+        let (mut restored, mut missing) = (Vec::new(), Vec::new());
+        let mut nvram = None;
+        for (kind, wanted) in [
+            (FirmwareKind::Nvram, fw.efi),
+            (FirmwareKind::TpmState, fw.tpm_emulator),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let home = self.source.firmware_home(kind, name, uuid);
+            if kind == FirmwareKind::Nvram {
+                nvram = Some(home.display().to_string());
+            }
+            let Some(f) = saved(&point, kind) else {
+                missing.push(format!("{kind:?}"));
+                continue;
+            };
+            let written = home.display().to_string();
+            if home.exists() && !self.lc.status().firmware_written.contains(&written) {
+                return Err(StepError::new(
+                    crate::api::FailureReason::InvalidSpec,
+                    format!(
+                        "{} already exists and is not this restore's; remove it or choose another name",
+                        home.display()
+                    ),
+                ));
+            }
+            // Recorded first: a rollback then removes even a half-placed file.
+            if !self.lc.status().firmware_written.contains(&written) {
+                self.lc.status_mut().firmware_written.push(written);
+                self.lc.save().await?;
+            }
+            place(&self.point_file(f), &home)?;
+            restored.push(format!("{kind:?}"));
+        }
+        self.firmware_condition(restored, missing);
+        Ok(nvram)
+    }
+
+    /// In place, with the domain shut down: each saved state file replaces the domain's own,
+    /// whose old content is kept beside it as `<file>.snapback-replaced-<request>`.
+    pub(crate) async fn firmware_in_place(
+        &mut self,
+        files: Vec<(FirmwareKind, PathBuf)>,
+    ) -> Result<(), StepError> {
+        let point = self.point_firmware().await?;
+        let (mut restored, mut missing) = (Vec::new(), Vec::new());
+        for (kind, home) in files {
+            let Some(f) = saved(&point, kind) else {
+                missing.push(format!("{kind:?}"));
+                continue;
+            };
+            let kept = PathBuf::from(format!(
+                "{}.snapback-replaced-{}",
+                home.display(),
+                self.lc.name()
+            ));
+            let entry = format!("{}={}", home.display(), kept.display());
+            if !self.lc.status().replaced_firmware.contains(&entry) {
+                self.lc.status_mut().replaced_firmware.push(entry);
+                self.lc.save().await?;
+            }
+            if home.exists() && !kept.exists() {
+                std::fs::rename(&home, &kept)
+                    .map_err(|e| io_err("cannot keep the replaced firmware state", e))?;
+            }
+            place(&self.point_file(f), &home)?;
+            restored.push(format!("{kind:?}"));
+        }
+        self.firmware_condition(restored, missing);
+        Ok(())
+    }
+
+    /// Undoes the firmware part of a failed restore: written files removed, replaced ones put
+    /// back. Answers what could not be undone.
+    pub(crate) fn rollback_firmware(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for written in std::mem::take(&mut self.lc.status_mut().firmware_written) {
+            let _ = std::fs::remove_file(format!("{written}.part"));
+            match std::fs::remove_file(&written) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => problems.push(format!("remove {written}: {e}")),
+            }
+        }
+        for entry in std::mem::take(&mut self.lc.status_mut().replaced_firmware) {
+            let Some((home, kept)) = entry.split_once('=') else {
+                continue;
+            };
+            if Path::new(kept).exists() {
+                if let Err(e) = std::fs::rename(kept, home) {
+                    problems.push(format!("put back {home}: {e}"));
+                }
+            }
+        }
+        problems
+    }
+}

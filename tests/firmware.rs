@@ -1,0 +1,198 @@
+//! The whole VM, not only its disks: a q35 guest booting through OVMF, with its own UEFI
+//! variable store and an emulated TPM 2.0, on real libvirt, qemu (TCG) and swtpm. Every point
+//! saves both; a restore as new gives the copy its own files, equal to the saved ones, and
+//! leaves the original's alone; an in-place restore puts the saved ones back and keeps the
+//! replaced ones beside them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use snapback::api::{BackupRun, FirmwareKind, RestoreRequest};
+use snapback::store::FileStore;
+
+fn sha(p: &Path) -> String {
+    snapback::state_dir::sha256_file(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn nvram_of(name: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/libvirt/qemu/nvram/{name}_VARS.fd"))
+}
+
+fn uuid_of(name: &str) -> String {
+    virsh_ok(&["domuuid", name]).trim().to_string()
+}
+
+fn tpm_of(uuid: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/var/lib/libvirt/swtpm/{uuid}/tpm2/tpm2-00.permall"
+    ))
+}
+
+/// The firmware state a run saved: (kind, sha256).
+fn saved(env: &Env, run: &str) -> Vec<(FirmwareKind, String)> {
+    let r: BackupRun = FileStore::new(&env.state).read("backupruns", run).unwrap();
+    r.status
+        .unwrap()
+        .firmware
+        .into_iter()
+        .map(|f| (f.kind, f.sha256))
+        .collect()
+}
+
+fn saved_sha(saved: &[(FirmwareKind, String)], kind: FirmwareKind) -> String {
+    saved
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, s)| s.clone())
+        .unwrap_or_else(|| panic!("no {kind:?} saved: {saved:?}"))
+}
+
+fn uefi_guest(name: &str) -> Guest {
+    Guest::new(
+        name,
+        GuestOpts {
+            uefi_tpm: true,
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_uefi_guest_with_a_tpm_restores_as_new_with_its_own_copies_of_the_saved_firmware_state() {
+    let g = uefi_guest("sbt-uefi");
+    let env = Env::new();
+    let nvram = nvram_of(&g.name);
+    let tpm = tpm_of(&uuid_of(&g.name));
+    assert!(
+        nvram.is_file() && tpm.is_file(),
+        "libvirt made both at start"
+    );
+
+    // Paused around the snapshot point: the guest changes neither file while they are copied.
+    let b = env.backup(&g.name, &["--type", "full", "--pause"]);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    let run = b.stdout.trim().to_string();
+    let saved = saved(&env, &run);
+    assert_eq!(saved.len(), 2, "{saved:?}");
+
+    let original_before = (sha(&nvram), sha(&tpm));
+    let storage = env.dir.join("restored");
+    std::fs::create_dir_all(&storage).unwrap();
+    let copy = format!("{}-c", g.name);
+    let r = env.snapback(&[
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--as",
+        &copy,
+        "--storage-dir",
+        storage.to_str().unwrap(),
+    ]);
+    let cleanup = |copy: &str| {
+        let _ = virsh(&["destroy", copy]);
+        let _ = virsh(&["undefine", copy, "--nvram", "--tpm"]);
+    };
+    if r.code != 0 {
+        cleanup(&copy);
+        panic!("restore failed: {}", r.stderr);
+    }
+    // Compared before the copy first starts: OVMF and swtpm write to their state at boot.
+    let copy_nvram = nvram_of(&copy);
+    let copy_tpm = tpm_of(&uuid_of(&copy));
+    let xml = virsh_ok(&["dumpxml", "--inactive", &copy]);
+    assert!(
+        xml.contains(&copy_nvram.display().to_string())
+            && !xml.contains(&nvram.display().to_string()),
+        "the copy has its own variable store:\n{xml}"
+    );
+    assert_eq!(sha(&copy_nvram), saved_sha(&saved, FirmwareKind::Nvram));
+    assert_eq!(sha(&copy_tpm), saved_sha(&saved, FirmwareKind::TpmState));
+    assert_eq!(
+        (sha(&nvram), sha(&tpm)),
+        original_before,
+        "the original's firmware state is untouched"
+    );
+    let req: RestoreRequest = FileStore::new(&env.state)
+        .list::<RestoreRequest>("restorerequests")
+        .unwrap()
+        .pop()
+        .unwrap();
+    let restored = req
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "FirmwareRestored")
+        .expect("a FirmwareRestored condition");
+    assert_eq!(restored.status, "True", "{restored:?}");
+    virsh_ok(&["start", &copy]);
+    assert_eq!(virsh_ok(&["domstate", &copy]).trim(), "running");
+    assert_eq!(g.state(), "running", "both run");
+
+    // Removing the copy with its firmware state leaves the original's in place.
+    cleanup(&copy);
+    assert!(!copy_nvram.exists() && !copy_tpm.exists());
+    assert!(nvram.is_file() && tpm.is_file());
+    assert_eq!(g.state(), "running");
+}
+
+#[test]
+fn an_in_place_restore_puts_the_saved_firmware_state_back_and_keeps_the_replaced_files() {
+    let g = uefi_guest("sbt-uefi-ip");
+    let env = Env::new();
+    let nvram = nvram_of(&g.name);
+    let tpm = tpm_of(&uuid_of(&g.name));
+    let b = env.backup(&g.name, &["--type", "full", "--pause"]);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    let saved = saved(&env, b.stdout.trim());
+
+    // The variable store changes after the point: it is reset to the firmware's template
+    // while the domain is off (booting would write to it again).
+    virsh_ok(&["destroy", &g.name]);
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &nvram).unwrap();
+    let changed = sha(&nvram);
+    assert_ne!(changed, saved_sha(&saved, FirmwareKind::Nvram));
+
+    let r = env.snapback(&[
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--in-place",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Compared before the domain starts again: OVMF and swtpm write to their state at boot.
+    assert_eq!(sha(&nvram), saved_sha(&saved, FirmwareKind::Nvram));
+    assert_eq!(sha(&tpm), saved_sha(&saved, FirmwareKind::TpmState));
+    virsh_ok(&["start", &g.name]);
+    assert_eq!(g.state(), "running");
+    let kept: Vec<PathBuf> = std::fs::read_dir(nvram.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.display()
+                .to_string()
+                .starts_with(&format!("{}.snapback-replaced-", nvram.display()))
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        sha(&kept[0]),
+        changed,
+        "the replaced store is kept as it was"
+    );
+    let _ = std::fs::remove_file(&kept[0]);
+    for f in std::fs::read_dir(tpm.parent().unwrap()).unwrap().flatten() {
+        if f.file_name()
+            .to_string_lossy()
+            .contains(".snapback-replaced-")
+        {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+}
