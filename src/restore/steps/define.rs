@@ -18,13 +18,7 @@ use crate::source::Source;
 
 impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
     fn saved_xml(&self) -> Result<String, StepError> {
-        let run = self
-            .lc
-            .status()
-            .point
-            .as_ref()
-            .map(|p| p.run.clone())
-            .unwrap_or_default();
+        let run = self.point_run();
         let p = self.member_dir(&run).join(domain_xml_name(&run));
         std::fs::read_to_string(&p)
             .map_err(|e| io_err(&format!("the backup's domain XML {}", p.display()), e))

@@ -54,19 +54,11 @@ fn saved(manifest: &[FirmwareFile], kind: FirmwareKind) -> Option<&FirmwareFile>
 impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
     /// The firmware state saved with the point (empty for BIOS domains and older points).
     async fn point_firmware(&self) -> Result<Vec<FirmwareFile>, StepError> {
-        let run = self
-            .lc
-            .status()
-            .point
-            .as_ref()
-            .map(|p| p.run.clone())
-            .unwrap_or_default();
-        Ok(self.read_manifest(&run).await?.firmware)
+        Ok(self.read_manifest(&self.point_run()).await?.firmware)
     }
 
     fn point_file(&self, f: &FirmwareFile) -> PathBuf {
-        let run = self.lc.status().point.as_ref().map(|p| p.run.clone());
-        self.member_dir(&run.unwrap_or_default()).join(&f.file)
+        self.member_dir(&self.point_run()).join(&f.file)
     }
 
     /// Says, on the request, whether the firmware state came from the backup.

@@ -98,6 +98,12 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .await
     }
 
+    /// The run of the point being restored (known once Resolving is done).
+    pub(crate) fn point_run(&self) -> String {
+        let point = self.lc.status().point.as_ref();
+        point.map(|p| p.run.clone()).unwrap_or_default()
+    }
+
     pub(crate) fn member_dir(&self, run: &str) -> PathBuf {
         self.work_dir().join("fetch").join(run)
     }
