@@ -121,14 +121,14 @@ fn a_uefi_guest_with_a_tpm_restores_as_new_with_its_own_copies_of_the_saved_firm
         .unwrap()
         .pop()
         .unwrap();
-    let restored = req
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "FirmwareRestored")
-        .expect("a FirmwareRestored condition");
-    assert_eq!(restored.status, "True", "{restored:?}");
+    let conditions = req.status.unwrap().conditions;
+    for want in ["FirmwareRestored", "BootFilesPresent"] {
+        let c = conditions
+            .iter()
+            .find(|c| c.type_ == want)
+            .unwrap_or_else(|| panic!("a {want} condition: {conditions:?}"));
+        assert_eq!(c.status, "True", "{c:?}");
+    }
     virsh_ok(&["start", &copy]);
     assert_eq!(virsh_ok(&["domstate", &copy]).trim(), "running");
     assert_eq!(g.state(), "running", "both run");

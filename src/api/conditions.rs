@@ -29,6 +29,8 @@ pub enum ConditionType {
     OldDisksKept,
     /// RestoreRequest: the UEFI variable store and TPM state came from the backup.
     FirmwareRestored,
+    /// RestoreRequest: the read-only boot files the domain names are on this host.
+    BootFilesPresent,
 }
 
 impl ConditionType {
@@ -46,6 +48,7 @@ impl ConditionType {
             Self::Started => "Started",
             Self::OldDisksKept => "OldDisksKept",
             Self::FirmwareRestored => "FirmwareRestored",
+            Self::BootFilesPresent => "BootFilesPresent",
         }
     }
 }
@@ -71,4 +74,5 @@ pub mod reason {
     pub const RENAMED: &str = "Renamed";
     pub const RESTORED: &str = "Restored";
     pub const NOT_IN_BACKUP: &str = "NotInBackup";
+    pub const MISSING_ON_HOST: &str = "MissingOnHost";
 }

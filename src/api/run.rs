@@ -186,6 +186,17 @@ pub enum FirmwareKind {
     TpmState,
 }
 
+/// A file the domain's XML names beside its disks.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainFile {
+    /// `loader`, `nvram`, `kernel`, `initrd`, `dtb`, `tpm`.
+    pub role: String,
+    pub path: String,
+    /// Written by the domain (its own, saved with the point), or read-only (shared, not saved).
+    pub writable: bool,
+}
+
 /// Firmware state saved whole with a backup point, beside its disks.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

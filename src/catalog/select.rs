@@ -139,6 +139,7 @@ mod tests {
                 online: true,
                 disks: vec![],
                 firmware: vec![],
+                domain_files: vec![],
             },
         }
     }

@@ -57,6 +57,22 @@ pub struct Firmware {
     pub dtb: Option<String>,
 }
 
+impl Firmware {
+    /// The read-only files the domain boots from, shared by every domain that names them:
+    /// (role, path).
+    pub fn read_only_files(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("loader", &self.loader),
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("dtb", &self.dtb),
+        ]
+        .into_iter()
+        .filter_map(|(role, p)| p.as_deref().map(|p| (role, p)))
+        .collect()
+    }
+}
+
 /// What the domain XML says snapback needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainFacts {

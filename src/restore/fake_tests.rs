@@ -173,7 +173,8 @@ async fn a_uefi_point_saved_before_firmware_state_was_kept_says_so_and_still_get
     std::fs::create_dir_all(&member).unwrap();
     let efi = swapped_onto(Path::new("/images/web.qcow2")).replace(
         "<devices>",
-        "<os firmware='efi'><type>hvm</type><nvram>/nv/web_VARS.fd</nvram></os><devices>",
+        "<os firmware='efi'><type>hvm</type><nvram>/nv/web_VARS.fd</nvram>\
+         <kernel>/nonexistent/vmlinuz</kernel></os><devices>",
     );
     std::fs::write(member.join("r1.domain.xml"), &efi).unwrap();
     let manifest = serde_json::json!({
@@ -199,11 +200,9 @@ async fn a_uefi_point_saved_before_firmware_state_was_kept_says_so_and_still_get
     let done = run(&fake, req, dir.path()).await;
 
     assert_eq!(outcome(&done), (RestorePhase::Succeeded, None));
-    let c = done
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
+    let done_conditions = done.status.unwrap().conditions;
+    let c = done_conditions
+        .iter()
         .find(|c| c.type_ == "FirmwareRestored")
         .unwrap();
     assert_eq!(

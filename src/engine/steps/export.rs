@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::api::BackupRun;
-use crate::api::{BackupPhase, FailureReason};
+use crate::api::{BackupPhase, DomainFile, FailureReason};
 use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::libvirt::domain_xml::depth_images;
@@ -231,12 +231,38 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             online: s.online,
             disks: s.disks.clone(),
             firmware: s.firmware.clone(),
+            domain_files: domain_files(&dir.join(format!("{name}.domain.xml")), &s.firmware),
         };
         let text = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
         write(&dir.join(manifest_name(&name)), &text)?;
         self.lc.save().await
     }
+}
+
+/// The files the saved domain XML names beside its disks: the shared read-only boot files,
+/// and the domain's own firmware state (saved with the point).
+fn domain_files(saved_xml: &Path, firmware: &[crate::api::FirmwareFile]) -> Vec<DomainFile> {
+    let facts = std::fs::read_to_string(saved_xml)
+        .ok()
+        .and_then(|x| crate::libvirt::domain_xml::parse_domain(&x).ok());
+    let shared = facts
+        .iter()
+        .flat_map(|f| f.firmware.read_only_files())
+        .map(|(role, path)| DomainFile {
+            role: role.into(),
+            path: path.into(),
+            writable: false,
+        });
+    let own = firmware.iter().map(|f| DomainFile {
+        role: match f.kind {
+            crate::api::FirmwareKind::Nvram => "nvram".into(),
+            crate::api::FirmwareKind::TpmState => "tpm".into(),
+        },
+        path: f.source.clone(),
+        writable: true,
+    });
+    shared.chain(own).collect()
 }
 
 fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {
@@ -248,4 +274,40 @@ fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {
         };
         StepError::new(reason, format!("cannot write {}: {e}", path.display()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{FirmwareFile, FirmwareKind};
+
+    #[test]
+    fn the_manifest_lists_shared_boot_files_read_only_and_the_domains_own_state_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let xml = dir.path().join("r.domain.xml");
+        std::fs::write(
+            &xml,
+            "<domain><name>web</name><os><loader readonly='yes' type='pflash'>/fw/CODE.fd</loader>\
+             <nvram>/nv/web_VARS.fd</nvram><kernel>/boot/vmlinuz</kernel></os><devices/></domain>",
+        )
+        .unwrap();
+        let saved = [FirmwareFile {
+            kind: FirmwareKind::Nvram,
+            file: "r.nvram.fd".into(),
+            source: "/nv/web_VARS.fd".into(),
+            sha256: "00".into(),
+        }];
+        let files: Vec<(String, String, bool)> = domain_files(&xml, &saved)
+            .into_iter()
+            .map(|f| (f.role, f.path, f.writable))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("loader".into(), "/fw/CODE.fd".into(), false),
+                ("kernel".into(), "/boot/vmlinuz".into(), false),
+                ("nvram".into(), "/nv/web_VARS.fd".into(), true),
+            ]
+        );
+    }
 }

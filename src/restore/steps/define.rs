@@ -54,6 +54,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         let fw = domain_xml::parse_domain(&saved)
             .map_err(|e| StepError::new(FailureReason::VerificationFailed, e.to_string()))?
             .firmware;
+        self.check_boot_files(&fw);
         let nvram_path = self.firmware_for_new(&fw, &new, &uuid).await?;
         let edit = XmlEdit {
             new_name: Some(new.clone()),
@@ -96,6 +97,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             self.source.forget_checkpoint(&spec.domain, &cp).await?;
         }
         // Shut down, the domain's firmware state can be replaced (its old files kept).
+        self.check_boot_files(&view.facts.firmware);
         let files = self.source.firmware_state(&view);
         self.firmware_in_place(files).await?;
         let edit = XmlEdit {

@@ -86,6 +86,39 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .condition(ConditionType::FirmwareRestored, ok, why, message);
     }
 
+    /// Names, in a condition set before anything is defined, the read-only boot files
+    /// (loader, kernel, initrd, DTB) the domain needs and this host lacks: they are shared,
+    /// not saved with the point, and the domain will not start without them.
+    pub(crate) fn check_boot_files(&mut self, fw: &Firmware) {
+        let files = fw.read_only_files();
+        if files.is_empty() {
+            return;
+        }
+        let missing: Vec<String> = files
+            .iter()
+            .filter(|(_, p)| !Path::new(p).exists())
+            .map(|(role, p)| format!("{role} {p}"))
+            .collect();
+        let (ok, why, message) = if missing.is_empty() {
+            (
+                true,
+                reason::FOUND,
+                "every boot file is on this host".to_string(),
+            )
+        } else {
+            (
+                false,
+                reason::MISSING_ON_HOST,
+                format!(
+                    "not on this host (they are shared, not saved with backups): {}",
+                    missing.join(", ")
+                ),
+            )
+        };
+        self.lc
+            .condition(ConditionType::BootFilesPresent, ok, why, message);
+    }
+
     /// For a new domain `name` with UUID `uuid`: writes its own variable store and TPM state
     /// from the point, and answers the variable store's path for its XML.
     pub(crate) async fn firmware_for_new(
