@@ -196,3 +196,67 @@ fn an_in_place_restore_puts_the_saved_firmware_state_back_and_keeps_the_replaced
         }
     }
 }
+
+#[test]
+fn a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and_resume_finishes() {
+    let g = uefi_guest("sbt-uefi-kill");
+    let env = Env::new();
+    let nvram = nvram_of(&g.name);
+
+    // Killed with the guest paused, right after its firmware state was copied to staging.
+    env.backup_with_crash(
+        &g.name,
+        &["--type", "full", "--pause"],
+        "backup:snapshotting:firmware-copied",
+    );
+    let out = env.snapback(&["resume", "--target", &env.target]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(g.state(), "running", "resumed and thawed");
+    let run = out.stdout.lines().next().unwrap().to_string();
+    let saved = saved(&env, &run);
+    assert_eq!(
+        saved.len(),
+        2,
+        "the resumed run names both files: {saved:?}"
+    );
+
+    // Killed after the copy's firmware state was placed, before it was defined.
+    let before = sha(&nvram);
+    let copy = format!("{}-c", g.name);
+    let storage = env.dir.join("restored");
+    std::fs::create_dir_all(&storage).unwrap();
+    let restore = [
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--as",
+        &copy,
+        "--storage-dir",
+        storage.to_str().unwrap(),
+    ];
+    env.snapback_crash(&restore, "restore:defining:firmware-placed");
+    let out = env.snapback(&["resume", "--target", &env.target]);
+    let cleanup = || {
+        let _ = virsh(&["destroy", &copy]);
+        let _ = virsh(&["undefine", &copy, "--nvram", "--tpm"]);
+    };
+    if out.code != 0 {
+        cleanup();
+        panic!("resume failed: {}", out.stderr);
+    }
+    let copy_nvram = nvram_of(&copy);
+    let copy_tpm = tpm_of(&uuid_of(&copy));
+    let ok = (sha(&copy_nvram), sha(&copy_tpm))
+        == (
+            saved_sha(&saved, FirmwareKind::Nvram),
+            saved_sha(&saved, FirmwareKind::TpmState),
+        );
+    let listed = virsh_ok(&["list", "--all", "--name"]);
+    cleanup();
+    assert!(ok, "the copy's firmware state is the saved one");
+    assert_eq!(listed.lines().filter(|l| l.trim() == copy).count(), 1);
+    assert_eq!(sha(&nvram), before, "the original's store is untouched");
+    assert_eq!(g.state(), "running");
+}

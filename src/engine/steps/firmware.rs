@@ -56,6 +56,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             }
             let file = firmware_file_name(&run, kind);
             let sha256 = copy_in(&source, &dir.join(&file))?;
+            crate::process::crash_point("backup:snapshotting:firmware-copied");
             saved.push(FirmwareFile {
                 kind,
                 file,

@@ -161,6 +161,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 self.lc.save().await?;
             }
             place(&self.point_file(f), &home)?;
+            crate::process::crash_point("restore:defining:firmware-placed");
             restored.push(format!("{kind:?}"));
         }
         self.firmware_condition(restored, missing);
