@@ -49,6 +49,28 @@ fn saved_sha(saved: &[(FirmwareKind, String)], kind: FirmwareKind) -> String {
         .unwrap_or_else(|| panic!("no {kind:?} saved: {saved:?}"))
 }
 
+/// `restore --as COPY` of `domain` into a storage dir of the test's own; with `crash_at`,
+/// killed at that crash point.
+fn restore_as_new(env: &Env, domain: &str, copy: &str, crash_at: Option<&str>) -> SnapOut {
+    let storage = env.dir.join("restored");
+    std::fs::create_dir_all(&storage).unwrap();
+    let args = [
+        "restore",
+        "--domain",
+        domain,
+        "--target",
+        &env.target,
+        "--as",
+        copy,
+        "--storage-dir",
+        storage.to_str().unwrap(),
+    ];
+    match crash_at {
+        Some(point) => env.snapback_crash(&args, point),
+        None => env.snapback(&args),
+    }
+}
+
 fn uefi_guest(name: &str) -> Guest {
     Guest::new(
         name,
@@ -78,20 +100,8 @@ fn a_uefi_guest_with_a_tpm_restores_as_new_with_its_own_copies_of_the_saved_firm
     assert_eq!(saved.len(), 2, "{saved:?}");
 
     let original_before = (sha(&nvram), sha(&tpm));
-    let storage = env.dir.join("restored");
-    std::fs::create_dir_all(&storage).unwrap();
     let copy = format!("{}-c", g.name);
-    let r = env.snapback(&[
-        "restore",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-        "--as",
-        &copy,
-        "--storage-dir",
-        storage.to_str().unwrap(),
-    ]);
+    let r = restore_as_new(&env, &g.name, &copy, None);
     let cleanup = |copy: &str| {
         let _ = virsh(&["destroy", copy]);
         let _ = virsh(&["undefine", copy, "--nvram", "--tpm"]);
@@ -223,20 +233,12 @@ fn a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and
     // Killed after the copy's firmware state was placed, before it was defined.
     let before = sha(&nvram);
     let copy = format!("{}-c", g.name);
-    let storage = env.dir.join("restored");
-    std::fs::create_dir_all(&storage).unwrap();
-    let restore = [
-        "restore",
-        "--domain",
+    restore_as_new(
+        &env,
         &g.name,
-        "--target",
-        &env.target,
-        "--as",
         &copy,
-        "--storage-dir",
-        storage.to_str().unwrap(),
-    ];
-    env.snapback_crash(&restore, "restore:defining:firmware-placed");
+        Some("restore:defining:firmware-placed"),
+    );
     let out = env.snapback(&["resume", "--target", &env.target]);
     let cleanup = || {
         let _ = virsh(&["destroy", &copy]);

@@ -79,6 +79,21 @@ async fn run(fake: &FakeSource, req: RestoreRequest, dir: &Path) -> RestoreReque
         .await
 }
 
+/// An in-place restore whose swap happened before a crash: the domain, found running, is
+/// defined on the restored disk and off, and will not start.
+fn swapped_and_failing_to_start(
+    s: &mut RestoreRequestStatus,
+    restored: &str,
+) -> (FakeSource, String) {
+    let fake = FakeSource::new();
+    let uuid = fake.add(&swapped_onto(Path::new(restored)), DomainState::ShutOff);
+    s.swapped = true;
+    s.was_running = true;
+    s.defined_uuid = Some(uuid.clone());
+    fake.fail_next("start", "the restored guest does not boot");
+    (fake, uuid)
+}
+
 fn outcome(r: &RestoreRequest) -> (RestorePhase, Option<FailureReason>) {
     let s = r.status.clone().unwrap();
     (s.phase, s.failure.map(|f| f.reason))
@@ -90,13 +105,7 @@ async fn a_failed_in_place_restore_puts_the_domain_back_on_its_old_disks_and_res
     let mut s = status_in(RestorePhase::Starting, dir.path());
     let restored = s.disks[0].path.clone();
     std::fs::write(dir.path().join("work/original.xml"), ORIGINAL).unwrap();
-    let fake = FakeSource::new();
-    // The swap happened before: the domain is defined on the restored disk, and off.
-    let uuid = fake.add(&swapped_onto(Path::new(&restored)), DomainState::ShutOff);
-    s.swapped = true;
-    s.was_running = true;
-    s.defined_uuid = Some(uuid.clone());
-    fake.fail_next("start", "the restored guest does not boot");
+    let (fake, uuid) = swapped_and_failing_to_start(&mut s, &restored);
 
     let done = run(&fake, request(true, s), dir.path()).await;
 
@@ -231,12 +240,7 @@ async fn a_failed_in_place_restore_puts_the_replaced_firmware_state_back_before_
     std::fs::write(&home, b"the point's variables").unwrap();
     std::fs::write(&kept, b"the domain's own variables").unwrap();
     s.replaced_firmware = vec![format!("{}={}", home.display(), kept.display())];
-    let fake = FakeSource::new();
-    let uuid = fake.add(&swapped_onto(Path::new(&restored)), DomainState::ShutOff);
-    s.swapped = true;
-    s.was_running = true;
-    s.defined_uuid = Some(uuid.clone());
-    fake.fail_next("start", "the restored guest does not boot");
+    let (fake, uuid) = swapped_and_failing_to_start(&mut s, &restored);
 
     let done = run(&fake, request(true, s), dir.path()).await;
 
