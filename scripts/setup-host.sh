@@ -118,7 +118,9 @@ done
 for p in "${qemu_family[@]}"; do
   [ "$(installed "$p")" = "$(candidate "$p")" ] || todo+=("$p")
 done
+pkgs_installed=0
 if [ "${#todo[@]}" -gt 0 ]; then
+  pkgs_installed=1
   log "installing from Debian: ${todo[*]} (qemu $(candidate qemu-system-x86))"
   step "install Debian packages: ${todo[*]}" \
     apt-get install -y -q --allow-downgrades --no-install-recommends "${need_pkgs[@]}"
@@ -196,9 +198,17 @@ if ! pgrep -x virtlogd >/dev/null; then
   log "starting virtlogd"
   step "start virtlogd" virtlogd -d
 fi
-# A libvirtd started by the package install would not have read the settings above.
-if [ "$conf_changed" = 1 ] && pgrep -x libvirtd >/dev/null; then
-  log "restarting libvirtd to apply $conf"
+# swtpm's local CA signs each new TPM's certificates as the account libvirtd runs swtpm as:
+# tss (made by swtpm-tools) when it exists as libvirtd starts, else root. A CA first made as
+# root fails every later TPM guest with "Need read/write rights on /var/lib/swtpm-localca".
+if getent passwd tss >/dev/null && [ -d /var/lib/swtpm-localca ]; then
+  find /var/lib/swtpm-localca -mindepth 1 ! -user tss -exec chown tss:tss {} +
+fi
+
+# A libvirtd started by the package install would not have read the settings above, and one
+# started before swtpm-tools made the tss account would run swtpm as root.
+if { [ "$conf_changed" = 1 ] || [ "$pkgs_installed" = 1 ]; } && pgrep -x libvirtd >/dev/null; then
+  log "restarting libvirtd to apply $conf and the new packages"
   pkill -x libvirtd || true
   for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
 fi

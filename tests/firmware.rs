@@ -101,15 +101,9 @@ fn a_uefi_guest_with_a_tpm_restores_as_new_with_its_own_copies_of_the_saved_firm
 
     let original_before = (sha(&nvram), sha(&tpm));
     let copy = format!("{}-c", g.name);
+    let defined = Defined(copy.clone());
     let r = restore_as_new(&env, &g.name, &copy, None);
-    let cleanup = |copy: &str| {
-        let _ = virsh(&["destroy", copy]);
-        let _ = virsh(&["undefine", copy, "--nvram", "--tpm"]);
-    };
-    if r.code != 0 {
-        cleanup(&copy);
-        panic!("restore failed: {}", r.stderr);
-    }
+    assert_eq!(r.code, 0, "restore failed: {}", r.stderr);
     // Compared before the copy first starts: OVMF and swtpm write to their state at boot.
     let copy_nvram = nvram_of(&copy);
     let copy_tpm = tpm_of(&uuid_of(&copy));
@@ -144,7 +138,7 @@ fn a_uefi_guest_with_a_tpm_restores_as_new_with_its_own_copies_of_the_saved_firm
     assert_eq!(g.state(), "running", "both run");
 
     // Removing the copy with its firmware state leaves the original's in place.
-    cleanup(&copy);
+    drop(defined);
     assert!(!copy_nvram.exists() && !copy_tpm.exists());
     assert!(nvram.is_file() && tpm.is_file());
     assert_eq!(g.state(), "running");
@@ -239,15 +233,9 @@ fn a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and
         &copy,
         Some("restore:defining:firmware-placed"),
     );
+    let defined = Defined(copy.clone());
     let out = env.snapback(&["resume", "--target", &env.target]);
-    let cleanup = || {
-        let _ = virsh(&["destroy", &copy]);
-        let _ = virsh(&["undefine", &copy, "--nvram", "--tpm"]);
-    };
-    if out.code != 0 {
-        cleanup();
-        panic!("resume failed: {}", out.stderr);
-    }
+    assert_eq!(out.code, 0, "resume failed: {}", out.stderr);
     let copy_nvram = nvram_of(&copy);
     let copy_tpm = tpm_of(&uuid_of(&copy));
     let ok = (sha(&copy_nvram), sha(&copy_tpm))
@@ -256,7 +244,7 @@ fn a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and
             saved_sha(&saved, FirmwareKind::TpmState),
         );
     let listed = virsh_ok(&["list", "--all", "--name"]);
-    cleanup();
+    drop(defined);
     assert!(ok, "the copy's firmware state is the saved one");
     assert_eq!(listed.lines().filter(|l| l.trim() == copy).count(), 1);
     assert_eq!(sha(&nvram), before, "the original's store is untouched");

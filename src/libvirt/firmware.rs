@@ -42,6 +42,72 @@ pub fn tpm_state(uuid: &str) -> PathBuf {
     tpm_dir(uuid).join("tpm2").join(TPM_STATE_FILE)
 }
 
+/// The system qemu driver's settings file.
+pub const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
+
+/// The account (user, group) a system libvirtd runs swtpm as, from its qemu.conf text:
+/// `swtpm_user` and `swtpm_group` when set, else `tss`. libvirt itself falls back to root when
+/// the account does not exist; see `swtpm_owner`.
+pub fn swtpm_account(qemu_conf: &str) -> (String, String) {
+    let setting = |key: &str| {
+        qemu_conf.lines().find_map(|line| {
+            let (k, v) = line.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+        })
+    };
+    (
+        setting("swtpm_user").unwrap_or_else(|| "tss".into()),
+        setting("swtpm_group").unwrap_or_else(|| "tss".into()),
+    )
+}
+
+/// The uid and gid swtpm runs as on this host. A restored TPM state must belong to them, or
+/// swtpm cannot lock its directory and the domain does not start.
+pub fn swtpm_owner() -> (u32, u32) {
+    let conf = std::fs::read_to_string(QEMU_CONF).unwrap_or_default();
+    let (user, group) = swtpm_account(&conf);
+    (user_id(&user).unwrap_or(0), group_id(&group).unwrap_or(0))
+}
+
+/// The uid of a user name, through the system's user database (NSS).
+fn user_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the size passed; the answer is read only
+    // when getpwnam_r reports an entry.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(entry.pw_uid)
+}
+
+/// The gid of a group name, through the system's group database (NSS).
+fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in `user_id`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +145,27 @@ mod tests {
             tpm_state("u-1"),
             PathBuf::from("/var/lib/libvirt/swtpm/u-1/tpm2/tpm2-00.permall")
         );
+    }
+
+    #[test]
+    fn swtpm_runs_as_tss_unless_qemu_conf_names_another_account() {
+        let tss = ("tss".to_string(), "tss".to_string());
+        assert_eq!(swtpm_account(""), tss);
+        assert_eq!(
+            swtpm_account("user = \"root\"\n#swtpm_user = \"nobody\"\n"),
+            tss,
+            "a commented-out setting and other keys are not the swtpm account"
+        );
+        assert_eq!(
+            swtpm_account("swtpm_user = \"oneadmin\"\nswtpm_group=\"kvm\"\n"),
+            ("oneadmin".to_string(), "kvm".to_string())
+        );
+    }
+
+    #[test]
+    fn account_names_resolve_through_the_user_database() {
+        assert_eq!(user_id("root"), Some(0));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(user_id("no-such-user-snapback"), None);
     }
 }

@@ -3,19 +3,19 @@
 //! new domain removes what it defined, and a restore resumed after its define does not
 //! define twice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
 
 use super::{RestoreContext, RestoreEngine};
 use crate::api::{
-    FailureReason, RestorePhase, RestoreRequest, RestoreRequestSpec, RestoreRequestStatus,
-    RestoredDisk,
+    FailureReason, FirmwareKind, RestorePhase, RestoreRequest, RestoreRequestSpec,
+    RestoreRequestStatus, RestoredDisk,
 };
 use crate::duplicity::TargetConfig;
 use crate::libvirt::DomainState;
 use crate::lifecycle::memory::MemoryJournal;
-use crate::source::FakeSource;
+use crate::source::{FakeSource, Source};
 
 const ORIGINAL: &str = "<domain type='kvm'><name>web</name>\
 <uuid>11111111-2222-3333-4444-555555555555</uuid><devices>\
@@ -173,24 +173,21 @@ async fn a_restore_resumed_after_its_define_finds_its_domain_and_defines_nothing
     assert!(Path::new(&restored).exists(), "the restored disk stays");
 }
 
-#[tokio::test]
-async fn a_uefi_point_saved_before_firmware_state_was_kept_says_so_and_still_gets_its_own_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = status_in(RestorePhase::Defining, dir.path());
-    let restored = s.disks[0].path.clone();
-    let member = dir.path().join("work/fetch/r1");
+/// A restore as `web-copy`, at Defining, of point `r1` of a UEFI domain whose manifest lists
+/// `firmware` (files the test writes into the fetched member directory it answers).
+fn uefi_point(dir: &Path, xml_os: &str, firmware: serde_json::Value) -> (RestoreRequest, PathBuf) {
+    let mut s = status_in(RestorePhase::Defining, dir);
+    let member = dir.join("work/fetch/r1");
     std::fs::create_dir_all(&member).unwrap();
-    let efi = swapped_onto(Path::new("/images/web.qcow2")).replace(
-        "<devices>",
-        "<os firmware='efi'><type>hvm</type><nvram>/nv/web_VARS.fd</nvram>\
-         <kernel>/nonexistent/vmlinuz</kernel></os><devices>",
-    );
+    let efi = swapped_onto(Path::new("/images/web.qcow2"))
+        .replace("<devices>", &format!("{xml_os}<devices>"));
     std::fs::write(member.join("r1.domain.xml"), &efi).unwrap();
     let manifest = serde_json::json!({
         "apiVersion": "snapback.dev/v1alpha1", "run": "r1", "domain": "web",
         "type": "Full", "chain": "r1", "chainIndex": 0, "online": true,
         "disks": [{"name": "vda", "source": "/images/web.qcow2", "format": "qcow2",
-            "virtualSize": 1048576, "exportFile": "r1.vda.qcow2"}]
+            "virtualSize": 1048576, "exportFile": "r1.vda.qcow2"}],
+        "firmware": firmware,
     });
     std::fs::write(member.join("r1.manifest.json"), manifest.to_string()).unwrap();
     s.point = Some(crate::api::PointRef {
@@ -200,11 +197,21 @@ async fn a_uefi_point_saved_before_firmware_state_was_kept_says_so_and_still_get
         chain: "r1".into(),
         chain_index: 0,
     });
+    let mut req = request(false, s);
+    req.spec.start = false;
+    (req, member)
+}
+
+#[tokio::test]
+async fn a_uefi_point_saved_before_firmware_state_was_kept_says_so_and_still_gets_its_own_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let os = "<os firmware='efi'><type>hvm</type><nvram>/nv/web_VARS.fd</nvram>\
+              <kernel>/nonexistent/vmlinuz</kernel></os>";
+    let (req, _) = uefi_point(dir.path(), os, serde_json::json!([]));
+    let restored = req.status.as_ref().unwrap().disks[0].path.clone();
     let fake = FakeSource::new();
     fake.firmware_root(&dir.path().join("fw"));
     fake.add(ORIGINAL, DomainState::Running);
-    let mut req = request(false, s);
-    req.spec.start = false;
 
     let done = run(&fake, req, dir.path()).await;
 
@@ -227,6 +234,87 @@ async fn a_uefi_point_saved_before_firmware_state_was_kept_says_so_and_still_get
         copy.definition
     );
     assert!(Path::new(&restored).exists());
+}
+
+/// A point of a UEFI domain with a TPM whose saved state is `nvram` and `tpm`, and the fake it
+/// restores onto; the fetched TPM file holds `fetched_tpm`.
+fn tpm_point(dir: &Path, fetched_tpm: &[u8]) -> (RestoreRequest, FakeSource) {
+    let sum = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let saved = serde_json::json!([
+        {"kind": "Nvram", "file": "r1.nvram.fd", "source": "/nv/web_VARS.fd", "sha256": sum(b"variables")},
+        {"kind": "TpmState", "file": "r1.tpm2-00.permall", "source": "/s/u/tpm2-00.permall", "sha256": sum(b"tpm keys")},
+    ]);
+    let (req, member) = uefi_point(dir, "<os firmware='efi'><type>hvm</type></os>", saved);
+    std::fs::write(member.join("r1.nvram.fd"), b"variables").unwrap();
+    std::fs::write(member.join("r1.tpm2-00.permall"), fetched_tpm).unwrap();
+    let xml = std::fs::read_to_string(member.join("r1.domain.xml")).unwrap();
+    let tpm = "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm></devices>";
+    std::fs::write(member.join("r1.domain.xml"), xml.replace("</devices>", tpm)).unwrap();
+    let fake = FakeSource::new();
+    fake.firmware_root(&dir.join("fw"));
+    fake.add(ORIGINAL, DomainState::Running);
+    (req, fake)
+}
+
+#[tokio::test]
+async fn a_restored_tpm_state_and_its_directory_belong_to_the_account_the_tpm_emulator_runs_as() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (req, fake) = tpm_point(dir.path(), b"tpm keys");
+    fake.tpm_owner(65534, 65534);
+
+    let done = run(&fake, req, dir.path()).await;
+
+    assert_eq!(outcome(&done), (RestorePhase::Succeeded, None));
+    let copy_uuid = fake.vm("web-copy").unwrap().uuid;
+    let state = fake.firmware_home(FirmwareKind::TpmState, "web-copy", &copy_uuid);
+    assert_eq!(std::fs::read(&state).unwrap(), b"tpm keys");
+    for owned in [state.as_path(), state.parent().unwrap()] {
+        let m = std::fs::metadata(owned).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", owned.display());
+    }
+    let nvram = fake.firmware_home(FirmwareKind::Nvram, "web-copy", &copy_uuid);
+    let (m, above) = (
+        std::fs::metadata(&nvram).unwrap(),
+        std::fs::metadata(dir.path()).unwrap(),
+    );
+    assert_eq!((m.uid(), m.gid()), (above.uid(), above.gid()));
+}
+
+#[tokio::test]
+async fn a_fetched_firmware_file_that_differs_from_its_recorded_sum_fails_the_restore_and_places_nothing(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (req, fake) = tpm_point(dir.path(), b"tpm keys, bit-rotted");
+
+    let done = run(&fake, req, dir.path()).await;
+
+    assert_eq!(
+        outcome(&done),
+        (
+            RestorePhase::Failed,
+            Some(FailureReason::VerificationFailed)
+        )
+    );
+    assert!(fake.vm("web-copy").is_none());
+    let fw = dir.path().join("fw");
+    let left: Vec<_> = walk(&fw).into_iter().filter(|p| p.is_file()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            let mut below = walk(&p);
+            below.push(p);
+            below
+        })
+        .collect()
 }
 
 #[tokio::test]

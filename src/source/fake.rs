@@ -36,6 +36,8 @@ struct State {
     calls: Vec<String>,
     /// Where firmware state files live (see `firmware_home`).
     firmware_root: PathBuf,
+    /// The account TPM state must belong to (see `firmware_owner`).
+    tpm_owner: Option<(u32, u32)>,
 }
 
 #[derive(Default)]
@@ -107,6 +109,11 @@ impl FakeSource {
     /// Puts firmware state files under `dir`.
     pub fn firmware_root(&self, dir: &Path) {
         self.state.lock().unwrap().firmware_root = dir.to_path_buf();
+    }
+
+    /// Makes TPM state belong to this uid and gid, as swtpm's own account does on a host.
+    pub fn tpm_owner(&self, uid: u32, gid: u32) {
+        self.state.lock().unwrap().tpm_owner = Some((uid, gid));
     }
 
     /// Begun jobs stay Active (a job the process was killed in the middle of).
@@ -359,6 +366,11 @@ impl Source for FakeSource {
             FirmwareKind::Nvram => root.join("nvram").join(format!("{name}_VARS.fd")),
             FirmwareKind::TpmState => root.join("swtpm").join(uuid).join("tpm2-00.permall"),
         }
+    }
+
+    fn firmware_owner(&self, kind: FirmwareKind) -> Option<(u32, u32)> {
+        let owner = self.state.lock().unwrap().tpm_owner;
+        owner.filter(|_| kind == FirmwareKind::TpmState)
     }
 
     /// A known name keeps its UUID and run state, as a libvirt redefinition does.

@@ -107,6 +107,11 @@ impl Source for LibvirtHost {
             FirmwareKind::TpmState => firmware::tpm_state(uuid),
         }
     }
+    /// swtpm runs as its own account (`tss` by default); libvirt chowns the NVRAM itself when
+    /// it manages ownership, and otherwise qemu runs as the directory's owner.
+    fn firmware_owner(&self, kind: FirmwareKind) -> Option<(u32, u32)> {
+        (kind == FirmwareKind::TpmState).then(firmware::swtpm_owner)
+    }
     async fn define(&self, definition: String) -> Result<String, LibvirtError> {
         LibvirtHost::define(self, definition).await
     }

@@ -120,6 +120,9 @@ pub trait Source: Send + Sync {
     fn firmware_state(&self, vm: &DomainView) -> Vec<(FirmwareKind, PathBuf)>;
     /// Where a VM of this name and UUID keeps that state when its definition names no place.
     fn firmware_home(&self, kind: FirmwareKind, name: &str, uuid: &str) -> PathBuf;
+    /// The uid and gid a new file of that state (and its own directory) must have for the
+    /// hypervisor to use it; `None` when it takes its directory's owner.
+    fn firmware_owner(&self, kind: FirmwareKind) -> Option<(u32, u32)>;
 
     /// Defines a VM from a saved definition; answers its UUID.
     fn define(

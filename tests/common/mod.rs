@@ -71,12 +71,29 @@ pub fn virsh(args: &[&str]) -> Output {
 
 pub fn virsh_ok(args: &[&str]) -> String {
     let o = virsh(args);
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success(),
-        "virsh {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+        "virsh {args:?} failed: {err}{}",
+        named_log(&err)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The log libvirt's error names ("Check error log 'FILE' for details", as swtpm's failures
+/// say), so that a CI failure shows the cause and not only where to look for it.
+fn named_log(err: &str) -> String {
+    let Some(file) = err
+        .split("error log '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+    else {
+        return String::new();
+    };
+    match std::fs::read_to_string(file) {
+        Ok(text) => format!("\n--- {file} ---\n{text}"),
+        Err(e) => format!("\n--- {file}: {e}"),
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -344,6 +361,17 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// A state dir and a file:// target for one test.
+/// A domain a test made by restoring, removed with its firmware state when the test ends,
+/// passed or not.
+pub struct Defined(pub String);
+
+impl Drop for Defined {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(&["undefine", &self.0, "--nvram", "--tpm"]);
+    }
+}
+
 pub struct Env {
     pub dir: PathBuf,
     pub state: PathBuf,

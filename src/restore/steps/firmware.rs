@@ -14,37 +14,48 @@ use crate::lifecycle::Journal;
 use crate::restore::RestoreEngine;
 use crate::source::Source;
 
-/// Writes `from` to `to` through `to.part`, so `to` is never half written; directories are
-/// made private (swtpm's state directory is 0700) and owned like their parent.
-fn place(from: &Path, to: &Path) -> Result<(), StepError> {
+/// Writes `from` to `to` through `to.part`, so `to` is never half written. The file, and the
+/// directory it needed made, belong to `owner` (swtpm locks its state directory as its own
+/// account) or, without one, to the directory above them. As libvirt makes swtpm's, that
+/// directory is private and the ones above it let others pass (0711): swtpm must reach it.
+fn place(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> Result<(), StepError> {
     if let Some(dir) = to.parent() {
         if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))?;
-            own_like_parent(dir);
+            let made = |d: &Path, mode: u32, recursive: bool| {
+                std::fs::DirBuilder::new()
+                    .recursive(recursive)
+                    .mode(mode)
+                    .create(d)
+                    .map_err(|e| io_err(&format!("cannot create {}", d.display()), e))
+            };
+            if let Some(above) = dir.parent() {
+                made(above, 0o711, true)?;
+            }
+            made(dir, 0o700, false)?;
+            give(dir, owner)?;
         }
     }
     let part = PathBuf::from(format!("{}.part", to.display()));
     std::fs::copy(from, &part)
         .map_err(|e| io_err(&format!("cannot write {}", part.display()), e))?;
-    std::fs::rename(&part, to).map_err(|e| io_err(&format!("cannot write {}", to.display()), e))?;
-    own_like_parent(to);
-    Ok(())
+    give(&part, owner)?;
+    std::fs::rename(&part, to).map_err(|e| io_err(&format!("cannot write {}", to.display()), e))
 }
 
-/// Gives `path` the owner of its nearest parent directory (swtpm runs as its own user on some
-/// hosts, and libvirt's directories belong to it). Best effort.
-fn own_like_parent(path: &Path) {
-    let owner = path
-        .ancestors()
-        .skip(1)
-        .find_map(|a| std::fs::metadata(a).ok());
-    if let Some(m) = owner {
-        let _ = std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()));
-    }
+/// Gives `path` to `owner`, or to the owner of the directory above it.
+fn give(path: &Path, owner: Option<(u32, u32)>) -> Result<(), StepError> {
+    let owner = owner.or_else(|| {
+        let m = path
+            .ancestors()
+            .skip(1)
+            .find_map(|a| std::fs::metadata(a).ok())?;
+        Some((m.uid(), m.gid()))
+    });
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(|e| io_err(&format!("cannot give {} to {uid}:{gid}", path.display()), e))
 }
 
 fn saved(manifest: &[FirmwareFile], kind: FirmwareKind) -> Option<&FirmwareFile> {
@@ -57,8 +68,21 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         Ok(self.read_manifest(&self.point_run()).await?.firmware)
     }
 
-    fn point_file(&self, f: &FirmwareFile) -> PathBuf {
-        self.member_dir(&self.point_run()).join(&f.file)
+    /// The point's copy of a firmware file, once it is known to hold what was saved.
+    fn point_file(&self, f: &FirmwareFile) -> Result<PathBuf, StepError> {
+        let path = self.member_dir(&self.point_run()).join(&f.file);
+        let sum = crate::state_dir::sha256_file(&path)
+            .map_err(|e| io_err(&format!("cannot read {}", path.display()), e))?;
+        if sum != f.sha256 {
+            return Err(StepError::new(
+                crate::api::FailureReason::VerificationFailed,
+                format!(
+                    "{}: the fetched copy does not match the SHA-256 recorded at backup time",
+                    f.file
+                ),
+            ));
+        }
+        Ok(path)
     }
 
     /// Says, on the request, whether the firmware state came from the backup.
@@ -160,7 +184,11 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 self.lc.status_mut().firmware_written.push(written);
                 self.lc.save().await?;
             }
-            place(&self.point_file(f), &home)?;
+            place(
+                &self.point_file(f)?,
+                &home,
+                self.source.firmware_owner(kind),
+            )?;
             crate::process::crash_point("restore:defining:firmware-placed");
             restored.push(format!("{kind:?}"));
         }
@@ -195,7 +223,12 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 std::fs::rename(&home, &kept)
                     .map_err(|e| io_err("cannot keep the replaced firmware state", e))?;
             }
-            place(&self.point_file(f), &home)?;
+            // The replacement belongs to whoever owned the file it replaces.
+            let owner = std::fs::metadata(&kept)
+                .map(|m| (m.uid(), m.gid()))
+                .ok()
+                .or_else(|| self.source.firmware_owner(kind));
+            place(&self.point_file(f)?, &home, owner)?;
             restored.push(format!("{kind:?}"));
         }
         self.firmware_condition(restored, missing);
