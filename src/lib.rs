@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod cbt;
 pub mod cli;
 pub mod cluster;
 pub mod driver;

@@ -42,6 +42,7 @@ async fn main() {
         Command::Restore(args) => snapback::cli::restore::execute(args).await,
         Command::List(args) => snapback::cli::restore::list(args).await,
         Command::Verify(args) => snapback::cli::verify::execute(args).await,
+        Command::Cbt(args) => snapback::cli::cbt::execute(args).await,
         Command::Prune(args) => snapback::cli::prune::execute(args).await,
         Command::Controller(args) => snapback::cli::cluster::controller(args).await,
         Command::Agent(args) => snapback::cli::cluster::agent(args).await,

@@ -130,3 +130,84 @@ pub async fn check(path: &str) -> Result<(), StepError> {
         .await
         .map(|_| ())
 }
+
+/// Makes `overlay`, a qcow2 image of `size` bytes that keeps its data in the raw file or
+/// device `data` (`data_file_raw`: the guest's blocks stay where they are, and `data` stays a
+/// plain raw image), so the disk can hold changed-block bitmaps. `data` is neither opened nor
+/// written: a running domain holds its lock, so the image is made against `placeholder` (a
+/// sparse file, removed after) and then told its real data file (`amend` rewrites only the
+/// header). Through `overlay.part` and a rename, so `overlay` is whole when it exists.
+pub async fn create_raw_overlay(
+    overlay: &std::path::Path,
+    data: &str,
+    size: u64,
+) -> Result<(), StepError> {
+    let part = std::path::PathBuf::from(format!("{}.part", overlay.display()));
+    let placeholder = std::path::PathBuf::from(format!("{}.placeholder", overlay.display()));
+    let _ = std::fs::remove_file(&part);
+    let io = |what: &str, e: std::io::Error| {
+        StepError::new(FailureReason::Internal, format!("{what}: {e}"))
+    };
+    std::fs::File::create(&placeholder)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| io(&format!("cannot make {}", placeholder.display()), e))?;
+    let opts = format!(
+        "data_file={},data_file_raw=on",
+        placeholder.display().to_string().replace(',', ",,")
+    );
+    let made = async {
+        output(
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                &opts,
+                &part.display().to_string(),
+                &size.to_string(),
+            ],
+            FailureReason::Internal,
+        )
+        .await?;
+        let real = format!("data_file={}", data.replace(',', ",,"));
+        output(
+            &[
+                "amend",
+                "-f",
+                "qcow2",
+                "-o",
+                &real,
+                &part.display().to_string(),
+            ],
+            FailureReason::Internal,
+        )
+        .await
+    }
+    .await;
+    let _ = std::fs::remove_file(&placeholder);
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    std::fs::rename(&part, overlay)
+        .map_err(|e| io(&format!("cannot make {}", overlay.display()), e))
+}
+
+/// The external data file a qcow2 image keeps its data in, if it has one.
+pub async fn data_file(path: &str) -> Result<Option<String>, StepError> {
+    let stdout = output(
+        &["info", "-U", "--output=json", path],
+        FailureReason::Internal,
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
+        StepError::new(
+            FailureReason::Internal,
+            format!("qemu-img info output: {e}"),
+        )
+    })?;
+    Ok(v["format-specific"]["data"]["data-file"]
+        .as_str()
+        .map(str::to_string))
+}

@@ -196,6 +196,16 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "restore.rs: an_interrupted_restore_rolls_back_and_leaves_no_half_written_disk",
     ),
     (
+        "kill -9 in `snapback cbt enable` (overlay made, not yet defined) and in `cbt disable` (the raw device defined again, the overlay still in use)",
+        "the definition is one or the other, never half; the domain boots; enable runs again; the overlay is removed once nothing uses it",
+        "raw_disks.rs: changed_block_tracking_makes_a_block_disks_backups_incremental_from_the_next_start_and_a_kill_while_switching_leaves_a_domain_that_boots",
+    ),
+    (
+        "a restore onto a block device that holds a filesystem",
+        "refused InvalidSpec without --overwrite, nothing touched; with it, the domain is repointed and its old device left as it was",
+        "raw_disks.rs: a_block_disk_restores_in_place_onto_a_new_device_that_holds_a_filesystem_only_with_overwrite_and_the_old_device_is_left_alone",
+    ),
+    (
         "the agent dies mid-run (Kubernetes mode)",
         "the next agent resumes the run; one upload",
         "agent_live.rs: a_run_in_flight_when_its_agent_dies_is_resumed_by_the_next_agent_and_runs_once",

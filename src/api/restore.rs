@@ -54,6 +54,15 @@ pub struct RestoreRequestSpec {
     /// How long an in-place restore waits for a graceful shutdown before forcing it off.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_seconds: u32,
+    /// Disks written onto block devices instead of new files, by disk name
+    /// (`{vdc: /dev/vg/web-new}`). Each device must be at least the disk's size and used by no
+    /// domain; in place, the domain is repointed to it and its old device is left as it was.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub target_devices: std::collections::BTreeMap<String, String>,
+    /// Allow writing over a target device that holds a filesystem, a partition table or any
+    /// other signature `blkid` knows.
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 fn default_shutdown_timeout() -> u32 {
@@ -104,6 +113,10 @@ pub struct RestoredDisk {
     pub virtual_size: u64,
     /// Every fetched export matched its checksum and `qemu-img check` passed on the result.
     pub verified: bool,
+    /// `path` is a block device named in `targetDevices`: written in place, compared with the
+    /// rebuilt image, and never removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub device: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]

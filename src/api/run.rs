@@ -134,6 +134,9 @@ pub enum FullReason {
     FullCadence,
     /// The domain is shut off: its disks are exported whole from their files.
     DomainShutOff,
+    /// The disk is a raw file or a block device: libvirt keeps no changed-block bitmap for
+    /// it, so it is exported whole every run (per disk; for the run when no disk has one).
+    NoBitmapSupport,
 }
 
 /// The phases of a backup run, in order.
@@ -175,6 +178,23 @@ pub struct RunDisk {
     /// SHA-256 of the export file, recorded for verification at restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Why this disk's export is whole in an incremental run (`NoBitmapSupport`), or the
+    /// run's own reason in a full one. Unset on a disk exported incrementally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<FullReason>,
+}
+
+impl RunDisk {
+    /// Whether this disk's export holds only the changes since the previous point (and
+    /// needs that point's export of the disk beneath it).
+    pub fn is_incremental(&self, run: BackupType) -> bool {
+        run == BackupType::Incremental && self.full_reason.is_none()
+    }
+
+    /// Whether libvirt can keep a changed-block bitmap for a disk of this top-image format.
+    pub fn tracks_changes(format: &str) -> bool {
+        format == "qcow2"
+    }
 }
 
 /// What a piece of firmware state is.

@@ -71,9 +71,19 @@ pub fn describe_backup_run(r: &BackupRun) -> String {
     if !s.disks.is_empty() {
         out.push_str("Disks:\n");
         for d in &s.disks {
+            // What was stored against the disk's size, and why a disk went whole.
+            let stored = if d.export_bytes > 0 {
+                format!("{:>12} stored  ", human_bytes(d.export_bytes))
+            } else {
+                String::new()
+            };
+            let whole = d
+                .full_reason
+                .map(|r| format!("  whole ({r:?})"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {:<8}{:>12} virtual  {}",
+                "  {:<8}{:>12} virtual  {stored}{}{whole}",
                 d.name,
                 human_bytes(d.virtual_size),
                 d.export_file
@@ -166,9 +176,25 @@ mod tests {
                 duration_ms: 40,
                 succeeded: false,
             }],
+            disks: vec![RunDisk {
+                name: "vdb".into(),
+                source: "/dev/vg/data".into(),
+                format: "raw".into(),
+                virtual_size: 64 << 20,
+                export_file: "web-1.vdb.qcow2".into(),
+                export_bytes: 10 << 20,
+                sha256: None,
+                full_reason: Some(FullReason::NoBitmapSupport),
+            }],
             ..Default::default()
         });
         let text = describe_backup_run(&r);
+        assert!(
+            text.contains("vdb")
+                && text.contains("stored")
+                && text.contains("whole (NoBitmapSupport)"),
+            "{text}"
+        );
         assert!(
             text.contains("Failure:        HookFailed: preSnapshot flush exited 3"),
             "{text}"

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 pub mod backup;
+pub mod cbt;
 pub mod cluster;
 pub mod describe;
 pub mod get;
@@ -56,6 +57,8 @@ pub enum Command {
     List(restore::ListArgs),
     /// Read a domain's backups back from the target and check them (checksums, qemu-img check)
     Verify(verify::VerifyArgs),
+    /// Changed-block tracking for raw and block-device disks: enable, disable, status
+    Cbt(cbt::CbtArgs),
     /// Apply every policy's retention in a config dir (whole chains only)
     Prune(prune::PruneArgs),
     /// Single-host mode: run the schedules of a config dir (or every policy now with --once)

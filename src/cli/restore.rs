@@ -62,6 +62,13 @@ pub struct RestoreArgs {
     /// Seconds to wait for a graceful shutdown (in place) before forcing the domain off
     #[arg(long, default_value_t = 120)]
     pub shutdown_timeout: u32,
+    /// Write a disk onto a block device instead of a new file, `vdb=/dev/vg/web-new`
+    /// (repeatable); in place, the domain is repointed to it and its old device kept
+    #[arg(long, value_name = "DISK=DEVICE", value_parser = disk_device, conflicts_with = "files")]
+    pub to_device: Vec<(String, String)>,
+    /// Allow --to-device to write over a device that holds a filesystem or partition table
+    #[arg(long, requires = "to_device")]
+    pub overwrite: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -120,6 +127,18 @@ fn driver<'a>(host: &'a LibvirtHost, state_dir: &'a std::path::Path) -> Driver<'
     }
 }
 
+/// `vdb=/dev/vg/web-new`, the device given by an absolute path.
+fn disk_device(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((disk, dev)) if !disk.is_empty() && dev.starts_with('/') => {
+            Ok((disk.to_string(), dev.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected DISK=DEVICE with an absolute device path, e.g. vdb=/dev/vg/web-new"
+        )),
+    }
+}
+
 fn failure(e: StepError) -> i32 {
     eprintln!("{}: {}", e.reason, e.message);
     1
@@ -158,6 +177,8 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
             start: args.start,
             hooks,
             shutdown_timeout_seconds: args.shutdown_timeout,
+            target_devices: args.to_device.iter().cloned().collect(),
+            overwrite: args.overwrite,
         },
         status: None,
     };

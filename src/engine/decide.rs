@@ -121,6 +121,9 @@ pub struct ChainFacts {
     pub now: Timestamp,
     pub full_every: Option<SignedDuration>,
     pub max_incrementals: Option<u32>,
+    /// Whether any disk keeps a changed-block bitmap (a qcow2 top image): without one, no
+    /// image-mode run can be incremental.
+    pub any_tracked: bool,
 }
 
 /// The outcome of choosing: type plus the reason for a full, or a refusal.
@@ -130,6 +133,9 @@ pub type TypeChoice = Result<(BackupType, Option<FullReason>), (FailureReason, S
 pub fn full_reason(f: &ChainFacts) -> Option<FullReason> {
     if f.image && !f.online {
         return Some(FullReason::DomainShutOff);
+    }
+    if f.image && !f.any_tracked {
+        return Some(FullReason::NoBitmapSupport);
     }
     let Some(prev) = &f.previous else {
         return Some(FullReason::NoChain);
@@ -170,6 +176,24 @@ pub fn full_reason(f: &ChainFacts) -> Option<FullReason> {
         }
     }
     None
+}
+
+/// Why one disk of an image-mode run is exported whole, if it is: a disk without a bitmap
+/// always is (in one job with the others, at the same instant); one with a bitmap follows
+/// the run, unless the parent checkpoint has no bitmap for it (it gained one since, as a raw
+/// disk does when changed-block tracking is enabled).
+pub fn disk_full_reason(
+    run: BackupType,
+    run_reason: Option<FullReason>,
+    tracked: bool,
+    in_parent: bool,
+) -> Option<FullReason> {
+    match (tracked, run) {
+        (false, _) => Some(FullReason::NoBitmapSupport),
+        (true, BackupType::Full) => Some(run_reason.unwrap_or(FullReason::Requested)),
+        (true, BackupType::Incremental) if !in_parent => Some(FullReason::CheckpointMissing),
+        (true, BackupType::Incremental) => None,
+    }
 }
 
 /// Applies the requested type to the facts.
@@ -353,6 +377,7 @@ mod tests {
             now: t("2026-01-03T00:00:00Z"),
             full_every: None,
             max_incrementals: None,
+            any_tracked: true,
         }
     }
 
@@ -412,6 +437,10 @@ mod tests {
                 Box::new(|f| f.max_incrementals = Some(1)),
                 FullReason::FullCadence,
             ),
+            (
+                Box::new(|f| f.any_tracked = false),
+                FullReason::NoBitmapSupport,
+            ),
         ];
         for (change, want) in cases {
             let mut f = facts();
@@ -420,6 +449,26 @@ mod tests {
                 choose_type(RequestedType::Auto, &f),
                 Ok((BackupType::Full, Some(want))),
                 "{want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_disk_without_a_bitmap_is_whole_in_every_run_and_one_with_a_bitmap_follows_the_run() {
+        use BackupType::*;
+        use FullReason::*;
+        let rows = [
+            (Incremental, None, true, true, None),
+            (Incremental, None, true, false, Some(CheckpointMissing)),
+            (Incremental, None, false, false, Some(NoBitmapSupport)),
+            (Full, Some(NoChain), true, false, Some(NoChain)),
+            (Full, Some(NoChain), false, false, Some(NoBitmapSupport)),
+        ];
+        for (run, why, tracked, in_parent, want) in rows {
+            assert_eq!(
+                disk_full_reason(run, why, tracked, in_parent),
+                want,
+                "{run:?} tracked {tracked}, in the parent {in_parent}"
             );
         }
     }

@@ -42,6 +42,7 @@ fn run_in(phase: BackupPhase, uuid: &str, staging: &Path) -> BackupRun {
             export_file: "vda.qcow2".into(),
             export_bytes: 0,
             sha256: None,
+            full_reason: None,
         }],
         ..Default::default()
     });

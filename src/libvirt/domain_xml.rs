@@ -218,6 +218,15 @@ fn firmware_of(root: Node) -> Firmware {
     }
 }
 
+/// How snapback names the qcow2 overlay it puts over a raw disk for changed-block tracking
+/// (`snapback cbt enable`), and so tells it from any other qcow2 file.
+pub const CBT_OVERLAY_SUFFIX: &str = ".snapback-cbt.qcow2";
+
+/// Whether a disk source is such an overlay: its data lives in a raw file or device.
+pub fn is_cbt_overlay(path: &str) -> bool {
+    path.ends_with(CBT_OVERLAY_SUFFIX)
+}
+
 /// The depth rule: how many images of a backing chain of `len` images a backup covers.
 /// 0 = the whole chain, -1 = all but the shared base, N > 0 = the top N images.
 /// Always at least the top image.
@@ -259,35 +268,55 @@ pub fn escape_attr(s: &str) -> String {
     out
 }
 
-/// The `<domainbackup>` XML of a push-mode job writing one qcow2 per disk.
-/// `exports` pairs each disk name with its export path.
-pub fn backup_xml(incremental_since: Option<&str>, exports: &[(String, String)]) -> String {
+/// One disk of a push-mode backup job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupDisk {
+    pub name: String,
+    /// The qcow2 file the export is written to.
+    pub target: String,
+    /// Exported whole even in an incremental job.
+    pub whole: bool,
+    /// Given a bitmap in the new checkpoint; a raw or block disk, for which libvirt keeps
+    /// none, is named there with `checkpoint='no'`.
+    pub bitmap: bool,
+}
+
+/// The `<domainbackup>` XML of a push-mode job writing one qcow2 per disk. In an incremental
+/// job a whole disk says `backupmode='full'` (libvirt 7.6 and later).
+pub fn backup_xml(incremental_since: Option<&str>, disks: &[BackupDisk]) -> String {
     let mut x = String::from("<domainbackup mode='push'>");
     if let Some(cp) = incremental_since {
         x.push_str(&format!("<incremental>{}</incremental>", escape_attr(cp)));
     }
     x.push_str("<disks>");
-    for (disk, path) in exports {
+    for d in disks {
+        let mode = if d.whole && incremental_since.is_some() {
+            " backupmode='full'"
+        } else {
+            ""
+        };
         x.push_str(&format!(
-            "<disk name='{}' backup='yes' type='file'><driver type='qcow2'/><target file='{}'/></disk>",
-            escape_attr(disk),
-            escape_attr(path)
+            "<disk name='{}' backup='yes'{mode} type='file'><driver type='qcow2'/><target file='{}'/></disk>",
+            escape_attr(&d.name),
+            escape_attr(&d.target)
         ));
     }
     x.push_str("</disks></domainbackup>");
     x
 }
 
-/// The `<domaincheckpoint>` XML creating a bitmap on every listed disk.
-pub fn checkpoint_create_xml(name: &str, disks: &[String]) -> String {
+/// The `<domaincheckpoint>` XML creating a bitmap on every disk that can hold one; another
+/// is named with `checkpoint='no'`, as libvirt would otherwise refuse the checkpoint.
+pub fn checkpoint_create_xml(name: &str, disks: &[BackupDisk]) -> String {
     let mut x = format!(
         "<domaincheckpoint><name>{}</name><disks>",
         escape_attr(name)
     );
     for d in disks {
+        let kind = if d.bitmap { "bitmap" } else { "no" };
         x.push_str(&format!(
-            "<disk name='{}' checkpoint='bitmap'/>",
-            escape_attr(d)
+            "<disk name='{}' checkpoint='{kind}'/>",
+            escape_attr(&d.name)
         ));
     }
     x.push_str("</disks></domaincheckpoint>");
@@ -373,13 +402,53 @@ mod tests {
 
     #[test]
     fn generated_xml_escapes_names_and_paths() {
-        let x = backup_xml(Some("cp'1"), &[("vda".into(), "/s/a&b.qcow2".into())]);
+        let disk = BackupDisk {
+            name: "vda".into(),
+            target: "/s/a&b.qcow2".into(),
+            whole: false,
+            bitmap: true,
+        };
+        let x = backup_xml(Some("cp'1"), std::slice::from_ref(&disk));
         assert!(x.contains("<incremental>cp&apos;1</incremental>"));
         assert!(x.contains("file='/s/a&amp;b.qcow2'"));
         Document::parse(&x).unwrap();
-        let c = checkpoint_create_xml("n<1", &["vda".into()]);
+        let c = checkpoint_create_xml("n<1", &[disk]);
         Document::parse(&c).unwrap();
         assert!(c.contains("n&lt;1"));
+    }
+
+    #[test]
+    fn a_disk_without_a_bitmap_is_whole_in_an_incremental_job_and_left_out_of_the_checkpoint() {
+        let disks = [
+            BackupDisk {
+                name: "vda".into(),
+                target: "/s/r.vda.qcow2".into(),
+                whole: false,
+                bitmap: true,
+            },
+            BackupDisk {
+                name: "vdb".into(),
+                target: "/s/r.vdb.qcow2".into(),
+                whole: true,
+                bitmap: false,
+            },
+        ];
+        let text = backup_xml(Some("cp1"), &disks);
+        let doc = Document::parse(&text).unwrap();
+        let inc = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("disk"))
+            .map(|n| (n.attribute("name"), n.attribute("backupmode")))
+            .collect::<Vec<_>>();
+        assert_eq!(inc, [(Some("vda"), None), (Some("vdb"), Some("full"))]);
+        assert!(
+            !backup_xml(None, &disks).contains("backupmode"),
+            "a full job needs no per-disk mode"
+        );
+        let cp = checkpoint_create_xml("cp2", &disks);
+        assert!(cp.contains("<disk name='vda' checkpoint='bitmap'/>"));
+        assert!(cp.contains("<disk name='vdb' checkpoint='no'/>"));
+        assert_eq!(checkpoint_disks(&cp).unwrap(), ["vda"]);
     }
 
     #[test]

@@ -108,6 +108,7 @@ mod tests {
             path: format!("/images/{name}.qcow2"),
             virtual_size: 1,
             verified,
+            device: false,
         }
     }
 

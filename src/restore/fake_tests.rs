@@ -62,6 +62,7 @@ fn status_in(phase: RestorePhase, dir: &Path) -> RestoreRequestStatus {
             path: disk.display().to_string(),
             virtual_size: 1 << 20,
             verified: true,
+            device: false,
         }],
         ..Default::default()
     }

@@ -61,20 +61,78 @@ pub fn restored_disks(
     point
         .disks
         .iter()
-        .map(|d| RestoredDisk {
-            name: d.name.clone(),
-            path: storage
-                .join(format!(
-                    "{}-{}{suffix}.qcow2",
-                    layout::domain_dir(&base),
-                    d.name
-                ))
-                .display()
-                .to_string(),
-            virtual_size: d.virtual_size,
-            verified: false,
+        .map(|d| {
+            let device = spec.target_devices.get(&d.name);
+            RestoredDisk {
+                name: d.name.clone(),
+                path: device.cloned().unwrap_or_else(|| {
+                    storage
+                        .join(format!(
+                            "{}-{}{suffix}.qcow2",
+                            layout::domain_dir(&base),
+                            d.name
+                        ))
+                        .display()
+                        .to_string()
+                }),
+                virtual_size: d.virtual_size,
+                verified: false,
+                device: device.is_some(),
+            }
         })
         .collect()
+}
+
+/// What Resolving found on a device named in `targetDevices`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceFacts {
+    pub is_block_device: bool,
+    pub size: u64,
+    /// What `blkid -p` recognised on it (`ext4`, `gpt`, `LVM2_member`), if anything.
+    pub signature: Option<String>,
+    /// The domain and disk that use it now, if one does.
+    pub used_by: Option<String>,
+}
+
+/// Whether every named device may be written: a disk of the point, a block device of at
+/// least its size, used by no domain, one disk each, and blank unless `overwrite` says so.
+pub fn check_devices(
+    spec: &RestoreRequestSpec,
+    point: &Manifest,
+    facts: &std::collections::BTreeMap<String, DeviceFacts>,
+) -> Result<(), StepError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (disk, dev) in &spec.target_devices {
+        let Some(d) = point.disks.iter().find(|d| &d.name == disk) else {
+            return Err(invalid(format!(
+                "--to-device names disk {disk}, which the point does not have"
+            )));
+        };
+        if !seen.insert(dev) {
+            return Err(invalid(format!("{dev} is named for more than one disk")));
+        }
+        let f = facts.get(dev).cloned().unwrap_or_default();
+        if !f.is_block_device {
+            return Err(invalid(format!("{dev} is not a block device")));
+        }
+        if f.size < d.virtual_size {
+            return Err(invalid(format!(
+                "{dev} holds {} bytes; disk {disk} needs {}",
+                f.size, d.virtual_size
+            )));
+        }
+        if let Some(user) = f.used_by {
+            return Err(invalid(format!(
+                "{dev} is in use as {user}; name a device no domain uses (in place, the domain is repointed to the new one)"
+            )));
+        }
+        if let (Some(sig), false) = (f.signature, spec.overwrite) {
+            return Err(invalid(format!(
+                "{dev} holds {sig}; pass --overwrite to write over it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,5 +191,78 @@ mod tests {
         assert_eq!(d[0].path, "/data/vms/web-vda-restored-req.qcow2");
         let d = restored_disks(&spec(Some("copy"), false, None), "req", &manifest, &dir);
         assert_eq!(d[0].path, "/data/vms/copy-vda.qcow2");
+        let mut onto = spec(None, true, None);
+        onto.target_devices
+            .insert("vda".into(), "/dev/vg/new".into());
+        let d = restored_disks(&onto, "req", &manifest, &dir);
+        assert_eq!((d[0].path.as_str(), d[0].device), ("/dev/vg/new", true));
+    }
+
+    #[test]
+    fn a_target_device_must_be_a_blank_unused_block_device_big_enough_for_its_disk() {
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "snapback.dev/v1alpha1", "run": "r1", "domain": "web",
+            "type": "Full", "chain": "r1", "chainIndex": 0, "online": true,
+            "disks": [{"name": "vdb", "source": "/dev/vg/web", "format": "raw",
+                "virtualSize": 1024, "exportFile": "r1.vdb.qcow2"}]
+        }))
+        .unwrap();
+        let blank = DeviceFacts {
+            is_block_device: true,
+            size: 1024,
+            ..Default::default()
+        };
+        type Change = fn(&mut RestoreRequestSpec, &mut DeviceFacts);
+        let rows: [(&str, Change, Option<&str>); 7] = [
+            ("a blank device of the disk's size", |_, _| {}, None),
+            (
+                "a disk the point lacks",
+                |s, _| s.target_devices = [("vdz".into(), "/dev/x".into())].into(),
+                Some("does not have"),
+            ),
+            (
+                "a regular file",
+                |_, f| f.is_block_device = false,
+                Some("not a block device"),
+            ),
+            (
+                "a device too small",
+                |_, f| f.size = 512,
+                Some("needs 1024"),
+            ),
+            (
+                "a device a domain uses",
+                |_, f| f.used_by = Some("vdb of web".into()),
+                Some("in use"),
+            ),
+            (
+                "a filesystem without --overwrite",
+                |_, f| f.signature = Some("ext4".into()),
+                Some("--overwrite"),
+            ),
+            (
+                "a filesystem with --overwrite",
+                |s, f| {
+                    s.overwrite = true;
+                    f.signature = Some("ext4".into())
+                },
+                None,
+            ),
+        ];
+        for (case, change, refused) in rows {
+            let mut s = spec(Some("copy"), false, None);
+            s.target_devices.insert("vdb".into(), "/dev/x".into());
+            let mut f = blank.clone();
+            change(&mut s, &mut f);
+            let facts = [("/dev/x".to_string(), f)].into();
+            match (check_devices(&s, &manifest, &facts), refused) {
+                (Ok(()), None) => {}
+                (Err(e), Some(why)) => {
+                    assert_eq!(e.reason, FailureReason::InvalidSpec, "{case}");
+                    assert!(e.message.contains(why), "{case}: {}", e.message);
+                }
+                (got, want) => panic!("{case}: got {got:?}, want refusal {want:?}"),
+            }
+        }
     }
 }

@@ -179,7 +179,7 @@ async fn check_member(
                 d.export_file
             )));
         }
-        if pos > 0 {
+        if pos > 0 && d.is_incremental(p.manifest.type_) {
             let parent = &points[chain[pos - 1]];
             let Some(pd) = parent.manifest.disks.iter().find(|x| x.name == d.name) else {
                 return Err(broken(format!(

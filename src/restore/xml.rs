@@ -19,11 +19,25 @@ pub struct XmlEdit {
     pub new_uuid: Option<String>,
     /// Disk target dev → the restored image (qcow2, no backing file).
     pub disk_paths: BTreeMap<String, String>,
+    /// How a disk in `disk_paths` is held when it is not a qcow2 file.
+    pub placements: BTreeMap<String, Placement>,
     /// For a new domain: file-backed serial/console logs move here, so two domains never
     /// write the same log file.
     pub log_dir: Option<String>,
     /// A UEFI domain's variable store: its own path, so two domains never share one.
     pub nvram_path: Option<String>,
+}
+
+/// What a disk's new path is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// A qcow2 file (a restored disk, a changed-block tracking overlay).
+    #[default]
+    Qcow2File,
+    /// A raw image file.
+    RawFile,
+    /// A block device, raw.
+    RawBlock,
 }
 
 fn child<'a, 'i>(n: Node<'a, 'i>, tag: &str) -> Option<Node<'a, 'i>> {
@@ -87,10 +101,15 @@ pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
                     continue;
                 };
                 seen += 1;
+                let (kind, source, format) = match edit.placements.get(dev) {
+                    Some(Placement::RawBlock) => ("block", "dev", "raw"),
+                    Some(Placement::RawFile) => ("file", "file", "raw"),
+                    _ => ("file", "file", "qcow2"),
+                };
                 if let Some(a) = d.attributes().find(|a| a.name() == "type") {
-                    edits.push((a.range_value(), "file".into()));
+                    edits.push((a.range_value(), kind.into()));
                 }
-                let src = format!("<source file='{}'/>", escape_attr(path));
+                let src = format!("<source {source}='{}'/>", escape_attr(path));
                 match child(d, "source") {
                     Some(s) => edits.push((s.range(), src)),
                     None => return Err(format!("disk {dev} has no <source>")),
@@ -102,14 +121,14 @@ pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
                             .filter(|a| a.name() != "type" && a.name() != "name")
                             .map(|a| format!("{}='{}'", a.name(), escape_attr(a.value())))
                             .collect();
-                        attrs.insert(0, "name='qemu' type='qcow2'".into());
+                        attrs.insert(0, format!("name='qemu' type='{format}'"));
                         edits.push((drv.range(), format!("<driver {}/>", attrs.join(" "))));
                     }
                     None => edits.push((
                         child(d, "target")
                             .map(|t| t.range().start..t.range().start)
                             .unwrap_or_default(),
-                        "<driver name='qemu' type='qcow2'/>".into(),
+                        format!("<driver name='qemu' type='{format}'/>"),
                     )),
                 }
                 for bs in d.children().filter(|c| c.has_tag_name("backingStore")) {
@@ -196,7 +215,7 @@ mod tests {
             new_uuid: None,
             disk_paths: [("vda".to_string(), "/restore/web2-vda.qcow2".to_string())].into(),
             log_dir: new_name.map(|_| "/restore".to_string()),
-            nvram_path: None,
+            ..Default::default()
         }
     }
 
@@ -244,6 +263,19 @@ mod tests {
         assert!(out.contains("52:54:00:12:34:56"));
         assert!(out.contains("/var/log/web.log"));
         assert_eq!(f.disks[0].source(), "/restore/web2-vda.qcow2");
+    }
+
+    #[test]
+    fn a_disk_restored_onto_a_block_device_is_a_raw_block_disk_on_it() {
+        let mut e = edit(None);
+        e.disk_paths.insert("vda".into(), "/dev/vg/web-new".into());
+        e.placements.insert("vda".into(), Placement::RawBlock);
+        let out = rewrite(XML, &e).unwrap();
+        let f = parse_domain(&out).unwrap();
+        assert_eq!(f.disks[0].source(), "/dev/vg/web-new");
+        assert_eq!(f.disks[0].format(), "raw");
+        assert_eq!(f.disks[0].kind, crate::libvirt::DiskKind::Block);
+        assert!(out.contains("cache='none'"), "{out}");
     }
 
     #[test]

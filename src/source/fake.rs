@@ -256,8 +256,8 @@ impl Source for FakeSource {
                     "a backup job is already running",
                 ));
             }
-            for (disk, path) in &req.exports {
-                write_export(path, disk)?;
+            for e in &req.exports {
+                write_export(&e.file, &e.disk)?;
             }
             v.checkpoints.extend(req.checkpoint.clone());
             v.job = if hold {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{BackupBegun, BackupRequest, Source};
 use crate::api::FirmwareKind;
-use crate::libvirt::domain_xml::{backup_xml, checkpoint_create_xml};
+use crate::libvirt::domain_xml::{backup_xml, checkpoint_create_xml, BackupDisk};
 use crate::libvirt::firmware;
 use crate::libvirt::{DomainView, JobState, LibvirtError, LibvirtHost};
 
@@ -51,17 +51,21 @@ impl Source for LibvirtHost {
         vm: &str,
         req: &BackupRequest,
     ) -> Result<BackupBegun, LibvirtError> {
-        let exports: Vec<(String, String)> = req
+        let exports: Vec<BackupDisk> = req
             .exports
             .iter()
-            .map(|(disk, path)| (disk.clone(), path.display().to_string()))
+            .map(|e| BackupDisk {
+                name: e.disk.clone(),
+                target: e.file.display().to_string(),
+                whole: e.whole,
+                bitmap: e.tracked,
+            })
             .collect();
-        let disks: Vec<String> = req.exports.iter().map(|(d, _)| d.clone()).collect();
         let backup = backup_xml(req.incremental_since.as_deref(), &exports);
         let checkpoint = req
             .checkpoint
             .as_ref()
-            .map(|cp| checkpoint_create_xml(cp, &disks));
+            .map(|cp| checkpoint_create_xml(cp, &exports));
         self.begin_backup_xml(vm, backup, checkpoint).await?;
         Ok(BackupBegun {
             checkpoint: req.checkpoint.clone(),

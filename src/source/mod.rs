@@ -33,8 +33,23 @@ pub struct BackupRequest {
     pub incremental_since: Option<String>,
     /// The checkpoint to create at the backup's point in time, named as the engine would like.
     pub checkpoint: Option<String>,
-    /// Per disk (by target name, `vda`): the file its export is written to.
-    pub exports: Vec<(String, PathBuf)>,
+    /// One per disk, all at one instant in one job.
+    pub exports: Vec<DiskExport>,
+}
+
+/// One disk of a backup request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskExport {
+    /// The disk's target name (`vda`).
+    pub disk: String,
+    /// The file its export is written to.
+    pub file: PathBuf,
+    /// Whether the disk keeps a changed-block bitmap: it gets one in the new checkpoint. An
+    /// untracked disk (raw file, block device) is left out of it.
+    pub tracked: bool,
+    /// Exported whole even when the request is incremental: an untracked disk, or one whose
+    /// bitmap is newer than the checkpoint the request starts from.
+    pub whole: bool,
 }
 
 /// What a begun backup job is known by.

@@ -117,8 +117,12 @@ pub struct GuestOpts {
     pub write_offset_mib: u64,
     pub agent_channel: bool,
     pub start: bool,
-    /// More qcow2 disks, attached as vdb, vdc ... (the guest leaves them alone).
+    /// More disks, attached as vdb, vdc ... (the guest leaves them alone): qcow2 files, raw
+    /// files (`.raw`) and block devices (`/dev/...`).
     pub extra_disks: Vec<PathBuf>,
+    /// The guest's own disk (vda, the one it writes to) is this raw file or block device,
+    /// made by the test, instead of a new qcow2 file (`disk_mib` and `prefill_mib` unused).
+    pub own_disk: Option<PathBuf>,
     /// A q35 machine booting through OVMF (UEFI, with its own variable store) with an
     /// emulated TPM 2.0 (swtpm), instead of a BIOS `pc`.
     pub uefi_tpm: bool,
@@ -135,6 +139,7 @@ impl Default for GuestOpts {
             start: true,
             extra_disks: Vec::new(),
             uefi_tpm: false,
+            own_disk: None,
         }
     }
 }
@@ -156,9 +161,14 @@ impl Guest {
         ensure_guest_built();
         let dir = root().join(format!("guest-{}", unique("g")));
         std::fs::create_dir_all(&dir).unwrap();
-        let disk = dir.join("disk.qcow2");
+        let disk = opts
+            .own_disk
+            .clone()
+            .unwrap_or_else(|| dir.join("disk.qcow2"));
         let log = dir.join("serial.log");
-        if opts.prefill_mib > 0 {
+        if opts.own_disk.is_some() {
+            // The test made it.
+        } else if opts.prefill_mib > 0 {
             let raw = dir.join("prefill.raw");
             let f = std::fs::File::create(&raw).unwrap();
             f.set_len(opts.disk_mib << 20).unwrap();
@@ -208,13 +218,7 @@ impl Guest {
             .extra_disks
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                format!(
-                    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vd{}' bus='virtio'/></disk>",
-                    p.display(),
-                    (b'b' + i as u8) as char
-                )
-            })
+            .map(|(i, p)| disk_element(p, &format!("vd{}", (b'b' + i as u8) as char)))
             .collect();
         // OVMF boots the same kernel and initrd; the variable store's path is libvirt's own.
         let (mib, machine, firmware, features, tpm) = if opts.uefi_tpm {
@@ -235,7 +239,7 @@ impl Guest {
     <cmdline>console=ttyS0 quiet snapback.write_mb={wm} snapback.write_offset_mb={wo}</cmdline></os>
   {features}
   <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{d}'/><target dev='vda' bus='virtio'/></disk>
+    {vda}
     {extra}
     <serial type='file'><source path='{l}'/><target port='0'/></serial>
     {agent}
@@ -246,7 +250,7 @@ impl Guest {
             i = gd.join("initrd.gz").display(),
             wm = opts.write_mib,
             wo = opts.write_offset_mib,
-            d = disk.display(),
+            vda = disk_element(&disk, "vda"),
             l = log.display(),
         );
         let xml_path = dir.join("domain.xml");
@@ -361,6 +365,22 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// A state dir and a file:// target for one test.
+/// A disk of a test guest: a device node is a raw block disk, a `.raw` file a raw file disk,
+/// anything else a qcow2 file.
+fn disk_element(p: &Path, dev: &str) -> String {
+    let (kind, format, source) = if p.starts_with("/dev") {
+        ("block", "raw", "dev")
+    } else if p.extension().is_some_and(|e| e == "raw") {
+        ("file", "raw", "file")
+    } else {
+        ("file", "qcow2", "file")
+    };
+    format!(
+        "<disk type='{kind}' device='disk'><driver name='qemu' type='{format}'/><source {source}='{}'/><target dev='{dev}' bus='virtio'/></disk>",
+        p.display()
+    )
+}
+
 /// A domain a test made by restoring, removed with its firmware state when the test ends,
 /// passed or not.
 pub struct Defined(pub String);

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::api::BackupRun;
-use crate::api::{BackupPhase, DomainFile, FailureReason};
+use crate::api::{BackupPhase, DomainFile, FailureReason, RunDisk};
 use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::libvirt::domain_xml::depth_images;
@@ -169,14 +169,32 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         let name = self.lc.name();
         let mut disks = self.lc.status().disks.clone();
         let parents = self.parent_exports();
+        let run_type = self
+            .lc
+            .status()
+            .type_
+            .unwrap_or(crate::api::BackupType::Full);
+        let online = self.lc.status().online;
         for d in disks.iter_mut() {
             let path = dir.join(&d.export_file);
+            // A raw disk's whole export, also through a changed-block tracking overlay (whose
+            // every cluster maps to the device, so the job copies all of them).
+            let raw_data = !RunDisk::tracks_changes(&d.format)
+                || (crate::libvirt::domain_xml::is_cbt_overlay(&d.source)
+                    && !d.is_incremental(run_type));
+            if online && raw_data {
+                sparsify(&path).await?;
+            }
             // libvirt writes an incremental export with the live disk as its backing file.
             // Naming the parent's export instead (relative, header only) makes the files of a
             // chain, restored into one directory with plain duplicity, a working qcow2 chain by
             // themselves: see the README's "Recovery without snapback". Done before hashing,
             // and idempotent, so a resumed run hashes the same bytes.
-            if let Some((_, parent)) = parents.iter().find(|(n, _)| *n == d.name) {
+            let parent = parents
+                .iter()
+                .find(|(n, _)| *n == d.name)
+                .filter(|_| d.is_incremental(run_type));
+            if let Some((_, parent)) = parent {
                 let argv: Vec<String> = ["rebase", "-u", "-F", "qcow2", "-b", parent]
                     .iter()
                     .map(|s| s.to_string())
@@ -238,6 +256,34 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         write(&dir.join(manifest_name(&name)), &text)?;
         self.lc.save().await
     }
+}
+
+/// Rewrites a whole export of a raw or block disk without its zeros. A push-mode job copies
+/// a block device's every byte (it reports all of it as allocated), so a mostly empty volume
+/// would otherwise be stored, and uploaded, at its full size. `qemu-img convert` leaves
+/// zeroed clusters unallocated. Through `.sparse` and a rename, so a crash leaves the export
+/// whole, and running it again gives the same image.
+async fn sparsify(export: &Path) -> Result<(), StepError> {
+    let sparse = export.with_extension("sparse");
+    let _ = std::fs::remove_file(&sparse);
+    let argv: Vec<String> = ["convert", "-O", "qcow2", "-f", "qcow2"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([export.display().to_string(), sparse.display().to_string()])
+        .collect();
+    run_qemu_img(
+        &argv,
+        FailureReason::BackupJobFailed,
+        FailureReason::StagingFull,
+        |_| {},
+    )
+    .await?;
+    std::fs::rename(&sparse, export).map_err(|e| {
+        StepError::new(
+            FailureReason::Internal,
+            format!("cannot replace {}: {e}", export.display()),
+        )
+    })
 }
 
 /// The files the saved domain XML names beside its disks: the shared read-only boot files,

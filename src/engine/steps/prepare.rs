@@ -7,7 +7,7 @@ use crate::api::{reason, ConditionType};
 use crate::api::{BackupPhase, BackupType, FailureReason, OfflinePolicy, RunDisk};
 use crate::catalog::layout;
 use crate::duplicity::{self, Action};
-use crate::engine::decide::{choose_type, ChainFacts, PreviousRun};
+use crate::engine::decide::{choose_type, disk_full_reason, ChainFacts, PreviousRun};
 use crate::engine::{history, plan, BackupEngine};
 use crate::error::StepError;
 use crate::libvirt::VirtErrorKind;
@@ -98,6 +98,11 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             now: Timestamp::now(),
             full_every,
             max_incrementals: spec.full_cadence.max_incrementals,
+            any_tracked: view
+                .facts
+                .disks
+                .iter()
+                .any(|d| RunDisk::tracks_changes(d.format())),
         };
         if let (true, Some(_)) = (files, &previous) {
             let names = duplicity::backend::list(&self.domain_target()).await?;
@@ -130,13 +135,25 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
 
         // A full export needs up to the allocated size of the disks in staging (files mode always
         // exports whole disks); refuse early, not half-way.
-        if type_ == BackupType::Full || files {
+        // A block device reports every byte as allocated: its export first takes its whole size.
+        let whole = |d: &crate::libvirt::Disk| {
+            type_ == BackupType::Full || files || !RunDisk::tracks_changes(d.format())
+        };
+        if view.facts.disks.iter().any(whole) {
             let need: u64 = view
                 .facts
                 .disks
                 .iter()
-                .flat_map(|d| &d.chain)
-                .map(|c| state_dir::allocated_bytes(c.path.as_ref()))
+                .zip(&view.sizes)
+                .filter(|(d, _)| whole(d))
+                .map(|(d, size)| match d.kind {
+                    crate::libvirt::DiskKind::Block => *size,
+                    _ => d
+                        .chain
+                        .iter()
+                        .map(|c| state_dir::allocated_bytes(c.path.as_ref()))
+                        .sum(),
+                })
                 .sum();
             let free = state_dir::free_bytes(&dir).unwrap_or(u64::MAX);
             if free < need {
@@ -169,7 +186,22 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             },
         )?;
 
-        let place = plan::chain_place(&name, type_, previous.as_ref(), online, files);
+        // The disks the parent checkpoint keeps a bitmap for: a disk that gained one since
+        // (changed-block tracking enabled and the domain restarted) is whole this once.
+        let parent_bitmaps = match (type_, previous.as_ref().and_then(|p| p.checkpoint.as_ref())) {
+            (BackupType::Incremental, Some(cp)) if !files => {
+                let xml = self.source.checkpoint_xml(&uuid, cp).await?;
+                crate::libvirt::domain_xml::checkpoint_disks(&xml).map_err(|e| {
+                    StepError::new(FailureReason::CheckpointInconsistent, e.to_string())
+                })?
+            }
+            _ => Vec::new(),
+        };
+        let mut place = plan::chain_place(&name, type_, previous.as_ref(), online, files);
+        if !facts.any_tracked {
+            // No disk can hold a bitmap: a checkpoint would have nothing in it.
+            place.checkpoint = None;
+        }
         let s = self.lc.status_mut();
         s.online = online;
         s.type_ = Some(type_);
@@ -192,17 +224,42 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 export_file: format!("{name}.{}.qcow2", d.name),
                 export_bytes: 0,
                 sha256: None,
+                full_reason: (!files)
+                    .then(|| {
+                        disk_full_reason(
+                            type_,
+                            full_reason,
+                            RunDisk::tracks_changes(d.format()),
+                            parent_bitmaps.contains(&d.name),
+                        )
+                    })
+                    .flatten(),
             })
+            .collect();
+        let whole: Vec<String> = s
+            .disks
+            .iter()
+            .filter(|d| type_ == BackupType::Incremental && d.full_reason.is_some())
+            .map(|d| format!("{} ({:?})", d.name, d.full_reason.unwrap()))
             .collect();
         let note = match (type_, full_reason) {
             (BackupType::Full, Some(r)) => format!("full backup ({r:?})"),
-            _ => format!(
+            _ if whole.is_empty() => format!(
                 "incremental since {}",
                 self.lc
                     .status()
                     .parent_checkpoint
                     .clone()
                     .unwrap_or_default()
+            ),
+            _ => format!(
+                "incremental since {}; whole: {}",
+                self.lc
+                    .status()
+                    .parent_checkpoint
+                    .clone()
+                    .unwrap_or_default(),
+                whole.join(", ")
             ),
         };
         self.lc.report(Event::Note(note));

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use crate::api::BackupRun;
+use crate::api::RunDisk;
 use crate::api::{reason, ConditionType};
 use crate::api::{BackupPhase, FailureReason, Quiesce};
 use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::hooks::HookStage;
 use crate::lifecycle::{Event, Journal};
-use crate::source::{BackupRequest, Source};
+use crate::source::{BackupRequest, DiskExport, Source};
 
 impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn snapshot(&mut self) -> Result<(), StepError> {
@@ -135,7 +136,12 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             exports: s
                 .disks
                 .iter()
-                .map(|d| (d.name.clone(), dir.join(&d.export_file)))
+                .map(|d| DiskExport {
+                    disk: d.name.clone(),
+                    file: dir.join(&d.export_file),
+                    tracked: RunDisk::tracks_changes(&d.format),
+                    whole: d.full_reason.is_some(),
+                })
                 .collect(),
         };
         let captured = if self.files_mode() {

@@ -12,7 +12,7 @@ use crate::error::StepError;
 use crate::hooks::HookStage;
 use crate::libvirt::{domain_xml, DomainState};
 use crate::lifecycle::{Event, Journal};
-use crate::restore::xml::{rewrite, XmlEdit};
+use crate::restore::xml::{rewrite, Placement, XmlEdit};
 use crate::restore::RestoreEngine;
 use crate::source::Source;
 
@@ -33,6 +33,15 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .collect()
     }
 
+    fn placements(&self) -> BTreeMap<String, Placement> {
+        let disks = &self.lc.status().disks;
+        disks
+            .iter()
+            .filter(|d| d.device)
+            .map(|d| (d.name.clone(), Placement::RawBlock))
+            .collect()
+    }
+
     /// A new domain from the backup's XML, under a new name and a UUID chosen and recorded
     /// first: a restore resumed after the define then finds its own domain, where libvirt
     /// would refuse a second define of the name.
@@ -47,9 +56,23 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 u
             }
         };
-        let storage = Path::new(&self.lc.status().disks[0].path)
-            .parent()
-            .map(|p| p.display().to_string());
+        // Logs go beside the restored disk files; with every disk on a device, where the
+        // spec's storage would have put them.
+        let storage = self
+            .lc
+            .status()
+            .disks
+            .iter()
+            .find(|d| !d.device)
+            .and_then(|d| Path::new(&d.path).parent().map(|p| p.display().to_string()))
+            .or_else(|| {
+                let spec = &self.lc.record.spec;
+                Some(
+                    crate::restore::plan::storage_dir(spec, None)
+                        .display()
+                        .to_string(),
+                )
+            });
         let saved = self.saved_xml()?;
         let fw = domain_xml::parse_domain(&saved)
             .map_err(|e| StepError::new(FailureReason::VerificationFailed, e.to_string()))?
@@ -60,6 +83,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             new_name: Some(new.clone()),
             new_uuid: Some(uuid.clone()),
             disk_paths: self.disk_paths(),
+            placements: self.placements(),
             log_dir: storage,
             nvram_path,
         };
@@ -104,6 +128,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             new_name: None,
             new_uuid: None,
             disk_paths: self.disk_paths(),
+            placements: self.placements(),
             log_dir: None,
             nvram_path: None,
         };

@@ -2,6 +2,7 @@
 //! work left; each step ends by entering the next phase.
 
 mod define;
+mod devices;
 mod fetch;
 mod firmware;
 mod rebuild;

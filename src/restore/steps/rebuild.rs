@@ -32,6 +32,11 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                         format!("{} has no disk {}", m.run, d.name),
                     ));
                 };
+                if !md.is_incremental(man.type_) {
+                    // A disk exported whole (a raw or block disk, in every run) needs nothing
+                    // from the points before it.
+                    images.clear();
+                }
                 images.push(self.member_dir(&m.run).join(&md.export_file));
             }
             for pair in images.windows(2) {
@@ -52,28 +57,35 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 .expect("a chain has a full")
                 .display()
                 .to_string();
+            let report = &self.lc.report;
+            let vsize = d.virtual_size;
+            let progress = |pct: f64| {
+                if pct > 0.0 {
+                    crate::process::crash_point("restore:rebuilding:converting");
+                }
+                report(Event::Progress {
+                    stage: "Rebuilding",
+                    done: base_done + (vsize as f64 * pct / 100.0) as u64,
+                    total,
+                })
+            };
+            if d.device {
+                super::devices::write_onto_device(&top, &d.path, vsize, progress).await?;
+                d.verified = true;
+                base_done += vsize;
+                continue;
+            }
             let part = format!("{}.part", d.path);
             let argv: Vec<String> = ["convert", "-p", "-O", "qcow2", "-f", "qcow2"]
                 .iter()
                 .map(|s| s.to_string())
                 .chain([top, part.clone()])
                 .collect();
-            let report = &self.lc.report;
-            let vsize = d.virtual_size;
             qemu_img::run_qemu_img(
                 &argv,
                 FailureReason::VerificationFailed,
                 FailureReason::StorageFull,
-                |pct| {
-                    if pct > 0.0 {
-                        crate::process::crash_point("restore:rebuilding:converting");
-                    }
-                    report(Event::Progress {
-                        stage: "Rebuilding",
-                        done: base_done + (vsize as f64 * pct / 100.0) as u64,
-                        total,
-                    })
-                },
+                progress,
             )
             .await?;
             qemu_img::check(&part).await?;

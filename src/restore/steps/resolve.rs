@@ -72,7 +72,8 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
 
         let base = spec.new_name.clone().unwrap_or_else(|| spec.domain.clone());
         let disks = plan::restored_disks(&spec, &self.lc.name(), &point.manifest, &storage);
-        for d in &disks {
+        plan::check_devices(&spec, &point.manifest, &self.device_facts().await?)?;
+        for d in disks.iter().filter(|d| !d.device) {
             if Path::new(&d.path).exists() {
                 return Err(invalid(format!(
                     "{} already exists; remove it or choose another --storage-dir",

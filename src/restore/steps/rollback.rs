@@ -54,7 +54,8 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             problems.extend(self.rollback_firmware());
         }
         if self.lc.status().replaced_disks.is_empty() {
-            for d in &s.disks {
+            // A named device is the user's: it is left as the failed restore left it.
+            for d in s.disks.iter().filter(|d| !d.device) {
                 let _ = std::fs::remove_file(&d.path);
                 let _ = std::fs::remove_file(format!("{}.part", d.path));
             }
