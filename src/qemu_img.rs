@@ -32,19 +32,27 @@ async fn output(args: &[&str], fail: FailureReason) -> Result<Vec<u8>, StepError
     Ok(out.stdout)
 }
 
-/// The backing chain of an image, top first, as qemu-img sees it.
-pub async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
-    let stdout = output(
-        &["info", "-U", "--backing-chain", "--output=json", path],
-        FailureReason::BackupJobFailed,
-    )
-    .await?;
-    let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
+/// `qemu-img info -U --output=json` (with more `args` before the path), read.
+async fn info(
+    args: &[&str],
+    path: &str,
+    fail: FailureReason,
+) -> Result<serde_json::Value, StepError> {
+    let mut all = vec!["info", "-U", "--output=json"];
+    all.extend_from_slice(args);
+    all.push(path);
+    let stdout = output(&all, fail).await?;
+    serde_json::from_slice(&stdout).map_err(|e| {
         StepError::new(
             FailureReason::Internal,
             format!("qemu-img info output: {e}"),
         )
-    })?;
+    })
+}
+
+/// The backing chain of an image, top first, as qemu-img sees it.
+pub async fn probe_chain(path: &str) -> Result<Vec<ChainImage>, StepError> {
+    let v = info(&["--backing-chain"], path, FailureReason::BackupJobFailed).await?;
     let images = v.as_array().cloned().unwrap_or_default();
     Ok(images
         .iter()
@@ -196,17 +204,7 @@ pub async fn create_raw_overlay(
 
 /// The external data file a qcow2 image keeps its data in, if it has one.
 pub async fn data_file(path: &str) -> Result<Option<String>, StepError> {
-    let stdout = output(
-        &["info", "-U", "--output=json", path],
-        FailureReason::Internal,
-    )
-    .await?;
-    let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
-        StepError::new(
-            FailureReason::Internal,
-            format!("qemu-img info output: {e}"),
-        )
-    })?;
+    let v = info(&[], path, FailureReason::Internal).await?;
     Ok(v["format-specific"]["data"]["data-file"]
         .as_str()
         .map(str::to_string))

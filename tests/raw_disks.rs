@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use snapback::api::{BackupType, FullReason, RestorePhase, RestoreRequest};
+use snapback::api::{BackupType, FullReason, RestorePhase};
 
 const MIB: u64 = 1 << 20;
 
@@ -178,28 +178,9 @@ fn qcow2_raw_file_and_block_disks_back_up_in_one_job_each_its_own_way_and_every_
             .snapshot_time
             .unwrap()
             .to_string();
-        let out = env.snapback(&[
-            "restore",
-            "--domain",
-            &g.name,
-            "--target",
-            &env.target,
-            "--at",
-            &at,
-            "--as",
-            &new,
-            "--storage-dir",
-            dir.to_str().unwrap(),
-        ]);
+        let out = env.restore_as(&g.name, &at, &new, &dir);
         assert_eq!(out.code, 0, "restore {i} failed:\n{}", out.stderr);
-        let text = std::fs::read_to_string(
-            env.state
-                .join("restorerequests")
-                .join(format!("{}.yaml", out.stdout.trim())),
-        )
-        .unwrap();
-        let req: RestoreRequest = serde_saphyr::from_str(&text).unwrap();
-        let s = req.status.unwrap();
+        let s = env.read_restore(out.stdout.trim()).status.unwrap();
         assert_eq!(s.phase, RestorePhase::Succeeded);
         for ((name, _), copy) in disks.iter().zip(copies) {
             let restored = &s.disks.iter().find(|d| d.name == *name).unwrap().path;
@@ -268,6 +249,28 @@ fn a_block_disk_restores_in_place_onto_a_new_device_that_holds_a_filesystem_only
         argv.extend_from_slice(extra);
         env.snapback(&argv)
     };
+
+    // The device the domain runs on is never a target, --overwrite or not.
+    let own = env.snapback(&[
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--in-place",
+        "--storage-dir",
+        dir.to_str().unwrap(),
+        "--to-device",
+        &format!("vdb={}", old.dev.display()),
+        "--overwrite",
+    ]);
+    assert_ne!(own.code, 0);
+    assert!(
+        own.stderr.contains("InvalidSpec") && own.stderr.contains("in use"),
+        "{}",
+        own.stderr
+    );
+    assert_eq!(sha256(&old.dev), old_after_point);
 
     let refused = restore(&[]);
     assert_ne!(refused.code, 0);
@@ -418,19 +421,7 @@ fn changed_block_tracking_makes_a_block_disks_backups_incremental_from_the_next_
     let restored_dir = env.dir.join("restored");
     std::fs::create_dir_all(&restored_dir).unwrap();
     let at = s.snapshot_time.unwrap().to_string();
-    let out = env.snapback(&[
-        "restore",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-        "--at",
-        &at,
-        "--as",
-        &copy,
-        "--storage-dir",
-        restored_dir.to_str().unwrap(),
-    ]);
+    let out = env.restore_as(&g.name, &at, &copy, &restored_dir);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let restored = restored_dir.join(format!("{copy}-vda.qcow2"));
     run_ok(

@@ -10,13 +10,7 @@ use common::*;
 use snapback::api::{BackupType, FailureReason, RestorePhase, RestoreRequest};
 
 fn read_restore(env: &Env, name: &str) -> RestoreRequest {
-    let text = std::fs::read_to_string(
-        env.state
-            .join("restorerequests")
-            .join(format!("{name}.yaml")),
-    )
-    .unwrap_or_else(|e| panic!("restore {name} not recorded: {e}"));
-    serde_saphyr::from_str(&text).unwrap()
+    env.read_restore(name)
 }
 
 fn storage(env: &Env) -> PathBuf {
@@ -94,19 +88,7 @@ fn every_point_of_a_full_and_two_incrementals_restores_byte_exact_as_a_new_domai
         let _cleanup = Defined(new.clone());
         let dir = storage(&env);
         let at = snapshot_rfc3339(&env, run);
-        let out = env.snapback(&[
-            "restore",
-            "--domain",
-            &g.name,
-            "--target",
-            &env.target,
-            "--at",
-            &at,
-            "--as",
-            &new,
-            "--storage-dir",
-            dir.to_str().unwrap(),
-        ]);
+        let out = env.restore_as(&g.name, &at, &new, &dir);
         assert_eq!(out.code, 0, "restore {i} failed:\n{}", out.stderr);
         let req = read_restore(&env, out.stdout.trim());
         let s = req.status.unwrap();

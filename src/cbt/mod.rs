@@ -190,8 +190,10 @@ fn live_sources(view: &DomainView) -> Vec<String> {
     }
 }
 
+/// Whether a qemu may hold the disks now: anything but shut off (a domain shutting down,
+/// crashed or suspended still has its live definition).
 fn running(view: &DomainView) -> bool {
-    matches!(view.state, DomainState::Running | DomainState::Paused)
+    view.state != DomainState::ShutOff
 }
 
 /// The disk's size: libvirt's, else (a disk only the persistent definition has) the file's

@@ -156,6 +156,13 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
         Ok(h) => h,
         Err(e) => return failure(e),
     };
+    let mut named = std::collections::BTreeSet::new();
+    if let Some((disk, _)) = args.to_device.iter().find(|(d, _)| !named.insert(d)) {
+        return failure(StepError::new(
+            crate::api::FailureReason::InvalidSpec,
+            format!("--to-device names disk {disk} more than once"),
+        ));
+    }
     let storage_dir = args.storage_dir.as_ref().map(|p| {
         std::path::absolute(p)
             .unwrap_or_else(|_| p.clone())

@@ -207,6 +207,11 @@ pub fn choose_type(requested: RequestedType, f: &ChainFacts) -> TypeChoice {
         RequestedType::Incremental => match full_reason(f) {
             // Cadence is advice for Auto; an explicit incremental only needs a valid chain.
             None | Some(FullReason::FullCadence) => Ok((BackupType::Incremental, None)),
+            // No disk that could ever be incremental is a spec to change, not a chain to mend.
+            Some(FullReason::NoBitmapSupport) => Err((
+                FailureReason::InvalidSpec,
+                "an incremental backup is not possible: no disk of the domain keeps a changed-block bitmap (raw or block disks: see `snapback cbt enable`); run with --type auto or full".into(),
+            )),
             Some(r) => Err((
                 FailureReason::CheckpointInconsistent,
                 format!(

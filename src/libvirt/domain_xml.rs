@@ -252,6 +252,29 @@ pub fn checkpoint_disks(xml: &str) -> Result<Vec<String>, XmlError> {
         .collect())
 }
 
+/// The disks a checkpoint keeps a bitmap for; `None` when its XML lists no disks (a
+/// checkpoint of every disk, as libvirt's default is).
+pub fn checkpoint_covers(xml: &str) -> Result<Option<Vec<String>>, XmlError> {
+    let doc = Document::parse(xml).map_err(|e| XmlError(e.to_string()))?;
+    if child(doc.root_element(), "disks").is_none() {
+        return Ok(None);
+    }
+    checkpoint_disks(xml).map(Some)
+}
+
+/// Every file or device any `<disk>` of a domain XML names, read-only, shared and backing
+/// images included: what a restore must never write over.
+pub fn every_disk_source(xml: &str) -> Result<Vec<String>, XmlError> {
+    let doc = Document::parse(xml).map_err(|e| XmlError(e.to_string()))?;
+    Ok(doc
+        .descendants()
+        .filter(|n| n.has_tag_name("disk"))
+        .flat_map(|d| d.descendants().filter(|n| n.has_tag_name("source")))
+        .filter_map(|s| s.attribute("file").or_else(|| s.attribute("dev")))
+        .map(str::to_string)
+        .collect())
+}
+
 /// Escapes text for an XML attribute value.
 pub fn escape_attr(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -449,6 +472,30 @@ mod tests {
         assert!(cp.contains("<disk name='vda' checkpoint='bitmap'/>"));
         assert!(cp.contains("<disk name='vdb' checkpoint='no'/>"));
         assert_eq!(checkpoint_disks(&cp).unwrap(), ["vda"]);
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_disk_list_covers_every_disk() {
+        assert_eq!(
+            checkpoint_covers("<domaincheckpoint><name>c</name></domaincheckpoint>").unwrap(),
+            None
+        );
+        let listed = "<domaincheckpoint><name>c</name><disks><disk name='vda' checkpoint='bitmap'/><disk name='vdb' checkpoint='no'/></disks></domaincheckpoint>";
+        assert_eq!(checkpoint_covers(listed).unwrap(), Some(vec!["vda".into()]));
+    }
+
+    #[test]
+    fn every_disk_source_includes_shared_read_only_and_backing_images() {
+        let all = every_disk_source(XML).unwrap();
+        for want in [
+            "/img/mid.qcow2",
+            "/img/base.raw",
+            "/dev/sdb",
+            "/iso/x.iso",
+            "/img/shared.raw",
+        ] {
+            assert!(all.iter().any(|s| s == want), "{want} in {all:?}");
+        }
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub fn restored_disks(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
     pub is_block_device: bool,
+    /// The path with its links resolved: two names of one device are one device.
+    pub canonical: String,
     pub size: u64,
     /// What `blkid -p` recognised on it (`ext4`, `gpt`, `LVM2_member`), if anything.
     pub signature: Option<String>,
@@ -105,13 +107,18 @@ pub fn check_devices(
     for (disk, dev) in &spec.target_devices {
         let Some(d) = point.disks.iter().find(|d| &d.name == disk) else {
             return Err(invalid(format!(
-                "--to-device names disk {disk}, which the point does not have"
+                "targetDevices (--to-device) names disk {disk}, which the point does not have"
             )));
         };
-        if !seen.insert(dev) {
+        let f = facts.get(dev).cloned().unwrap_or_default();
+        let key = if f.canonical.is_empty() {
+            dev.clone()
+        } else {
+            f.canonical.clone()
+        };
+        if !seen.insert(key) {
             return Err(invalid(format!("{dev} is named for more than one disk")));
         }
-        let f = facts.get(dev).cloned().unwrap_or_default();
         if !f.is_block_device {
             return Err(invalid(format!("{dev} is not a block device")));
         }
@@ -128,7 +135,7 @@ pub fn check_devices(
         }
         if let (Some(sig), false) = (f.signature, spec.overwrite) {
             return Err(invalid(format!(
-                "{dev} holds {sig}; pass --overwrite to write over it"
+                "{dev} holds {sig}; allow writing over it with --overwrite (overwrite: true)"
             )));
         }
     }
@@ -249,6 +256,24 @@ mod tests {
                 None,
             ),
         ];
+        let mut two = spec(Some("copy"), false, None);
+        two.target_devices.insert("vdb".into(), "/dev/x".into());
+        two.target_devices.insert("vdc".into(), "/dev/y".into());
+        let mut manifest2 = manifest.clone();
+        let mut vdc = manifest2.disks[0].clone();
+        vdc.name = "vdc".into();
+        manifest2.disks.push(vdc);
+        let one = DeviceFacts {
+            canonical: "/dev/dm-3".into(),
+            ..blank.clone()
+        };
+        let facts = [
+            ("/dev/x".to_string(), one.clone()),
+            ("/dev/y".to_string(), one),
+        ]
+        .into();
+        let e = check_devices(&two, &manifest2, &facts).unwrap_err();
+        assert!(e.message.contains("more than one disk"), "{}", e.message);
         for (case, change, refused) in rows {
             let mut s = spec(Some("copy"), false, None);
             s.target_devices.insert("vdb".into(), "/dev/x".into());

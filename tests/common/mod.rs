@@ -364,7 +364,6 @@ fn xml_escape(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
-/// A state dir and a file:// target for one test.
 /// A disk of a test guest: a device node is a raw block disk, a `.raw` file a raw file disk,
 /// anything else a qcow2 file.
 fn disk_element(p: &Path, dev: &str) -> String {
@@ -392,6 +391,7 @@ impl Drop for Defined {
     }
 }
 
+/// A state dir and a file:// target for one test.
 pub struct Env {
     pub dir: PathBuf,
     pub state: PathBuf,
@@ -490,6 +490,33 @@ impl Env {
             std::fs::read_to_string(self.state.join("backupruns").join(format!("{name}.yaml")))
                 .unwrap_or_else(|e| panic!("run {name} not recorded: {e}"));
         serde_saphyr::from_str(&text).unwrap()
+    }
+
+    pub fn read_restore(&self, name: &str) -> snapback::api::RestoreRequest {
+        let text = std::fs::read_to_string(
+            self.state
+                .join("restorerequests")
+                .join(format!("{name}.yaml")),
+        )
+        .unwrap_or_else(|e| panic!("restore {name} not recorded: {e}"));
+        serde_saphyr::from_str(&text).unwrap()
+    }
+
+    /// `snapback restore` of `domain`'s point at `at` as a new domain `new`, its disks in `dir`.
+    pub fn restore_as(&self, domain: &str, at: &str, new: &str, dir: &Path) -> SnapOut {
+        self.snapback(&[
+            "restore",
+            "--domain",
+            domain,
+            "--target",
+            &self.target,
+            "--at",
+            at,
+            "--as",
+            new,
+            "--storage-dir",
+            dir.to_str().unwrap(),
+        ])
     }
 
     /// Every file left in any staging dir.

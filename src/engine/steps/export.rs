@@ -174,7 +174,8 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             .status()
             .type_
             .unwrap_or(crate::api::BackupType::Full);
-        let online = self.lc.status().online;
+        // Files mode reads the exports through qemu-storage-daemon, not the target: no need.
+        let sparse = self.lc.status().online && !self.files_mode();
         for d in disks.iter_mut() {
             let path = dir.join(&d.export_file);
             // A raw disk's whole export, also through a changed-block tracking overlay (whose
@@ -182,7 +183,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             let raw_data = !RunDisk::tracks_changes(&d.format)
                 || (crate::libvirt::domain_xml::is_cbt_overlay(&d.source)
                     && !d.is_incremental(run_type));
-            if online && raw_data {
+            if sparse && raw_data {
                 sparsify(&path).await?;
             }
             // libvirt writes an incremental export with the live disk as its backing file.

@@ -133,40 +133,67 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         let (type_, full_reason) = choose_type(spec.type_, &facts)
             .map_err(|(reason, message)| StepError::new(reason, message))?;
 
-        // A full export needs up to the allocated size of the disks in staging (files mode always
-        // exports whole disks); refuse early, not half-way.
-        // A block device reports every byte as allocated: its export first takes its whole size.
-        let whole = |d: &crate::libvirt::Disk| {
-            type_ == BackupType::Full || files || !RunDisk::tracks_changes(d.format())
+        // The disks the parent checkpoint keeps a bitmap for: a disk that gained one since
+        // (changed-block tracking enabled and the domain restarted) is whole this once.
+        let parent_bitmaps = match (type_, previous.as_ref().and_then(|p| p.checkpoint.as_ref())) {
+            (BackupType::Incremental, Some(cp)) if !files => {
+                let xml = self.source.checkpoint_xml(&uuid, cp).await?;
+                crate::libvirt::domain_xml::checkpoint_covers(&xml).map_err(|e| {
+                    StepError::new(FailureReason::CheckpointInconsistent, e.to_string())
+                })?
+            }
+            _ => None,
         };
-        if view.facts.disks.iter().any(whole) {
-            let need: u64 = view
-                .facts
-                .disks
-                .iter()
-                .zip(&view.sizes)
-                .filter(|(d, _)| whole(d))
-                .map(|(d, size)| match d.kind {
-                    crate::libvirt::DiskKind::Block => *size,
-                    _ => d
-                        .chain
+        let in_parent = |disk: &str| {
+            parent_bitmaps
+                .as_ref()
+                .is_none_or(|b| b.iter().any(|d| d == disk))
+        };
+        // A whole export needs up to the allocated size of its disk in staging (files mode
+        // always exports whole disks); refuse early, not half-way. A block device, or a raw
+        // disk read through a tracking overlay, reports every byte as allocated: its export
+        // first takes its whole size, and the copy without its zeros up to that again.
+        let whole = |d: &crate::libvirt::Disk| {
+            type_ == BackupType::Full
+                || files
+                || !RunDisk::tracks_changes(d.format())
+                || !in_parent(&d.name)
+        };
+        let need: u64 = view
+            .facts
+            .disks
+            .iter()
+            .zip(&view.sizes)
+            .filter(|(d, _)| whole(d))
+            .map(|(d, size)| {
+                let overlay = crate::libvirt::domain_xml::is_cbt_overlay(d.source());
+                let raw_data = overlay || !RunDisk::tracks_changes(d.format());
+                let export = if overlay || d.kind == crate::libvirt::DiskKind::Block {
+                    *size
+                } else {
+                    d.chain
                         .iter()
                         .map(|c| state_dir::allocated_bytes(c.path.as_ref()))
-                        .sum(),
-                })
-                .sum();
-            let free = state_dir::free_bytes(&dir).unwrap_or(u64::MAX);
-            if free < need {
-                return Err(StepError::new(
-                    FailureReason::StagingFull,
-                    format!(
-                        "staging {} has {} free, the export needs up to {}",
-                        dir.display(),
-                        human_bytes(free),
-                        human_bytes(need)
-                    ),
-                ));
-            }
+                        .sum()
+                };
+                if raw_data && online && !files {
+                    export.saturating_mul(2)
+                } else {
+                    export
+                }
+            })
+            .sum();
+        let free = state_dir::free_bytes(&dir).unwrap_or(u64::MAX);
+        if need > 0 && free < need {
+            return Err(StepError::new(
+                FailureReason::StagingFull,
+                format!(
+                    "staging {} has {} free, the export needs up to {}",
+                    dir.display(),
+                    human_bytes(free),
+                    human_bytes(need)
+                ),
+            ));
         }
         if spec.depth != 0 && online {
             self.lc.condition(
@@ -186,17 +213,6 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             },
         )?;
 
-        // The disks the parent checkpoint keeps a bitmap for: a disk that gained one since
-        // (changed-block tracking enabled and the domain restarted) is whole this once.
-        let parent_bitmaps = match (type_, previous.as_ref().and_then(|p| p.checkpoint.as_ref())) {
-            (BackupType::Incremental, Some(cp)) if !files => {
-                let xml = self.source.checkpoint_xml(&uuid, cp).await?;
-                crate::libvirt::domain_xml::checkpoint_disks(&xml).map_err(|e| {
-                    StepError::new(FailureReason::CheckpointInconsistent, e.to_string())
-                })?
-            }
-            _ => Vec::new(),
-        };
         let mut place = plan::chain_place(&name, type_, previous.as_ref(), online, files);
         if !facts.any_tracked {
             // No disk can hold a bitmap: a checkpoint would have nothing in it.
@@ -230,7 +246,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                             type_,
                             full_reason,
                             RunDisk::tracks_changes(d.format()),
-                            parent_bitmaps.contains(&d.name),
+                            in_parent(&d.name),
                         )
                     })
                     .flatten(),

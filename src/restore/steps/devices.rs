@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::api::{FailureReason, RestoreRequest};
 use crate::error::StepError;
+use crate::libvirt::domain_xml::{every_disk_source, is_cbt_overlay};
 use crate::lifecycle::Journal;
 use crate::qemu_img;
 use crate::restore::plan::DeviceFacts;
@@ -15,15 +16,18 @@ use crate::restore::RestoreEngine;
 use crate::source::Source;
 
 /// What `blkid -p` (low-level probing: superblocks and partition tables, not the cache)
-/// recognises on `dev`. Exit 2 is blkid's "nothing found".
+/// recognises on `dev`. Exit 2 without a word is blkid's "nothing found" (with one, it could
+/// not read the device); exit 8 is several signatures at once.
 async fn signature(dev: &str) -> Result<Option<String>, StepError> {
     let out = tokio::process::Command::new("blkid")
         .args(["-p", "-o", "export", dev])
         .output()
         .await
         .map_err(|e| StepError::new(FailureReason::Internal, format!("cannot run blkid: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
-        Some(2) => Ok(None),
+        Some(2) if stderr.trim().is_empty() => Ok(None),
+        Some(8) => Ok(Some("several signatures".into())),
         Some(0) => {
             let text = String::from_utf8_lossy(&out.stdout);
             let found: Vec<&str> = text
@@ -41,19 +45,41 @@ async fn signature(dev: &str) -> Result<Option<String>, StepError> {
         }
         _ => Err(StepError::new(
             FailureReason::InvalidSpec,
-            format!(
-                "cannot probe {dev}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            format!("cannot probe {dev}: {}", stderr.trim()),
         )),
     }
 }
 
+/// The path with its links resolved (`/dev/vg/x` and `/dev/dm-3` are one device).
+fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.to_string())
+}
+
+/// Whether the kernel holds the device (mounted, an LVM physical volume in use, swap, a
+/// RAID member): an exclusive open of a block device then fails with EBUSY.
+fn held_by_kernel(dev: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    matches!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(dev),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY)
+    )
+}
+
 /// The device's size in bytes (a block device's metadata says 0; seeking to its end does not).
-fn size_of(dev: &Path) -> u64 {
+fn size_of(dev: &Path) -> Result<u64, StepError> {
     std::fs::File::open(dev)
         .and_then(|mut f| f.seek(SeekFrom::End(0)))
-        .unwrap_or(0)
+        .map_err(|e| {
+            StepError::new(
+                FailureReason::InvalidSpec,
+                format!("cannot read the size of {}: {e}", dev.display()),
+            )
+        })
 }
 
 /// The `raw` image options that show only the first `size` bytes of `dev`: a device larger
@@ -66,20 +92,45 @@ fn sized_raw(dev: &str, size: u64) -> String {
 }
 
 impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
-    /// The facts about every device the spec names; `used_by` from every domain on the host.
-    pub(crate) async fn device_facts(&self) -> Result<BTreeMap<String, DeviceFacts>, StepError> {
-        let named = &self.lc.record.spec.target_devices;
-        let mut users: BTreeMap<String, String> = BTreeMap::new();
-        if !named.is_empty() {
-            for name in self.source.domain_names().await? {
-                let Ok(v) = self.source.domain(&name).await else {
-                    continue;
-                };
-                for d in &v.facts.disks {
-                    users.insert(d.source().to_string(), format!("{} of {name}", d.name));
+    /// Every file or device a domain of this host uses now or from its next start (read-only,
+    /// shared and backing images, and the data behind a changed-block tracking overlay),
+    /// canonical, with who uses it. A domain that cannot be read is an error, not a pass.
+    async fn disk_users(&self) -> Result<BTreeMap<String, String>, StepError> {
+        let mut users = BTreeMap::new();
+        for name in self.source.domain_names().await? {
+            let v = self.source.domain(&name).await?;
+            for xml in [&v.xml, &v.inactive_xml] {
+                let sources = every_disk_source(xml)
+                    .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
+                for src in sources {
+                    if is_cbt_overlay(&src) {
+                        if let Ok(Some(data)) = qemu_img::data_file(&src).await {
+                            users.insert(
+                                canonical(&data),
+                                format!("the data of {src}, a disk of {name}"),
+                            );
+                        }
+                    }
+                    users.insert(canonical(&src), format!("a disk of {name}"));
                 }
             }
         }
+        Ok(users)
+    }
+
+    /// Who uses `dev` now, if anyone: a domain, or the host's kernel.
+    pub(crate) async fn device_user(&self, dev: &str) -> Result<Option<String>, StepError> {
+        if held_by_kernel(dev) {
+            return Ok(Some(
+                "held by the host (mounted, or an LVM, RAID or swap member)".into(),
+            ));
+        }
+        Ok(self.disk_users().await?.remove(&canonical(dev)))
+    }
+
+    /// The facts about every device the spec names.
+    pub(crate) async fn device_facts(&self) -> Result<BTreeMap<String, DeviceFacts>, StepError> {
+        let named = &self.lc.record.spec.target_devices;
         let mut out = BTreeMap::new();
         for dev in named.values() {
             let path = Path::new(dev);
@@ -87,18 +138,12 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 .map(|m| m.file_type().is_block_device())
                 .unwrap_or(false);
             let facts = if is_block_device {
-                let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-                let used_by = users.get(dev).or_else(|| {
-                    users
-                        .iter()
-                        .find(|(src, _)| std::fs::canonicalize(src).ok().as_deref() == Some(&real))
-                        .map(|(_, u)| u)
-                });
                 DeviceFacts {
                     is_block_device,
-                    size: size_of(path),
+                    canonical: canonical(dev),
+                    size: size_of(path)?,
                     signature: signature(dev).await?,
-                    used_by: used_by.cloned(),
+                    used_by: self.device_user(dev).await?,
                 }
             } else {
                 DeviceFacts::default()

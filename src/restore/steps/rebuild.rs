@@ -70,6 +70,17 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 })
             };
             if d.device {
+                // Checked again now, not only when the request was resolved: it may have been
+                // long ago, or before a crash this run resumes from.
+                if let Some(user) = self.device_user(&d.path).await? {
+                    return Err(StepError::new(
+                        FailureReason::InvalidSpec,
+                        format!(
+                            "{} is now in use ({user}); nothing was written to it",
+                            d.path
+                        ),
+                    ));
+                }
                 super::devices::write_onto_device(&top, &d.path, vsize, progress).await?;
                 d.verified = true;
                 base_done += vsize;

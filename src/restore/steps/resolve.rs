@@ -59,13 +59,26 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
         let point = &points[idx];
 
+        // Restored files go beside the original's first file disk, never into /dev.
         let first_disk = original
             .as_ref()
-            .and_then(|v| v.facts.disks.first())
+            .and_then(|v| {
+                v.facts
+                    .disks
+                    .iter()
+                    .find(|d| d.kind == crate::libvirt::DiskKind::File)
+            })
             .map(|d| d.source().to_string());
         let storage = plan::storage_dir(&spec, first_disk.as_deref());
         let fetched: u64 = chain.iter().map(|&i| points[i].size()).sum();
-        check_storage_dir(&storage, fetched)?;
+        let all_onto_devices = point
+            .manifest
+            .disks
+            .iter()
+            .all(|d| spec.target_devices.contains_key(&d.name));
+        if !all_onto_devices {
+            check_storage_dir(&storage, fetched)?;
+        }
         std::fs::create_dir_all(&work).map_err(|e| io_err("cannot create the work dir", e))?;
         check_storage_dir(&work, fetched)
             .map_err(|e| StepError::new(e.reason, format!("work dir: {}", e.message)))?;
