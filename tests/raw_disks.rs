@@ -380,20 +380,36 @@ fn changed_block_tracking_makes_a_block_disks_backups_incremental_from_the_next_
     assert!(defined_vda(&g).contains(&format!("dev='{}'", lo.dev.display())));
     restart(&g);
 
-    // Enabled while running: from the next start. The device is not written.
+    // A backup that enables it (as `changedBlockTracking: Enable` in a policy does), while
+    // running: from the next start, so this run still exports the device whole. Neither
+    // enabling nor the backup writes the device.
+    let enable_cbt = ["--enable-cbt", "--cbt-dir", dir];
+    let cbt_condition = |run: &str| {
+        let s = env.read_run(run).status.unwrap();
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ChangedBlockTracking")
+            .unwrap_or_else(|| panic!("a ChangedBlockTracking condition: {:?}", s.conditions));
+        (c.status.clone(), c.reason.clone())
+    };
     virsh_ok(&["suspend", &g.name]);
     let before = sha256(&lo.dev);
-    let out = env.snapback(&cbt("enable"));
-    assert_eq!(state_of(&out), "PendingRestart");
+    let bare = env.backup(&g.name, &enable_cbt).assert_ok();
     assert_eq!(sha256(&lo.dev), before, "enabling never writes the device");
     virsh_ok(&["resume", &g.name]);
-    let bare = env.backup(&g.name, &[]).assert_ok();
+    assert_eq!(
+        cbt_condition(&bare),
+        ("False".into(), "PendingRestart".into())
+    );
+    assert_eq!(state_of(&env.snapback(&cbt("status"))), "PendingRestart");
     let bare = env.read_run(&bare).status.unwrap();
     assert_eq!(bare.disks[0].full_reason, Some(FullReason::NoBitmapSupport));
 
     restart(&g);
     assert_eq!(state_of(&env.snapback(&cbt("status"))), "Enabled");
-    let first = env.backup(&g.name, &[]).assert_ok();
+    let first = env.backup(&g.name, &enable_cbt).assert_ok();
+    assert_eq!(cbt_condition(&first), ("True".into(), "Enabled".into()));
     let first = env.read_run(&first).status.unwrap();
     assert_eq!(first.type_, Some(BackupType::Full));
     assert!(
@@ -449,4 +465,11 @@ fn changed_block_tracking_makes_a_block_disks_backups_incremental_from_the_next_
     assert_eq!(state_of(&env.snapback(&cbt("status"))), "Disabled");
     let left: Vec<_> = std::fs::read_dir(&overlays).unwrap().flatten().collect();
     assert!(left.is_empty(), "the overlay is removed: {left:?}");
+
+    // Enabled and disabled again before any restart: the domain never used that overlay.
+    assert_eq!(state_of(&env.snapback(&cbt("enable"))), "PendingRestart");
+    assert_eq!(state_of(&env.snapback(&cbt("disable"))), "Disabled");
+    let left: Vec<_> = std::fs::read_dir(&overlays).unwrap().flatten().collect();
+    assert!(left.is_empty(), "the unused overlay is removed: {left:?}");
+    assert!(defined_vda(&g).contains(&format!("dev='{}'", lo.dev.display())));
 }

@@ -23,6 +23,8 @@ pub enum ConditionType {
     Expired,
     /// BackupRun: its agent stopped answering while it ran.
     AgentHeartbeatStale,
+    /// BackupRun (`changedBlockTracking: Enable`): whether the raw disks have overlays.
+    ChangedBlockTracking,
     /// RestoreRequest: the restored domain was started and keeps running.
     Started,
     /// RestoreRequest (in place): the replaced disks were kept, renamed.
@@ -45,6 +47,7 @@ impl ConditionType {
             Self::Pruned => "Pruned",
             Self::Expired => "Expired",
             Self::AgentHeartbeatStale => "AgentHeartbeatStale",
+            Self::ChangedBlockTracking => "ChangedBlockTracking",
             Self::Started => "Started",
             Self::OldDisksKept => "OldDisksKept",
             Self::FirmwareRestored => "FirmwareRestored",
@@ -75,4 +78,7 @@ pub mod reason {
     pub const RESTORED: &str = "Restored";
     pub const NOT_IN_BACKUP: &str = "NotInBackup";
     pub const MISSING_ON_HOST: &str = "MissingOnHost";
+    pub const ENABLED: &str = "Enabled";
+    pub const PENDING_RESTART: &str = "PendingRestart";
+    pub const ENABLE_FAILED: &str = "EnableFailed";
 }

@@ -61,6 +61,12 @@ pub struct BackupPolicySpec {
     /// Backing-chain depth: 0 = whole chain, -1 = all but the shared base, N = top N images.
     #[serde(default)]
     pub depth: i32,
+    /// `Enable`: raw and block disks get a changed-block tracking overlay before a backup.
+    #[serde(default, skip_serializing_if = "ChangedBlockTracking::is_leave")]
+    pub changed_block_tracking: ChangedBlockTracking,
+    /// The directory for those overlays (default `/var/lib/libvirt/images`); it must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_block_tracking_dir: Option<String>,
     #[serde(default = "default_success_limit")]
     pub successful_runs_history_limit: u32,
     #[serde(default = "default_failed_limit")]
@@ -99,6 +105,27 @@ pub enum ConcurrencyPolicy {
     Allow,
     Replace,
 }
+
+/// What a run does about changed-block tracking for the domain's raw and block disks.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ChangedBlockTracking {
+    /// Change nothing (what `snapback cbt` set up stays).
+    #[default]
+    Leave,
+    /// Before the backup, give each raw disk a qcow2 overlay (`snapback cbt enable`): from the
+    /// domain's next start, its backups of those disks are incremental. Recorded on the run
+    /// as the `ChangedBlockTracking` condition (`Enabled`, `PendingRestart`, `EnableFailed`).
+    Enable,
+}
+
+impl ChangedBlockTracking {
+    pub fn is_leave(&self) -> bool {
+        *self == Self::Leave
+    }
+}
+
+/// Where overlays go when a policy names no directory.
+pub const DEFAULT_CBT_DIR: &str = "/var/lib/libvirt/images";
 
 #[derive(
     Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord,

@@ -57,6 +57,15 @@ pub struct BackupRunSpec {
     /// Files mode: guest paths to leave out (absolute; duplicity globs allowed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// `Enable`: raw and block disks get a changed-block tracking overlay first.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::api::ChangedBlockTracking::is_leave"
+    )]
+    pub changed_block_tracking: crate::api::ChangedBlockTracking,
+    /// The directory for those overlays (default `/var/lib/libvirt/images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_block_tracking_dir: Option<String>,
 }
 
 fn is_image(m: &BackupMode) -> bool {
@@ -76,6 +85,8 @@ impl BackupRunSpec {
         spec.mode = p.mode;
         spec.include = p.include.clone();
         spec.exclude = p.exclude.clone();
+        spec.changed_block_tracking = p.changed_block_tracking;
+        spec.changed_block_tracking_dir = p.changed_block_tracking_dir.clone();
         spec
     }
 
@@ -94,6 +105,8 @@ impl BackupRunSpec {
             mode: BackupMode::Image,
             include: Vec::new(),
             exclude: Vec::new(),
+            changed_block_tracking: crate::api::ChangedBlockTracking::Leave,
+            changed_block_tracking_dir: None,
         }
     }
 }
@@ -365,4 +378,29 @@ pub struct BackupRunStatus {
     /// (partition N) with their type; their trees are the top directories of the backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scheduled_run_carries_the_policys_changed_block_tracking() {
+        let policy: crate::api::BackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "domainSelector": {"names": ["web"]}, "targetRef": "t", "schedule": "@daily",
+            "changedBlockTracking": "Enable", "changedBlockTrackingDir": "/srv/cbt"
+        }))
+        .unwrap();
+        let run = BackupRunSpec::from_policy("nightly", &policy, "web");
+        assert_eq!(
+            run.changed_block_tracking,
+            crate::api::ChangedBlockTracking::Enable
+        );
+        assert_eq!(run.changed_block_tracking_dir.as_deref(), Some("/srv/cbt"));
+        let plain = BackupRunSpec::new("web", "t");
+        assert!(
+            !serde_json::to_string(&plain).unwrap().contains("changedBlockTracking"),
+            "a run that leaves it says nothing about it"
+        );
+    }
 }

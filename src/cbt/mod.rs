@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::api::FailureReason;
 use crate::error::StepError;
 use crate::libvirt::domain_xml::parse_domain;
+use crate::libvirt::xml_edit::{rewrite, Placement, XmlEdit};
 use crate::libvirt::{DomainState, DomainView};
 use crate::qemu_img;
-use crate::restore::xml::{rewrite, Placement, XmlEdit};
 use crate::source::Source;
 use plan::{is_overlay, overlay_path, states, to_enable, CbtState};
 

@@ -83,6 +83,12 @@ pub struct BackupArgs {
     /// Files mode: a guest path to leave out (repeatable; duplicity globs allowed)
     #[arg(long, value_name = "PATH")]
     pub exclude: Vec<String>,
+    /// Give raw and block disks a changed-block tracking overlay first (`snapback cbt enable`)
+    #[arg(long)]
+    pub enable_cbt: bool,
+    /// Where those overlays go (default /var/lib/libvirt/images)
+    #[arg(long, value_name = "DIR", requires = "enable_cbt")]
+    pub cbt_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -224,6 +230,17 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
         },
         include: args.include.clone(),
         exclude: args.exclude.clone(),
+        changed_block_tracking: if args.enable_cbt {
+            crate::api::ChangedBlockTracking::Enable
+        } else {
+            crate::api::ChangedBlockTracking::Leave
+        },
+        changed_block_tracking_dir: args.cbt_dir.as_ref().map(|d| {
+            std::path::absolute(d)
+                .unwrap_or(d.clone())
+                .display()
+                .to_string()
+        }),
     };
     let run = BackupRun {
         metadata: ObjectMeta {

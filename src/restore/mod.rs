@@ -7,7 +7,6 @@ mod fetch;
 pub mod plan;
 mod steps;
 pub mod verify;
-pub mod xml;
 
 use std::path::{Path, PathBuf};
 

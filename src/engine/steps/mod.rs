@@ -1,6 +1,7 @@
 //! The effectful steps of a backup run, one file each. Every step is idempotent: it can be
 //! run again after the process died in the middle of it.
 
+mod cbt;
 mod cleanup;
 mod export;
 mod files;

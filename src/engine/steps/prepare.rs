@@ -4,7 +4,9 @@ use jiff::Timestamp;
 
 use crate::api::BackupRun;
 use crate::api::{reason, ConditionType};
-use crate::api::{BackupPhase, BackupType, FailureReason, OfflinePolicy, RunDisk};
+use crate::api::{
+    BackupPhase, BackupType, ChangedBlockTracking, FailureReason, OfflinePolicy, RunDisk,
+};
 use crate::catalog::layout;
 use crate::duplicity::{self, Action};
 use crate::engine::decide::{choose_type, disk_full_reason, ChainFacts, PreviousRun};
@@ -48,6 +50,14 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         self.lc.status_mut().domain_name = Some(view.facts.name.clone());
         self.lc.status_mut().target_url = Some(self.ctx.target.url.redacted());
         self.ensure_lock()?;
+        // Under the lock, so two runs never switch one domain's disks at once; the domain as
+        // it is defined afterwards is what this point saves.
+        let view = if spec.changed_block_tracking == ChangedBlockTracking::Enable && !files {
+            self.enable_cbt(&spec.domain).await;
+            self.source.domain(&uuid).await?
+        } else {
+            view
+        };
         self.reconcile_checkpoints(&view).await;
 
         let online = plan::online(view.state)?;

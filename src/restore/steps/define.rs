@@ -10,9 +10,9 @@ use crate::api::{FailureReason, RestorePhase, RestoreRequest};
 use crate::catalog::manifest::domain_xml_name;
 use crate::error::StepError;
 use crate::hooks::HookStage;
+use crate::libvirt::xml_edit::{rewrite, Placement, XmlEdit};
 use crate::libvirt::{domain_xml, DomainState};
 use crate::lifecycle::{Event, Journal};
-use crate::restore::xml::{rewrite, Placement, XmlEdit};
 use crate::restore::RestoreEngine;
 use crate::source::Source;
 
@@ -84,7 +84,8 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             new_uuid: Some(uuid.clone()),
             disk_paths: self.disk_paths(),
             placements: self.placements(),
-            log_dir: storage,
+            log_prefix: storage
+                .map(|dir| format!("{dir}/{}", crate::catalog::layout::domain_dir(&new))),
             nvram_path,
         };
         let xml = rewrite(&saved, &edit)
@@ -129,7 +130,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             new_uuid: None,
             disk_paths: self.disk_paths(),
             placements: self.placements(),
-            log_dir: None,
+            log_prefix: None,
             nvram_path: None,
         };
         let xml = rewrite(&view.inactive_xml, &edit)

@@ -1,4 +1,5 @@
-//! Rewriting a saved domain XML for a restore (pure). Edits are spliced into the original
+//! Rewriting a domain XML (pure): for a restore (new name, UUID, disks, logs, NVRAM) and for
+//! changed-block tracking (disks onto overlays and back). Edits are spliced into the original
 //! text at the byte ranges roxmltree reports, so everything not edited stays as the user wrote it.
 
 use std::collections::BTreeMap;
@@ -6,7 +7,7 @@ use std::ops::Range;
 
 use roxmltree::{Document, Node};
 
-use crate::libvirt::domain_xml::escape_attr;
+use super::domain_xml::escape_attr;
 
 /// What to change in the saved XML.
 #[derive(Clone, Debug, Default)]
@@ -21,9 +22,9 @@ pub struct XmlEdit {
     pub disk_paths: BTreeMap<String, String>,
     /// How a disk in `disk_paths` is held when it is not a qcow2 file.
     pub placements: BTreeMap<String, Placement>,
-    /// For a new domain: file-backed serial/console logs move here, so two domains never
-    /// write the same log file.
-    pub log_dir: Option<String>,
+    /// For a new domain: file-backed serial/console logs move to `<prefix>-<file name>`, so
+    /// two domains never write the same log file.
+    pub log_prefix: Option<String>,
     /// A UEFI domain's variable store: its own path, so two domains never share one.
     pub nvram_path: Option<String>,
 }
@@ -141,20 +142,16 @@ pub fn rewrite(xml: &str, edit: &XmlEdit) -> Result<String, String> {
                 }
             }
             "serial" | "console"
-                if edit.log_dir.is_some() && d.attribute("type") == Some("file") =>
+                if edit.log_prefix.is_some() && d.attribute("type") == Some("file") =>
             {
-                let log_dir = edit.log_dir.as_deref().unwrap_or_default();
+                let prefix = edit.log_prefix.as_deref().unwrap_or_default();
                 if let Some(src) = child(d, "source") {
                     if let Some(a) = src.attributes().find(|a| a.name() == "path") {
                         let base = std::path::Path::new(a.value())
                             .file_name()
                             .and_then(|f| f.to_str())
                             .unwrap_or("serial.log");
-                        let name = edit.new_name.as_deref().unwrap_or("domain");
-                        let p = format!(
-                            "{log_dir}/{}-{base}",
-                            crate::catalog::layout::domain_dir(name)
-                        );
+                        let p = format!("{prefix}-{base}");
                         edits.push((a.range_value(), escape_attr(&p)));
                     }
                 }
@@ -214,7 +211,7 @@ mod tests {
             new_name: new_name.map(String::from),
             new_uuid: None,
             disk_paths: [("vda".to_string(), "/restore/web2-vda.qcow2".to_string())].into(),
-            log_dir: new_name.map(|_| "/restore".to_string()),
+            log_prefix: new_name.map(|n| format!("/restore/{n}")),
             ..Default::default()
         }
     }
