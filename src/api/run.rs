@@ -399,7 +399,9 @@ mod tests {
         assert_eq!(run.changed_block_tracking_dir.as_deref(), Some("/srv/cbt"));
         let plain = BackupRunSpec::new("web", "t");
         assert!(
-            !serde_json::to_string(&plain).unwrap().contains("changedBlockTracking"),
+            !serde_json::to_string(&plain)
+                .unwrap()
+                .contains("changedBlockTracking"),
             "a run that leaves it says nothing about it"
         );
     }
