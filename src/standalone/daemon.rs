@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use super::config::{self, Config};
 use super::site::{LocalSite, Targets};
 use crate::api::{
-    BackupPhase, BackupPolicy, BackupRun, BackupRunSpec, FailureReason, RestoreRequest,
+    BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, FailureReason,
+    RestoreRequest,
 };
 use crate::driver::tick::{plan_tick, record_outcomes, Notice, TickInput};
 use crate::driver::{BackupOutcome, Driver};
@@ -202,18 +203,29 @@ async fn schedule_policy(
         .filter(|r| r.spec.policy_ref.as_deref() == Some(pname.as_str()))
         .collect();
     record_outcomes(st, &runs, now);
-    let domains = matched_domains(ctx.host, p).await;
-    let plan = plan_tick(&TickInput {
-        spec: &p.spec,
-        schedule: &sched,
-        status: st,
-        since: now,
-        domains: &domains,
-        runs: &runs,
-        can_run: true,
-        now,
-    });
-    st.matched_domains = domains;
+    // The planner reads the domains only when a tick is due: libvirt is asked (and, for
+    // metadata selectors, every domain's XML read) then, not on every loop.
+    let plan_with = |domains: &[String], st: &BackupPolicyStatus| {
+        plan_tick(&TickInput {
+            spec: &p.spec,
+            schedule: &sched,
+            status: st,
+            since: now,
+            domains,
+            runs: &runs,
+            can_run: true,
+            now,
+        })
+    };
+    let first = plan_with(&[], st);
+    let plan = if first.tick.is_some() {
+        let domains = matched_domains(ctx.host, p).await;
+        let plan = plan_with(&domains, st);
+        st.matched_domains = domains;
+        plan
+    } else {
+        first
+    };
     for n in &plan.notices {
         print_notice(&pname, n);
     }
