@@ -230,8 +230,8 @@ fn a_block_disk_restores_in_place_onto_a_new_device_that_holds_a_filesystem_only
     let old_after_point = sha256(&old.dev);
     let dir = env.dir.join("restored");
     std::fs::create_dir_all(&dir).unwrap();
-    let onto = format!("vdb={}", new.dev.display());
-    let restore = |extra: &[&str]| {
+    let restore = |device: &Path, extra: &[&str]| {
+        let onto = format!("vdb={}", device.display());
         let mut argv = vec![
             "restore",
             "--domain",
@@ -251,19 +251,7 @@ fn a_block_disk_restores_in_place_onto_a_new_device_that_holds_a_filesystem_only
     };
 
     // The device the domain runs on is never a target, --overwrite or not.
-    let own = env.snapback(&[
-        "restore",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-        "--in-place",
-        "--storage-dir",
-        dir.to_str().unwrap(),
-        "--to-device",
-        &format!("vdb={}", old.dev.display()),
-        "--overwrite",
-    ]);
+    let own = restore(&old.dev, &["--overwrite"]);
     assert_ne!(own.code, 0);
     assert!(
         own.stderr.contains("InvalidSpec") && own.stderr.contains("in use"),
@@ -272,7 +260,7 @@ fn a_block_disk_restores_in_place_onto_a_new_device_that_holds_a_filesystem_only
     );
     assert_eq!(sha256(&old.dev), old_after_point);
 
-    let refused = restore(&[]);
+    let refused = restore(&new.dev, &[]);
     assert_ne!(refused.code, 0);
     assert!(
         refused.stderr.contains("InvalidSpec")
@@ -284,7 +272,7 @@ fn a_block_disk_restores_in_place_onto_a_new_device_that_holds_a_filesystem_only
     assert_eq!(g.state(), "running", "a refused restore touches nothing");
     assert!(run_ok("blkid", &["-p", new.dev.to_str().unwrap()]).contains("ext4"));
 
-    let out = restore(&["--overwrite"]);
+    let out = restore(&new.dev, &["--overwrite"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let xml = virsh_ok(&["dumpxml", "--inactive", &g.name]);
     assert!(

@@ -120,17 +120,18 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
 
     /// Who uses `dev` now, if anyone: a domain, or the host's kernel.
     pub(crate) async fn device_user(&self, dev: &str) -> Result<Option<String>, StepError> {
-        if held_by_kernel(dev) {
-            return Ok(Some(
-                "held by the host (mounted, or an LVM, RAID or swap member)".into(),
-            ));
-        }
-        Ok(self.disk_users().await?.remove(&canonical(dev)))
+        Ok(user_of(dev, &self.disk_users().await?))
     }
 
     /// The facts about every device the spec names.
     pub(crate) async fn device_facts(&self) -> Result<BTreeMap<String, DeviceFacts>, StepError> {
         let named = &self.lc.record.spec.target_devices;
+        // Every domain is read once, whatever the number of devices named.
+        let users = if named.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.disk_users().await?
+        };
         let mut out = BTreeMap::new();
         for dev in named.values() {
             let path = Path::new(dev);
@@ -143,7 +144,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                     canonical: canonical(dev),
                     size: size_of(path)?,
                     signature: signature(dev).await?,
-                    used_by: self.device_user(dev).await?,
+                    used_by: user_of(dev, &users),
                 }
             } else {
                 DeviceFacts::default()
@@ -152,6 +153,14 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         }
         Ok(out)
     }
+}
+
+/// Who uses `dev`: the host's kernel, or a domain among `users` (from `disk_users`).
+fn user_of(dev: &str, users: &BTreeMap<String, String>) -> Option<String> {
+    if held_by_kernel(dev) {
+        return Some("held by the host (mounted, or an LVM, RAID or swap member)".into());
+    }
+    users.get(&canonical(dev)).cloned()
 }
 
 /// Writes the rebuilt image `top` (qcow2) onto `dev` and compares the device's first `size`
