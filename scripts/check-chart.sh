@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Checks the Helm chart offline: helm lint, helm template with default and with every option
-# turned on, validation of the rendered manifests against the Kubernetes schemas
-# (kubernetes-validate, which carries them), refusal of bad values by values.schema.json, and
-# that deploy/kubernetes/snapback.yaml and the chart's CRDs are up to date.
+# turned on, validation of the rendered manifests (the uninstall hook included) against the
+# Kubernetes schemas (kubernetes-validate, which carries them), refusal of bad values by
+# values.schema.json, that deploy/kubernetes/snapback.yaml and the chart's CRDs are up to date,
+# and the lifecycle promises: every CRD kept on uninstall and carrying exactly the generated
+# schema, the finalizer-releasing hook present with its own least-privilege RBAC.
 # Usage: scripts/check-chart.sh [--write]   (--write regenerates the rendered files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +23,34 @@ RENDERED=deploy/kubernetes/snapback.yaml
 render_default() {
   echo "# Rendered from charts/snapback with default values by scripts/check-chart.sh --write."
   echo "# Install with: kubectl create namespace snapback-system && kubectl apply -f $RENDERED"
-  "$HELM" template snapback "$CHART" --namespace snapback-system
+  # Without the uninstall hook: kubectl apply would run its Job at once (releasing the
+  # finalizers of a running installation), and no kubectl delete ever runs it.
+  "$HELM" template snapback "$CHART" --namespace snapback-system --no-hooks
 }
+
+# How many YAML documents of kind $1 in file $2 hold a line containing $3 (any, without $3).
+count_docs() {
+  awk -v kind="kind: $1" -v text="${3:-}" '
+    function flush() { if (is_kind && (text == "" || has_text)) n++; is_kind = 0; has_text = 0 }
+    /^---/ { flush(); next }
+    $0 == kind { is_kind = 1 }
+    text != "" && index($0, text) { has_text = 1 }
+    END { flush(); print n + 0 }' "$2"
+}
+
+# A rendered templates/crds.yaml without the lines the template adds below each top-level
+# metadata: (the keep annotation and the chart's labels) and Helm's "# Source:" comments:
+# what is left must be files/crds.yaml byte for byte.
+strip_added_crd_lines() {
+  awk '
+    /^# Source: / { next }
+    below_metadata && (/^  (annotations|labels):$/ || /^    /) { next }
+    { below_metadata = 0 }
+    /^metadata:$/ { below_metadata = 1 }
+    { print }'
+}
+
+fail() { log "$*"; exit 1; }
 
 if [ "${1:-}" = "--write" ]; then
   cp crds/snapback.yaml "$CHART/files/crds.yaml"
@@ -40,7 +68,8 @@ diff -u "$RENDERED" <(render_default) ||
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-render_default > "$work/default.yaml"
+# The default render with its hooks, as `helm install` would create them.
+"$HELM" template snapback "$CHART" --namespace snapback-system > "$work/default.yaml"
 "$HELM" template all "$CHART" --namespace backup-ops \
   --set crds.install=false --set watchNamespace=vms --set 'rbac.secretNamespaces={vms,infra}' \
   --set metrics.serviceMonitor.enabled=true --set controller.podDisruptionBudget.enabled=false \
@@ -58,6 +87,51 @@ if grep -q 'kind: CustomResourceDefinition' "$work/options.yaml"; then
   exit 1
 fi
 [ "$(grep -c 'kind: CustomResourceDefinition' "$work/default.yaml")" = 5 ]
+
+# CRDs: every one survives helm uninstall, and the chart installs exactly what `snapback crd`
+# generates (crds/snapback.yaml, compared with files/crds.yaml above).
+[ "$(count_docs CustomResourceDefinition "$work/default.yaml" 'helm.sh/resource-policy: keep')" = 5 ] ||
+  fail "a CRD in the default render lacks helm.sh/resource-policy: keep"
+"$HELM" template snapback "$CHART" --namespace snapback-system --show-only templates/crds.yaml |
+  strip_added_crd_lines | cmp - "$CHART/files/crds.yaml" ||
+  fail "the rendered CRDs differ from files/crds.yaml by more than the added annotation and labels"
+
+# The uninstall hook: a Job running release-finalizers before and after the release's
+# resources go, and its own ServiceAccount, ClusterRole and binding, created before it.
+hook='helm.sh/hook: pre-delete,post-delete'
+policy='helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded'
+[ "$(count_docs Job "$work/default.yaml" "$hook")" = 1 ] || fail "no pre-delete/post-delete hook Job"
+[ "$(count_docs Job "$work/default.yaml" "$policy")" = 1 ] || fail "the hook Job's delete policy is wrong"
+[ "$(count_docs Job "$work/default.yaml" '- release-finalizers')" = 1 ] ||
+  fail "the hook Job does not run release-finalizers"
+for kind in ServiceAccount ClusterRole ClusterRoleBinding; do
+  [ "$(count_docs "$kind" "$work/default.yaml" 'helm.sh/hook-weight: "-10"')" = 1 ] ||
+    fail "the hook's $kind is missing or not weighted before the Job"
+  [ "$(count_docs "$kind" "$work/default.yaml" "$policy")" = 1 ] ||
+    fail "the hook's $kind has the wrong delete policy"
+done
+# Least privilege: one rule, read and update of the three kinds that carry finalizers.
+"$HELM" template snapback "$CHART" --namespace snapback-system \
+  --show-only templates/release-finalizers.yaml > "$work/hook.yaml"
+rules=$(awk '/^---/ { c = 0; r = 0 } /^kind: ClusterRole$/ { c = 1 } r; c && /^rules:$/ { r = 1 }' \
+  "$work/hook.yaml")
+[ "$rules" = "  - apiGroups: [snapback.dev]
+    resources: [backuppolicies, backupruns, restorerequests]
+    verbs: [get, list, update]" ] || fail "the hook's ClusterRole grants more than it needs: $rules"
+if grep -q 'helm.sh/hook' "$RENDERED"; then
+  fail "$RENDERED (for kubectl apply) carries a Helm hook"
+fi
+for off in rbac.create=false uninstall.releaseFinalizers=false; do
+  if "$HELM" template snapback "$CHART" --set "$off" | grep -q 'helm.sh/hook'; then
+    fail "$off still renders the uninstall hook"
+  fi
+done
+
+# rbac.secretNamespaces: offline (no cluster for lookup) every listed namespace gets its Role.
+for ns in vms infra; do
+  [ "$(count_docs Role "$work/options.yaml" "namespace: $ns")" = 1 ] ||
+    fail "no Secrets Role rendered in the listed namespace $ns"
+done
 
 # values.schema.json refuses bad values.
 for bad in controller.replicas=two agent.hostPaths.state=relative image.pullPolicy=Sometimes; do

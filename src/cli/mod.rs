@@ -7,6 +7,7 @@ pub mod describe;
 pub mod get;
 pub mod progress;
 pub mod prune;
+pub mod release;
 pub mod restore;
 pub mod standalone;
 pub mod target_args;
@@ -71,6 +72,8 @@ pub enum Command {
     Controller(cluster::ControllerArgs),
     /// Kubernetes: publish this node's VirtHost and run its BackupRuns and RestoreRequests
     Agent(cluster::AgentArgs),
+    /// Kubernetes: remove snapback's finalizers from its objects (the chart's uninstall hook)
+    ReleaseFinalizers(release::ReleaseArgs),
     /// List resources in a kubectl-like table
     Get(GetArgs),
     /// Show one resource in full: phases with timings, failure reason, conditions, hook output

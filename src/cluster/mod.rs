@@ -7,6 +7,7 @@ pub mod controller;
 pub mod kube_api;
 pub mod labels;
 pub mod mem;
+pub mod release;
 pub mod store;
 
 pub use store::{ApiError, ApiErrorKind, EventType, Object, Store};

@@ -59,3 +59,40 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The namespaces whose Secrets the agent gets a Role for, as JSON:
+{"render": [namespaces to render a Role in], "missing": [listed, but not there]}.
+A Role in a namespace that does not exist fails the whole install, and Helm has no way to
+create a resource only if its namespace exists. So against a real apiserver the listed
+namespaces are looked up: one that does not exist (or is being deleted) gets no Role now, is
+named in the install notes, and gets its Role at the first `helm upgrade` after it exists.
+Creating the namespaces instead would make the release own them: an uninstall would delete
+them with everything in them, and a namespace that already exists could not be installed over.
+Offline (helm template, --dry-run=client) lookup answers nothing, which cannot be told apart
+from a namespace that is missing, so a probe of kube-system (which every cluster has) tells
+the two apart: offline every listed namespace is rendered, so that rendered manifests (and
+the RBAC read from them) show the whole intent. The release namespace is never looked up:
+with --create-namespace it does not exist yet while the chart is rendered, and Helm creates it
+before any resource. Only lists naming another namespace look anything up, so the default
+install needs no right to read namespaces.
+*/}}
+{{- define "snapback.secretNamespaces" -}}
+{{- $nss := .Values.rbac.secretNamespaces | default (list .Release.Namespace) | uniq }}
+{{- $online := false }}
+{{- if without $nss .Release.Namespace }}
+{{- $online = not (empty (lookup "v1" "Namespace" "" "kube-system")) }}
+{{- end }}
+{{- $render := list }}
+{{- $missing := list }}
+{{- range $ns := $nss }}
+{{- if or (not $online) (eq $ns $.Release.Namespace) }}
+{{- $render = append $render $ns }}
+{{- else if eq (dig "status" "phase" "" (lookup "v1" "Namespace" "" $ns)) "Active" }}
+{{- $render = append $render $ns }}
+{{- else }}
+{{- $missing = append $missing $ns }}
+{{- end }}
+{{- end }}
+{{- toJson (dict "render" $render "missing" $missing) }}
+{{- end }}
