@@ -1,15 +1,19 @@
 //! The controller's pass against the in-memory Kubernetes API, with an injected clock.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ObjectMeta;
 use snapback::api::*;
-use snapback::cluster::controller::{pass, PassConfig};
+use snapback::cluster::controller::pass::{RECONCILE_FAILED, UNDECODABLE};
+use snapback::cluster::controller::{pass, PassConfig, PassStats};
 use snapback::cluster::labels;
 use snapback::cluster::mem::MemStore;
-use snapback::cluster::Store;
+use snapback::cluster::mem_faults::Verb;
+use snapback::cluster::retrying::{RetryPolicy, Retrying};
+use snapback::cluster::{ApiErrorKind, Store};
 
 const NS: &str = "backups";
 
@@ -119,8 +123,17 @@ impl World {
     }
 
     async fn at(&self, now: Timestamp) {
+        self.pass_at(now).await;
+    }
+
+    async fn pass_at(&self, now: Timestamp) -> PassStats {
         self.store.set_now(now);
-        pass(&self.store, &self.cfg, now).await.unwrap();
+        pass(&self.store, &self.cfg, now).await.unwrap()
+    }
+
+    fn ready(&self, s: &BackupPolicyStatus) -> (String, String) {
+        let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        (c.status.clone(), c.reason.clone())
     }
 
     async fn runs(&self) -> Vec<BackupRun> {
@@ -632,4 +645,147 @@ async fn a_restore_request_is_assigned_to_the_node_that_holds_the_domain() {
             .map(String::as_str),
         Some("node-b")
     );
+}
+
+#[tokio::test]
+async fn a_policy_whose_runs_cannot_be_created_is_marked_not_ready_and_the_others_are_still_scheduled(
+) {
+    let w = World::new("2026-11-22T00:30:00Z").await;
+    w.policy("bad", serde_json::json!({})).await;
+    w.policy("good", serde_json::json!({})).await;
+    let t = ts("2026-11-22T01:00:30Z");
+    w.host("node-1", &[("web", "Running")], t, &[]).await;
+    w.at(ts("2026-11-22T00:30:10Z")).await;
+    // An admission webhook, say, refuses the bad policy's run; and the target's status too.
+    let refused = "bad-web-20261122-0100";
+    w.store
+        .fail_next_on::<BackupRun>(Verb::Create, refused, ApiErrorKind::Forbidden, u32::MAX);
+    w.store
+        .fail_next::<BackupTarget>(Verb::ReplaceStatus, ApiErrorKind::Invalid, u32::MAX);
+    let mut t_status: BackupTarget = w.store.get(Some(NS), "local").await.unwrap().unwrap();
+    t_status.status = None;
+    w.store.apply_status(&t_status, "test").await.unwrap();
+
+    let stats = w.pass_at(t).await;
+
+    assert_eq!(names(&w.runs().await), vec!["good-web-20261122-0100"]);
+    assert_eq!(stats.errors, 2, "{stats:?}");
+    let bad = w.policy_status("bad").await;
+    assert_eq!(w.ready(&bad), ("False".into(), RECONCILE_FAILED.into()));
+    let message = &bad
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(message.contains(refused), "{message}");
+    assert_eq!(
+        bad.last_schedule_time, None,
+        "the tick is not taken as done: the next pass tries it again"
+    );
+    assert_eq!(
+        w.events(RECONCILE_FAILED),
+        2,
+        "one on the policy, one on the target"
+    );
+    let good = w.policy_status("good").await;
+    assert_eq!(w.ready(&good), ("True".into(), "Scheduled".into()));
+
+    // The same failure again is not one more status write.
+    let writes = w.store.writes();
+    w.pass_at(ts("2026-11-22T01:00:40Z")).await;
+    assert_eq!(w.store.writes(), writes);
+
+    w.store.clear_faults();
+    w.pass_at(ts("2026-11-22T01:00:50Z")).await;
+    assert_eq!(w.runs().await.len(), 2);
+    let bad = w.policy_status("bad").await;
+    assert_eq!(w.ready(&bad), ("True".into(), "Scheduled".into()));
+}
+
+#[tokio::test]
+async fn a_policy_that_does_not_decode_is_reported_and_the_others_are_still_scheduled() {
+    let w = World::new("2026-11-22T00:30:00Z").await;
+    w.policy("first", serde_json::json!({})).await;
+    w.policy("second", serde_json::json!({})).await;
+    // The schema takes any integer here; the type holds a u32.
+    w.store.insert_raw(
+        "snapback.dev/v1alpha1/BackupPolicy",
+        NS,
+        "broken",
+        serde_json::json!({
+            "apiVersion": "snapback.dev/v1alpha1", "kind": "BackupPolicy",
+            "metadata": {},
+            "spec": {"domainSelector": {"names": ["web"]}, "targetRef": "local",
+                     "schedule": "0 * * * *",
+                     "consistency": {"freezeTimeoutSeconds": 5_000_000_000u64}},
+        }),
+    );
+    let t = ts("2026-11-22T01:00:30Z");
+    w.host("node-1", &[("web", "Running")], t, &[]).await;
+
+    let stats = w.pass_at(t).await;
+
+    assert_eq!(
+        names(&w.runs().await),
+        vec!["first-web-20261122-0100", "second-web-20261122-0100"]
+    );
+    assert_eq!((stats.policies, stats.undecodable), (2, 1), "{stats:?}");
+    let reported: Vec<_> = w
+        .store
+        .events()
+        .into_iter()
+        .filter(|e| e.reason == UNDECODABLE)
+        .collect();
+    assert_eq!(reported.len(), 1);
+    assert_eq!(
+        (reported[0].kind.as_str(), reported[0].name.as_str()),
+        ("BackupPolicy", "broken")
+    );
+    assert!(reported[0].note.contains("u32"), "{}", reported[0].note);
+}
+
+#[tokio::test]
+async fn a_pass_schedules_through_an_api_that_is_briefly_unavailable() {
+    let w = World::new("2026-11-22T00:30:00Z").await;
+    w.policy("hourly", serde_json::json!({})).await;
+    let t = ts("2026-11-22T01:00:30Z");
+    w.host("node-1", &[("web", "Running")], t, &[]).await;
+    w.at(ts("2026-11-22T00:30:10Z")).await;
+    for verb in [Verb::List, Verb::Create] {
+        w.store
+            .fail_next::<BackupRun>(verb, ApiErrorKind::Unavailable, 3);
+    }
+    w.store
+        .fail_next::<BackupPolicy>(Verb::ReplaceStatus, ApiErrorKind::Unavailable, 3);
+    let store = Retrying::new(w.store.clone(), RetryPolicy::quick(Duration::from_secs(5)));
+    w.store.set_now(t);
+
+    let stats = pass(&store, &w.cfg, t).await.unwrap();
+
+    assert_eq!(w.store.faults_fired(), 9);
+    assert_eq!((stats.runs_created, stats.errors), (1, 0), "{stats:?}");
+    assert_eq!(names(&w.runs().await), vec!["hourly-web-20261122-0100"]);
+    assert_eq!(
+        w.policy_status("hourly")
+            .await
+            .last_schedule_time
+            .as_deref(),
+        Some("2026-11-22T01:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn a_list_that_fails_ends_the_pass_and_says_which() {
+    let w = World::new("2026-11-22T00:30:00Z").await;
+    w.policy("hourly", serde_json::json!({})).await;
+    w.store
+        .fail_next::<VirtHost>(Verb::List, ApiErrorKind::Forbidden, 1);
+
+    let e = pass(&w.store, &w.cfg, ts("2026-11-22T01:00:30Z"))
+        .await
+        .unwrap_err();
+
+    assert!(e.is(ApiErrorKind::Forbidden));
+    assert!(e.message.contains("cannot list VirtHosts"), "{e}");
 }

@@ -9,8 +9,11 @@ use clap::Args;
 use tracing::{error, info, warn};
 
 use crate::cluster::agent::{Agent, AgentConfig};
+use crate::cluster::controller::leadership::while_leading;
+use crate::cluster::controller::lease::{elect, LeaseConfig};
 use crate::cluster::controller::{pass, PassConfig};
 use crate::cluster::kube_api::{connect, KubeStore};
+use crate::cluster::retrying::{RetryPolicy, Retrying};
 use crate::libvirt::LibvirtHost;
 use crate::metrics::{serve, Health, Metrics};
 use crate::process::cancel_on_signal;
@@ -70,6 +73,18 @@ fn spawn_http(addr: SocketAddr, metrics: Arc<Metrics>, health: Health) {
     });
 }
 
+/// Resolves once `stop` turns true. A stop channel whose sender is gone without saying so
+/// (no signal handler could be installed) never resolves: that is no reason to stop.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The most a pass spends retrying calls to an unavailable API, all its calls together: then
+/// each call is tried once, so a pass against a failing API ends and the next one starts fresh.
+const PASS_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
 pub async fn controller(args: ControllerArgs) -> i32 {
     let client = match connect(Duration::from_secs(args.api_timeout)).await {
         Ok(c) => c,
@@ -83,35 +98,45 @@ pub async fn controller(args: ControllerArgs) -> i32 {
     spawn_http(args.listen, metrics.clone(), health.clone());
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("snapback-controller-{}", uuid::Uuid::new_v4().simple()));
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "snapback-controller")
-        .with_namespace(args.lease_namespace.clone())
-        .with_identity(identity.clone())
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await;
-    let lease = match lease {
-        Ok(l) => l,
+    let lease = LeaseConfig::new(
+        args.lease_namespace.clone(),
+        "snapback-controller".into(),
+        identity.clone(),
+    );
+    let election = match elect(client.clone(), lease).await {
+        Ok(e) => e,
         Err(e) => {
-            eprintln!("KubernetesUnavailable: cannot set up the leader-election Lease: {e}");
+            eprintln!("KubernetesUnavailable: {e}");
             return 1;
         }
     };
-    let (leader, lease_task) = lease.watch().await;
+    let mut leading = election.leading.clone();
     health.set_ready(true);
-    let store = KubeStore::new(client, "snapback-controller");
+    let store = Retrying::new(
+        KubeStore::new(client, "snapback-controller"),
+        RetryPolicy::default(),
+    );
     let cfg = PassConfig {
         namespace: args.namespace.clone(),
         heartbeat_timeout_secs: args.heartbeat_timeout,
     };
     let mut stop = cancel_on_signal();
+    let mut code = 0;
     info!(%identity, "controller started; waiting for leadership");
     loop {
-        if *leader.borrow() {
+        if *leading.borrow() {
             let t = Instant::now();
-            match pass(&store, &cfg, jiff::Timestamp::now()).await {
-                Ok(s) => info!(?s, "pass"),
-                Err(e) => warn!("pass failed: {e}"),
+            let pass_store = store.until(std::time::Instant::now() + PASS_RETRY_BUDGET);
+            let work = while_leading(&leading, pass(&pass_store, &cfg, jiff::Timestamp::now()));
+            tokio::select! {
+                done = work => match done {
+                    Some(Ok(s)) if s.errors > 0 || s.undecodable > 0 => warn!(?s, "pass, with failures"),
+                    Some(Ok(s)) => info!(?s, "pass"),
+                    Some(Err(e)) => warn!("pass ended early: {e}"),
+                    None => warn!("leadership lost during a pass: the pass is abandoned"),
+                },
+                // A pass cut short is run again by the next leader: every write is idempotent.
+                _ = stopped(&mut stop) => break,
             }
             metrics
                 .scheduling_pass_seconds
@@ -119,12 +144,17 @@ pub async fn controller(args: ControllerArgs) -> i32 {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(args.interval)) => {}
-            _ = stop.changed() => break,
+            changed = leading.changed() => if changed.is_err() {
+                error!("leader election ended; exiting so that the controller is restarted");
+                code = 1;
+                break;
+            },
+            _ = stopped(&mut stop) => break,
         }
     }
-    drop(leader);
-    lease_task.abort();
-    0
+    // No pass runs any more: only now may another replica lead.
+    election.release(Duration::from_secs(5)).await;
+    code
 }
 
 pub async fn agent(args: AgentArgs) -> i32 {
@@ -146,7 +176,10 @@ pub async fn agent(args: AgentArgs) -> i32 {
     let health = Health::default();
     spawn_http(args.listen, metrics.clone(), health.clone());
     let agent = Agent::new(
-        KubeStore::new(client, "snapback-agent"),
+        Retrying::new(
+            KubeStore::new(client, "snapback-agent"),
+            RetryPolicy::default(),
+        ),
         host,
         AgentConfig {
             node: args.node.clone(),

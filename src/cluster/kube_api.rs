@@ -12,7 +12,13 @@ use kube::discovery::Scope;
 use kube::runtime::events::{Event, EventType as KEventType, Recorder, Reporter};
 use kube::Client;
 
-use super::store::{ApiError, ApiErrorKind, ApiResult, EventType, Object, Store};
+use super::store::{
+    cut_to_bytes, decode_listing, ApiError, ApiErrorKind, ApiResult, EventType, Listing, Object,
+    Store,
+};
+
+/// The apiserver refuses an Event note longer than this many bytes.
+const NOTE_MAX_BYTES: usize = 1024;
 
 #[derive(Clone)]
 pub struct KubeStore {
@@ -68,7 +74,9 @@ fn from_dyn<K: Object>(d: DynamicObject) -> ApiResult<K> {
         .map_err(|e| ApiError::new(ApiErrorKind::Invalid, e.to_string()))
 }
 
-/// Maps kube's errors onto the store's stable kinds.
+/// Maps kube's errors onto the store's stable kinds. A 429 (the apiserver's priority and
+/// fairness throttling us) and a 408 are `Unavailable`: like a 5xx they pass by themselves,
+/// and the apiserver's `retryAfterSeconds`, when it gives one, goes along.
 pub fn map_err(e: kube::Error) -> ApiError {
     match &e {
         kube::Error::Api(s) => {
@@ -78,16 +86,27 @@ pub fn map_err(e: kube::Error) -> ApiError {
                 (409, _) => ApiErrorKind::Conflict,
                 (422, _) | (400, _) => ApiErrorKind::Invalid,
                 (401, _) | (403, _) => ApiErrorKind::Forbidden,
-                (500..=599, _) => ApiErrorKind::Unavailable,
+                (408, _) | (429, _) | (500..=599, _) => ApiErrorKind::Unavailable,
                 _ => ApiErrorKind::Other,
             };
-            ApiError::new(kind, s.message.clone())
+            let wait = s
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|s| *s > 0)
+                .map(|s| std::time::Duration::from_secs(s.into()));
+            ApiError::new(kind, s.message.clone()).with_retry_after(wait)
         }
         kube::Error::HyperError(_) | kube::Error::Service(_) => {
             ApiError::new(ApiErrorKind::Unavailable, e.to_string())
         }
         _ => ApiError::new(ApiErrorKind::Other, e.to_string()),
     }
+}
+
+/// An Event's note as the API takes it: at most 1 KiB, cut on a character boundary.
+fn event_note(note: &str) -> String {
+    cut_to_bytes(note, NOTE_MAX_BYTES).to_string()
 }
 
 fn name_of<K: Object>(obj: &K) -> ApiResult<String> {
@@ -98,11 +117,11 @@ fn name_of<K: Object>(obj: &K) -> ApiResult<String> {
 }
 
 impl Store for KubeStore {
-    async fn list<K: Object>(
+    async fn listing<K: Object>(
         &self,
         ns: Option<&str>,
         labels: &[(&str, &str)],
-    ) -> ApiResult<Vec<K>> {
+    ) -> ApiResult<Listing<K>> {
         let sel = labels
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -113,14 +132,12 @@ impl Store for KubeStore {
         } else {
             ListParams::default().labels(&sel)
         };
-        self.api::<K>(ns)
-            .list(&lp)
-            .await
-            .map_err(map_err)?
-            .items
-            .into_iter()
-            .map(from_dyn)
-            .collect()
+        let items = self.api::<K>(ns).list(&lp).await.map_err(map_err)?.items;
+        // Each item is decoded on its own (a DynamicObject holds any JSON), so one that does
+        // not fit its type is reported instead of failing the list.
+        Ok(decode_listing(items.into_iter().map(|d| {
+            serde_json::to_value(d).unwrap_or(serde_json::Value::Null)
+        })))
     }
 
     async fn get<K: Object>(&self, ns: Option<&str>, name: &str) -> ApiResult<Option<K>> {
@@ -205,7 +222,7 @@ impl Store for KubeStore {
                 EventType::Warning => KEventType::Warning,
             },
             reason: reason.to_string(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(event_note(note)),
             action: reason.to_string(),
             secondary: None,
         };
@@ -213,13 +230,25 @@ impl Store for KubeStore {
     }
 }
 
+/// How long one response may keep us waiting: a request that hangs becomes `Unavailable`
+/// (and is retried) instead of stalling a pass or a status write forever.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Connects and proves the API answers, within `timeout`. Every controller and agent command
 /// calls this first, so a missing or unreachable apiserver is one clear line, not a hang.
+///
+/// kube's own retry layer is switched off: it retries 429/503/504 up to 15 times with delays
+/// growing to minutes, below any budget of ours. `Retrying` is the one place that retries,
+/// with a cap on the total time.
 pub async fn connect(timeout: std::time::Duration) -> Result<Client, String> {
     let fut = async {
-        let client = Client::try_default()
+        let mut config = kube::Config::infer()
             .await
             .map_err(|e| format!("no Kubernetes configuration (in-cluster or kubeconfig): {e}"))?;
+        config.default_retry = false;
+        config.read_timeout = Some(READ_TIMEOUT);
+        let client = Client::try_from(config)
+            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
         client
             .apiserver_version()
             .await
@@ -232,5 +261,47 @@ pub async fn connect(timeout: std::time::Duration) -> Result<Client, String> {
             "the Kubernetes API did not answer within {}s",
             timeout.as_secs()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str, retry_after: u32) -> kube::Error {
+        let mut s = kube::core::Status::failure("said no", reason).with_code(code);
+        if retry_after > 0 {
+            let details = serde_json::json!({"retryAfterSeconds": retry_after});
+            s = s.with_details(serde_json::from_value(details).unwrap());
+        }
+        kube::Error::Api(s.boxed())
+    }
+
+    #[test]
+    fn an_event_note_is_cut_to_1024_bytes_on_a_character_boundary() {
+        // 1000 characters of 3 bytes each: a cut by characters would send 3000 bytes.
+        let note = "€".repeat(1000);
+        let cut = event_note(&note);
+        assert_eq!(cut.len(), 1023, "341 whole characters");
+        assert!(note.starts_with(&cut));
+        assert_eq!(event_note("fine as it is"), "fine as it is");
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_unavailable_and_carry_the_wait_asked_for() {
+        let e = map_err(api_error(429, "TooManyRequests", 3));
+        assert_eq!(e.kind, ApiErrorKind::Unavailable);
+        assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(3)));
+        let e = map_err(api_error(503, "ServiceUnavailable", 0));
+        assert_eq!((e.kind, e.retry_after), (ApiErrorKind::Unavailable, None));
+        for (code, reason, kind) in [
+            (409, "Conflict", ApiErrorKind::Conflict),
+            (409, "AlreadyExists", ApiErrorKind::AlreadyExists),
+            (422, "Invalid", ApiErrorKind::Invalid),
+            (403, "Forbidden", ApiErrorKind::Forbidden),
+            (404, "NotFound", ApiErrorKind::NotFound),
+        ] {
+            assert_eq!(map_err(api_error(code, reason, 0)).kind, kind, "{code}");
+        }
     }
 }

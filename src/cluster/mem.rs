@@ -11,7 +11,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use serde_json::Value;
 
-use super::store::{ApiError, ApiErrorKind, ApiResult, EventType, Object, Store};
+use super::mem_faults::{Faults, Verb};
+use super::store::{
+    decode_listing, ApiError, ApiErrorKind, ApiResult, EventType, Listing, Object, Store,
+};
 
 type Key = (String, String, String); // (apiVersion/kind, namespace, name)
 
@@ -37,6 +40,7 @@ pub struct RecordedEvent {
 #[derive(Clone, Default)]
 pub struct MemStore {
     state: Arc<Mutex<State>>,
+    pub(super) faults: Arc<Faults>,
 }
 
 fn kind_key<K: Object>() -> String {
@@ -125,6 +129,45 @@ impl MemStore {
         }
     }
 
+    /// Creates from JSON under `kind` (`apiVersion/Kind`); the server sets uid,
+    /// creationTimestamp, generation and resourceVersion. With `drop_status` (a kind with a
+    /// status subresource) the client's status is ignored, as the apiserver ignores it.
+    pub fn raw_create(&self, kind: &str, mut v: Value, drop_status: bool) -> ApiResult<Value> {
+        let name = meta_str(&v, "name")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::new(ApiErrorKind::Invalid, "metadata.name is required"))?;
+        let key = (
+            kind.to_string(),
+            meta_str(&v, "namespace").unwrap_or_default().to_string(),
+            name.to_string(),
+        );
+        let mut st = self.state.lock().unwrap();
+        if st.objects.contains_key(&key) {
+            let short = kind.rsplit('/').next().unwrap_or(kind);
+            return Err(ApiError::new(
+                ApiErrorKind::AlreadyExists,
+                format!("{short} \"{}\" already exists", key.2),
+            ));
+        }
+        if drop_status {
+            if let Some(m) = v.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        let now = Self::now(&st).to_string();
+        let m = &mut v["metadata"];
+        m["creationTimestamp"] = Value::String(now);
+        m["uid"] = Value::String(uuid::Uuid::new_v4().to_string());
+        m["generation"] = Value::from(1);
+        if let Some(o) = m.as_object_mut() {
+            o.remove("deletionTimestamp");
+            o.remove("resourceVersion");
+        }
+        Self::bump(&mut st, &mut v);
+        st.objects.insert(key, v.clone());
+        Ok(v)
+    }
+
     fn write_status<K: Object>(&self, obj: &K, check: bool) -> ApiResult<K> {
         let key = Self::key_of(obj)?;
         let mut st = self.state.lock().unwrap();
@@ -151,11 +194,12 @@ impl MemStore {
 }
 
 impl Store for MemStore {
-    async fn list<K: Object>(
+    async fn listing<K: Object>(
         &self,
         ns: Option<&str>,
         labels: &[(&str, &str)],
-    ) -> ApiResult<Vec<K>> {
+    ) -> ApiResult<Listing<K>> {
+        self.injected(Verb::List, &kind_key::<K>(), None)?;
         let kk = kind_key::<K>();
         let st = self.state.lock().unwrap();
         let mut out = Vec::new();
@@ -171,13 +215,14 @@ impl Store for MemStore {
                     == Some(*lv)
             });
             if ok {
-                out.push(from_value(v)?);
+                out.push(v.clone());
             }
         }
-        Ok(out)
+        Ok(decode_listing(out))
     }
 
     async fn get<K: Object>(&self, ns: Option<&str>, name: &str) -> ApiResult<Option<K>> {
+        self.injected(Verb::Get, &kind_key::<K>(), Some(name))?;
         let key = (
             kind_key::<K>(),
             ns.unwrap_or_default().to_string(),
@@ -188,30 +233,12 @@ impl Store for MemStore {
     }
 
     async fn create<K: Object>(&self, obj: &K) -> ApiResult<K> {
-        let key = Self::key_of(obj)?;
-        let mut st = self.state.lock().unwrap();
-        if st.objects.contains_key(&key) {
-            return Err(ApiError::new(
-                ApiErrorKind::AlreadyExists,
-                format!("{} \"{}\" already exists", K::kind(&()), key.2),
-            ));
-        }
-        let mut v = to_value(obj)?;
-        let now = Self::now(&st).to_string();
-        let uid = uuid::Uuid::new_v4().to_string();
-        let m = &mut v["metadata"];
-        m["creationTimestamp"] = Value::String(now);
-        m["uid"] = Value::String(uid);
-        m["generation"] = Value::from(1);
-        if let Some(o) = m.as_object_mut() {
-            o.remove("deletionTimestamp");
-        }
-        Self::bump(&mut st, &mut v);
-        st.objects.insert(key, v.clone());
-        from_value(&v)
+        self.injected(Verb::Create, &kind_key::<K>(), obj.meta().name.as_deref())?;
+        from_value(&self.raw_create(&kind_key::<K>(), to_value(obj)?, false)?)
     }
 
     async fn replace<K: Object>(&self, obj: &K) -> ApiResult<K> {
+        self.injected(Verb::Replace, &kind_key::<K>(), obj.meta().name.as_deref())?;
         let key = Self::key_of(obj)?;
         let mut st = self.state.lock().unwrap();
         let stored =
@@ -255,14 +282,25 @@ impl Store for MemStore {
     }
 
     async fn replace_status<K: Object>(&self, obj: &K) -> ApiResult<K> {
+        self.injected(
+            Verb::ReplaceStatus,
+            &kind_key::<K>(),
+            obj.meta().name.as_deref(),
+        )?;
         self.write_status(obj, true)
     }
 
     async fn apply_status<K: Object>(&self, obj: &K, _manager: &str) -> ApiResult<K> {
+        self.injected(
+            Verb::ApplyStatus,
+            &kind_key::<K>(),
+            obj.meta().name.as_deref(),
+        )?;
         self.write_status(obj, false)
     }
 
     async fn delete<K: Object>(&self, ns: Option<&str>, name: &str) -> ApiResult<()> {
+        self.injected(Verb::Delete, &kind_key::<K>(), Some(name))?;
         let key = (
             kind_key::<K>(),
             ns.unwrap_or_default().to_string(),
@@ -296,6 +334,13 @@ impl Store for MemStore {
         reason: &str,
         note: &str,
     ) -> ApiResult<()> {
+        let r = regarding;
+        let kind = format!(
+            "{}/{}",
+            r.api_version.clone().unwrap_or_default(),
+            r.kind.clone().unwrap_or_default()
+        );
+        self.injected(Verb::Event, &kind, r.name.as_deref())?;
         let mut st = self.state.lock().unwrap();
         st.events.push(RecordedEvent {
             kind: regarding.kind.clone().unwrap_or_default(),

@@ -7,7 +7,9 @@ pub mod controller;
 pub mod kube_api;
 pub mod labels;
 pub mod mem;
+pub mod mem_faults;
 pub mod release;
+pub mod retrying;
 pub mod store;
 
 pub use store::{ApiError, ApiErrorKind, EventType, Object, Store};

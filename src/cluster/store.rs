@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use serde::{de::DeserializeOwned, Serialize};
@@ -41,6 +42,8 @@ pub enum ApiErrorKind {
     Conflict,
     Invalid,
     Forbidden,
+    /// Worth trying again soon: a 5xx, a 429 (the apiserver throttles us), a connection that
+    /// failed or timed out. The only kind `Retrying` retries.
     Unavailable,
     Other,
 }
@@ -50,6 +53,8 @@ pub enum ApiErrorKind {
 pub struct ApiError {
     pub kind: ApiErrorKind,
     pub message: String,
+    /// How long the apiserver asked us to wait before trying again (`retryAfterSeconds`).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -57,12 +62,120 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, wait: Option<Duration>) -> Self {
+        self.retry_after = wait;
+        self
     }
 
     pub fn is(&self, kind: ApiErrorKind) -> bool {
         self.kind == kind
     }
+
+    /// The same error, its message prefixed with what was being done.
+    pub fn context(mut self, doing: impl std::fmt::Display) -> Self {
+        self.message = format!("{doing}: {}", self.message);
+        self
+    }
+}
+
+/// A stored object that does not decode into its Rust type (say a number too large for its
+/// field, which the schema let through). Lists skip it rather than fail for every object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undecodable {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: Option<String>,
+    pub error: String,
+}
+
+impl Undecodable {
+    /// An ObjectReference, so an Event can name the object that no type can hold.
+    pub fn reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(self.api_version.clone()),
+            kind: Some(self.kind.clone()),
+            name: Some(self.name.clone()),
+            namespace: self.namespace.clone(),
+            uid: self.uid.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a list returned: the objects that decoded, and those that did not.
+#[derive(Clone, Debug)]
+pub struct Listing<K> {
+    pub items: Vec<K>,
+    pub undecodable: Vec<Undecodable>,
+}
+
+/// Decodes listed objects one by one. Each one that does not decode is logged (kind,
+/// namespace, name and serde's message) and kept aside, so one bad object does not hide all
+/// the others. KubeStore and MemStore both list through this.
+pub fn decode_listing<K: Object>(
+    values: impl IntoIterator<Item = serde_json::Value>,
+) -> Listing<K> {
+    let mut out = Listing {
+        items: Vec::new(),
+        undecodable: Vec::new(),
+    };
+    for v in values {
+        match serde_json::from_value::<K>(v.clone()) {
+            Ok(k) => out.items.push(k),
+            Err(e) => {
+                let meta = |f: &str| {
+                    v.get("metadata")
+                        .and_then(|m| m.get(f))
+                        .and_then(|x| x.as_str())
+                        .map(str::to_string)
+                };
+                let kind = K::kind(&()).into_owned();
+                // serde's message can quote the offending value: never one of a Secret.
+                let error = if kind == "Secret" {
+                    "does not decode (the message is withheld: it could quote a secret)".into()
+                } else {
+                    e.to_string()
+                };
+                let bad = Undecodable {
+                    api_version: K::api_version(&()).into_owned(),
+                    kind,
+                    namespace: meta("namespace"),
+                    name: meta("name").unwrap_or_default(),
+                    uid: meta("uid"),
+                    error,
+                };
+                tracing::warn!(
+                    kind = %bad.kind,
+                    namespace = bad.namespace.as_deref().unwrap_or(""),
+                    name = %bad.name,
+                    error = %bad.error,
+                    "skipping an object that does not decode"
+                );
+                out.undecodable.push(bad);
+            }
+        }
+    }
+    out
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary: the
+/// API counts limits such as an Event note's 1 KiB in bytes, and a cut inside a multi-byte
+/// character would not be UTF-8.
+pub fn cut_to_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,11 +189,22 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// `ns` is `None` for cluster-scoped kinds (and for "all namespaces" in `list`).
 /// Label selectors are equality pairs, ANDed.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// The objects of kind `K`; those that do not decode are logged and returned apart
+    /// (`decode_listing`), never an error of the whole list.
+    fn listing<K: Object>(
+        &self,
+        ns: Option<&str>,
+        labels: &[(&str, &str)],
+    ) -> impl Future<Output = ApiResult<Listing<K>>> + Send;
+
+    /// The objects that decode (the others are logged by `listing`).
     fn list<K: Object>(
         &self,
         ns: Option<&str>,
         labels: &[(&str, &str)],
-    ) -> impl Future<Output = ApiResult<Vec<K>>> + Send;
+    ) -> impl Future<Output = ApiResult<Vec<K>>> + Send {
+        async move { self.listing(ns, labels).await.map(|l| l.items) }
+    }
 
     fn get<K: Object>(
         &self,
@@ -173,4 +297,59 @@ pub async fn secret_value<S: Store>(
             format!("Secret {ns}/{name} key '{key}' is not UTF-8"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BackupPolicy;
+
+    #[test]
+    fn a_cut_to_bytes_keeps_whole_characters_and_stays_within_the_limit() {
+        assert_eq!(cut_to_bytes("short", 1024), "short");
+        // 'ü' and '€' are 2 and 3 bytes: a cut may never split them.
+        let text = "ü€".repeat(300);
+        let cut = cut_to_bytes(&text, 1024);
+        assert!(cut.len() <= 1024 && cut.len() > 1020, "{}", cut.len());
+        assert!(text.starts_with(cut));
+        assert_eq!(cut_to_bytes("€", 2), "");
+        assert_eq!(cut_to_bytes("a€", 3), "a");
+    }
+
+    #[test]
+    fn a_list_keeps_the_objects_that_decode_and_reports_the_one_that_does_not() {
+        let good = |name: &str| {
+            serde_json::json!({
+                "apiVersion": "snapback.dev/v1alpha1", "kind": "BackupPolicy",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"domainSelector": {"names": ["web"]}, "targetRef": "t",
+                         "schedule": "0 * * * *"},
+            })
+        };
+        let mut bad = good("bad");
+        bad["spec"]["consistency"] = serde_json::json!({"freezeTimeoutSeconds": 5_000_000_000u64});
+        bad["metadata"]["uid"] = "u-1".into();
+
+        let l = decode_listing::<BackupPolicy>([good("a"), bad, good("b")]);
+
+        let names: Vec<_> = l
+            .items
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(l.undecodable.len(), 1);
+        let u = &l.undecodable[0];
+        assert_eq!(
+            (
+                u.kind.as_str(),
+                u.namespace.as_deref(),
+                u.name.as_str(),
+                u.uid.as_deref()
+            ),
+            ("BackupPolicy", Some("ns"), "bad", Some("u-1"))
+        );
+        assert!(u.error.contains("u32"), "{}", u.error);
+        assert_eq!(u.reference().name.as_deref(), Some("bad"));
+    }
 }

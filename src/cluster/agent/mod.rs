@@ -5,6 +5,8 @@
 pub mod inventory;
 pub mod journal;
 pub mod site;
+#[cfg(test)]
+mod status_write_tests;
 pub mod target;
 
 use std::collections::HashMap;
@@ -23,10 +25,14 @@ use crate::cluster::labels;
 use crate::cluster::store::{ApiErrorKind, ApiResult, Object, Store};
 use crate::driver::Driver;
 use crate::libvirt::LibvirtHost;
-use crate::lifecycle::{Event, Phase, Record, Reporter, Status};
+use crate::lifecycle::{Event, Journal, Phase, Record, Reporter, Status};
 use crate::metrics::{Health, Metrics};
 
+use journal::ApiJournal;
 use site::AgentSite;
+
+/// How long a finished run waits between writes of its final status while the API is away.
+const SETTLE_PAUSE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -52,6 +58,8 @@ pub struct Agent<S: Store> {
     metrics: Arc<Metrics>,
     health: Health,
     tasks: Mutex<HashMap<String, Task>>,
+    /// Turns true when the agent stops: a run's end that cannot be written is left then.
+    stopping: watch::Sender<bool>,
 }
 
 fn key<K: Object>(o: &K) -> String {
@@ -93,6 +101,7 @@ impl<S: Store> Agent<S> {
             metrics,
             health,
             tasks: Mutex::new(HashMap::new()),
+            stopping: watch::channel(false).0,
         })
     }
 
@@ -120,13 +129,20 @@ impl<S: Store> Agent<S> {
         let ns = self.cfg.namespace.as_deref();
         let mut runs: Vec<BackupRun> = self.store.list(ns, &sel).await?;
         runs.sort_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        // One object the agent cannot take or release does not hold up the others.
         for r in runs {
-            self.consider(r).await?;
+            let k = key(&r);
+            if let Err(e) = self.consider(r).await {
+                warn!(object = %k, "{e}");
+            }
         }
         let mut restores: Vec<RestoreRequest> = self.store.list(ns, &sel).await?;
         restores.sort_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for r in restores {
-            self.consider(r).await?;
+            let k = key(&r);
+            if let Err(e) = self.consider(r).await {
+                warn!(object = %k, "{e}");
+            }
         }
         Ok(())
     }
@@ -153,6 +169,7 @@ impl<S: Store> Agent<S> {
                 break;
             }
         }
+        self.stopping.send_replace(true);
         let tasks: Vec<Task> = self.tasks.lock().unwrap().drain().map(|(_, t)| t).collect();
         for t in &tasks {
             let _ = t.cancel.send(true);
@@ -179,7 +196,10 @@ impl<S: Store> Agent<S> {
     /// Starts, cancels or releases one run or restore. A started one carries the agent's
     /// finalizer, so deleting it cancels the work, which cleans up (or rolls back) before the
     /// object goes.
-    async fn consider<K: Work>(self: &Arc<Self>, obj: K) -> ApiResult<()> {
+    async fn consider<K: Work>(self: &Arc<Self>, obj: K) -> ApiResult<()>
+    where
+        ApiJournal<S>: Journal<K>,
+    {
         let k = key(&obj);
         let deleting = obj.meta().deletion_timestamp.is_some();
         let ours = labels::has_finalizer(obj.meta(), labels::RUN_FINALIZER);
@@ -254,7 +274,12 @@ impl<S: Store> Agent<S> {
     }
 
     /// Takes the object (its finalizer), drives it to the end and releases it.
-    async fn drive<K: Work>(self: Arc<Self>, obj: K, cancel: watch::Receiver<bool>) {
+    /// A finished one is released only once its final status is written: released while
+    /// recorded in an earlier phase, it would look unfinished and be started again.
+    async fn drive<K: Work>(self: Arc<Self>, obj: K, cancel: watch::Receiver<bool>)
+    where
+        ApiJournal<S>: Journal<K>,
+    {
         let name = obj.meta().name.clone().unwrap_or_default();
         let obj = match self.set_finalizer(&obj, true).await {
             Ok(Some(o)) => o,
@@ -271,11 +296,16 @@ impl<S: Store> Agent<S> {
             poll: Duration::from_millis(500),
             metrics: Some(&self.metrics),
         };
+        // Not the run's cancel, which also turns true when it is deleted: a deleted run's end
+        // is still written before its finalizer goes. Only the agent stopping gives it up.
+        let mut stop = self.stopping.subscribe();
         let done = obj
             .drive(&driver, &site, log_reporter(name.clone()), cancel)
             .await;
         if done.terminal() {
-            if let Err(e) = self.release(&done).await {
+            if !site.settle(&done, &mut stop, SETTLE_PAUSE).await {
+                warn!(name = %name, "its end is not recorded; it keeps its finalizer and is resumed");
+            } else if let Err(e) = self.release(&done).await {
                 warn!(name = %name, "cannot release it: {e}");
             }
         }

@@ -2,9 +2,12 @@
 //! targets and their Secrets, policies and other runs read from it.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::api::{BackupPolicy, BackupPolicySpec, BackupRun, RestoreRequest};
-use crate::cluster::store::Store;
+use crate::cluster::store::{Object, Store};
 use crate::driver::Site;
 use crate::duplicity::TargetConfig;
 use crate::error::StepError;
@@ -28,6 +31,19 @@ impl<S: Store> AgentSite<S> {
             store,
             state_dir,
         }
+    }
+
+    /// Writes the final status of a run or restore until it lands (`ApiJournal::settle`).
+    pub async fn settle<K: Object>(
+        &self,
+        obj: &K,
+        stop: &mut watch::Receiver<bool>,
+        pause: Duration,
+    ) -> bool
+    where
+        ApiJournal<S>: Journal<K>,
+    {
+        self.journal.settle(obj, stop, pause).await
     }
 }
 

@@ -1,6 +1,11 @@
 //! One reconcile pass over everything in scope: policies (schedules, history, deletion),
 //! targets (availability), runs (stale agents) and restores (node assignment). Every write is
 //! idempotent, so a pass cut short by a conflict or a crash is simply run again.
+//!
+//! A failure on one object is that object's: it is logged, counted, published as a Warning
+//! Event on it (and on a policy recorded as its `Ready` condition), and the pass goes on with
+//! the others, so one broken policy never stops the schedules of all. Only a failed list ends
+//! a pass early, since without it there is nothing to work from.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +20,9 @@ use crate::api::{
     set_condition, BackupPhase, BackupPolicy, BackupRun, BackupTarget, RestoreRequest, VirtHost,
 };
 use crate::cluster::labels;
-use crate::cluster::store::{reference, ApiErrorKind, ApiResult, EventType, Store};
+use crate::cluster::store::{
+    cut_to_bytes, reference, ApiError, ApiErrorKind, ApiResult, EventType, Object, Store,
+};
 use crate::driver::tick::is_active;
 use crate::duplicity::TargetUrl;
 
@@ -36,6 +43,12 @@ impl Default for PassConfig {
     }
 }
 
+/// The reason word of a policy's `Ready=False` condition and of the Warning Event on any
+/// object whose reconcile failed in a pass.
+pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+/// The reason word of the Warning Event on a stored object that does not decode.
+pub const UNDECODABLE: &str = "Undecodable";
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PassStats {
     pub policies: usize,
@@ -43,6 +56,10 @@ pub struct PassStats {
     pub runs_deleted: usize,
     pub status_writes: usize,
     pub conflicts: usize,
+    /// Objects whose reconcile failed in this pass (each one logged and reported on itself).
+    pub errors: usize,
+    /// Listed objects that do not decode into their type, skipped and reported.
+    pub undecodable: usize,
 }
 
 fn conflict_or<T>(r: ApiResult<T>, stats: &mut PassStats) -> ApiResult<Option<T>> {
@@ -57,17 +74,45 @@ fn conflict_or<T>(r: ApiResult<T>, stats: &mut PassStats) -> ApiResult<Option<T>
     }
 }
 
+/// The objects of kind `K`, those that decode; each one that does not is counted and gets a
+/// Warning Event (the list already logged it), so whoever broke it learns which and why.
+async fn listed<S: Store, K: Object>(
+    store: &S,
+    ns: Option<&str>,
+    stats: &mut PassStats,
+) -> ApiResult<Vec<K>> {
+    let l = store
+        .listing::<K>(ns, &[])
+        .await
+        .map_err(|e| e.context(format!("cannot list {}s", K::kind(&()))))?;
+    stats.undecodable += l.undecodable.len();
+    for u in &l.undecodable {
+        let note = format!(
+            "snapback cannot read this {}, and skips it until it is fixed: {}",
+            u.kind, u.error
+        );
+        if let Err(e) = store
+            .event(&u.reference(), EventType::Warning, UNDECODABLE, &note)
+            .await
+        {
+            debug!("event not published: {e}");
+        }
+    }
+    Ok(l.items)
+}
+
 pub async fn pass<S: Store>(store: &S, cfg: &PassConfig, now: Timestamp) -> ApiResult<PassStats> {
     let ns = cfg.namespace.as_deref();
-    let policies: Vec<BackupPolicy> = store.list(ns, &[]).await?;
-    let targets: Vec<BackupTarget> = store.list(ns, &[]).await?;
-    let runs: Vec<BackupRun> = store.list(ns, &[]).await?;
-    let restores: Vec<RestoreRequest> = store.list(ns, &[]).await?;
-    let hosts: Vec<VirtHost> = store.list(None, &[]).await?;
-    let nodes: Vec<Node> = match store.list(None, &[]).await {
+    let mut stats = PassStats::default();
+    let policies: Vec<BackupPolicy> = listed(store, ns, &mut stats).await?;
+    let targets: Vec<BackupTarget> = listed(store, ns, &mut stats).await?;
+    let runs: Vec<BackupRun> = listed(store, ns, &mut stats).await?;
+    let restores: Vec<RestoreRequest> = listed(store, ns, &mut stats).await?;
+    let hosts: Vec<VirtHost> = listed(store, None, &mut stats).await?;
+    let nodes: Vec<Node> = match listed(store, None, &mut stats).await {
         Ok(n) => n,
         Err(e) if e.is(ApiErrorKind::Forbidden) => {
-            warn!("cannot list Nodes ({e}); nodeSelectors match no labels");
+            warn!("{e}; nodeSelectors match no labels");
             Vec::new()
         }
         Err(e) => return Err(e),
@@ -82,7 +127,6 @@ pub async fn pass<S: Store>(store: &S, cfg: &PassConfig, now: Timestamp) -> ApiR
         })
         .collect();
     let inv = Inventory::build(&hosts, &node_labels, now, cfg.heartbeat_timeout_secs);
-    let mut stats = PassStats::default();
 
     let mut by_policy: BTreeMap<(String, String), Vec<&BackupRun>> = BTreeMap::new();
     for r in &runs {
@@ -95,67 +139,157 @@ pub async fn pass<S: Store>(store: &S, cfg: &PassConfig, now: Timestamp) -> ApiR
     }
 
     for t in &targets {
-        reconcile_target(store, t, now, &mut stats).await?;
+        if let Err(e) = reconcile_target(store, t, now, &mut stats).await {
+            report_failure(store, t, &e, &mut stats).await;
+        }
     }
 
     for p in &policies {
         stats.policies += 1;
         let pns = p.metadata.namespace.clone().unwrap_or_default();
         let pname = p.metadata.name.clone().unwrap_or_default();
-        let mine = by_policy
-            .remove(&(pns.clone(), pname.clone()))
-            .unwrap_or_default();
-        if p.metadata.deletion_timestamp.is_some() {
-            settle_deleted_policy(store, p, &mine, &mut stats).await?;
-            continue;
-        }
+        let mine = by_policy.remove(&(pns, pname)).unwrap_or_default();
         let mut p = p.clone();
-        if !labels::has_finalizer(&p.metadata, labels::POLICY_FINALIZER) {
-            labels::add_finalizer(&mut p.metadata, labels::POLICY_FINALIZER);
-            match conflict_or(store.replace(&p).await, &mut stats)? {
-                Some(updated) => p = updated,
-                None => continue,
-            }
-        }
-        let target = targets.iter().find(|t| {
-            t.metadata.name.as_deref() == Some(p.spec.target_ref.as_str())
-                && t.metadata.namespace == p.metadata.namespace
-        });
-        let plan = plan_policy(&p, target, &mine, &inv, now);
-        for r in &plan.create {
-            match store.create(r).await {
-                Ok(_) => stats.runs_created += 1,
-                // The deterministic name exists: an earlier pass created it. Nothing to do.
-                Err(e) if e.is(ApiErrorKind::AlreadyExists) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        for n in &plan.delete {
-            store.delete::<BackupRun>(Some(&pns), n).await?;
-            stats.runs_deleted += 1;
-        }
-        if p.status.as_ref() != Some(&plan.status) {
-            let mut upd = p.clone();
-            upd.status = Some(plan.status.clone());
-            if conflict_or(store.replace_status(&upd).await, &mut stats)?.is_some() {
-                stats.status_writes += 1;
-            }
-        }
-        let r = reference(&p);
-        for (ty, reason, note) in &plan.events {
-            if let Err(e) = store.event(&r, *ty, reason, note).await {
-                debug!("event not published: {e}");
-            }
+        let done = reconcile_policy(store, &mut p, &mine, &targets, &inv, now, &mut stats).await;
+        if let Err(e) = done {
+            record_policy_failure(store, &p, &e, now, &mut stats).await;
         }
     }
 
     for r in runs.iter().filter(|r| is_active(r)) {
-        mark_stale_agent(store, r, &inv, now, &mut stats).await?;
+        if let Err(e) = mark_stale_agent(store, r, &inv, now, &mut stats).await {
+            report_failure(store, r, &e, &mut stats).await;
+        }
     }
     for rr in &restores {
-        assign_restore(store, rr, &inv, &mut stats).await?;
+        if let Err(e) = assign_restore(store, rr, &inv, &mut stats).await {
+            report_failure(store, rr, &e, &mut stats).await;
+        }
     }
     Ok(stats)
+}
+
+/// A failure on one object: logged, counted, and published as a Warning Event on it.
+async fn report_failure<S: Store, K: Object>(
+    store: &S,
+    obj: &K,
+    e: &ApiError,
+    stats: &mut PassStats,
+) {
+    stats.errors += 1;
+    let m = obj.meta();
+    warn!(
+        kind = %K::kind(&()),
+        namespace = m.namespace.as_deref().unwrap_or(""),
+        name = m.name.as_deref().unwrap_or(""),
+        "not reconciled in this pass: {e}"
+    );
+    let note = e.to_string();
+    if let Err(e) = store
+        .event(&reference(obj), EventType::Warning, RECONCILE_FAILED, &note)
+        .await
+    {
+        debug!("event not published: {e}");
+    }
+}
+
+/// A policy's failure is also its `Ready=False` condition, written onto the status as it was
+/// read: the planned status is not written when its runs could not be, so the tick it
+/// consumed is tried again by the next pass. The condition only changes when the failure
+/// does, so a failure that lasts is one write, not one per pass.
+async fn record_policy_failure<S: Store>(
+    store: &S,
+    p: &BackupPolicy,
+    e: &ApiError,
+    now: Timestamp,
+    stats: &mut PassStats,
+) {
+    report_failure(store, p, e, stats).await;
+    let mut status = p.status.clone().unwrap_or_default();
+    let message = cut_to_bytes(&e.to_string(), 1024).to_string();
+    set_condition(
+        &mut status.conditions,
+        condition(ConditionType::Ready, false, RECONCILE_FAILED, message, now),
+    );
+    if p.status.as_ref() == Some(&status) {
+        return;
+    }
+    let mut upd = p.clone();
+    upd.status = Some(status);
+    match store.replace_status(&upd).await {
+        Ok(_) => stats.status_writes += 1,
+        Err(e) => debug!("the failure is not recorded on the policy: {e}"),
+    }
+}
+
+/// One policy: its finalizer, the runs its plan creates and deletes, its status and Events.
+/// `p` is kept the newest version written, for `record_policy_failure`.
+async fn reconcile_policy<S: Store>(
+    store: &S,
+    p: &mut BackupPolicy,
+    mine: &[&BackupRun],
+    targets: &[BackupTarget],
+    inv: &Inventory,
+    now: Timestamp,
+    stats: &mut PassStats,
+) -> ApiResult<()> {
+    let pns = p.metadata.namespace.clone().unwrap_or_default();
+    if p.metadata.deletion_timestamp.is_some() {
+        return settle_deleted_policy(store, p, mine, stats).await;
+    }
+    if !labels::has_finalizer(&p.metadata, labels::POLICY_FINALIZER) {
+        labels::add_finalizer(&mut p.metadata, labels::POLICY_FINALIZER);
+        let added = store
+            .replace(&*p)
+            .await
+            .map_err(|e| e.context("adding the finalizer"));
+        match conflict_or(added, stats)? {
+            Some(updated) => *p = updated,
+            None => return Ok(()),
+        }
+    }
+    let target = targets.iter().find(|t| {
+        t.metadata.name.as_deref() == Some(p.spec.target_ref.as_str())
+            && t.metadata.namespace == p.metadata.namespace
+    });
+    let plan = plan_policy(p, target, mine, inv, now);
+    for r in &plan.create {
+        match store.create(r).await {
+            Ok(_) => stats.runs_created += 1,
+            // The deterministic name exists: an earlier pass created it. Nothing to do.
+            Err(e) if e.is(ApiErrorKind::AlreadyExists) => {}
+            Err(e) => {
+                let name = r.metadata.name.as_deref().unwrap_or_default();
+                return Err(e.context(format!("creating BackupRun {name}")));
+            }
+        }
+    }
+    for n in &plan.delete {
+        store
+            .delete::<BackupRun>(Some(&pns), n)
+            .await
+            .map_err(|e| e.context(format!("deleting BackupRun {n}")))?;
+        stats.runs_deleted += 1;
+    }
+    if p.status.as_ref() != Some(&plan.status) {
+        let mut upd = p.clone();
+        upd.status = Some(plan.status.clone());
+        let written = store
+            .replace_status(&upd)
+            .await
+            .map_err(|e| e.context("writing the status"));
+        if let Some(updated) = conflict_or(written, stats)? {
+            stats.status_writes += 1;
+            *p = updated;
+        }
+    }
+    let r = reference(&*p);
+    for (ty, reason, note) in &plan.events {
+        if let Err(e) = store.event(&r, *ty, reason, note).await {
+            debug!("event not published: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// A deleted policy schedules nothing more. Runs that have not started are deleted; runs an
@@ -177,16 +311,22 @@ async fn settle_deleted_policy<S: Store>(
         if started {
             still_active += 1;
         } else {
+            let name = r.metadata.name.as_deref().unwrap_or_default();
             store
-                .delete::<BackupRun>(Some(&ns), r.metadata.name.as_deref().unwrap_or_default())
-                .await?;
+                .delete::<BackupRun>(Some(&ns), name)
+                .await
+                .map_err(|e| e.context(format!("deleting BackupRun {name}")))?;
             stats.runs_deleted += 1;
         }
     }
     if still_active == 0 && labels::has_finalizer(&p.metadata, labels::POLICY_FINALIZER) {
         let mut p = p.clone();
         labels::remove_finalizer(&mut p.metadata, labels::POLICY_FINALIZER);
-        conflict_or(store.replace(&p).await, stats)?;
+        let removed = store
+            .replace(&p)
+            .await
+            .map_err(|e| e.context("removing the finalizer"));
+        conflict_or(removed, stats)?;
     }
     Ok(())
 }
