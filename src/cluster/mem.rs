@@ -25,6 +25,23 @@ struct State {
     events: Vec<RecordedEvent>,
     now: Option<Timestamp>,
     writes: u64,
+    /// The newest changes, oldest first, for watches: (resourceVersion, type, key, object).
+    changes: std::collections::VecDeque<Change>,
+}
+
+/// How many changes a watch can start from; an older resourceVersion is `Gone` (410), as
+/// etcd's compaction makes it on a real cluster.
+const CHANGES_KEPT: usize = 4096;
+
+/// One change, as a watch reports it.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub version: u64,
+    /// ADDED, MODIFIED or DELETED.
+    pub type_: &'static str,
+    pub kind: String,
+    pub namespace: String,
+    pub object: Value,
 }
 
 /// An Event as the store recorded it.
@@ -115,6 +132,51 @@ impl MemStore {
         v["metadata"]["resourceVersion"] = Value::String(st.version.to_string());
     }
 
+    fn log(st: &mut State, type_: &'static str, key: &Key, object: &Value) {
+        if st.changes.len() == CHANGES_KEPT {
+            st.changes.pop_front();
+        }
+        st.changes.push_back(Change {
+            version: st.version,
+            type_,
+            kind: key.0.clone(),
+            namespace: key.1.clone(),
+            object: object.clone(),
+        });
+    }
+
+    /// A deletion: the object goes, with a new resourceVersion for its DELETED change.
+    fn remove(st: &mut State, key: &Key) {
+        if let Some(mut v) = st.objects.remove(key) {
+            st.version += 1;
+            v["metadata"]["resourceVersion"] = Value::String(st.version.to_string());
+            Self::log(st, "DELETED", key, &v);
+        }
+    }
+
+    /// The changes of `kind` (in `ns`, or everywhere) after resourceVersion `since`, and the
+    /// newest resourceVersion. An error (HTTP 410 Gone) when `since` is older than the changes
+    /// kept.
+    pub fn raw_changes_since(
+        &self,
+        kind: &str,
+        ns: Option<&str>,
+        since: u64,
+    ) -> Result<(Vec<Change>, u64), String> {
+        let st = self.state.lock().unwrap();
+        let oldest = st.changes.front().map_or(st.version, |c| c.version - 1);
+        if since < oldest {
+            return Err(format!("too old resource version: {since} ({oldest})"));
+        }
+        let out = st
+            .changes
+            .iter()
+            .filter(|c| c.version > since && c.kind == kind && ns.is_none_or(|n| n == c.namespace))
+            .cloned()
+            .collect();
+        Ok((out, st.version))
+    }
+
     /// Drops an object marked for deletion once its last finalizer is gone.
     fn settle(st: &mut State, key: &Key) {
         let gone = st.objects.get(key).is_some_and(|v| {
@@ -125,22 +187,49 @@ impl MemStore {
                     .is_none_or(|f| f.is_empty())
         });
         if gone {
-            st.objects.remove(key);
+            Self::remove(st, key);
         }
     }
 
-    /// Creates from JSON under `kind` (`apiVersion/Kind`); the server sets uid,
-    /// creationTimestamp, generation and resourceVersion. With `drop_status` (a kind with a
-    /// status subresource) the client's status is ignored, as the apiserver ignores it.
+    /// A write of the status subresource: only `status` changes.
+    fn write_status<K: Object>(&self, obj: &K, check: bool) -> ApiResult<K> {
+        let key = Self::key_of(obj)?;
+        let mut v = to_value(obj)?;
+        if !check {
+            if let Some(m) = v["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+        }
+        from_value(&self.raw_replace(&key.0, v, Part::Status, false)?)
+    }
+
+    /// The object stored under `kind` (`apiVersion/Kind`), `ns` ("" when cluster-scoped) and
+    /// `name`, as the apiserver would serve it.
+    pub fn raw_get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        st.objects
+            .get(&(kind.to_string(), ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every object of `kind` (in `ns`, or everywhere), in name order, and the store's current
+    /// resourceVersion (the list's).
+    pub fn raw_list(&self, kind: &str, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let st = self.state.lock().unwrap();
+        let items = st
+            .objects
+            .iter()
+            .filter(|((k, n, _), _)| k == kind && ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, st.version)
+    }
+
+    /// Creates; the server sets uid, creationTimestamp, generation and resourceVersion. With
+    /// `drop_status` (a kind with a status subresource) the client's status is ignored, as the
+    /// apiserver ignores it.
     pub fn raw_create(&self, kind: &str, mut v: Value, drop_status: bool) -> ApiResult<Value> {
-        let name = meta_str(&v, "name")
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::new(ApiErrorKind::Invalid, "metadata.name is required"))?;
-        let key = (
-            kind.to_string(),
-            meta_str(&v, "namespace").unwrap_or_default().to_string(),
-            name.to_string(),
-        );
+        let key = raw_key(kind, &v)?;
         let mut st = self.state.lock().unwrap();
         if st.objects.contains_key(&key) {
             let short = kind.rsplit('/').next().unwrap_or(kind);
@@ -164,32 +253,128 @@ impl MemStore {
             o.remove("resourceVersion");
         }
         Self::bump(&mut st, &mut v);
+        Self::log(&mut st, "ADDED", &key, &v);
         st.objects.insert(key, v.clone());
         Ok(v)
     }
 
-    fn write_status<K: Object>(&self, obj: &K, check: bool) -> ApiResult<K> {
-        let key = Self::key_of(obj)?;
+    /// Replaces the object (`Part::Main`: metadata and spec, and everything else when the
+    /// kind has no status subresource) or its status (`Part::Status`). A
+    /// `metadata.resourceVersion` in `v` must match the stored one (`Conflict`); with
+    /// `require_version` it must be present (custom resources refuse unconditional updates).
+    pub fn raw_replace(
+        &self,
+        kind: &str,
+        v: Value,
+        part: Part,
+        require_version: bool,
+    ) -> ApiResult<Value> {
+        let key = raw_key(kind, &v)?;
         let mut st = self.state.lock().unwrap();
-        let mut stored =
+        let stored =
             st.objects.get(&key).cloned().ok_or_else(|| {
                 ApiError::new(ApiErrorKind::NotFound, format!("{} not found", key.2))
             })?;
-        if check {
-            Self::check_version(&stored, obj.meta().resource_version.as_ref())?;
+        let version = meta_str(&v, "resourceVersion").map(str::to_string);
+        if require_version && version.is_none() {
+            return Err(ApiError::new(
+                ApiErrorKind::Invalid,
+                "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+            ));
         }
-        let new = to_value(obj)?;
-        match new.get("status") {
-            Some(s) => stored["status"] = s.clone(),
-            None => {
-                if let Some(m) = stored.as_object_mut() {
-                    m.remove("status");
+        Self::check_version(&stored, version.as_ref())?;
+        let mut new = match part {
+            Part::Status => {
+                let mut new = stored.clone();
+                set_or_remove(&mut new, "status", v.get("status"));
+                new
+            }
+            Part::Main { status_apart } => {
+                let mut new = v;
+                if status_apart {
+                    set_or_remove(&mut new, "status", stored.get("status"));
                 }
+                // Identity and server-set fields are not the client's to change.
+                for f in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "generation",
+                ] {
+                    set_or_remove(&mut new["metadata"], f, stored["metadata"].get(f));
+                }
+                if new.get("spec") != stored.get("spec") {
+                    let g = stored["metadata"]["generation"].as_i64().unwrap_or(1);
+                    new["metadata"]["generation"] = Value::from(g + 1);
+                }
+                new
+            }
+        };
+        Self::bump(&mut st, &mut new);
+        Self::log(&mut st, "MODIFIED", &key, &new);
+        st.objects.insert(key.clone(), new.clone());
+        Self::settle(&mut st, &key);
+        Ok(new)
+    }
+
+    /// Deletes, or with finalizers present marks for deletion (once). Returns the object as
+    /// it was left (`None` when it is gone); `NotFound` when there was none.
+    pub fn raw_delete(&self, kind: &str, ns: &str, name: &str) -> ApiResult<Option<Value>> {
+        let key = (kind.to_string(), ns.to_string(), name.to_string());
+        let mut st = self.state.lock().unwrap();
+        let Some(mut v) = st.objects.get(&key).cloned() else {
+            return Err(ApiError::new(
+                ApiErrorKind::NotFound,
+                format!("{name} not found"),
+            ));
+        };
+        let has_finalizers = v["metadata"]
+            .get("finalizers")
+            .and_then(|f| f.as_array())
+            .is_some_and(|f| !f.is_empty());
+        if !has_finalizers {
+            st.writes += 1;
+            Self::remove(&mut st, &key);
+            return Ok(None);
+        }
+        if v["metadata"].get("deletionTimestamp").is_none() {
+            v["metadata"]["deletionTimestamp"] = Value::String(Self::now(&st).to_string());
+            Self::bump(&mut st, &mut v);
+            Self::log(&mut st, "MODIFIED", &key, &v);
+            st.objects.insert(key, v.clone());
+        }
+        Ok(Some(v))
+    }
+}
+
+/// Which part of an object a replace writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The object; with `status_apart` (a status subresource) the stored status is kept.
+    Main { status_apart: bool },
+    /// The status subresource only.
+    Status,
+}
+
+fn raw_key(kind: &str, v: &Value) -> ApiResult<Key> {
+    let name = meta_str(v, "name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::new(ApiErrorKind::Invalid, "metadata.name is required"))?;
+    Ok((
+        kind.to_string(),
+        meta_str(v, "namespace").unwrap_or_default().to_string(),
+        name.to_string(),
+    ))
+}
+
+fn set_or_remove(target: &mut Value, field: &str, value: Option<&Value>) {
+    match value {
+        Some(x) => target[field] = x.clone(),
+        None => {
+            if let Some(m) = target.as_object_mut() {
+                m.remove(field);
             }
         }
-        Self::bump(&mut st, &mut stored);
-        st.objects.insert(key, stored.clone());
-        from_value(&stored)
     }
 }
 
@@ -200,36 +385,24 @@ impl Store for MemStore {
         labels: &[(&str, &str)],
     ) -> ApiResult<Listing<K>> {
         self.injected(Verb::List, &kind_key::<K>(), None)?;
-        let kk = kind_key::<K>();
-        let st = self.state.lock().unwrap();
-        let mut out = Vec::new();
-        for ((k, n, _), v) in st.objects.iter() {
-            if *k != kk || ns.is_some_and(|ns| ns != n) {
-                continue;
-            }
-            let ok = labels.iter().all(|(lk, lv)| {
+        let (items, _) = self.raw_list(&kind_key::<K>(), ns);
+        Ok(decode_listing(items.into_iter().filter(|v| {
+            labels.iter().all(|(lk, lv)| {
                 v["metadata"]
                     .get("labels")
                     .and_then(|l| l.get(*lk))
                     .and_then(|x| x.as_str())
                     == Some(*lv)
-            });
-            if ok {
-                out.push(v.clone());
-            }
-        }
-        Ok(decode_listing(out))
+            })
+        })))
     }
 
     async fn get<K: Object>(&self, ns: Option<&str>, name: &str) -> ApiResult<Option<K>> {
         self.injected(Verb::Get, &kind_key::<K>(), Some(name))?;
-        let key = (
-            kind_key::<K>(),
-            ns.unwrap_or_default().to_string(),
-            name.to_string(),
-        );
-        let st = self.state.lock().unwrap();
-        st.objects.get(&key).map(from_value).transpose()
+        self.raw_get(&kind_key::<K>(), ns.unwrap_or_default(), name)
+            .as_ref()
+            .map(from_value)
+            .transpose()
     }
 
     async fn create<K: Object>(&self, obj: &K) -> ApiResult<K> {
@@ -239,46 +412,13 @@ impl Store for MemStore {
 
     async fn replace<K: Object>(&self, obj: &K) -> ApiResult<K> {
         self.injected(Verb::Replace, &kind_key::<K>(), obj.meta().name.as_deref())?;
-        let key = Self::key_of(obj)?;
-        let mut st = self.state.lock().unwrap();
-        let stored =
-            st.objects.get(&key).cloned().ok_or_else(|| {
-                ApiError::new(ApiErrorKind::NotFound, format!("{} not found", key.2))
-            })?;
-        Self::check_version(&stored, obj.meta().resource_version.as_ref())?;
-        let mut new = to_value(obj)?;
-        // Status, identity and server-set fields are not the client's to change here.
-        match stored.get("status") {
-            Some(s) => new["status"] = s.clone(),
-            None => {
-                if let Some(m) = new.as_object_mut() {
-                    m.remove("status");
-                }
-            }
-        }
-        for f in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "generation",
-        ] {
-            match stored["metadata"].get(f) {
-                Some(x) => new["metadata"][f] = x.clone(),
-                None => {
-                    if let Some(m) = new["metadata"].as_object_mut() {
-                        m.remove(f);
-                    }
-                }
-            }
-        }
-        if new.get("spec") != stored.get("spec") {
-            let g = stored["metadata"]["generation"].as_i64().unwrap_or(1);
-            new["metadata"]["generation"] = Value::from(g + 1);
-        }
-        Self::bump(&mut st, &mut new);
-        st.objects.insert(key.clone(), new.clone());
-        Self::settle(&mut st, &key);
-        from_value(&new)
+        let v = self.raw_replace(
+            &kind_key::<K>(),
+            to_value(obj)?,
+            Part::Main { status_apart: true },
+            false,
+        )?;
+        from_value(&v)
     }
 
     async fn replace_status<K: Object>(&self, obj: &K) -> ApiResult<K> {
@@ -301,30 +441,11 @@ impl Store for MemStore {
 
     async fn delete<K: Object>(&self, ns: Option<&str>, name: &str) -> ApiResult<()> {
         self.injected(Verb::Delete, &kind_key::<K>(), Some(name))?;
-        let key = (
-            kind_key::<K>(),
-            ns.unwrap_or_default().to_string(),
-            name.to_string(),
-        );
-        let mut st = self.state.lock().unwrap();
-        let Some(mut v) = st.objects.get(&key).cloned() else {
-            return Ok(());
-        };
-        let has_finalizers = v["metadata"]
-            .get("finalizers")
-            .and_then(|f| f.as_array())
-            .is_some_and(|f| !f.is_empty());
-        if !has_finalizers {
-            st.writes += 1;
-            st.objects.remove(&key);
-            return Ok(());
+        match self.raw_delete(&kind_key::<K>(), ns.unwrap_or_default(), name) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(ApiErrorKind::NotFound) => Ok(()),
+            Err(e) => Err(e),
         }
-        if v["metadata"].get("deletionTimestamp").is_none() {
-            v["metadata"]["deletionTimestamp"] = Value::String(Self::now(&st).to_string());
-            Self::bump(&mut st, &mut v);
-            st.objects.insert(key, v);
-        }
-        Ok(())
     }
 
     async fn event(

@@ -1,0 +1,229 @@
+//! A stand-in for the Kubernetes apiserver, for tests only: plain HTTP over the in-memory store
+//! (`snapback::cluster::mem::MemStore`), so the real `snapback controller` and `snapback agent`
+//! processes, and kubectl, talk to it as to a cluster. No kube-apiserver can be installed on
+//! these machines; this models what snapback depends on, as the API conventions document it:
+//!
+//! - custom resources from the CRDs created through it, with the status subresource (status
+//!   dropped on create, spec and status written apart), resourceVersion with 409 on conflict,
+//!   PUT refused without a resourceVersion, finalizers and deletionTimestamp;
+//! - JSON merge patch, strategic merge patch on built-in kinds (415 on custom resources, as
+//!   the real server answers), server-side apply with field managers and conflicts;
+//! - equality label selectors, `limit` and `continue` paging, the Table kubectl asks for;
+//! - bearer tokens per ServiceAccount and RBAC from the stored Roles and bindings, with every
+//!   grant used recorded;
+//! - injected faults per verb and resource: any status code (429 with Retry-After), or a
+//!   connection dropped mid-answer.
+//!
+//! - watches from a resourceVersion, with bookmarks, and 410 Gone (as an ERROR event) when it
+//!   is older than the changes kept;
+//!
+//! Not modelled: admission webhooks, OpenAPI schema
+//! validation and CEL rules (tests/crd_cel_rules.rs checks those against the CRD schemas),
+//! defaulting, field selectors, managedFields in responses, and owner-reference garbage
+//! collection.
+
+#![allow(dead_code)]
+
+mod handler;
+mod patch;
+mod rbac;
+mod resources;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use snapback::cluster::mem::MemStore;
+
+pub use rbac::Grant;
+pub use resources::Resource;
+
+/// The user the test itself acts as: every request allowed.
+pub const ADMIN: &str = "system:admin";
+
+/// The user of a request without credentials.
+pub const ANONYMOUS: &str = "system:anonymous";
+
+/// A failure the stand-in answers with instead of doing the request.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// `get`, `list`, `create`, `update`, `patch`, `delete`, or `*`.
+    pub verb: String,
+    /// `plural`, `plural/status`, or `*`.
+    pub resource: String,
+    /// The HTTP status to answer; 0 drops the connection mid-answer.
+    pub code: u16,
+    pub retry_after: Option<u32>,
+    /// How many matching requests fail; then the fault is gone.
+    pub times: u32,
+}
+
+/// One request as the stand-in saw it.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    pub user: String,
+    pub verb: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: u16,
+}
+
+type ObjectKey = (String, String, String, bool);
+
+pub struct Shared {
+    pub store: MemStore,
+    resources: Mutex<Vec<Resource>>,
+    tokens: Mutex<HashMap<String, String>>,
+    faults: Mutex<Vec<Fault>>,
+    used: Mutex<BTreeSet<Grant>>,
+    /// Each field manager's last applied configuration, per object (and status part).
+    applied: Mutex<HashMap<ObjectKey, BTreeMap<String, Value>>>,
+    audit: Mutex<Vec<Audit>>,
+}
+
+pub struct ApiServer {
+    pub shared: Arc<Shared>,
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Listens on 127.0.0.1 on a free port, serving from its own thread.
+    pub fn start() -> ApiServer {
+        let shared = Arc::new(Shared {
+            store: MemStore::new(),
+            resources: Mutex::new(resources::builtins()),
+            tokens: Mutex::new(HashMap::from([(
+                "admin-token".to_string(),
+                ADMIN.to_string(),
+            )])),
+            faults: Mutex::new(Vec::new()),
+            used: Mutex::new(BTreeSet::new()),
+            applied: Mutex::new(HashMap::new()),
+            audit: Mutex::new(Vec::new()),
+        });
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let sh = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("a free port");
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                    let sh = sh.clone();
+                    async move { handler::serve(sh, req).await }
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .expect("the stand-in serves");
+            });
+        });
+        let addr = addr_rx.recv().expect("the stand-in started");
+        ApiServer {
+            shared,
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A bearer token for a ServiceAccount, as the TokenRequest API would issue one.
+    pub fn token_for(&self, namespace: &str, service_account: &str) -> String {
+        let token = format!("sa-{}", uuid::Uuid::new_v4().simple());
+        self.shared.tokens.lock().unwrap().insert(
+            token.clone(),
+            format!("system:serviceaccount:{namespace}:{service_account}"),
+        );
+        token
+    }
+
+    /// Writes a kubeconfig for `token` (none when empty) to `path`.
+    pub fn kubeconfig(&self, token: &str, path: &Path) {
+        let user = if token.is_empty() {
+            "{}".to_string()
+        } else {
+            format!("\n    token: {token}")
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: standin\n\
+             clusters:\n- name: standin\n  cluster:\n    server: {}\n\
+             users:\n- name: user\n  user: {user}\n\
+             contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: user\n",
+            self.url()
+        );
+        std::fs::write(path, text).expect("kubeconfig written");
+    }
+
+    /// Creates each object as the admin would with `kubectl create` (CRDs register their kinds).
+    pub fn create_all(&self, docs: &[Value]) {
+        for d in docs {
+            handler::create_as_admin(&self.shared, d.clone())
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", d["metadata"]["name"]));
+        }
+    }
+
+    pub fn inject(&self, f: Fault) {
+        self.shared.faults.lock().unwrap().push(f);
+    }
+
+    /// Every grant bound to `user` that no request used, as readable lines.
+    pub fn unused_grants(&self, user: &str) -> Vec<String> {
+        let used = self.shared.used.lock().unwrap().clone();
+        rbac::grants(&self.shared.store, user)
+            .into_iter()
+            .filter(|g| !used.contains(g))
+            .map(|g| g.to_string())
+            .collect()
+    }
+
+    pub fn audit(&self) -> Vec<Audit> {
+        self.shared.audit.lock().unwrap().clone()
+    }
+
+    /// A stored object, by kind (`apiVersion/Kind`), namespace and name.
+    pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        self.shared.store.raw_get(kind, ns, name)
+    }
+
+    pub fn list(&self, kind: &str, ns: Option<&str>) -> Vec<Value> {
+        self.shared.store.raw_list(kind, ns).0
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The documents of a multi-document YAML stream (as `helm template` prints), empty ones left out.
+pub fn yaml_docs(text: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(text)
+        .expect("valid YAML")
+        .into_iter()
+        .filter(|d| d.is_object())
+        .collect()
+}
