@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tracing::{error, info, warn};
 
+use crate::api::{BackupPolicy, BackupRun, BackupTarget, RestoreRequest, VirtHost};
 use crate::cluster::agent::{Agent, AgentConfig};
 use crate::cluster::controller::leadership::while_leading;
 use crate::cluster::controller::lease::{elect, LeaseConfig};
@@ -17,6 +18,7 @@ use crate::cluster::retrying::{RetryPolicy, Retrying};
 use crate::libvirt::LibvirtHost;
 use crate::metrics::{serve, Health, Metrics};
 use crate::process::cancel_on_signal;
+use k8s_openapi::api::core::v1::Node;
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
@@ -112,10 +114,9 @@ pub async fn controller(args: ControllerArgs) -> i32 {
     };
     let mut leading = election.leading.clone();
     health.set_ready(true);
-    let store = Retrying::new(
-        KubeStore::new(client, "snapback-controller"),
-        RetryPolicy::default(),
-    );
+    let kube = KubeStore::new(client, "snapback-controller");
+    watch_controller_kinds(&kube, args.namespace.as_deref()).await;
+    let store = Retrying::new(kube, RetryPolicy::default());
     let cfg = PassConfig {
         namespace: args.namespace.clone(),
         heartbeat_timeout_secs: args.heartbeat_timeout,
@@ -157,6 +158,27 @@ pub async fn controller(args: ControllerArgs) -> i32 {
     code
 }
 
+/// How long a watch may take to deliver its first list before lists of its kind go to the
+/// API instead.
+const WATCH_START: Duration = Duration::from_secs(30);
+
+/// The controller reads everything in scope on every pass: all of it comes from watches.
+async fn watch_controller_kinds(kube: &KubeStore, ns: Option<&str>) {
+    let results = [
+        kube.watch::<BackupPolicy>(ns, &[], WATCH_START).await,
+        kube.watch::<BackupTarget>(ns, &[], WATCH_START).await,
+        kube.watch::<BackupRun>(ns, &[], WATCH_START).await,
+        kube.watch::<RestoreRequest>(ns, &[], WATCH_START).await,
+        kube.watch::<VirtHost>(None, &[], WATCH_START).await,
+        kube.watch::<Node>(None, &[], WATCH_START).await,
+    ];
+    for r in results {
+        if let Err(e) = r {
+            warn!("{e}; its objects are listed every pass instead");
+        }
+    }
+}
+
 pub async fn agent(args: AgentArgs) -> i32 {
     let client = match connect(Duration::from_secs(args.api_timeout)).await {
         Ok(c) => c,
@@ -175,11 +197,20 @@ pub async fn agent(args: AgentArgs) -> i32 {
     let metrics = Arc::new(Metrics::new());
     let health = Health::default();
     spawn_http(args.listen, metrics.clone(), health.clone());
+    let kube = KubeStore::new(client, "snapback-agent");
+    let node = crate::cluster::labels::label_value(&args.node);
+    let mine = [(crate::cluster::labels::NODE, node.as_str())];
+    let ns = args.namespace.as_deref();
+    for r in [
+        kube.watch::<BackupRun>(ns, &mine, WATCH_START).await,
+        kube.watch::<RestoreRequest>(ns, &mine, WATCH_START).await,
+    ] {
+        if let Err(e) = r {
+            warn!("{e}; its objects are listed every poll instead");
+        }
+    }
     let agent = Agent::new(
-        Retrying::new(
-            KubeStore::new(client, "snapback-agent"),
-            RetryPolicy::default(),
-        ),
+        Retrying::new(kube, RetryPolicy::default()),
         host,
         AgentConfig {
             node: args.node.clone(),

@@ -11,6 +11,9 @@ use kube::api::{
 use kube::discovery::Scope;
 use kube::runtime::events::{Event, EventType as KEventType, Recorder, Reporter};
 use kube::Client;
+use std::sync::Arc;
+
+use super::cache::WatchCache;
 
 use super::store::{
     cut_to_bytes, decode_listing, ApiError, ApiErrorKind, ApiResult, EventType, Listing, Object,
@@ -24,6 +27,7 @@ const NOTE_MAX_BYTES: usize = 1024;
 pub struct KubeStore {
     client: Client,
     recorder: Recorder,
+    cache: Arc<WatchCache>,
 }
 
 impl KubeStore {
@@ -36,6 +40,68 @@ impl KubeStore {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            cache: Arc::new(WatchCache::default()),
+        }
+    }
+
+    /// Watches `K` (in `ns`, or every namespace, with `labels`) into a reflector cache that
+    /// lists of it then read, and returns once the cache holds the first full list. A watch
+    /// that cannot start within `timeout` (say RBAC forbids it) is given up with an error,
+    /// and lists of `K` keep going to the API.
+    pub async fn watch<K: Object>(
+        &self,
+        ns: Option<&str>,
+        labels: &[(&str, &str)],
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        use futures::StreamExt;
+        use kube::runtime::{reflector, watcher, WatchStreamExt};
+        let ar = ApiResource::erase::<K>(&());
+        let writer = reflector::store::Writer::<DynamicObject>::new(ar);
+        let reader = writer.as_reader();
+        let sel = selector(labels);
+        // The server ends each watch within WATCH_SECONDS, inside the client's read timeout:
+        // an idle watch is then renewed from its resourceVersion (no new list) instead of
+        // timing out as a hung request.
+        let mut cfg = watcher::Config::default().timeout(WATCH_SECONDS);
+        if !sel.is_empty() {
+            cfg = cfg.labels(&sel);
+        }
+        let changed = self.cache.changed();
+        let kind = kind_key::<K>();
+        let what = kind.clone();
+        let task = tokio::spawn(
+            reflector(writer, watcher(self.api::<K>(ns), cfg))
+                .default_backoff()
+                .for_each(move |ev| {
+                    match ev {
+                        Ok(_) => changed.notify_one(),
+                        // The watcher re-lists and watches again by itself (with backoff).
+                        Err(e) => tracing::warn!(kind = %what, "watch interrupted: {e}"),
+                    }
+                    std::future::ready(())
+                }),
+        );
+        match tokio::time::timeout(timeout, reader.wait_until_ready()).await {
+            Ok(Ok(())) => {
+                self.cache.add(
+                    kind,
+                    ns.map(str::to_string),
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    reader,
+                );
+                Ok(())
+            }
+            _ => {
+                task.abort();
+                Err(format!(
+                    "the watch of {kind} did not start within {}s",
+                    timeout.as_secs()
+                ))
+            }
         }
     }
 
@@ -60,6 +126,18 @@ impl KubeStore {
             _ => api,
         }
     }
+}
+
+fn selector(labels: &[(&str, &str)]) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn kind_key<K: Object>() -> String {
+    format!("{}/{}", K::api_version(&()), K::kind(&()))
 }
 
 fn to_dyn<K: Object>(obj: &K) -> ApiResult<DynamicObject> {
@@ -122,11 +200,10 @@ impl Store for KubeStore {
         ns: Option<&str>,
         labels: &[(&str, &str)],
     ) -> ApiResult<Listing<K>> {
-        let sel = labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        if let Some(values) = self.cache.list(&kind_key::<K>(), ns, labels) {
+            return Ok(decode_listing(values));
+        }
+        let sel = selector(labels);
         let lp = if sel.is_empty() {
             ListParams::default()
         } else {
@@ -228,7 +305,14 @@ impl Store for KubeStore {
         };
         self.recorder.publish(&ev, regarding).await.map_err(map_err)
     }
+
+    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.cache.changed())
+    }
 }
+
+/// How long the server keeps one watch request open (`timeoutSeconds`): under READ_TIMEOUT.
+const WATCH_SECONDS: u32 = 25;
 
 /// How long one response may keep us waiting: a request that hangs becomes `Unavailable`
 /// (and is retried) instead of stalling a pass or a status write forever.

@@ -3,6 +3,7 @@
 //! (`mem`) that tests and benches use because no apiserver can be installed on these machines.
 
 pub mod agent;
+pub mod cache;
 pub mod controller;
 pub mod kube_api;
 pub mod labels;

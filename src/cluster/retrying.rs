@@ -159,6 +159,10 @@ impl<S: Store> Store for Retrying<S> {
     ) -> ApiResult<()> {
         self.inner.event(regarding, type_, reason, note).await
     }
+
+    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.inner.changes()
+    }
 }
 
 #[cfg(test)]

@@ -245,6 +245,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         reason: &str,
         note: &str,
     ) -> impl Future<Output = ApiResult<()>> + Send;
+
+    /// Notified on every change a watch of this store sees, for a loop that wants to react
+    /// at once instead of at its next poll. `None`: the store has no watches.
+    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// An ObjectReference for events, from any resource.

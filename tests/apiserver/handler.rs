@@ -273,6 +273,7 @@ fn handle(
         } else {
             answer.code
         },
+        at: std::time::Instant::now(),
     });
     answer
 }

@@ -69,6 +69,7 @@ pub struct Audit {
     pub namespace: String,
     pub name: String,
     pub code: u16,
+    pub at: std::time::Instant,
 }
 
 type ObjectKey = (String, String, String, bool);

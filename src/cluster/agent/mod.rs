@@ -161,8 +161,12 @@ impl<S: Store> Agent<S> {
             if let Err(e) = self.tick().await {
                 warn!("cannot read work from the API: {e}");
             }
+            // A change seen by the store's watches (a new run, a deletion) is looked at at
+            // once; the poll is the resync that catches anything else.
+            let wake = self.store.changes();
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = async { match &wake { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
                 _ = stop.changed() => {}
             }
             if *stop.borrow() {
