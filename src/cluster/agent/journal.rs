@@ -9,7 +9,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use tokio::sync::watch;
 
@@ -25,6 +27,32 @@ pub struct ApiJournal<S: Store> {
     last_phase: Mutex<Option<String>>,
     /// The newest status was not written: the API is behind the run.
     behind: AtomicBool,
+    /// The last status written, without its progress, and when.
+    last_written: Mutex<Option<(Value, Instant)>>,
+}
+
+/// Progress alone (bytes exported or uploaded so far) is written at most this often: the
+/// engines report it every 2 s, and with many runs that is load on the apiserver that says
+/// little. Any other change of the status is written at once.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether `status` (without its progress) is worth a write after `last`.
+pub fn worth_writing(last: Option<&(Value, Instant)>, status: &Value, now: Instant) -> bool {
+    match last {
+        None => true,
+        Some((before, at)) => before != status || now.duration_since(*at) >= PROGRESS_EVERY,
+    }
+}
+
+fn without_progress<K: Object>(obj: &K) -> Value {
+    let mut status = serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| v.get("status").cloned())
+        .unwrap_or(Value::Null);
+    if let Some(m) = status.as_object_mut() {
+        m.remove("progress");
+    }
+    status
 }
 
 impl<S: Store> ApiJournal<S> {
@@ -33,6 +61,7 @@ impl<S: Store> ApiJournal<S> {
             store,
             last_phase: Mutex::new(None),
             behind: AtomicBool::new(false),
+            last_written: Mutex::new(None),
         }
     }
 
@@ -80,8 +109,18 @@ impl<S: Store> ApiJournal<S> {
         obj: &K,
         phase: Option<(String, Option<&Failure>)>,
     ) -> Result<(), String> {
+        let status = without_progress(obj);
+        let now = Instant::now();
+        if !self.behind()
+            && !worth_writing(self.last_written.lock().unwrap().as_ref(), &status, now)
+        {
+            return Ok(());
+        }
         match self.store.apply_status(obj, FIELD_MANAGER).await {
-            Ok(_) => self.behind.store(false, Ordering::SeqCst),
+            Ok(_) => {
+                self.behind.store(false, Ordering::SeqCst);
+                *self.last_written.lock().unwrap() = Some((status, now));
+            }
             Err(e) if e.is(ApiErrorKind::Unavailable) => {
                 // The store retried already. Failing the run for it would lose more than the
                 // write: the next write carries this status too. No Event either: the phase
@@ -146,5 +185,26 @@ impl<S: Store> Journal<RestoreRequest> for ApiJournal<S> {
             (format!("{:?}", s.phase), failed)
         });
         self.record(req, phase).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_alone_is_written_at_most_every_ten_seconds_and_anything_else_at_once() {
+        let t0 = Instant::now();
+        let s = serde_json::json!({"phase": "Uploading"});
+        let last = (s.clone(), t0);
+        assert!(worth_writing(None, &s, t0));
+        assert!(!worth_writing(Some(&last), &s, t0 + Duration::from_secs(2)));
+        assert!(worth_writing(Some(&last), &s, t0 + PROGRESS_EVERY));
+        let next = serde_json::json!({"phase": "Finalizing"});
+        assert!(worth_writing(
+            Some(&last),
+            &next,
+            t0 + Duration::from_secs(1)
+        ));
     }
 }
