@@ -4,7 +4,8 @@
 # Kubernetes schemas (kubernetes-validate, which carries them), refusal of bad values by
 # values.schema.json, that deploy/kubernetes/snapback.yaml and the chart's CRDs are up to date,
 # and the lifecycle promises: every CRD kept on uninstall and carrying exactly the generated
-# schema, the finalizer-releasing hook present with its own least-privilege RBAC.
+# schema, the finalizer-releasing hook present with its own least-privilege RBAC, and the
+# admission policy that keeps each agent to its own node's objects.
 # Usage: scripts/check-chart.sh [--write]   (--write regenerates the rendered files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -127,6 +128,28 @@ for off in rbac.create=false uninstall.releaseFinalizers=false; do
   fi
 done
 
+# agent.restrictToOwnNode: the admission policy that narrows each agent to its node's objects
+# is rendered by default (offline Helm assumes a recent Kubernetes), bound with Deny, and names
+# the release's agent ServiceAccount; it is left out when turned off, without RBAC, and before
+# Kubernetes 1.30.
+for f in "$work/default.yaml" "$work/options.yaml"; do
+  [ "$(count_docs ValidatingAdmissionPolicy "$f")" = 1 ] || fail "no agent admission policy in $f"
+  [ "$(count_docs ValidatingAdmissionPolicyBinding "$f" 'validationActions: [Deny]')" = 1 ] ||
+    fail "the agent admission policy is not bound with Deny in $f"
+done
+[ "$(count_docs ValidatingAdmissionPolicy "$work/default.yaml" \
+  "'system:serviceaccount:snapback-system:snapback-agent'")" = 1 ] ||
+  fail "the agent admission policy does not match the agent's ServiceAccount"
+[ "$(count_docs ValidatingAdmissionPolicy "$work/options.yaml" \
+  "'system:serviceaccount:backup-ops:all-snapback-agent'")" = 1 ] ||
+  fail "the agent admission policy does not follow the release's names"
+for off in "--set agent.restrictToOwnNode=false" "--set rbac.create=false" "--kube-version 1.29.0"; do
+  # shellcheck disable=SC2086
+  if "$HELM" template snapback "$CHART" $off | grep -q 'kind: ValidatingAdmissionPolicy'; then
+    fail "$off still renders the agent admission policy"
+  fi
+done
+
 # rbac.secretNamespaces: offline (no cluster for lookup) every listed namespace gets its Role.
 for ns in vms infra; do
   [ "$(count_docs Role "$work/options.yaml" "namespace: $ns")" = 1 ] ||
@@ -134,7 +157,8 @@ for ns in vms infra; do
 done
 
 # values.schema.json refuses bad values.
-for bad in controller.replicas=two agent.hostPaths.state=relative image.pullPolicy=Sometimes; do
+for bad in controller.replicas=two agent.hostPaths.state=relative image.pullPolicy=Sometimes \
+  agent.restrictToOwnNode=maybe; do
   if "$HELM" template bad "$CHART" --set "$bad" >/dev/null 2>&1; then
     log "values.schema.json accepted $bad"
     exit 1

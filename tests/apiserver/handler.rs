@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use snapback::cluster::mem::Part;
 use snapback::cluster::{ApiError, ApiErrorKind};
 
+use super::admission::{self, as_stored};
 use super::patch;
 use super::rbac::{authorize, Attributes};
 use super::resources::{discovery, from_crd, table, Resource};
-use super::{Audit, Shared, ADMIN, ANONYMOUS};
+use super::{Audit, Identity, Shared, ADMIN, ANONYMOUS};
 
 /// An answer before it becomes HTTP: status, JSON body, extra headers.
 struct Answer {
@@ -187,9 +188,12 @@ fn verb_of(method: &Method, has_name: bool, q: &BTreeMap<String, String>) -> &'s
 /// The user a request authenticates as. No credentials at all is `system:anonymous`, as with
 /// the apiserver's default `--anonymous-auth` (kubectl sends no token over plain HTTP); a
 /// token the stand-in did not issue is refused.
-fn user_of(sh: &Shared, headers: &HeaderMap) -> Option<String> {
+fn user_of(sh: &Shared, headers: &HeaderMap) -> Option<Identity> {
     let Some(h) = headers.get("authorization") else {
-        return Some(ANONYMOUS.to_string());
+        return Some(Identity {
+            username: ANONYMOUS.to_string(),
+            extra: BTreeMap::new(),
+        });
     };
     let token = h.to_str().ok()?.strip_prefix("Bearer ")?;
     sh.tokens.lock().unwrap().get(token.trim()).cloned()
@@ -203,9 +207,10 @@ fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Answer {
-    let Some(user) = user_of(sh, headers) else {
+    let Some(who) = user_of(sh, headers) else {
         return status(401, "Unauthorized", "Unauthorized");
     };
+    let user = who.username.clone();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if segs == ["version"] {
         return ok(
@@ -261,7 +266,7 @@ fn handle(
     };
     let answer = answer
         .or_else(|| injected(sh, verb, &resource))
-        .unwrap_or_else(|| act(sh, &user, method, &t, &q, headers, body, verb));
+        .unwrap_or_else(|| act(sh, &who, method, &t, &q, headers, body, verb));
     sh.audit.lock().unwrap().push(Audit {
         user,
         verb: verb.to_string(),
@@ -314,7 +319,7 @@ fn parse_body(body: &[u8]) -> Result<Value, Answer> {
 #[allow(clippy::too_many_arguments)]
 fn act(
     sh: &Shared,
-    user: &str,
+    who: &Identity,
     method: &Method,
     t: &Target,
     q: &BTreeMap<String, String>,
@@ -358,8 +363,7 @@ fn act(
                 Ok(v) => v,
                 Err(a) => return a,
             };
-            let _ = user;
-            match create(sh, r, &t.namespace, v) {
+            match create(sh, who, r, &t.namespace, v) {
                 Ok(v) => ok(201, v),
                 Err(a) => a,
             }
@@ -379,12 +383,19 @@ fn act(
             if r.namespaced {
                 v["metadata"]["namespace"] = Value::String(t.namespace.clone());
             }
+            // Admission sees the object as it would be stored; a missing one is NotFound below.
+            if let Some(old) = sh.store.raw_get(&r.store_kind(), &t.namespace, &t.name) {
+                let new = as_stored(&old, &v, part);
+                if let Err(a) = admit(sh, who, "UPDATE", r, t, &new, Some(&old)) {
+                    return a;
+                }
+            }
             match sh.store.raw_replace(&r.store_kind(), v, part, r.custom) {
                 Ok(v) => ok(200, v),
                 Err(e) => from_api_error(&e),
             }
         }
-        "patch" => patch_object(sh, r, t, q, headers, body, part),
+        "patch" => patch_object(sh, who, r, t, q, headers, body, part),
         "delete" => match sh.store.raw_delete(&r.store_kind(), &t.namespace, &t.name) {
             Ok(Some(v)) => ok(200, v),
             Ok(None) => ok(
@@ -409,7 +420,34 @@ fn not_found(r: &Resource, name: &str) -> Answer {
     )
 }
 
-fn create(sh: &Shared, r: &Resource, ns: &str, mut v: Value) -> Result<Value, Answer> {
+/// The bound admission policies on a write of `t` by `who`, as an answer when they deny it.
+fn admit(
+    sh: &Shared,
+    who: &Identity,
+    operation: &str,
+    r: &Resource,
+    t: &Target,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), Answer> {
+    let req = admission::Request {
+        who,
+        operation,
+        resource: r,
+        sub: &t.sub,
+        namespace: &t.namespace,
+        name: &t.name,
+    };
+    admission::admit(&sh.store, &req, new, old).map_err(|d| status(d.code, &d.reason, &d.message))
+}
+
+fn create(
+    sh: &Shared,
+    who: &Identity,
+    r: &Resource,
+    ns: &str,
+    mut v: Value,
+) -> Result<Value, Answer> {
     if r.namespaced {
         match v["metadata"]["namespace"].as_str() {
             Some(n) if n != ns => {
@@ -434,6 +472,16 @@ fn create(sh: &Shared, r: &Resource, ns: &str, mut v: Value) -> Result<Value, An
     }
     v["apiVersion"] = Value::String(r.api_version());
     v["kind"] = Value::String(r.kind.clone());
+    let target = Target {
+        resource: r.clone(),
+        namespace: ns.to_string(),
+        name: v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        sub: String::new(),
+    };
+    admit(sh, who, "CREATE", r, &target, &v, None)?;
     let stored = sh
         .store
         .raw_create(&r.store_kind(), v, r.status_subresource)
@@ -464,7 +512,11 @@ pub fn create_as_admin(sh: &Shared, v: Value) -> Result<Value, String> {
     } else {
         String::new()
     };
-    create(sh, &r, &ns, v).map_err(|a| a.body.to_string())
+    let admin = Identity {
+        username: ADMIN.to_string(),
+        extra: BTreeMap::new(),
+    };
+    create(sh, &admin, &r, &ns, v).map_err(|a| a.body.to_string())
 }
 
 fn selector_matches(v: &Value, sel: &str) -> bool {
@@ -536,8 +588,10 @@ fn list(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn patch_object(
     sh: &Shared,
+    who: &Identity,
     r: &Resource,
     t: &Target,
     q: &BTreeMap<String, String>,
@@ -580,7 +634,7 @@ fn patch_object(
                 let manager = q.get("fieldManager").cloned().unwrap_or_default();
                 applied.insert(manager, p.clone());
                 v["metadata"]["name"] = Value::String(t.name.clone());
-                return match create(sh, r, &t.namespace, v) {
+                return match create(sh, who, r, &t.namespace, v) {
                     Ok(v) => {
                         sh.applied
                             .lock()
@@ -626,6 +680,17 @@ fn patch_object(
             None => live["metadata"]["resourceVersion"].clone(),
         };
         new["metadata"]["name"] = Value::String(t.name.clone());
+        if let Err(a) = admit(
+            sh,
+            who,
+            "UPDATE",
+            r,
+            t,
+            &as_stored(&live, &new, part),
+            Some(&live),
+        ) {
+            return a;
+        }
         match sh.store.raw_replace(&kind, new, part, false) {
             Ok(v) => return ok(200, v),
             Err(e) if e.is(ApiErrorKind::Conflict) && asked_version.is_none() => continue,

@@ -9,21 +9,25 @@
 //! - JSON merge patch, strategic merge patch on built-in kinds (415 on custom resources, as
 //!   the real server answers), server-side apply with field managers and conflicts;
 //! - equality label selectors, `limit` and `continue` paging, the Table kubectl asks for;
-//! - bearer tokens per ServiceAccount and RBAC from the stored Roles and bindings, with every
-//!   grant used recorded;
+//! - bearer tokens per ServiceAccount, optionally naming the node of the pod they are bound
+//!   to (the user's extra `authentication.kubernetes.io/node-name`, as Kubernetes 1.30 and
+//!   later put it), and RBAC from the stored Roles and bindings, with every grant used
+//!   recorded;
+//! - ValidatingAdmissionPolicies and their bindings, evaluated with a CEL interpreter on
+//!   create, update and patch after RBAC and before the write (admission.rs says which parts);
+//! - watches from a resourceVersion, with bookmarks, and 410 Gone (as an ERROR event) when it
+//!   is older than the changes kept;
 //! - injected faults per verb and resource: any status code (429 with Retry-After), or a
 //!   connection dropped mid-answer.
 //!
-//! - watches from a resourceVersion, with bookmarks, and 410 Gone (as an ERROR event) when it
-//!   is older than the changes kept;
-//!
-//! Not modelled: admission webhooks, OpenAPI schema
-//! validation and CEL rules (tests/crd_cel_rules.rs checks those against the CRD schemas),
-//! defaulting, field selectors, managedFields in responses, and owner-reference garbage
-//! collection.
+//! Not modelled: admission webhooks, mutating admission policies, OpenAPI schema validation
+//! and the CRDs' CEL rules (tests/crd_cel_rules.rs checks those against the CRD schemas),
+//! defaulting, field selectors, managedFields in responses, owner-reference garbage
+//! collection, and the groups of a user.
 
 #![allow(dead_code)]
 
+mod admission;
 mod handler;
 mod patch;
 mod rbac;
@@ -74,10 +78,21 @@ pub struct Audit {
 
 type ObjectKey = (String, String, String, bool);
 
+/// Who a token authenticates as: the user name and the user's extra (where a token bound to a
+/// pod carries the pod's node).
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    pub username: String,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The extra key under which a bound token of a pod names the pod's node.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
 pub struct Shared {
     pub store: MemStore,
     resources: Mutex<Vec<Resource>>,
-    tokens: Mutex<HashMap<String, String>>,
+    tokens: Mutex<HashMap<String, Identity>>,
     faults: Mutex<Vec<Fault>>,
     used: Mutex<BTreeSet<Grant>>,
     /// Each field manager's last applied configuration, per object (and status part).
@@ -100,7 +115,10 @@ impl ApiServer {
             resources: Mutex::new(resources::builtins()),
             tokens: Mutex::new(HashMap::from([(
                 "admin-token".to_string(),
-                ADMIN.to_string(),
+                Identity {
+                    username: ADMIN.to_string(),
+                    extra: BTreeMap::new(),
+                },
             )])),
             faults: Mutex::new(Vec::new()),
             used: Mutex::new(BTreeSet::new()),
@@ -146,13 +164,30 @@ impl ApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// A bearer token for a ServiceAccount, as the TokenRequest API would issue one.
+    /// A bearer token for a ServiceAccount, as the TokenRequest API would issue one bound to
+    /// nothing (or as clusters before Kubernetes 1.30 issue them to pods): it names no node.
     pub fn token_for(&self, namespace: &str, service_account: &str) -> String {
+        self.issue(namespace, service_account, BTreeMap::new())
+    }
+
+    /// A bearer token for a ServiceAccount as a pod on `node` gets it from Kubernetes 1.30 on:
+    /// its user's extra names the node.
+    pub fn token_for_node(&self, namespace: &str, service_account: &str, node: &str) -> String {
+        let extra = BTreeMap::from([(NODE_NAME_EXTRA.to_string(), vec![node.to_string()])]);
+        self.issue(namespace, service_account, extra)
+    }
+
+    fn issue(&self, namespace: &str, sa: &str, extra: BTreeMap<String, Vec<String>>) -> String {
         let token = format!("sa-{}", uuid::Uuid::new_v4().simple());
-        self.shared.tokens.lock().unwrap().insert(
-            token.clone(),
-            format!("system:serviceaccount:{namespace}:{service_account}"),
-        );
+        let who = Identity {
+            username: format!("system:serviceaccount:{namespace}:{sa}"),
+            extra,
+        };
+        self.shared
+            .tokens
+            .lock()
+            .unwrap()
+            .insert(token.clone(), who);
         token
     }
 

@@ -86,6 +86,21 @@ pub fn builtins() -> Vec<Resource> {
     ] {
         v.push(builtin("rbac.authorization.k8s.io", "v1", plural, kind, ns));
     }
+    for (plural, kind) in [
+        ("validatingadmissionpolicies", "ValidatingAdmissionPolicy"),
+        (
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
+        ),
+    ] {
+        v.push(builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            plural,
+            kind,
+            false,
+        ));
+    }
     v
 }
 
