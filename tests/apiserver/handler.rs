@@ -391,7 +391,10 @@ fn act(
                 }
             }
             match sh.store.raw_replace(&r.store_kind(), v, part, r.custom) {
-                Ok(v) => ok(200, v),
+                Ok(v) => {
+                    disown(sh, r, t, part, &v);
+                    ok(200, v)
+                }
                 Err(e) => from_api_error(&e),
             }
         }
@@ -692,7 +695,12 @@ fn patch_object(
             return a;
         }
         match sh.store.raw_replace(&kind, new, part, false) {
-            Ok(v) => return ok(200, v),
+            Ok(v) => {
+                if !apply {
+                    disown(sh, r, t, part, &v);
+                }
+                return ok(200, v);
+            }
             Err(e) if e.is(ApiErrorKind::Conflict) && asked_version.is_none() => continue,
             Err(e) => return from_api_error(&e),
         }
@@ -799,4 +807,12 @@ fn watch_stream(
         }
     });
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Ownership after an update or merge patch: see `patch::disown_changed`.
+fn disown(sh: &Shared, r: &Resource, t: &Target, part: Part, stored: &Value) {
+    let mut all = sh.applied.lock().unwrap();
+    if let Some(applied) = all.get_mut(&object_key(r, t, part == Part::Status)) {
+        patch::disown_changed(applied, stored);
+    }
 }

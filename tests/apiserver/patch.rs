@@ -133,3 +133,24 @@ pub fn apply(
     applied.insert(manager.to_string(), config.clone());
     Ok(())
 }
+
+fn value_at<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, k| cur.get(k))
+}
+
+/// After a write that is not an apply (an update, a merge patch), a field the write changed
+/// or removed is no longer owned by the managers that had applied it, as the apiserver hands
+/// ownership to the updater: a later apply of another value by someone else is then no
+/// conflict.
+pub fn disown_changed(applied: &mut BTreeMap<String, Value>, live: &Value) {
+    for cfg in applied.values_mut() {
+        for (path, value) in leaves(cfg) {
+            if path.is_empty() || ignored(&path) {
+                continue;
+            }
+            if value_at(live, &path) != Some(&value) {
+                remove_path(cfg, &path);
+            }
+        }
+    }
+}
