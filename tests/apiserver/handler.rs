@@ -37,6 +37,8 @@ struct Watch {
     until: std::time::Instant,
     api_version: String,
     short_kind: String,
+    /// Who watches: the bytes sent are counted for them.
+    user: String,
 }
 
 fn ok(code: u16, body: Value) -> Answer {
@@ -264,9 +266,12 @@ fn handle(
             )),
         }
     };
-    let answer = answer
+    let mut answer = answer
         .or_else(|| injected(sh, verb, &resource))
         .unwrap_or_else(|| act(sh, &who, method, &t, &q, headers, body, verb));
+    if let Some(w) = answer.watch.as_mut() {
+        w.user = user.clone();
+    }
     sh.audit.lock().unwrap().push(Audit {
         user,
         verb: verb.to_string(),
@@ -279,6 +284,11 @@ fn handle(
             answer.code
         },
         at: std::time::Instant::now(),
+        bytes: if answer.watch.is_some() {
+            0
+        } else {
+            answer.body.to_string().len()
+        },
     });
     answer
 }
@@ -738,6 +748,7 @@ fn watch(sh: &Shared, r: &Resource, t: &Target, q: &BTreeMap<String, String>) ->
         until: std::time::Instant::now() + std::time::Duration::from_secs(timeout),
         api_version: r.api_version(),
         short_kind: r.kind.clone(),
+        user: String::new(),
     }));
     a
 }
@@ -746,6 +757,21 @@ type Chunk = Result<Bytes, std::io::Error>;
 
 fn line(v: Value) -> Chunk {
     Ok(Bytes::from(format!("{v}\n")))
+}
+
+/// Sends one line of a watch and counts its bytes for `user`; false when the client is gone.
+async fn send(tx: &tokio::sync::mpsc::Sender<Chunk>, sh: &Shared, user: &str, v: Value) -> bool {
+    let chunk = line(v);
+    let n = chunk.as_ref().map_or(0, |b| b.len() as u64);
+    if tx.send(chunk).await.is_err() {
+        return false;
+    }
+    *sh.streamed
+        .lock()
+        .unwrap()
+        .entry(user.to_string())
+        .or_default() += n;
+    true
 }
 
 /// The lines of a watch: first the initial objects, then every change as it happens (the
@@ -760,10 +786,7 @@ fn watch_stream(
     tokio::spawn(async move {
         for o in std::mem::take(&mut w.initial) {
             if selector_matches(&o, &w.selector)
-                && tx
-                    .send(line(json!({"type": "ADDED", "object": o})))
-                    .await
-                    .is_err()
+                && !send(&tx, &sh, &w.user, json!({"type": "ADDED", "object": o})).await
             {
                 return;
             }
@@ -779,7 +802,7 @@ fn watch_stream(
                     Err(msg) => {
                         let st = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
                         "status": "Failure", "message": msg, "reason": "Expired", "code": 410});
-                        let _ = tx.send(line(json!({"type": "ERROR", "object": st}))).await;
+                        send(&tx, &sh, &w.user, json!({"type": "ERROR", "object": st})).await;
                         return;
                     }
                 };
@@ -788,7 +811,7 @@ fn watch_stream(
                 .filter(|c| selector_matches(&c.object, &w.selector))
             {
                 let ev = json!({"type": c.type_, "object": c.object});
-                if tx.send(line(ev)).await.is_err() {
+                if !send(&tx, &sh, &w.user, ev).await {
                     return;
                 }
             }
@@ -798,7 +821,7 @@ fn watch_stream(
                 let b = json!({"type": "BOOKMARK", "object": {
                     "apiVersion": w.api_version, "kind": w.short_kind,
                     "metadata": {"resourceVersion": newest.to_string()}}});
-                if tx.send(line(b)).await.is_err() {
+                if !send(&tx, &sh, &w.user, b).await {
                     return;
                 }
                 idle = 0;

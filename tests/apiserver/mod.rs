@@ -74,6 +74,8 @@ pub struct Audit {
     pub name: String,
     pub code: u16,
     pub at: std::time::Instant,
+    /// The body's length; 0 for a watch (see `streamed_bytes`).
+    pub bytes: usize,
 }
 
 type ObjectKey = (String, String, String, bool);
@@ -98,6 +100,8 @@ pub struct Shared {
     /// Each field manager's last applied configuration, per object (and status part).
     applied: Mutex<HashMap<ObjectKey, BTreeMap<String, Value>>>,
     audit: Mutex<Vec<Audit>>,
+    /// Bytes sent on watches, per user.
+    streamed: Mutex<HashMap<String, u64>>,
 }
 
 pub struct ApiServer {
@@ -124,6 +128,7 @@ impl ApiServer {
             used: Mutex::new(BTreeSet::new()),
             applied: Mutex::new(HashMap::new()),
             audit: Mutex::new(Vec::new()),
+            streamed: Mutex::new(HashMap::new()),
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -228,6 +233,17 @@ impl ApiServer {
             .filter(|g| !used.contains(g))
             .map(|g| g.to_string())
             .collect()
+    }
+
+    /// The bytes `user`'s watches have been sent so far.
+    pub fn streamed_bytes(&self, user: &str) -> u64 {
+        self.shared
+            .streamed
+            .lock()
+            .unwrap()
+            .get(user)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn audit(&self) -> Vec<Audit> {
