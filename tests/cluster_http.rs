@@ -421,6 +421,18 @@ fn the_real_controller_and_agent_back_up_and_restore_a_vm_through_the_api_and_ku
     assert_eq!(cut.len(), 1, "one run was started: {runs:#?}");
     assert_eq!(phase(cut[0]), "Uploading", "{}", cut[0]["status"]);
     let cut_name = cut[0]["metadata"]["name"].as_str().unwrap().to_string();
+    // The API misbehaves for the agent that resumes: its first status writes meet a 503, a
+    // 429 asking for a second's wait and a connection dropped mid-answer; retried, the run
+    // still ends well.
+    for (code, retry_after) in [(503, None), (429, Some(1)), (0, None)] {
+        srv.inject(Fault {
+            verb: "patch".into(),
+            resource: "backupruns/status".into(),
+            code,
+            retry_after,
+            times: 1,
+        });
+    }
     let mut agent = start_proc(
         &srv,
         &dir,
@@ -443,6 +455,14 @@ fn the_real_controller_and_agent_back_up_and_restore_a_vm_through_the_api_and_ku
         },
     );
     let run_name = run["metadata"]["name"].as_str().unwrap().to_string();
+    let faulted: Vec<u16> = srv
+        .audit()
+        .iter()
+        .filter(|a| a.resource == "backupruns/status" && a.user.ends_with(":snapback-agent"))
+        .map(|a| a.code)
+        .filter(|c| *c != 200)
+        .collect();
+    assert_eq!(faulted, [503, 429, 0], "the faults were met");
 
     let mut rr = example("restore-new-vm.yaml");
     let new_name = format!("{}-restored", g.name);
