@@ -643,3 +643,48 @@ async fn a_kube_runtime_watcher_sees_changes_and_a_too_old_resource_version_is_g
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_request_that_hangs_times_out_and_is_tried_again_and_a_429_waits_as_asked() {
+    use snapback::cluster::retrying::{RetryPolicy, Retrying};
+    let srv = ApiServer::start();
+    install_chart(&srv);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    srv.kubeconfig("admin-token", &path);
+    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.read_timeout = Some(Duration::from_secs(2));
+    let store = Retrying::new(
+        KubeStore::new(kube::Client::try_from(cfg).unwrap(), "test"),
+        RetryPolicy::default(),
+    );
+    store
+        .create(&target("local", "default", "file:///srv/b"))
+        .await
+        .unwrap();
+    for (code, retry_after) in [(1, None), (429, Some(2))] {
+        srv.inject(Fault {
+            verb: "get".into(),
+            resource: "backuptargets".into(),
+            code,
+            retry_after,
+            times: 1,
+        });
+    }
+    let t: Option<BackupTarget> = store.get(Some("default"), "local").await.unwrap();
+    assert!(t.is_some());
+    let audit = srv.audit();
+    let gets: Vec<&apiserver::Audit> = audit
+        .iter()
+        .filter(|a| a.verb == "get" && a.resource == "backuptargets")
+        .collect();
+    let codes: Vec<u16> = gets.iter().map(|a| a.code).collect();
+    assert_eq!(codes, [504, 429, 200], "a hang, a 429, then the answer");
+    assert!(
+        gets[2].at - gets[1].at >= Duration::from_secs(2),
+        "the retry waited the 2 s the 429 asked for"
+    );
+}

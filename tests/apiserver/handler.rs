@@ -22,6 +22,8 @@ struct Answer {
     body: Value,
     headers: Vec<(&'static str, String)>,
     drop_connection: bool,
+    /// Never answer: a request that hangs until the client gives up.
+    hang: bool,
     watch: Option<Box<Watch>>,
 }
 
@@ -47,6 +49,7 @@ fn ok(code: u16, body: Value) -> Answer {
         body,
         headers: Vec::new(),
         drop_connection: false,
+        hang: false,
         watch: None,
     }
 }
@@ -87,6 +90,10 @@ pub async fn serve(sh: std::sync::Arc<Shared>, req: Request) -> Response {
     }
     if let Some(w) = a.watch {
         return b.body(Body::from_stream(watch_stream(sh, w))).unwrap();
+    }
+    if a.hang {
+        // The client's timeout drops the connection, and with it this future.
+        std::future::pending::<()>().await;
     }
     if a.drop_connection {
         // Headers go out, then the body stream fails: the client sees the connection die.
@@ -308,6 +315,11 @@ fn injected(sh: &Shared, verb: &str, resource: &str) -> Option<Answer> {
             a.drop_connection = true;
             a
         }
+        1 => {
+            let mut a = ok(504, Value::Null);
+            a.hang = true;
+            a
+        }
         403 => status(403, "Forbidden", "injected: forbidden"),
         422 => status(422, "Invalid", "injected: invalid"),
         429 => status(429, "TooManyRequests", "injected: too many requests"),
@@ -315,7 +327,9 @@ fn injected(sh: &Shared, verb: &str, resource: &str) -> Option<Answer> {
         c => status(c, "InternalError", "injected: internal error"),
     };
     if let Some(s) = f.retry_after {
+        // As the apiserver says it: the header, and the Status's details.
         a.headers.push(("retry-after", s.to_string()));
+        a.body["details"] = json!({"retryAfterSeconds": s});
     }
     Some(a)
 }

@@ -57,7 +57,8 @@ pub struct Fault {
     pub verb: String,
     /// `plural`, `plural/status`, or `*`.
     pub resource: String,
-    /// The HTTP status to answer; 0 drops the connection mid-answer.
+    /// The HTTP status to answer; 0 drops the connection mid-answer; 1 never answers (the
+    /// client's timeout ends the request).
     pub code: u16,
     pub retry_after: Option<u32>,
     /// How many matching requests fail; then the fault is gone.
