@@ -130,19 +130,14 @@ async fn server_side_apply_of_status_removes_what_the_manager_left_out_and_confl
     );
 
     // Another manager applying a different phase without force conflicts (over raw HTTP).
-    let url = format!(
-        "{}/apis/snapback.dev/v1alpha1/namespaces/default/backupruns/r1/status?fieldManager=other",
-        srv.url()
+    let (code, text) = srv.raw_request(
+        "PATCH",
+        "/apis/snapback.dev/v1alpha1/namespaces/default/backupruns/r1/status?fieldManager=other",
+        "application/apply-patch+yaml",
+        r#"{"apiVersion":"snapback.dev/v1alpha1","kind":"BackupRun","status":{"phase":"Failed"}}"#,
+        Duration::from_secs(20),
     );
-    let out = Command::new("curl")
-        .args(["-sS", "-X", "PATCH", "-H", "Authorization: Bearer admin-token"])
-        .args(["-H", "Content-Type: application/apply-patch+yaml", "-w", "%{http_code}"])
-        .args(["--data", r#"{"apiVersion":"snapback.dev/v1alpha1","kind":"BackupRun","status":{"phase":"Failed"}}"#])
-        .arg(&url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("409"), "{text}");
+    assert_eq!(code, 409, "{text}");
     assert!(text.contains("owned by agent"), "{text}");
 }
 
@@ -629,15 +624,13 @@ async fn a_kube_runtime_watcher_sees_changes_and_a_too_old_resource_version_is_g
             .raw_create("v1/ConfigMap", v, false)
             .unwrap();
     }
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-H", "Authorization: Bearer admin-token"])
-        .arg(format!(
-            "{}/apis/snapback.dev/v1alpha1/namespaces/default/backupruns?watch=true&resourceVersion=1",
-            srv.url()
-        ))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = srv.raw_request(
+        "GET",
+        "/apis/snapback.dev/v1alpha1/namespaces/default/backupruns?watch=true&resourceVersion=1",
+        "application/json",
+        "",
+        Duration::from_secs(20),
+    );
     assert!(
         text.contains(r#""type":"ERROR""#) && text.contains(r#""code":410"#),
         "{text}"

@@ -222,6 +222,45 @@ impl ApiServer {
         }
     }
 
+    /// One HTTP/1.1 request as the admin, sent by hand (no client library in between):
+    /// the status code and the raw answer (headers and body) as text. Reads until the server
+    /// closes, or for at most `limit`.
+    pub fn raw_request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        content_type: &str,
+        body: &str,
+        limit: std::time::Duration,
+    ) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(self.addr).expect("connect to the stand-in");
+        c.set_read_timeout(Some(limit)).unwrap();
+        let req = format!(
+            "{method} {path_and_query} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer admin-token\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + limit;
+        let mut buf = [0u8; 8192];
+        while std::time::Instant::now() < deadline {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, text)
+    }
+
     pub fn inject(&self, f: Fault) {
         self.shared.faults.lock().unwrap().push(f);
     }
