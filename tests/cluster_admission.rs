@@ -361,3 +361,37 @@ async fn a_validation_without_a_reason_denies_with_422_invalid_and_the_failed_ex
     t.spec.url = "s3://bucket/b".into();
     admin.create(&t).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_agent_may_mark_a_finished_run_of_another_node_expired_but_not_change_its_phase() {
+    let srv = cluster(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let mut done = admin.create(&run("done", "node-2")).await.unwrap();
+    done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+    let done = admin.replace_status(&done).await.unwrap();
+    admin.create(&run("busy", "node-2")).await.unwrap();
+    let token = srv.token_for_node(NS, AGENT_SA, "node-1");
+    let agent = store_as(&srv, dir.path(), &token, MANAGER).await;
+
+    let mut expired = done.clone();
+    expired.status = Some(
+        serde_json::from_value(json!({"phase": "Succeeded", "conditions": [{
+            "type": "Expired", "status": "True", "reason": "Pruned", "message": "",
+            "lastTransitionTime": "2026-11-30T00:00:00Z"}]}))
+        .unwrap(),
+    );
+    agent.apply_status(&expired, MANAGER).await.unwrap();
+    let mut failed = done.clone();
+    failed.status = Some(serde_json::from_value(json!({"phase": "Failed"})).unwrap());
+    assert_denied(
+        agent.apply_status(&failed, MANAGER).await,
+        "changing the phase of another node's finished run",
+    );
+    assert_denied(
+        agent
+            .apply_status(&with_run_status(run("busy", "node-2")), MANAGER)
+            .await,
+        "the status of another node's unfinished run",
+    );
+}
