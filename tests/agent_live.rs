@@ -220,6 +220,23 @@ async fn a_run_in_flight_when_its_agent_dies_is_resumed_by_the_next_agent_and_ru
     assert!(labels::has_finalizer(&mid.metadata, labels::RUN_FINALIZER));
 
     let second = agent(&store, &env, metrics).await;
+    // Another process holds the run's lock (as `snapback backup` of the same domain and target
+    // would): the resumed run waits, untouched, instead of failing Busy.
+    let uuid = mid.status.as_ref().unwrap().domain_uuid.clone().unwrap();
+    let key = snapback::catalog::layout::target_key(&env.target);
+    let held = snapback::state_dir::lock(&env.state, &key, &uuid)
+        .unwrap()
+        .unwrap();
+    for _ in 0..3 {
+        second.tick().await.unwrap();
+        second.wait_in_flight().await;
+    }
+    let waiting: BackupRun = store.get(Some(NS), "br-restart").await.unwrap().unwrap();
+    assert_eq!(
+        waiting.status, mid.status,
+        "the waiting run is left as it was"
+    );
+    drop(held);
     let r: BackupRun = tick_until(
         &second,
         &store,

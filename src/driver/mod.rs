@@ -4,6 +4,7 @@
 //! front-ends is only their `Site`: where records are kept and where targets, policies and
 //! other runs are read.
 
+pub mod held;
 mod outcome;
 pub mod target;
 pub mod tick;
@@ -92,6 +93,14 @@ impl<S: Source> Driver<'_, S> {
             .await;
         let (done, pruned) = self.prune_after(site, done, &target).await;
         self.backup_ended(done, pruned)
+    }
+
+    /// What holds back a resumed run now (see `held.rs`), so that a front-end that polls
+    /// leaves it for its next look instead of failing it `Busy`.
+    pub async fn held_elsewhere<T: Site>(&self, site: &T, run: &BackupRun) -> Option<String> {
+        let ns = run.metadata.namespace.as_deref();
+        let target = site.target(ns, &run.spec.target_ref).await.ok()?;
+        held::held_elsewhere(self.state_dir, target.url.as_str(), run)
     }
 
     fn backup_ended(&self, run: BackupRun, pruned: Option<Pruned>) -> BackupOutcome {

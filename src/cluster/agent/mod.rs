@@ -183,6 +183,15 @@ impl<S: Store> Agent<S> {
         }
     }
 
+    /// Waits for the work in flight to end by itself (nothing is cancelled). For tests that
+    /// need to know a look at the API has been acted on in full.
+    pub async fn wait_in_flight(&self) {
+        let tasks: Vec<Task> = self.tasks.lock().unwrap().drain().map(|(_, t)| t).collect();
+        for t in tasks {
+            let _ = t.handle.await;
+        }
+    }
+
     /// Drops all work in flight without cancelling it, as a killed process would. The next
     /// agent resumes each run from its recorded status. Used by tests of that promise.
     /// Returns once every task is gone: like a dead process, it then holds no lock any more
@@ -343,6 +352,12 @@ impl Work for BackupRun {
         report: Reporter,
         cancel: watch::Receiver<bool>,
     ) -> Self {
+        // A run resumed while another process holds its locks is left as it is: the next
+        // look tries again (nothing is written, so no watch event wakes the agent for it).
+        if let Some(why) = driver.held_elsewhere(site, &self).await {
+            tracing::info!(run = ?self.metadata.name, "waiting: {why}");
+            return self;
+        }
         driver.backup(site, self, report, cancel).await.run
     }
 }
