@@ -97,9 +97,75 @@ fn verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks() 
         list.stdout
     );
     // A new chain starts cleanly beside the damaged one.
-    env.backup(&g.name, &["--type", "full"]).assert_ok();
+    let fresh = env.backup(&g.name, &["--type", "full"]).assert_ok();
     let out = env.verify(&g.name, &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // A volume missing from the target (deleted by hand, lost by a storage fault): verify
+    // names the point broken, and a restore of it fails with its reason and leaves nothing.
+    let t = env
+        .read_run(&fresh)
+        .status
+        .unwrap()
+        .target_time
+        .unwrap()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let vol = env
+        .target_files_of(&g.name)
+        .into_iter()
+        .find(|f| f.starts_with(&format!("duplicity-full.{t}.vol1.")))
+        .expect("the new full's first volume");
+    let gone = env
+        .target_dir
+        .join(snapback::catalog::layout::domain_dir(&g.name))
+        .join(&vol);
+    std::fs::remove_file(&gone).unwrap();
+    let all = env.verify(&g.name, &["--all"]);
+    assert_eq!(all.code, 1, "{}\n{}", all.stdout, all.stderr);
+    assert_eq!(
+        results(&all),
+        ["OK", "broken", "broken", "broken"],
+        "the set with a missing volume is listed, broken:\n{}",
+        all.stdout
+    );
+    assert!(
+        all.stdout.contains("a volume of the set is missing"),
+        "{}",
+        all.stdout
+    );
+    let latest = env.verify(&g.name, &[]);
+    assert_eq!(latest.code, 1, "{}\n{}", latest.stdout, latest.stderr);
+    assert_eq!(
+        results(&latest),
+        ["broken"],
+        "latest is the damaged set, not the point before it:\n{}",
+        latest.stdout
+    );
+    let new_name = format!("{}-from-missing", g.name);
+    let _defined = Defined(new_name.clone());
+    let restored = env.dir.join("restored-missing");
+    std::fs::create_dir_all(&restored).unwrap();
+    let out = env.restore_as(&g.name, "latest", &new_name, &restored);
+    out.assert_failed_with("VerificationFailed");
+    assert!(
+        out.last_err_line()
+            .contains("a volume of the set is missing"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !virsh_ok(&["list", "--all", "--name"]).contains(&new_name),
+        "no domain is left defined"
+    );
+    let left: Vec<_> = std::fs::read_dir(&restored)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "nothing is left in the storage dir: {left:?}"
+    );
+    assert!(env.staging_files().is_empty(), "{:?}", env.staging_files());
     // A single point by run name.
     let out = env.verify(&g.name, &["--at", &runs[0]]);
     assert_eq!(out.code, 0, "{}", out.stderr);

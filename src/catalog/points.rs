@@ -91,7 +91,54 @@ pub async fn list_sets(target: &TargetConfig, scratch: &Path) -> Result<Listing,
             Err(e) => return Err(e),
         }
     }
+    // duplicity leaves out of its collection a set that lost a volume. Its manifest, written
+    // last, says it was uploaded whole: such a set is damaged, not absent, and a listing that
+    // dropped it would let a lost point go unnoticed (and "latest" silently mean an older one).
+    match duplicity::backend::list(target).await {
+        Ok(names) => {
+            let sets = collection_sets(&status.messages);
+            let counted: Vec<Timestamp> = sets.iter().map(|s| s.time).collect();
+            listing
+                .damaged
+                .extend(uncounted_sets(&names, &counted, &sets));
+            listing.damaged.sort_by_key(|d| d.set_time);
+        }
+        Err(e) => tracing::warn!("cannot list the target's files to look for damaged sets: {e}"),
+    }
     Ok(listing)
+}
+
+/// The sets whose manifest is among `names` but that duplicity's collection (`counted`)
+/// leaves out: damaged sets. An incremental's chain is the one holding its parent.
+fn uncounted_sets(
+    names: &[String],
+    counted: &[Timestamp],
+    collection: &[duplicity::log::BackupSet],
+) -> Vec<DamagedSet> {
+    duplicity::names::complete_sets(names)
+        .into_iter()
+        .filter(|f| !counted.contains(&f.end))
+        .map(|f| {
+            let full = f.kind == duplicity::names::SetKind::Full;
+            let chain_start = if full {
+                f.end
+            } else {
+                collection
+                    .iter()
+                    .find(|s| s.time == f.start)
+                    .map_or(f.start, |s| s.chain_start)
+            };
+            DamagedSet {
+                set_time: f.end,
+                full,
+                chain_start,
+                error: StepError::new(
+                    FailureReason::VerificationFailed,
+                    "a volume of the set is missing from the target (its manifest is there: it was uploaded whole)",
+                ),
+            }
+        })
+        .collect()
 }
 
 /// The snapback manifest stored in the set of `time`; `None` when the set has none.
@@ -138,4 +185,48 @@ async fn read_set_manifest(
             format!("manifest {manifest}: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_set_with_its_manifest_that_duplicity_does_not_count_is_damaged() {
+        let names: Vec<String> = [
+            "duplicity-full.20261130T100000Z.manifest.gpg",
+            "duplicity-full.20261130T100000Z.vol1.difftar.gpg",
+            "duplicity-inc.20261130T100000Z.to.20261130T110000Z.manifest.gpg",
+            "duplicity-full.20261130T120000Z.manifest.gpg",
+            // A set still being uploaded (no manifest yet) is not damaged.
+            "duplicity-inc.20261130T120000Z.to.20261130T130000Z.vol1.difftar.gpg",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let collection = vec![duplicity::log::BackupSet {
+            time: t("2026-11-30T10:00:00Z"),
+            full: true,
+            chain_start: t("2026-11-30T10:00:00Z"),
+        }];
+        let damaged = uncounted_sets(&names, &[t("2026-11-30T10:00:00Z")], &collection);
+        let got: Vec<(Timestamp, bool, Timestamp)> = damaged
+            .iter()
+            .map(|d| (d.set_time, d.full, d.chain_start))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (t("2026-11-30T11:00:00Z"), false, t("2026-11-30T10:00:00Z")),
+                (t("2026-11-30T12:00:00Z"), true, t("2026-11-30T12:00:00Z")),
+            ]
+        );
+        assert!(damaged
+            .iter()
+            .all(|d| d.error.reason == FailureReason::VerificationFailed));
+    }
 }

@@ -65,6 +65,23 @@ pub fn select(points: &[RestorePoint], at: &At) -> Result<usize, String> {
     }
 }
 
+/// A damaged set (by its set time) that would have been the point asked for had it been
+/// readable: newer than the chosen point and within what was asked (latest: any; a time: a
+/// set made at or before it, which was captured before it too). A restore must not quietly
+/// bring back an older point instead. A point asked for by run name is not affected.
+pub fn damaged_instead(chosen: &RestorePoint, damaged: &[Timestamp], at: &At) -> Option<Timestamp> {
+    damaged
+        .iter()
+        .copied()
+        .filter(|d| *d > chosen.set_time)
+        .filter(|d| match at {
+            At::Latest => true,
+            At::Time(t) => d.as_second() <= t.as_second(),
+            At::Run(_) => false,
+        })
+        .max()
+}
+
 /// The points to fetch for `idx`: its chain's full, then every incremental up to it, in order.
 /// Refuses a chain with a gap (a missing member would make a wrong disk).
 pub fn chain_for(points: &[RestorePoint], idx: usize) -> Result<Vec<usize>, String> {
@@ -249,5 +266,25 @@ mod tests {
         for bad in ["2026-13-01 x", "../etc", "Web1", "a b", "$(id)"] {
             assert!(parse_at(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_damaged_set_newer_than_the_point_chosen_stops_latest_and_times_after_it_only() {
+        let p = point(
+            "r1",
+            "2026-11-30T10:00:05Z",
+            "2026-11-30T10:00:00Z",
+            "2026-11-30T10:00:05Z",
+            0,
+        );
+        let damaged = [t("2026-11-30T12:00:05Z")];
+        assert_eq!(damaged_instead(&p, &damaged, &At::Latest), Some(damaged[0]));
+        let after = At::Time(t("2026-11-30T13:00:00Z"));
+        assert_eq!(damaged_instead(&p, &damaged, &after), Some(damaged[0]));
+        let before = At::Time(t("2026-11-30T11:00:00Z"));
+        assert_eq!(damaged_instead(&p, &damaged, &before), None);
+        assert_eq!(damaged_instead(&p, &damaged, &At::Run("r1".into())), None);
+        let older = [t("2026-11-30T09:00:00Z")];
+        assert_eq!(damaged_instead(&p, &older, &At::Latest), None);
     }
 }

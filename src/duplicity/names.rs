@@ -78,14 +78,22 @@ pub fn newest_time<S: AsRef<str>>(names: &[S]) -> Option<Timestamp> {
 /// The time of the newest complete set: duplicity uploads a set's manifest last, so a set
 /// with its manifest on the target is whole. (Encrypted manifests end in `.manifest.gpg`.)
 pub fn newest_complete_time<S: AsRef<str>>(names: &[S]) -> Option<Timestamp> {
-    names
+    complete_sets(names).iter().map(|f| f.end).max()
+}
+
+/// The backup sets (full and incremental) whose manifest is on the target, oldest first:
+/// every set that was uploaded whole, whatever has happened to its volumes since.
+pub fn complete_sets<S: AsRef<str>>(names: &[S]) -> Vec<SetFile> {
+    let mut sets: Vec<SetFile> = names
         .iter()
         .map(AsRef::as_ref)
         .filter(|n| n.ends_with(".manifest") || n.ends_with(".manifest.gpg"))
         .filter_map(parse)
         .filter(|f| matches!(f.kind, SetKind::Full | SetKind::Incremental))
-        .map(|f| f.end)
-        .max()
+        .collect();
+    sets.sort_by_key(|f| (f.end, f.start));
+    sets.dedup();
+    sets
 }
 
 /// The time to give duplicity for a new set (`--current-time`): now, or one second after the

@@ -15,7 +15,7 @@ use crate::state_dir;
 
 use super::fetch::fetch_file;
 use crate::catalog::points::list_sets;
-use crate::catalog::select::{chain_for, select, At, RestorePoint};
+use crate::catalog::select::{chain_for, damaged_instead, select, At, RestorePoint};
 
 /// Which points to verify.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +85,25 @@ async fn verify_in(
     let chosen: Vec<usize> = match which {
         Which::All => (0..points.len()).collect(),
         Which::One(at) => {
-            vec![select(&points, at).map_err(|m| StepError::new(FailureReason::InvalidSpec, m))?]
+            let i =
+                select(&points, at).map_err(|m| StepError::new(FailureReason::InvalidSpec, m))?;
+            // The point asked for is a damaged set, not the older one before it.
+            let damaged: Vec<_> = listing.damaged.iter().map(|d| d.set_time).collect();
+            if let Some(d) = damaged_instead(&points[i], &damaged, at)
+                .and_then(|t| listing.damaged.iter().find(|d| d.set_time == t))
+            {
+                return Ok(vec![PointCheck {
+                    set_time: d.set_time,
+                    time: d.set_time,
+                    full: d.full,
+                    run: None,
+                    broken: Some(StepError::new(
+                        FailureReason::VerificationFailed,
+                        format!("the set's manifest cannot be read: {}", d.error.message),
+                    )),
+                }]);
+            }
+            vec![i]
         }
     };
     // One chain at a time: its members are fetched once for all of its points.

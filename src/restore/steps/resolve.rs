@@ -4,8 +4,8 @@ use std::path::Path;
 
 use super::{check_storage_dir, invalid, io_err};
 use crate::api::{FailureReason, PointRef, RestorePhase, RestoreRequest};
-use crate::catalog::points::list_points;
-use crate::catalog::select::{chain_for, parse_at, select};
+use crate::catalog::points::list_sets;
+use crate::catalog::select::{chain_for, damaged_instead, parse_at, select};
 use crate::error::StepError;
 use crate::libvirt::VirtErrorKind;
 use crate::lifecycle::{Event, Journal};
@@ -47,7 +47,8 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         let work = self.ctx.state_dir.join("restore-work").join(self.lc.name());
         self.lc.status_mut().work_dir = Some(work.display().to_string());
         let target = self.domain_target();
-        let points = list_points(&target, &work.join("manifests")).await?;
+        let listing = list_sets(&target, &work.join("manifests")).await?;
+        let points = listing.points;
         if points.is_empty() {
             return Err(StepError::new(
                 FailureReason::DomainNotFound,
@@ -55,6 +56,23 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             ));
         }
         let idx = select(&points, &at).map_err(invalid)?;
+        let damaged: Vec<_> = listing.damaged.iter().map(|d| d.set_time).collect();
+        if let Some(t) = damaged_instead(&points[idx], &damaged, &at) {
+            let why = listing
+                .damaged
+                .iter()
+                .find(|d| d.set_time == t)
+                .map(|d| d.error.message.clone())
+                .unwrap_or_default();
+            return Err(StepError::new(
+                FailureReason::VerificationFailed,
+                format!(
+                    "the backup set of {t}, the point asked for, cannot be read from the target \
+                     ({why}); restore an earlier point with --at (`snapback verify --all` names \
+                     every point that is sound)"
+                ),
+            ));
+        }
         let chain = chain_for(&points, idx)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
         let point = &points[idx];
