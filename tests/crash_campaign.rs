@@ -161,6 +161,11 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "verify.rs: verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks",
     ),
     (
+        "a volume of the newest set is missing from the target",
+        "verify --all and verify of the latest name that set broken (its manifest says it was uploaded whole); a restore of the latest fails VerificationFailed instead of bringing back the point before it, and leaves nothing",
+        "verify.rs: verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks",
+    ),
+    (
         "SIGTERM during a run",
         "Failed (Interrupted); cleaned up; the next backup is incremental",
         "backup_safety.rs: sigterm_mid_run_cleans_up_and_fails_as_interrupted",
