@@ -61,9 +61,14 @@ fn set_damage(e: &StepError) -> bool {
 
 /// The restore points and the damaged sets of the domain whose backups `target` points at.
 pub async fn list_sets(target: &TargetConfig, scratch: &Path) -> Result<Listing, StepError> {
-    let status = match duplicity::run(target, &Action::CollectionStatus, |_| {}).await {
-        Ok(o) => o,
-        Err(e) if no_chains(&e) => return Ok(Listing::default()),
+    // The file names are read before duplicity's collection: a set whose upload ends in
+    // between is then in the collection but not yet in the names, never the other way round
+    // (which would call a set just finished damaged).
+    let names = duplicity::backend::list(target).await;
+    // No chains at all may still mean damaged sets: a lone full that lost a volume.
+    let messages = match duplicity::run(target, &Action::CollectionStatus, |_| {}).await {
+        Ok(o) => o.messages,
+        Err(e) if no_chains(&e) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     std::fs::create_dir_all(scratch).map_err(|e| {
@@ -73,7 +78,7 @@ pub async fn list_sets(target: &TargetConfig, scratch: &Path) -> Result<Listing,
         )
     })?;
     let mut listing = Listing::default();
-    for set in collection_sets(&status.messages) {
+    for set in collection_sets(&messages) {
         match read_set_manifest(target, scratch, set.time).await {
             Ok(Some(manifest)) => listing.points.push(RestorePoint {
                 set_time: set.time,
@@ -94,15 +99,18 @@ pub async fn list_sets(target: &TargetConfig, scratch: &Path) -> Result<Listing,
     // duplicity leaves out of its collection a set that lost a volume. Its manifest, written
     // last, says it was uploaded whole: such a set is damaged, not absent, and a listing that
     // dropped it would let a lost point go unnoticed (and "latest" silently mean an older one).
-    match duplicity::backend::list(target).await {
+    match names {
         Ok(names) => {
-            let sets = collection_sets(&status.messages);
+            let sets = collection_sets(&messages);
             let counted: Vec<Timestamp> = sets.iter().map(|s| s.time).collect();
             listing
                 .damaged
                 .extend(uncounted_sets(&names, &counted, &sets));
             listing.damaged.sort_by_key(|d| d.set_time);
         }
+        // Without any chain there is nothing to miss (a new domain's empty target may not
+        // even exist yet).
+        Err(_) if messages.is_empty() => {}
         Err(e) => tracing::warn!("cannot list the target's files to look for damaged sets: {e}"),
     }
     Ok(listing)

@@ -6,6 +6,7 @@
 //! API as before.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kube::api::DynamicObject;
@@ -17,6 +18,8 @@ struct Entry {
     namespace: Option<String>,
     labels: Vec<(String, String)>,
     reader: Reader<DynamicObject>,
+    /// False from a watch error until the watch delivers again.
+    healthy: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -37,6 +40,7 @@ impl WatchCache {
         namespace: Option<String>,
         labels: Vec<(String, String)>,
         reader: Reader<DynamicObject>,
+        healthy: Arc<AtomicBool>,
     ) {
         self.entries.lock().unwrap().insert(
             kind,
@@ -44,13 +48,14 @@ impl WatchCache {
                 namespace,
                 labels,
                 reader,
+                healthy,
             },
         );
     }
 
     /// The cached objects of `kind` in `ns` (all namespaces when `None`) carrying `labels`, in
     /// namespace and name order as the apiserver lists them; `None` when no watch covers
-    /// that list.
+    /// that list, or its watch is failing.
     pub fn list(
         &self,
         kind: &str,
@@ -59,7 +64,9 @@ impl WatchCache {
     ) -> Option<Vec<serde_json::Value>> {
         let entries = self.entries.lock().unwrap();
         let e = entries.get(kind)?;
-        if !covers(e.namespace.as_deref(), &e.labels, ns, labels) {
+        if !covers(e.namespace.as_deref(), &e.labels, ns, labels)
+            || !e.healthy.load(Ordering::SeqCst)
+        {
             return None;
         }
         let mut objs: Vec<Arc<DynamicObject>> = e

@@ -70,14 +70,27 @@ impl KubeStore {
         let changed = self.cache.changed();
         let kind = kind_key::<K>();
         let what = kind.clone();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let health = healthy.clone();
         let task = tokio::spawn(
             reflector(writer, watcher(self.api::<K>(ns), cfg))
                 .default_backoff()
                 .for_each(move |ev| {
+                    use std::sync::atomic::Ordering;
                     match ev {
-                        Ok(_) => changed.notify_one(),
-                        // The watcher re-lists and watches again by itself (with backoff).
-                        Err(e) => tracing::warn!(kind = %what, "watch interrupted: {e}"),
+                        // Init starts a new list; the cache holds the old state until InitDone.
+                        Ok(watcher::Event::Init) => {}
+                        Ok(_) => {
+                            health.store(true, Ordering::SeqCst);
+                            changed.notify_one();
+                        }
+                        // The watcher re-lists and watches again by itself (with backoff);
+                        // meanwhile lists go to the API rather than to a cache that may be
+                        // falling behind (a watch refused after an RBAC change never catches up).
+                        Err(e) => {
+                            health.store(false, Ordering::SeqCst);
+                            tracing::warn!(kind = %what, "watch interrupted: {e}");
+                        }
                     }
                     std::future::ready(())
                 }),
@@ -92,6 +105,7 @@ impl KubeStore {
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect(),
                     reader,
+                    healthy,
                 );
                 Ok(())
             }
@@ -331,6 +345,9 @@ pub async fn connect(timeout: std::time::Duration) -> Result<Client, String> {
             .map_err(|e| format!("no Kubernetes configuration (in-cluster or kubeconfig): {e}"))?;
         config.default_retry = false;
         config.read_timeout = Some(READ_TIMEOUT);
+        // The timeout counts from the request's write, not from when a pooled connection
+        // last saw a byte: a watch on a connection idle for a while would time out early.
+        config.reset_reader_on_write = true;
         let client = Client::try_from(config)
             .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
         client

@@ -133,7 +133,15 @@ impl<S: Store> ApiJournal<S> {
                 );
                 return Ok(());
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                // Not written: the API is behind the run, so `settle` keeps trying (or keeps
+                // the finalizer) rather than release a run recorded in an earlier phase. A
+                // run that is gone has nothing to be behind on.
+                if !e.is(ApiErrorKind::NotFound) {
+                    self.behind.store(true, Ordering::SeqCst);
+                }
+                return Err(e.to_string());
+            }
         }
         let Some((phase, failure)) = phase else {
             return Ok(());

@@ -294,7 +294,28 @@ impl<S: Store> Agent<S> {
         ApiJournal<S>: Journal<K>,
     {
         let name = obj.meta().name.clone().unwrap_or_default();
-        let obj = match self.set_finalizer(&obj, true).await {
+        // The look that started this may have come from a watch cache behind the API: read
+        // it fresh, and leave a finished one alone (its end was written; at most our
+        // finalizer is left, from an agent that stopped before releasing it).
+        let fresh = match self
+            .store
+            .get::<K>(obj.meta().namespace.as_deref(), &name)
+            .await
+        {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(name = %name, "cannot read it: {e}");
+                return;
+            }
+        };
+        if fresh.terminal() {
+            if let Err(e) = self.release(&fresh).await {
+                warn!(name = %name, "cannot release it: {e}");
+            }
+            return;
+        }
+        let obj = match self.set_finalizer(&fresh, true).await {
             Ok(Some(o)) => o,
             Ok(None) => return,
             Err(e) => {

@@ -59,6 +59,11 @@ impl Leadership {
     pub fn leading(&self, elected: bool, now: Timestamp) -> bool {
         elected && self.until.is_some_and(|u| now < u)
     }
+
+    /// When the leadership runs out unless a renewal is seen first.
+    pub fn ends_at(&self) -> Option<Timestamp> {
+        self.until
+    }
 }
 
 /// Runs `work` while `leading` stays true. `None` when leadership was lost first: `work` is

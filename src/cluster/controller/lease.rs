@@ -108,22 +108,32 @@ async fn follow(
     mut released: oneshot::Receiver<()>,
 ) {
     let mut lead = Leadership::default();
-    loop {
-        match tokio::time::timeout(cfg.check_every, api.get_opt(&cfg.name)).await {
-            Ok(Ok(Some(l))) => lead.observed(&view(&l), &cfg.identity, cfg.margin),
-            Ok(Ok(None)) => lead.forget(),
-            Ok(Err(e)) => debug!("cannot read the Lease: {e}"),
-            Err(_) => debug!("the Lease did not come within {:?}", cfg.check_every),
-        }
-        let now = lead.leading(*elected.borrow(), Timestamp::now());
+    let publish = |lead: &Leadership, elected: bool| {
+        let now = lead.leading(elected, Timestamp::now());
         tx.send_if_modified(|was| {
             if *was != now {
                 info!(identity = %cfg.identity, leading = now, "leadership changed");
             }
             std::mem::replace(was, now) != now
         });
+    };
+    loop {
+        // Before the read too: a slow read must not keep a leadership that ran out meanwhile.
+        publish(&lead, *elected.borrow());
+        match tokio::time::timeout(cfg.check_every, api.get_opt(&cfg.name)).await {
+            Ok(Ok(Some(l))) => lead.observed(&view(&l), &cfg.identity, cfg.margin),
+            Ok(Ok(None)) => lead.forget(),
+            Ok(Err(e)) => debug!("cannot read the Lease: {e}"),
+            Err(_) => debug!("the Lease did not come within {:?}", cfg.check_every),
+        }
+        publish(&lead, *elected.borrow());
+        // Wake at the end of the leadership if that comes before the next read.
+        let wait = lead
+            .ends_at()
+            .and_then(|u| Duration::try_from(u.duration_since(Timestamp::now())).ok())
+            .map_or(cfg.check_every, |left| left.min(cfg.check_every));
         tokio::select! {
-            _ = tokio::time::sleep(cfg.check_every) => {}
+            _ = tokio::time::sleep(wait) => {}
             r = elected.changed() => if r.is_err() {
                 warn!("the lease manager stopped");
                 break;

@@ -49,6 +49,15 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         let target = self.domain_target();
         let listing = list_sets(&target, &work.join("manifests")).await?;
         let points = listing.points;
+        if points.is_empty() && !listing.damaged.is_empty() {
+            return Err(StepError::new(
+                FailureReason::VerificationFailed,
+                format!(
+                    "every backup set of domain '{}' on the target is damaged ({}); `snapback verify --all` lists them",
+                    spec.domain, listing.damaged[0].error.message
+                ),
+            ));
+        }
         if points.is_empty() {
             return Err(StepError::new(
                 FailureReason::DomainNotFound,
