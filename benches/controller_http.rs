@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apiserver::{yaml_docs, ApiServer};
+use apiserver::ApiServer;
 use serde_json::{json, Value};
 
 const NS: &str = "vms";
@@ -62,19 +62,9 @@ fn main() {
         .unwrap_or(120);
     let tools =
         std::env::var("SNAPBACK_TOOLS").unwrap_or_else(|_| "/var/tmp/snapback-tools".into());
-    let out = Command::new(format!("{tools}/bin/helm"))
-        .args([
-            "template",
-            "snapback",
-            "charts/snapback",
-            "--namespace",
-            RELEASE_NS,
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("helm (scripts/setup-host.sh installs it)");
     let srv = ApiServer::start();
-    srv.create_all(&yaml_docs(&String::from_utf8_lossy(&out.stdout)));
+    let helm = std::path::PathBuf::from(format!("{tools}/bin/helm"));
+    srv.create_all(&apiserver::render_chart(&helm, RELEASE_NS, &[]));
 
     let now = jiff::Timestamp::now().to_string();
     let mut objects: Vec<Value> = (0..50).map(|i| host(i, &now)).collect();

@@ -7,13 +7,9 @@
 mod apiserver;
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use apiserver::{yaml_docs, ApiServer};
+use apiserver::ApiServer;
 use serde_json::json;
 use snapback::api::{BackupRun, BackupRunSpec, BackupTarget, RestoreRequest, VirtHost};
-use snapback::cluster::kube_api::KubeStore;
 use snapback::cluster::labels;
 use snapback::cluster::{ApiErrorKind, Store};
 
@@ -24,33 +20,13 @@ const MANAGER: &str = snapback::cluster::agent::inventory::FIELD_MANAGER;
 
 /// A stand-in with the chart (`helm template` with `sets`) created in it.
 fn cluster(sets: &[&str]) -> ApiServer {
-    let mut cmd = Command::new(common::test_tool("helm"));
-    cmd.args(["template", "snapback", "charts/snapback", "--namespace", NS]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let srv = ApiServer::start();
-    srv.create_all(&yaml_docs(&String::from_utf8_lossy(&out.stdout)));
+    srv.create_all(&apiserver::render_chart(
+        &common::test_tool("helm"),
+        NS,
+        sets,
+    ));
     srv
-}
-
-async fn store_as(srv: &ApiServer, dir: &Path, token: &str, manager: &str) -> KubeStore {
-    let path = dir.join(format!("kubeconfig-{}", uuid::Uuid::new_v4().simple()));
-    srv.kubeconfig(token, &path);
-    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    KubeStore::new(kube::Client::try_from(cfg).unwrap(), manager)
 }
 
 /// A run as the controller creates it: `spec.nodeName` and the node label.
@@ -105,13 +81,13 @@ fn assert_denied<T: std::fmt::Debug>(res: Result<T, snapback::cluster::ApiError>
 async fn an_agent_writes_the_runs_and_restores_of_its_node_and_is_forbidden_those_of_another() {
     let srv = cluster(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     for (name, node) in [("mine", "node-1"), ("theirs", "node-2")] {
         admin.create(&run(name, node)).await.unwrap();
         admin.create(&restore(name, node)).await.unwrap();
     }
     let token = srv.token_for_node(NS, AGENT_SA, "node-1");
-    let agent = store_as(&srv, dir.path(), &token, MANAGER).await;
+    let agent = srv.store_as(dir.path(), &token, MANAGER).await;
 
     agent
         .apply_status(&with_run_status(run("mine", "node-1")), MANAGER)
@@ -177,7 +153,7 @@ async fn an_agent_creates_and_updates_its_own_virthost_but_not_another_nodes() {
     let srv = cluster(&[]);
     let dir = tempfile::tempdir().unwrap();
     let token = srv.token_for_node(NS, AGENT_SA, "node-1");
-    let agent = store_as(&srv, dir.path(), &token, MANAGER).await;
+    let agent = srv.store_as(dir.path(), &token, MANAGER).await;
 
     let mut own = agent.create(&virthost("node-1", "node-1")).await.unwrap();
     own.status = Some(serde_json::from_value(json!({"domainCount": 2})).unwrap());
@@ -191,7 +167,7 @@ async fn an_agent_creates_and_updates_its_own_virthost_but_not_another_nodes() {
         agent.create(&virthost("node-3", "node-1")).await,
         "creating a VirtHost under another name",
     );
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     let mut theirs = admin.create(&virthost("node-2", "node-2")).await.unwrap();
     theirs.status = Some(serde_json::from_value(json!({"domainCount": 0})).unwrap());
     assert_denied(
@@ -204,10 +180,10 @@ async fn an_agent_creates_and_updates_its_own_virthost_but_not_another_nodes() {
 async fn a_token_that_names_no_node_is_not_narrowed_because_nothing_tells_the_agents_apart() {
     let srv = cluster(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     admin.create(&run("theirs", "node-2")).await.unwrap();
     let token = srv.token_for(NS, AGENT_SA);
-    let agent = store_as(&srv, dir.path(), &token, MANAGER).await;
+    let agent = srv.store_as(dir.path(), &token, MANAGER).await;
     agent
         .apply_status(&with_run_status(run("theirs", "node-2")), MANAGER)
         .await
@@ -219,11 +195,13 @@ async fn a_token_that_names_no_node_is_not_narrowed_because_nothing_tells_the_ag
 async fn the_controller_is_not_narrowed_even_with_a_token_naming_its_node() {
     let srv = cluster(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     admin.create(&run("theirs", "node-2")).await.unwrap();
     admin.create(&restore("theirs", "node-2")).await.unwrap();
     let token = srv.token_for_node(NS, CONTROLLER_SA, "node-1");
-    let controller = store_as(&srv, dir.path(), &token, "snapback-controller").await;
+    let controller = srv
+        .store_as(dir.path(), &token, "snapback-controller")
+        .await;
 
     // The controller reads through watches (no get); the admin reads for it here.
     let mut r: BackupRun = admin.get(Some(NS), "theirs").await.unwrap().unwrap();
@@ -247,10 +225,10 @@ async fn with_restrict_to_own_node_off_the_chart_has_no_policy_and_the_agent_is_
         )
         .is_empty());
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     admin.create(&run("theirs", "node-2")).await.unwrap();
     let token = srv.token_for_node(NS, AGENT_SA, "node-1");
-    let agent = store_as(&srv, dir.path(), &token, MANAGER).await;
+    let agent = srv.store_as(dir.path(), &token, MANAGER).await;
     agent
         .apply_status(&with_run_status(run("theirs", "node-2")), MANAGER)
         .await
@@ -268,30 +246,30 @@ async fn on_a_node_with_a_name_over_63_characters_runs_stay_its_own_and_hashed_r
     assert!(long.len() > 63 && labels::label_value(&long).starts_with("h-"));
     let srv = cluster(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     admin.create(&run("long", &long)).await.unwrap();
     admin.create(&restore("long", &long)).await.unwrap();
-    let agent = store_as(
-        &srv,
-        dir.path(),
-        &srv.token_for_node(NS, AGENT_SA, &long),
-        MANAGER,
-    )
-    .await;
-    let other = store_as(
-        &srv,
-        dir.path(),
-        &srv.token_for_node(NS, AGENT_SA, &other_long),
-        MANAGER,
-    )
-    .await;
-    let short = store_as(
-        &srv,
-        dir.path(),
-        &srv.token_for_node(NS, AGENT_SA, "node-1"),
-        MANAGER,
-    )
-    .await;
+    let agent = srv
+        .store_as(
+            dir.path(),
+            &srv.token_for_node(NS, AGENT_SA, &long),
+            MANAGER,
+        )
+        .await;
+    let other = srv
+        .store_as(
+            dir.path(),
+            &srv.token_for_node(NS, AGENT_SA, &other_long),
+            MANAGER,
+        )
+        .await;
+    let short = srv
+        .store_as(
+            dir.path(),
+            &srv.token_for_node(NS, AGENT_SA, "node-1"),
+            MANAGER,
+        )
+        .await;
 
     agent
         .apply_status(&with_run_status(run("long", &long)), MANAGER)
@@ -340,7 +318,7 @@ async fn a_validation_without_a_reason_denies_with_422_invalid_and_the_failed_ex
                "spec": {"policyName": "only-s3", "validationActions": ["Deny"]}}),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     let mut t = BackupTarget::new(
         "local",
         serde_json::from_value(json!({"url": "file:///srv/b"})).unwrap(),
@@ -366,13 +344,13 @@ async fn a_validation_without_a_reason_denies_with_422_invalid_and_the_failed_ex
 async fn an_agent_may_mark_a_finished_run_of_another_node_expired_but_not_change_its_phase() {
     let srv = cluster(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     let mut done = admin.create(&run("done", "node-2")).await.unwrap();
     done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
     let done = admin.replace_status(&done).await.unwrap();
     admin.create(&run("busy", "node-2")).await.unwrap();
     let token = srv.token_for_node(NS, AGENT_SA, "node-1");
-    let agent = store_as(&srv, dir.path(), &token, MANAGER).await;
+    let agent = srv.store_as(dir.path(), &token, MANAGER).await;
 
     let mut expired = done.clone();
     expired.status = Some(

@@ -19,42 +19,11 @@ use snapback::cluster::{ApiErrorKind, Store};
 const RELEASE_NS: &str = "snapback-system";
 const NODE: &str = "node-1";
 
-/// `helm template` of the chart with default values, as documents.
-fn render_chart() -> Vec<Value> {
-    let out = Command::new(test_tool("helm"))
-        .args([
-            "template",
-            "snapback",
-            "charts/snapback",
-            "--namespace",
-            RELEASE_NS,
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    yaml_docs(&String::from_utf8_lossy(&out.stdout))
-}
-
 /// The chart's CRDs and RBAC, created in the stand-in.
 fn install_chart(srv: &ApiServer) -> Vec<Value> {
-    let docs = render_chart();
+    let docs = apiserver::render_chart(&test_tool("helm"), RELEASE_NS, &[]);
     srv.create_all(&docs);
     docs
-}
-
-async fn store_as(srv: &ApiServer, dir: &Path, token: &str, manager: &str) -> KubeStore {
-    let path = dir.join(format!("kubeconfig-{manager}"));
-    srv.kubeconfig(token, &path);
-    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    KubeStore::new(kube::Client::try_from(cfg).unwrap(), manager)
 }
 
 fn target(name: &str, ns: &str, url: &str) -> BackupTarget {
@@ -68,7 +37,7 @@ async fn the_stand_in_keeps_status_apart_and_refuses_stale_and_unversioned_write
     let srv = ApiServer::start();
     install_chart(&srv);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
 
     let mut t = target("local", "default", "file:///srv/b");
     t.status = Some(serde_json::from_value(json!({"observedGeneration": 7})).unwrap());
@@ -113,7 +82,7 @@ async fn server_side_apply_of_status_removes_what_the_manager_left_out_and_confl
     let srv = ApiServer::start();
     install_chart(&srv);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     let mut r = BackupRun::new("r1", snapback::api::BackupRunSpec::new("web", "local"));
     r.metadata.namespace = Some("default".into());
     admin.create(&r).await.unwrap();
@@ -146,7 +115,7 @@ async fn lists_page_with_limit_and_continue_and_select_by_label() {
     let srv = ApiServer::start();
     install_chart(&srv);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     for i in 0..7 {
         let mut r = BackupRun::new(
             &format!("r{i}"),
@@ -186,7 +155,7 @@ async fn the_charts_rbac_forbids_the_controller_secrets_and_injected_faults_reac
     install_chart(&srv);
     let dir = tempfile::tempdir().unwrap();
     let token = srv.token_for(RELEASE_NS, "snapback-controller");
-    let controller = store_as(&srv, dir.path(), &token, "controller").await;
+    let controller = srv.store_as(dir.path(), &token, "controller").await;
     let e = controller
         .get::<k8s_openapi::api::core::v1::Secret>(Some(RELEASE_NS), "x")
         .await
@@ -591,7 +560,7 @@ async fn a_kube_runtime_watcher_sees_changes_and_a_too_old_resource_version_is_g
     let srv = ApiServer::start();
     install_chart(&srv);
     let dir = tempfile::tempdir().unwrap();
-    let admin = store_as(&srv, dir.path(), "admin-token", "test").await;
+    let admin = srv.store_as(dir.path(), "admin-token", "test").await;
     let api: kube::Api<BackupRun> = kube::Api::namespaced(admin.client().clone(), "default");
     let mut events = watcher(api, watcher::Config::default().labels("node=n1")).boxed();
     let mut mine = BackupRun::new("mine", snapback::api::BackupRunSpec::new("web", "t"));

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apiserver::{yaml_docs, ApiServer};
+use apiserver::ApiServer;
 use common::test_tool;
 use serde_json::json;
 use snapback::cluster::mem::Part;
@@ -107,12 +107,7 @@ fn ticks(srv: &ApiServer) -> Vec<String> {
 #[test]
 fn a_stopped_leader_hands_over_at_once_a_killed_one_after_its_lease_and_no_tick_runs_twice() {
     let srv = ApiServer::start();
-    let out = Command::new(test_tool("helm"))
-        .args(["template", "snapback", "charts/snapback", "--namespace", NS])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    srv.create_all(&yaml_docs(&String::from_utf8_lossy(&out.stdout)));
+    srv.create_all(&apiserver::render_chart(&test_tool("helm"), NS, &[]));
     srv.create_all(&[
         json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
         json!({"apiVersion": "snapback.dev/v1alpha1", "kind": "VirtHost",

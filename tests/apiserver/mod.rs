@@ -261,6 +261,23 @@ impl ApiServer {
         (code, text)
     }
 
+    /// snapback's store over the stand-in with `token`, as `manager` (its kubeconfig is
+    /// written in `dir`).
+    pub async fn store_as(
+        &self,
+        dir: &Path,
+        token: &str,
+        manager: &str,
+    ) -> snapback::cluster::kube_api::KubeStore {
+        let path = dir.join(format!("kubeconfig-{}", uuid::Uuid::new_v4().simple()));
+        self.kubeconfig(token, &path);
+        let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        snapback::cluster::kube_api::KubeStore::new(kube::Client::try_from(cfg).unwrap(), manager)
+    }
+
     pub fn inject(&self, f: Fault) {
         self.shared.faults.lock().unwrap().push(f);
     }
@@ -309,6 +326,32 @@ impl Drop for ApiServer {
             let _ = t.join();
         }
     }
+}
+
+/// `helm template` of the chart (release `snapback` in `namespace`, with `--set` values), as
+/// documents. `helm` is the pinned one scripts/setup-host.sh installs.
+pub fn render_chart(helm: &Path, namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let mut cmd = std::process::Command::new(helm);
+    cmd.args([
+        "template",
+        "snapback",
+        "charts/snapback",
+        "--namespace",
+        namespace,
+    ]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run helm (scripts/setup-host.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    yaml_docs(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The documents of a multi-document YAML stream (as `helm template` prints), empty ones left out.
