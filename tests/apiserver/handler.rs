@@ -509,6 +509,23 @@ fn create(
         sub: String::new(),
     };
     admit(sh, who, "CREATE", r, &target, &v, None)?;
+    let hooks: Vec<_> = sh
+        .create_hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k == r.store_kind())
+        .map(|(_, h)| h.clone())
+        .collect();
+    for h in hooks {
+        match h(&v) {
+            super::OnCreate::Store => {}
+            super::OnCreate::Deny(code, reason, message) => {
+                return Err(status(code, &reason, &message))
+            }
+            super::OnCreate::Answer(a) => return Ok(a),
+        }
+    }
     let stored = sh
         .store
         .raw_create(&r.store_kind(), v, r.status_subresource)

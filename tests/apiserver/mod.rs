@@ -47,6 +47,20 @@ pub use resources::Resource;
 /// The user the test itself acts as: every request allowed.
 pub const ADMIN: &str = "system:admin";
 
+/// What a fixture's hook makes of a create of its kind (see `ApiServer::on_create`).
+pub enum OnCreate {
+    /// Store it as usual.
+    Store,
+    /// Refuse it, as an admission webhook would: the status code, reason and message.
+    Deny(u16, String, String),
+    /// Answer with this object and store nothing, as an aggregated API that only computes
+    /// an answer does.
+    Answer(Value),
+}
+
+/// A fixture's hook on the creates of one kind; it sees the object as it would be stored.
+pub type CreateHook = Arc<dyn Fn(&Value) -> OnCreate + Send + Sync>;
+
 /// The user of a request without credentials.
 pub const ANONYMOUS: &str = "system:anonymous";
 
@@ -103,6 +117,8 @@ pub struct Shared {
     audit: Mutex<Vec<Audit>>,
     /// Bytes sent on watches, per user.
     streamed: Mutex<HashMap<String, u64>>,
+    /// Hooks on creates, by the store's kind (`apiVersion/Kind`).
+    create_hooks: Mutex<Vec<(String, CreateHook)>>,
 }
 
 pub struct ApiServer {
@@ -130,6 +146,7 @@ impl ApiServer {
             applied: Mutex::new(HashMap::new()),
             audit: Mutex::new(Vec::new()),
             streamed: Mutex::new(HashMap::new()),
+            create_hooks: Mutex::new(Vec::new()),
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -276,6 +293,29 @@ impl ApiServer {
             .await
             .unwrap();
         snapback::cluster::kube_api::KubeStore::new(kube::Client::try_from(cfg).unwrap(), manager)
+    }
+
+    /// Serves one more kind that no CRD declares: a built-in one the stand-in lacks, or one
+    /// of an aggregated API (whose creates a hook then answers, see `on_create`).
+    pub fn serve_kind(&self, r: Resource) {
+        let mut all = self.shared.resources.lock().unwrap();
+        if !all
+            .iter()
+            .any(|x| x.store_kind() == r.store_kind() && x.plural == r.plural)
+        {
+            all.push(r);
+        }
+    }
+
+    /// Lets a fixture decide each create of `store_kind` (`apiVersion/Kind`), after RBAC and
+    /// admission policies, before it is stored: as a validating webhook refuses, or as an
+    /// aggregated API answers without storing.
+    pub fn on_create(&self, store_kind: &str, hook: CreateHook) {
+        self.shared
+            .create_hooks
+            .lock()
+            .unwrap()
+            .push((store_kind.to_string(), hook));
     }
 
     pub fn inject(&self, f: Fault) {

@@ -1,0 +1,272 @@
+//! The fake KubeVirt and CDI (tests/kubevirt_fake) checked on the real stack: the stand-in
+//! apiserver, libvirtd with the test guest, qemu-img, and HTTPS through the fake's CA.
+
+mod apiserver;
+mod common;
+mod kubevirt_fake;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use apiserver::ApiServer;
+use common::{run_ok, virsh_ok, Guest, GuestOpts};
+use kubevirt_fake::*;
+
+const NS: &str = "vms";
+const LONG: Duration = Duration::from_secs(180);
+
+/// Dropped in this order: the fake (its jobs and servers), the stand-in, then the guest.
+struct World {
+    fake: KubevirtFake,
+    api: ApiServer,
+    guest: Guest,
+}
+
+fn world(agent: bool, prefill_mib: u64) -> World {
+    let guest = Guest::new(
+        "kvfake",
+        GuestOpts {
+            disk_mib: 128,
+            prefill_mib,
+            agent_channel: agent,
+            ..Default::default()
+        },
+    );
+    let api = ApiServer::start();
+    let fake = KubevirtFake::start(&api);
+    World { fake, api, guest }
+}
+
+fn pvc(api: &ApiServer, name: &str) {
+    api.create_all(&[json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+                 "resources": {"requests": {"storage": "2Gi"}}},
+    })]);
+}
+
+fn tracker(api: &ApiServer, name: &str, vm: &str) {
+    api.create_all(&[json!({
+        "apiVersion": "backup.kubevirt.io/v1alpha1", "kind": "VirtualMachineBackupTracker",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm}},
+    })]);
+}
+
+fn backup_doc(name: &str, source: Value, pvc: &str, extra: Value) -> Value {
+    let mut spec = json!({"source": source, "pvcName": pvc});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "backup.kubevirt.io/v1alpha1", "kind": "VirtualMachineBackup",
+        "metadata": {"name": name, "namespace": NS}, "spec": spec,
+    })
+}
+
+fn via_tracker(t: &str) -> Value {
+    json!({"apiGroup": "backup.kubevirt.io", "kind": "VirtualMachineBackupTracker", "name": t})
+}
+
+fn via_vm(vm: &str) -> Value {
+    json!({"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm})
+}
+
+fn condition(v: &Value, ty: &str) -> Value {
+    v["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == ty)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until the backup is terminal (Complete or Failed true) and returns it.
+fn finished(w: &World, name: &str) -> Value {
+    w.fake.wait_for(&format!("backup {name} to end"), LONG, || {
+        let b = w.fake.get(BACKUP, NS, name)?;
+        let done = ["Complete", "Failed"]
+            .iter()
+            .any(|t| condition(&b, t)["status"] == "True");
+        done.then_some(b)
+    })
+}
+
+fn backup_file(w: &World, pvc: &str, b: &Value, vm: &str) -> PathBuf {
+    let created: jiff::Timestamp = b["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ts = created.strftime("%Y-%m-%d_%H-%M-%S").to_string();
+    let name = b["metadata"]["name"].as_str().unwrap();
+    w.fake
+        .pvc_dir(NS, pvc)
+        .join(vm)
+        .join(format!("{name}-{ts}"))
+        .join(format!("{name}-rootdisk.qcow2"))
+}
+
+fn image_info(p: &Path) -> Value {
+    serde_json::from_str(&run_ok(
+        "qemu-img",
+        &["info", "-U", "--output=json", p.to_str().unwrap()],
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_full_then_an_incremental_through_a_tracker_write_kubevirts_layout_and_rebuild_the_paused_disk()
+{
+    let w = world(true, 48);
+    w.fake.add_vm(
+        NS,
+        "vm1",
+        &w.guest.name,
+        &[("changedBlockTracking", "true")],
+    );
+    let vmi = w.fake.get(VMI, NS, "vm1").unwrap();
+    assert_eq!(vmi["status"]["changedBlockTracking"]["state"], "Enabled");
+    pvc(&w.api, "target");
+    tracker(&w.api, "t1", "vm1");
+
+    w.api
+        .create_all(&[backup_doc("full", via_tracker("t1"), "target", json!({}))]);
+    let full = finished(&w, "full");
+    assert_eq!(
+        condition(&full, "Complete")["reason"],
+        "Completed",
+        "{full:#}"
+    );
+    assert_eq!(condition(&full, "Progressing")["status"], "False");
+    // The test guest answers the agent's freeze (it has no filesystems to freeze).
+    assert_eq!(condition(&full, "Quiesced")["reason"], "QuiesceSucceeded");
+    assert_eq!(full["status"]["type"], "Full");
+    assert_eq!(
+        full["metadata"]["finalizers"],
+        json!(["backup.kubevirt.io/vmbackup-protection"])
+    );
+    let full_file = backup_file(&w, "target", &full, "vm1");
+    let cp1 = full["status"]["checkpointName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        full_file.parent().unwrap().file_name().unwrap().to_str(),
+        Some(cp1.as_str()),
+        "the checkpoint and the directory carry the same <backup>-<time>"
+    );
+    assert_eq!(image_info(&full_file)["format"], "qcow2");
+    assert_eq!(
+        full["status"]["includedVolumes"],
+        json!([{"volumeName": "rootdisk", "diskTarget": "vda"}])
+    );
+    let t = w.fake.get(TRACKER, NS, "t1").unwrap();
+    assert_eq!(t["status"]["latestCheckpoint"]["name"], cp1.as_str());
+    assert_eq!(w.fake.domain_checkpoints(NS, "vm1"), vec![cp1.clone()]);
+
+    // More writes, then the incremental with the guest paused so the disk holds still.
+    let n = w.guest.writes();
+    w.guest.wait_for_writes(n + 40);
+    virsh_ok(&["suspend", &w.guest.name]);
+    // A paused guest's agent cannot freeze: skip it, or the backup completes with a warning.
+    w.api.create_all(&[backup_doc(
+        "incr",
+        via_tracker("t1"),
+        "target",
+        json!({"skipQuiesce": true}),
+    )]);
+    let incr = finished(&w, "incr");
+    let reference = w.fake.pvc_dir(NS, "target").with_extension("ref.raw");
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-O",
+            "raw",
+            w.guest.disk.to_str().unwrap(),
+            reference.to_str().unwrap(),
+        ],
+    );
+    virsh_ok(&["resume", &w.guest.name]);
+    assert_eq!(
+        condition(&incr, "Complete")["reason"],
+        "Completed",
+        "{incr:#}"
+    );
+    assert_eq!(incr["status"]["type"], "Incremental");
+    assert_eq!(condition(&incr, "Quiesced")["reason"], "QuiesceSkipped");
+    let incr_file = backup_file(&w, "target", &incr, "vm1");
+    let cp2 = incr["status"]["checkpointName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(cp1, cp2);
+    let t = w.fake.get(TRACKER, NS, "t1").unwrap();
+    assert_eq!(t["status"]["latestCheckpoint"]["name"], cp2.as_str());
+
+    let full_size = image_info(&full_file)["actual-size"].as_u64().unwrap();
+    let incr_size = image_info(&incr_file)["actual-size"].as_u64().unwrap();
+    assert!(
+        incr_size * 3 < full_size,
+        "the incremental ({incr_size}) holds the changed clusters, not the disk ({full_size})"
+    );
+
+    // Rebuild: the incremental on top of the full, flattened, is the paused disk.
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("full.qcow2");
+    let i = work.path().join("incr.qcow2");
+    std::fs::copy(&full_file, &f).unwrap();
+    std::fs::copy(&incr_file, &i).unwrap();
+    run_ok(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-F",
+            "qcow2",
+            "-b",
+            f.to_str().unwrap(),
+            i.to_str().unwrap(),
+        ],
+    );
+    let rebuilt = work.path().join("rebuilt.raw");
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            i.to_str().unwrap(),
+            rebuilt.to_str().unwrap(),
+        ],
+    );
+    let same = std::fs::read(&rebuilt).unwrap() == std::fs::read(&reference).unwrap();
+    let _ = std::fs::remove_file(&reference);
+    assert!(
+        same,
+        "the rebuilt chain differs from the disk at the incremental"
+    );
+    // And the full alone is not that disk: the incremental carries the writes.
+    let full_raw = work.path().join("full.raw");
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            f.to_str().unwrap(),
+            full_raw.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(
+        std::fs::read(&full_raw).unwrap(),
+        std::fs::read(&rebuilt).unwrap(),
+        "the guest wrote between the backups"
+    );
+}
