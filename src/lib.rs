@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod hooks;
+pub mod kubevirt;
 pub mod libvirt;
 pub mod lifecycle;
 pub mod metrics;
