@@ -38,6 +38,15 @@ pub struct Metrics {
     pub restore_duration: Histogram,
     pub active_runs: Gauge,
     pub scheduling_pass_seconds: Histogram,
+    pub verified_points: Family<ResultLabel, Counter>,
+    pub last_verify: Family<PolicyDomain, Gauge<f64, AtomicU64>>,
+    pub broken_points: Family<PolicyDomain, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `broken`.
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -63,6 +72,9 @@ impl Metrics {
             restore_duration: secs(),
             active_runs: Gauge::default(),
             scheduling_pass_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            verified_points: Family::default(),
+            last_verify: Family::default(),
+            broken_points: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -124,6 +136,21 @@ impl Metrics {
             "snapback_scheduling_pass_seconds",
             "Wall time of one controller pass",
             m.scheduling_pass_seconds.clone(),
+        );
+        r.register(
+            "snapback_verified_points",
+            "Backup points read back from the target by scheduled verifies, by result",
+            m.verified_points.clone(),
+        );
+        r.register(
+            "snapback_last_verify_timestamp_seconds",
+            "When the policy's newest scheduled verify of the domain ended",
+            m.last_verify.clone(),
+        );
+        r.register(
+            "snapback_verify_broken_points",
+            "Points found broken (or a target that could not be read: 1) by the newest verify",
+            m.broken_points.clone(),
         );
         Self { registry: r, ..m }
     }

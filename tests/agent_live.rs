@@ -366,3 +366,83 @@ async fn the_agent_applies_the_policy_retention_after_a_run_and_marks_pruned_run
     assert!(listed.stdout.contains("br-keep-2"), "{}", listed.stdout);
     assert!(!listed.stdout.contains("br-keep-1"), "{}", listed.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_verifies_its_domains_when_the_policy_verify_tick_is_due_and_records_the_verdict()
+{
+    let g = Guest::new("sba-verify", GuestOpts::default());
+    let env = Env::new();
+    let (store, metrics) = setup(&env).await;
+    let mut p = BackupPolicy::new(
+        "nightly",
+        serde_json::from_value(serde_json::json!({
+            "domainSelector": {"names": [g.name]}, "targetRef": "local",
+            "schedule": "0 2 * * *", "verify": {"schedule": "0 3 * * *"},
+        }))
+        .unwrap(),
+    );
+    p.metadata = meta("nightly");
+    store.create(&p).await.unwrap();
+    let mut spec = BackupRunSpec::new(&g.name, "local");
+    spec.node_name = Some(NODE.into());
+    spec.policy_ref = Some("nightly".into());
+    let mut r = BackupRun::new("nightly-1", spec);
+    r.metadata = meta("nightly-1");
+    store.create(&r).await.unwrap();
+    let a = agent(&store, &env, metrics.clone()).await;
+    let done: BackupRun = tick_until(&a, &store, "nightly-1", "the run", |r: &BackupRun| {
+        run_phase(r).is_terminal() && !labels::has_finalizer(&r.metadata, labels::RUN_FINALIZER)
+    })
+    .await;
+    assert_eq!(run_phase(&done), BackupPhase::Succeeded);
+    let finished = done.status.unwrap().completion_time.unwrap();
+
+    // Before the first 03:00 after the run: nothing is due.
+    let before = jiff::Timestamp::from_second(finished.as_second() + 1).unwrap();
+    if before.strftime("%H").to_string() != "03" {
+        a.verify_pass(before).await.unwrap();
+        assert_eq!(a.in_flight(), 0, "no verify tick since the run finished");
+    }
+    // Two days on, a tick has passed: the domain is read back once.
+    let later = finished
+        .checked_add(jiff::SignedDuration::from_hours(48))
+        .unwrap();
+    a.verify_pass(later).await.unwrap();
+    assert_eq!(a.in_flight(), 1, "one verify for the one domain");
+    a.wait_in_flight().await;
+    let s = store
+        .get::<BackupRun>(Some(NS), "nightly-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Verified")
+        .expect("a Verified condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ReadBackOK")
+    );
+    let tick = s.last_verify_tick.expect("the tick answered");
+    assert!(tick <= later && tick > finished, "{tick}");
+    a.verify_pass(later).await.unwrap();
+    assert_eq!(a.in_flight(), 0, "the tick is answered once");
+    let text = metrics.encode();
+    assert!(
+        text.contains("snapback_verified_points_total{result=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "snapback_verify_broken_points{{policy=\"nightly\",domain=\"{}\"}} 0",
+            g.name
+        )),
+        "{text}"
+    );
+    assert!(std::fs::read_dir(env.state.join("verify-work"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true));
+}

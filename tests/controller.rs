@@ -600,6 +600,11 @@ async fn an_invalid_policy_is_not_ready_and_says_why() {
         .await;
     w.policy("notarget", serde_json::json!({"targetRef": "nowhere"}))
         .await;
+    w.policy(
+        "badverify",
+        serde_json::json!({"verify": {"schedule": "every sunday"}}),
+    )
+    .await;
     let t = ts("2026-11-22T01:00:30Z");
     w.host("node-1", &[("web", "Running")], t, &[]).await;
     w.at(t).await;
@@ -608,6 +613,7 @@ async fn an_invalid_policy_is_not_ready_and_says_why() {
         ("bad", "InvalidSpec", "schedule"),
         ("zone", "InvalidSpec", "timeZone"),
         ("notarget", "TargetNotFound", "target"),
+        ("badverify", "InvalidSpec", "verify.schedule"),
     ] {
         let s = w.policy_status(p).await;
         let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();

@@ -166,6 +166,16 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "verify.rs: verify_reads_every_point_back_and_names_the_points_a_damaged_volume_breaks",
     ),
     (
+        "a scheduled verify (daemon, faked clock) finds the only full's volume damaged",
+        "the run gets Verified=False VerificationFailed at the verify tick after it (not at a tick before it finished), having had Verified=True ReadBackOK at the tick before the damage; each tick is answered once (status.lastVerifyTick)",
+        "standalone_daemon.rs: the_daemon_verifies_on_its_verify_schedule_and_marks_a_damaged_point_on_its_run",
+    ),
+    (
+        "a scheduled verify in the node agent",
+        "due only after a verify tick later than the run's end; one verify per domain, Verified=True on the run, metrics verified_points and verify_broken_points; nothing left under the state dir",
+        "agent_live.rs: the_agent_verifies_its_domains_when_the_policy_verify_tick_is_due_and_records_the_verdict",
+    ),
+    (
         "SIGTERM during a run",
         "Failed (Interrupted); cleaned up; the next backup is incremental",
         "backup_safety.rs: sigterm_mid_run_cleans_up_and_fails_as_interrupted",

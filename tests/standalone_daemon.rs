@@ -360,3 +360,111 @@ fn the_daemon_skips_a_tick_under_forbid_while_a_run_is_unfinished_and_keeps_the_
         "every kept point reads back"
     );
 }
+
+/// The named run's `Verified` condition (status, reason) and the tick it last answered.
+fn verified(store: &FileStore, run: &str) -> Option<(String, String, Option<String>)> {
+    let s = store.read::<BackupRun>("backupruns", run).ok()?.status?;
+    let c = s.conditions.into_iter().find(|c| c.type_ == "Verified")?;
+    Some((
+        c.status,
+        c.reason,
+        s.last_verify_tick.map(|t| t.to_string()),
+    ))
+}
+
+#[test]
+fn the_daemon_verifies_on_its_verify_schedule_and_marks_a_damaged_point_on_its_run() {
+    let g = Guest::new("sbd-verify", GuestOpts::default());
+    let env = Env::new();
+    let cfg = write_config(
+        &env,
+        "nightly",
+        &g.name,
+        "0 2 * * *",
+        "  verify:\n    schedule: '0 * * * *'\n",
+    );
+    let clock = FakeClock(env.dir.join("clock"));
+    clock.set("2026-03-01 01:58:00");
+    let mut d = start_with(&env, &cfg, &clock.env());
+    let store = FileStore::new(&env.state);
+    let run = "nightly-".to_string();
+    let the_run = || -> Option<String> {
+        store
+            .backup_runs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.spec.policy_ref.as_deref() == Some("nightly"))
+            .find(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == BackupPhase::Succeeded)
+            })
+            .and_then(|r| r.metadata.name)
+    };
+    wait(&env, "the daemon to see the policy", 60, || {
+        store
+            .read::<snapback::api::BackupPolicy>("backuppolicies", "nightly")
+            .ok()
+            .and_then(|p| p.status)
+            .and_then(|s| s.last_schedule_time)
+    });
+    clock.set("2026-03-01 02:00:30");
+    let name = wait(&env, "the 02:00 run", 120, the_run);
+    assert!(name.starts_with(&run), "{name}");
+    // The 02:00 verify tick came before the run finished: nothing is owed for it.
+    assert_eq!(verified(&store, &name), None);
+
+    clock.set("2026-03-01 03:00:30");
+    let v = wait(&env, "the 03:00 verify", 120, || verified(&store, &name));
+    assert_eq!(
+        v,
+        (
+            "True".into(),
+            "ReadBackOK".into(),
+            Some("2026-03-01T03:00:00Z".into())
+        )
+    );
+
+    // Damage the full's first volume on the target: the 04:00 verify finds it.
+    let dir = env
+        .target_dir
+        .join(snapback::catalog::layout::domain_dir(&g.name));
+    let vol = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("duplicity-full.") && n.contains(".vol1.")
+        })
+        .expect("the full's first volume");
+    let len = std::fs::metadata(&vol).unwrap().len();
+    let mut bytes = std::fs::read(&vol).unwrap();
+    for b in &mut bytes[(len / 2) as usize..][..4096] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&vol, bytes).unwrap();
+    clock.set("2026-03-01 04:00:30");
+    let v = wait(&env, "the 04:00 verify", 120, || {
+        verified(&store, &name).filter(|v| v.2.as_deref() == Some("2026-03-01T04:00:00Z"))
+    });
+    let message = store
+        .read::<BackupRun>("backupruns", &name)
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Verified")
+        .unwrap()
+        .message;
+    assert_eq!(
+        (v.0.as_str(), v.1.as_str()),
+        ("False", "VerificationFailed"),
+        "{message}"
+    );
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let log = std::fs::read_to_string(env.dir.join("daemon.log")).unwrap();
+    assert!(log.contains("1 broken"), "{log}");
+}

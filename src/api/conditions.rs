@@ -21,6 +21,8 @@ pub enum ConditionType {
     Pruned,
     /// BackupRun: retention deleted its chain from the target.
     Expired,
+    /// BackupRun: how its point read back from the target at the last verify.
+    Verified,
     /// BackupRun: its agent stopped answering while it ran.
     AgentHeartbeatStale,
     /// BackupRun (`changedBlockTracking: Enable`): whether the raw disks have overlays.
@@ -46,6 +48,7 @@ impl ConditionType {
             Self::DepthApplied => "DepthApplied",
             Self::Pruned => "Pruned",
             Self::Expired => "Expired",
+            Self::Verified => "Verified",
             Self::AgentHeartbeatStale => "AgentHeartbeatStale",
             Self::ChangedBlockTracking => "ChangedBlockTracking",
             Self::Started => "Started",
@@ -81,4 +84,6 @@ pub mod reason {
     pub const ENABLED: &str = "Enabled";
     pub const PENDING_RESTART: &str = "PendingRestart";
     pub const ENABLE_FAILED: &str = "EnableFailed";
+    /// Verified: every export of the point's chain matched its SHA-256 and read as sound qcow2.
+    pub const READ_BACK_OK: &str = "ReadBackOK";
 }

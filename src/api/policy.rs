@@ -67,10 +67,25 @@ pub struct BackupPolicySpec {
     /// The directory for those overlays (default `/var/lib/libvirt/images`); it must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_block_tracking_dir: Option<String>,
+    /// Reads the backups back from the target on a schedule of its own (`snapback verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
     #[serde(default = "default_success_limit")]
     pub successful_runs_history_limit: u32,
     #[serde(default = "default_failed_limit")]
     pub failed_runs_history_limit: u32,
+}
+
+/// A verify job: each selected domain's backups are read back from the target and checked
+/// against the SHA-256 recorded at backup time, and the rebuilt chain with `qemu-img check`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// A cron expression (5 fields), read in the policy's `timeZone`.
+    pub schedule: String,
+    /// Every point on the target, instead of the newest only.
+    #[serde(default)]
+    pub all: bool,
 }
 
 fn default_success_limit() -> u32 {

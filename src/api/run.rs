@@ -330,6 +330,11 @@ pub struct BackupRunStatus {
     /// The target URL with any password removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_url: Option<String>,
+    /// The verify schedule's tick the last verify of this run's domain answered (set on the
+    /// domain's newest run), so each tick verifies once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub last_verify_tick: Option<Timestamp>,
 
     /// Recorded before the guest is frozen and cleared after thaw, so a resumed run thaws.
     #[serde(default)]

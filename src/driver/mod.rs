@@ -8,6 +8,7 @@ pub mod held;
 mod outcome;
 pub mod target;
 pub mod tick;
+pub mod verify;
 
 use std::future::Future;
 use std::path::Path;
@@ -46,8 +47,9 @@ pub trait Site: Journal<BackupRun> + Journal<RestoreRequest> {
         name: &str,
     ) -> impl Future<Output = Option<BackupPolicySpec>> + Send;
 
-    /// Writes a run whose chain retention deleted (it carries an `Expired` condition).
-    fn save_expired(&self, run: &BackupRun) -> impl Future<Output = Result<(), String>> + Send;
+    /// Writes a finished run's status: its chain deleted by retention (an `Expired`
+    /// condition), or its point read back by a verify (`Verified`).
+    fn save_finished(&self, run: &BackupRun) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 pub struct Driver<'a, S: Source> {
@@ -152,12 +154,55 @@ impl<S: Source> Driver<'_, S> {
                 .iter()
                 .filter_map(|r| expired(r, &after.deleted_chains))
             {
-                if let Err(e) = site.save_expired(&r).await {
+                if let Err(e) = site.save_finished(&r).await {
                     tracing::warn!(run = ?r.metadata.name, "cannot mark expired: {e}");
                 }
             }
         }
         (done, Some(pruned))
+    }
+
+    /// A scheduled verify of one domain of a policy: reads the newest point (or, with `all`,
+    /// every point) back from the target and writes the verdicts on the runs. Answers how many
+    /// points were broken (a target that could not be read counts as one).
+    pub async fn verify<T: Site>(
+        &self,
+        site: &T,
+        policy: (Option<&str>, &str, &BackupPolicySpec),
+        due: &verify::VerifyDue,
+        runs: &[&BackupRun],
+    ) -> usize {
+        use crate::restore::verify::{verify as read_back, Which};
+        let (ns, pname, spec) = policy;
+        let all = spec.verify.as_ref().is_some_and(|v| v.all);
+        let outcome = match site.target(ns, &spec.target_ref).await {
+            Err(e) => Err(e),
+            Ok(t) => {
+                let target = crate::catalog::layout::domain_target(&t, &due.domain);
+                let which = if all {
+                    Which::All
+                } else {
+                    Which::One(crate::catalog::select::At::Latest)
+                };
+                let scratch = self.state_dir.join("verify-work").join(format!(
+                    "{pname}-{}-{}",
+                    due.domain,
+                    std::process::id()
+                ));
+                read_back(&target, &which, &scratch).await
+            }
+        };
+        let now = jiff::Timestamp::now();
+        for r in verify::record_verify(runs, due, &outcome, now) {
+            if let Err(e) = site.save_finished(&r).await {
+                tracing::warn!(run = ?r.metadata.name, "cannot record the verify: {e}");
+            }
+        }
+        let broken = verify::broken_count(&outcome);
+        if let Some(m) = self.metrics {
+            outcome::record_verify(m, pname, &due.domain, &outcome, broken, now);
+        }
+        broken
     }
 
     /// Runs a restore to Succeeded or Failed (a resumed one from where it stopped).

@@ -111,3 +111,32 @@ pub(crate) fn record_restore(m: &Metrics, req: &RestoreRequest) {
         m.restore_duration.observe(secs);
     }
 }
+
+/// A scheduled verify's points, and the domain's newest verify time and broken count.
+pub(crate) fn record_verify(
+    m: &Metrics,
+    policy: &str,
+    domain: &str,
+    outcome: &Result<Vec<crate::restore::verify::PointCheck>, crate::error::StepError>,
+    broken: usize,
+    at: jiff::Timestamp,
+) {
+    if let Ok(checks) = outcome {
+        for c in checks {
+            let result = if c.ok() { "ok" } else { "broken" };
+            m.verified_points
+                .get_or_create(&crate::metrics::ResultLabel {
+                    result: result.into(),
+                })
+                .inc();
+        }
+    }
+    let key = PolicyDomain {
+        policy: policy.into(),
+        domain: domain.into(),
+    };
+    m.last_verify
+        .get_or_create(&key)
+        .set(at.as_millisecond() as f64 / 1000.0);
+    m.broken_points.get_or_create(&key).set(broken as i64);
+}

@@ -44,6 +44,19 @@ impl PointCheck {
     }
 }
 
+/// The newest damaged set within what was asked, when no readable point is.
+fn damaged_only(damaged: &[jiff::Timestamp], at: &At) -> Option<jiff::Timestamp> {
+    damaged
+        .iter()
+        .copied()
+        .filter(|d| match at {
+            At::Latest => true,
+            At::Time(t) => d.as_second() <= t.as_second(),
+            At::Run(_) => false,
+        })
+        .max()
+}
+
 /// Checks the chosen points of the domain whose backups `target` points at, oldest first.
 /// `scratch` holds one chain's files at a time and is removed at the end.
 pub async fn verify(
@@ -85,12 +98,15 @@ async fn verify_in(
     let chosen: Vec<usize> = match which {
         Which::All => (0..points.len()).collect(),
         Which::One(at) => {
-            let i =
-                select(&points, at).map_err(|m| StepError::new(FailureReason::InvalidSpec, m))?;
-            // The point asked for is a damaged set, not the older one before it.
             let damaged: Vec<_> = listing.damaged.iter().map(|d| d.set_time).collect();
-            if let Some(d) = damaged_instead(&points[i], &damaged, at)
-                .and_then(|t| listing.damaged.iter().find(|d| d.set_time == t))
+            // The point asked for is a damaged set, not the older one before it; with no
+            // readable point at all, the newest damaged set within what was asked is it.
+            let chosen = select(&points, at);
+            let instead = match &chosen {
+                Ok(i) => damaged_instead(&points[*i], &damaged, at),
+                Err(_) => damaged_only(&damaged, at),
+            };
+            if let Some(d) = instead.and_then(|t| listing.damaged.iter().find(|d| d.set_time == t))
             {
                 return Ok(vec![PointCheck {
                     set_time: d.set_time,
@@ -103,7 +119,7 @@ async fn verify_in(
                     )),
                 }]);
             }
-            vec![i]
+            vec![chosen.map_err(|m| StepError::new(FailureReason::InvalidSpec, m))?]
         }
     };
     // One chain at a time: its members are fetched once for all of its points.

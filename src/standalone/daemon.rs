@@ -19,6 +19,7 @@ use crate::api::{
     RestoreRequest,
 };
 use crate::driver::tick::{plan_tick, record_outcomes, Notice, TickInput};
+use crate::driver::verify::due_verifies;
 use crate::driver::{BackupOutcome, Driver};
 use crate::libvirt::LibvirtHost;
 use crate::lifecycle::Reporter;
@@ -69,6 +70,15 @@ pub fn check_policies(cfg: &Config) -> Result<(), String> {
                 p.metadata.name.clone().unwrap_or_default()
             )
         })?;
+        if let Some(v) = &p.spec.verify {
+            Schedule::parse(&v.schedule, p.spec.time_zone.as_deref()).map_err(|e| {
+                format!(
+                    "{}: BackupPolicy {}: spec.verify.{e}",
+                    file.display(),
+                    p.metadata.name.clone().unwrap_or_default()
+                )
+            })?;
+        }
     }
     Ok(())
 }
@@ -271,6 +281,47 @@ async fn schedule_policy(
     plan.next_schedule_time
 }
 
+/// Reads back the backups of the policy's domains whose verify tick is due; answers the
+/// verify schedule's next tick.
+async fn verify_policy(
+    ctx: &Ctx<'_>,
+    cfg: &Config,
+    p: &BackupPolicy,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let v = p.spec.verify.as_ref()?;
+    let sched = Schedule::parse(&v.schedule, p.spec.time_zone.as_deref()).ok()?;
+    if p.spec.suspend || cfg.target(&p.spec.target_ref).is_none() {
+        return sched.next_after(now);
+    }
+    let pname = p.metadata.name.clone().unwrap_or_default();
+    let all = ctx.store.backup_runs().unwrap_or_default();
+    let runs: Vec<&BackupRun> = all
+        .iter()
+        .filter(|r| r.spec.policy_ref.as_deref() == Some(pname.as_str()))
+        .collect();
+    for due in due_verifies(&sched, &runs, now) {
+        if ctx.stopping() {
+            break;
+        }
+        let broken = ctx
+            .driver()
+            .verify(&ctx.site(cfg), (None, &pname, &p.spec), &due, &runs)
+            .await;
+        eprintln!(
+            "{pname}: verify of {} for {}: {}",
+            due.domain,
+            due.tick,
+            if broken == 0 {
+                "OK".to_string()
+            } else {
+                format!("{broken} broken (see the runs' Verified condition)")
+            }
+        );
+    }
+    sched.next_after(now)
+}
+
 fn remove_run(store: &FileStore, name: &str) {
     let path = store.path_of("backupruns", name);
     if let Err(e) = std::fs::remove_file(&path) {
@@ -339,7 +390,17 @@ pub async fn daemon(ctx: &Ctx<'_>, mut cfg: Config, dir: &Path, interval: Durati
             }
         }
 
-        // 3. RestoreRequests run once each.
+        // 3. Verify the domains whose verify tick is due.
+        for (_, p) in &cfg.policies {
+            if ctx.stopping() {
+                break;
+            }
+            if let Some(n) = verify_policy(ctx, &cfg, p, Timestamp::now()).await {
+                next_wake = next_wake.min(n);
+            }
+        }
+
+        // 4. RestoreRequests run once each.
         for (_, rr) in &cfg.restores {
             if ctx.stopping() {
                 break;

@@ -64,7 +64,7 @@ impl Site for LocalSite<'_> {
         }
     }
 
-    async fn save_expired(&self, run: &BackupRun) -> Result<(), String> {
+    async fn save_finished(&self, run: &BackupRun) -> Result<(), String> {
         let name = run.metadata.name.clone().unwrap_or_default();
         self.store
             .write("backupruns", &name, run)

@@ -8,6 +8,7 @@ pub mod site;
 #[cfg(test)]
 mod status_write_tests;
 pub mod target;
+mod verifies;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,6 +50,8 @@ struct Task {
     domain: String,
     cancel: watch::Sender<bool>,
     handle: JoinHandle<()>,
+    /// A verify: it changes nothing, so stopping ends it at once instead of waiting.
+    abort_on_stop: bool,
 }
 
 pub struct Agent<S: Store> {
@@ -58,6 +61,8 @@ pub struct Agent<S: Store> {
     metrics: Arc<Metrics>,
     health: Health,
     tasks: Mutex<HashMap<String, Task>>,
+    /// When the last look for due verifies was.
+    verify_looked: Mutex<Option<Instant>>,
     /// Turns true when the agent stops: a run's end that cannot be written is left then.
     stopping: watch::Sender<bool>,
 }
@@ -101,6 +106,7 @@ impl<S: Store> Agent<S> {
             metrics,
             health,
             tasks: Mutex::new(HashMap::new()),
+            verify_looked: Mutex::new(None),
             stopping: watch::channel(false).0,
         })
     }
@@ -144,6 +150,19 @@ impl<S: Store> Agent<S> {
                 warn!(object = %k, "{e}");
             }
         }
+        let look = {
+            let mut l = self.verify_looked.lock().unwrap();
+            let due = l.is_none_or(|t| t.elapsed() >= verifies::VERIFY_LOOK_EVERY);
+            if due {
+                *l = Some(Instant::now());
+            }
+            due
+        };
+        if look {
+            if let Err(e) = self.verify_pass(Timestamp::now()).await {
+                warn!("cannot look for due verifies: {e}");
+            }
+        }
         Ok(())
     }
 
@@ -177,6 +196,9 @@ impl<S: Store> Agent<S> {
         let tasks: Vec<Task> = self.tasks.lock().unwrap().drain().map(|(_, t)| t).collect();
         for t in &tasks {
             let _ = t.cancel.send(true);
+            if t.abort_on_stop {
+                t.handle.abort();
+            }
         }
         for t in tasks {
             let _ = t.handle.await;
@@ -247,6 +269,7 @@ impl<S: Store> Agent<S> {
                 domain,
                 cancel: tx,
                 handle,
+                abort_on_stop: false,
             },
         );
         Ok(())

@@ -73,7 +73,7 @@ impl<S: Store> Site for AgentSite<S> {
         p.map(|p| p.spec)
     }
 
-    async fn save_expired(&self, run: &BackupRun) -> Result<(), String> {
+    async fn save_finished(&self, run: &BackupRun) -> Result<(), String> {
         self.store
             .apply_status(run, FIELD_MANAGER)
             .await

@@ -47,6 +47,9 @@ pub fn validate(p: &BackupPolicy) -> Result<Schedule, String> {
     if let Some(f) = &s.full_cadence.full_every {
         crate::units::parse_duration(f).map_err(|e| format!("fullCadence.fullEvery: {e}"))?;
     }
+    if let Some(v) = &s.verify {
+        Schedule::parse(&v.schedule, s.time_zone.as_deref()).map_err(|e| format!("verify.{e}"))?;
+    }
     if s.starting_deadline_seconds.is_some_and(|d| d < 0) {
         return Err("startingDeadlineSeconds must not be negative".into());
     }
