@@ -270,3 +270,251 @@ fn a_full_then_an_incremental_through_a_tracker_write_kubevirts_layout_and_rebui
         "the guest wrote between the backups"
     );
 }
+
+#[test]
+fn a_guest_without_an_agent_completes_with_a_warning_and_skipping_quiesce_completes_cleanly() {
+    let w = world(false, 0);
+    w.fake.add_vm(
+        NS,
+        "vm2",
+        &w.guest.name,
+        &[("changedBlockTracking", "true")],
+    );
+    pvc(&w.api, "target");
+    w.api
+        .create_all(&[backup_doc("noagent", via_vm("vm2"), "target", json!({}))]);
+    let b = finished(&w, "noagent");
+    let complete = condition(&b, "Complete");
+    assert_eq!(complete["reason"], "CompletedWithWarning", "{b:#}");
+    assert!(complete["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Completed VirtualMachineBackup, warning: "));
+    assert_eq!(condition(&b, "Quiesced")["status"], "False");
+    assert_eq!(condition(&b, "Quiesced")["reason"], "QuiesceFailed");
+    assert_eq!(
+        condition(&b, "Progressing")["reason"],
+        "CompletedWithWarning"
+    );
+    assert!(w.fake.events_for(NS, "noagent").iter().any(|e| e["reason"]
+        == "VirtualMachineBackupCompletedWithWarning"
+        && e["type"] == "Warning"));
+    assert!(backup_file(&w, "target", &b, "vm2").is_file());
+
+    // A backup straight from the VM is Full and leaves no tracker behind.
+    assert_eq!(b["status"]["type"], "Full");
+    w.api.create_all(&[backup_doc(
+        "skipped",
+        via_vm("vm2"),
+        "target",
+        json!({"skipQuiesce": true}),
+    )]);
+    let b = finished(&w, "skipped");
+    assert_eq!(condition(&b, "Complete")["reason"], "Completed", "{b:#}");
+    assert_eq!(condition(&b, "Quiesced")["reason"], "QuiesceSkipped");
+    assert!(w
+        .fake
+        .events_for(NS, "skipped")
+        .iter()
+        .any(|e| e["reason"] == "VirtualMachineBackupCompletedSuccessfully"));
+}
+
+#[test]
+fn a_restart_keeps_the_checkpoint_but_a_lost_bitmap_clears_the_tracker_and_the_next_backup_is_full()
+{
+    let w = world(true, 0);
+    w.fake.add_vm(
+        NS,
+        "vm3",
+        &w.guest.name,
+        &[("changedBlockTracking", "true")],
+    );
+    pvc(&w.api, "target");
+    tracker(&w.api, "t3", "vm3");
+    let opts = json!({"skipQuiesce": true});
+    w.api
+        .create_all(&[backup_doc("one", via_tracker("t3"), "target", opts.clone())]);
+    let one = finished(&w, "one");
+    let cp1 = one["status"]["checkpointName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A plain restart: the bitmap survives in the qcow2, the checkpoint is redefined.
+    w.fake.restart_vm(NS, "vm3");
+    let t = w.fake.wait_for("redefinition", LONG, || {
+        let t = w.fake.get(TRACKER, NS, "t3")?;
+        t["status"]
+            .get("checkpointRedefinitionRequired")
+            .is_none()
+            .then_some(t)
+    });
+    assert_eq!(t["status"]["latestCheckpoint"]["name"], cp1.as_str());
+    assert_eq!(w.fake.domain_checkpoints(NS, "vm3"), vec![cp1.clone()]);
+    w.api
+        .create_all(&[backup_doc("two", via_tracker("t3"), "target", opts.clone())]);
+    let two = finished(&w, "two");
+    assert_eq!(two["status"]["type"], "Incremental", "{two:#}");
+    let cp2 = two["status"]["checkpointName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A restart that loses the bitmaps: redefinition fails, the tracker forgets.
+    w.fake.lose_checkpoints(NS, "vm3");
+    let t = w.fake.wait_for("the tracker to forget", LONG, || {
+        let t = w.fake.get(TRACKER, NS, "t3")?;
+        t["status"].get("latestCheckpoint").is_none().then_some(t)
+    });
+    assert!(t["status"].get("checkpointRedefinitionRequired").is_none());
+    let ev = w
+        .fake
+        .events_for(NS, "t3")
+        .into_iter()
+        .find(|e| e["reason"] == "CheckpointRedefinitionFailed")
+        .expect("a CheckpointRedefinitionFailed event");
+    assert_eq!(ev["type"], "Warning");
+    assert!(ev["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("Failed to redefine checkpoint {cp2}")));
+    assert!(w.fake.domain_checkpoints(NS, "vm3").is_empty());
+    w.api
+        .create_all(&[backup_doc("three", via_tracker("t3"), "target", opts)]);
+    let three = finished(&w, "three");
+    assert_eq!(condition(&three, "Complete")["status"], "True", "{three:#}");
+    assert_eq!(three["status"]["type"], "Full");
+    let t = w.fake.get(TRACKER, NS, "t3").unwrap();
+    assert_eq!(
+        t["status"]["latestCheckpoint"]["name"],
+        three["status"]["checkpointName"]
+    );
+}
+
+fn post(api: &ApiServer, doc: &Value) -> (u16, String) {
+    api.raw_request(
+        "POST",
+        &format!("/apis/backup.kubevirt.io/v1alpha1/namespaces/{NS}/virtualmachinebackups"),
+        "application/json",
+        &doc.to_string(),
+        Duration::from_secs(20),
+    )
+}
+
+#[test]
+fn a_vm_without_cbt_waits_initializing_until_selected_and_restarted_and_the_webhook_refuses_what_kubevirts_does(
+) {
+    let w = world(true, 0);
+    w.fake.add_vm(NS, "vm4", &w.guest.name, &[("team", "a")]);
+    assert!(w.fake.get(VMI, NS, "vm4").unwrap()["status"]
+        .get("changedBlockTracking")
+        .is_none());
+    pvc(&w.api, "target");
+    let doc = backup_doc(
+        "waits",
+        via_vm("vm4"),
+        "target",
+        json!({"skipQuiesce": true}),
+    );
+    assert_eq!(post(&w.api, &doc).0, 201);
+    let b = w.fake.wait_for("Initializing", LONG, || {
+        let b = w.fake.get(BACKUP, NS, "waits")?;
+        (condition(&b, "Progressing")["reason"] == "Initializing").then_some(b)
+    });
+    assert_eq!(
+        condition(&b, "Progressing")["message"],
+        "vm vm4 has no ChangedBlockTracking, cannot start backup"
+    );
+    assert!(b["status"].get("type").is_none());
+
+    // One non-terminal backup per source.
+    let second = backup_doc("second", via_vm("vm4"), "target", json!({}));
+    let (code, text) = post(&w.api, &second);
+    assert_eq!(code, 422, "{text}");
+    assert!(
+        text.contains("VirtualMachineBackup \\\"waits\\\" in progress for source"),
+        "{text}"
+    );
+
+    // Selected through the namespace: pending a restart, still waiting.
+    w.api
+        .create_all(&[json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "labels": {"backup": "cbt"}}})]);
+    w.fake
+        .set_cbt_selectors(json!({"namespaceLabelSelector": {"matchExpressions": [
+            {"key": "backup", "operator": "In", "values": ["cbt"]}]}}));
+    let vmi = w.fake.get(VMI, NS, "vm4").unwrap();
+    assert_eq!(
+        vmi["status"]["changedBlockTracking"]["state"],
+        "PendingRestart"
+    );
+    let b = w.fake.get(BACKUP, NS, "waits").unwrap();
+    assert_eq!(condition(&b, "Progressing")["reason"], "Initializing");
+
+    // Restarted while migrating: still waiting, with that reason.
+    w.fake.set_migrating(NS, "vm4", true);
+    w.fake.restart_vm(NS, "vm4");
+    let b = w.fake.wait_for("the migration message", LONG, || {
+        let b = w.fake.get(BACKUP, NS, "waits")?;
+        condition(&b, "Progressing")["message"]
+            .as_str()?
+            .contains("currently migrating")
+            .then_some(b)
+    });
+    assert_eq!(condition(&b, "Progressing")["reason"], "Initializing");
+    w.fake.set_migrating(NS, "vm4", false);
+    let b = finished(&w, "waits");
+    assert_eq!(condition(&b, "Complete")["reason"], "Completed", "{b:#}");
+
+    // With the gate off the webhook refuses new backups and trackers.
+    w.fake.set_feature_gates(&["UtilityVolumes"]);
+    let (code, text) = post(&w.api, &second);
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("IncrementalBackup feature gate not enabled"),
+        "{text}"
+    );
+    let vmi = w.fake.get(VMI, NS, "vm4").unwrap();
+    assert_eq!(
+        vmi["status"]["changedBlockTracking"]["state"],
+        "IncrementalBackupFeatureGateDisabled"
+    );
+}
+
+#[test]
+fn a_backup_into_a_pvc_too_small_fails_as_kubevirt_reports_it() {
+    let w = world(true, 32);
+    w.fake.add_vm(
+        NS,
+        "vm5",
+        &w.guest.name,
+        &[("changedBlockTracking", "true")],
+    );
+    pvc(&w.api, "small");
+    w.fake.settle();
+    w.fake.limit_pvc(NS, "small", 1 << 20);
+    tracker(&w.api, "t5", "vm5");
+    w.api.create_all(&[backup_doc(
+        "nospace",
+        via_tracker("t5"),
+        "small",
+        json!({"skipQuiesce": true}),
+    )]);
+    let b = finished(&w, "nospace");
+    let failed = condition(&b, "Failed");
+    assert_eq!(failed["status"], "True", "{b:#}");
+    assert_eq!(failed["reason"], "Failed");
+    assert!(failed["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Backup has failed: "));
+    assert_eq!(condition(&b, "Progressing")["status"], "False");
+    // The tracker advances only on success.
+    let t = w.fake.get(TRACKER, NS, "t5").unwrap();
+    assert!(t["status"].get("latestCheckpoint").is_none(), "{t:#}");
+    assert!(w
+        .fake
+        .events_for(NS, "nospace")
+        .iter()
+        .any(|e| e["reason"] == "VirtualMachineBackupFailed"));
+}

@@ -251,7 +251,8 @@ impl KubevirtFake {
         self.settle();
     }
 
-    /// Marks the VMI as migrating (or not any more) in `status.migrationState`.
+    /// Marks the VMI as migrating (or not any more) in `status.migrationState`; the mark
+    /// stays until the test lifts it, across restarts too.
     pub fn set_migrating(&self, ns: &str, name: &str, migrating: bool) {
         vm::set_migrating(&self.inner, ns, name, migrating);
         self.settle();

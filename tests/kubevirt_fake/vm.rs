@@ -290,21 +290,24 @@ pub fn sync(inner: &Arc<Inner>) {
 }
 
 fn set_cbt(status: &mut Value, state: &str) {
-    if state.is_empty() {
-        if let Some(c) = status["changedBlockTracking"].as_object_mut() {
-            c.remove("state");
-        }
-        if status["changedBlockTracking"]
-            .as_object()
-            .is_some_and(|c| c.is_empty())
-        {
-            status
-                .as_object_mut()
-                .unwrap()
-                .remove("changedBlockTracking");
-        }
-    } else {
+    if !state.is_empty() {
         status["changedBlockTracking"]["state"] = json!(state);
+        return;
+    }
+    let Some(o) = status.as_object_mut() else {
+        return;
+    };
+    if let Some(c) = o
+        .get_mut("changedBlockTracking")
+        .and_then(Value::as_object_mut)
+    {
+        c.remove("state");
+    }
+    // An empty (or null) changedBlockTracking is left out, as omitempty leaves it.
+    if o.get("changedBlockTracking")
+        .is_some_and(|c| c.as_object().is_none_or(|c| c.is_empty()))
+    {
+        o.remove("changedBlockTracking");
     }
 }
 
@@ -326,7 +329,6 @@ pub fn stop(inner: &Arc<Inner>, ns: &str, name: &str) {
         let mut vms = inner.vms.lock().unwrap();
         let vm = vms.get_mut(&key(ns, name)).expect("a mapped VM");
         vm.running = false;
-        vm.migrating = None;
         vm.domain.clone()
     };
     let _ = libvirt::virsh(&["destroy", &domain]);
