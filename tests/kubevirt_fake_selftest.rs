@@ -518,3 +518,299 @@ fn a_backup_into_a_pvc_too_small_fails_as_kubevirt_reports_it() {
         .iter()
         .any(|e| e["reason"] == "VirtualMachineBackupFailed"));
 }
+
+fn url_of(export: &Value, format: &str) -> String {
+    export["status"]["links"]["internal"]["volumes"][0]["formats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["format"] == format)
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn an_export_of_the_backup_pvc_serves_its_files_as_virt_exportserver_does_and_only_with_the_token()
+{
+    let w = world(true, 8);
+    w.fake.add_vm(
+        NS,
+        "vm6",
+        &w.guest.name,
+        &[("changedBlockTracking", "true")],
+    );
+    pvc(&w.api, "target");
+    w.api.create_all(&[backup_doc(
+        "b6",
+        via_vm("vm6"),
+        "target",
+        json!({"skipQuiesce": true}),
+    )]);
+    let b = finished(&w, "b6");
+    let file = backup_file(&w, "target", &b, "vm6");
+    let rel = file
+        .strip_prefix(w.fake.pvc_dir(NS, "target"))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(w.fake.pvc_dir(NS, "target").join("a b.txt"), "hello\n").unwrap();
+
+    w.api.create_all(&[
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "tok", "namespace": NS},
+               "stringData": {"token": "s3cret"}}),
+        json!({"apiVersion": "export.kubevirt.io/v1", "kind": "VirtualMachineExport",
+               "metadata": {"name": "ex", "namespace": NS},
+               "spec": {"source": {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "target"},
+                        "tokenSecretRef": "tok"}}),
+    ]);
+    let ex = w.fake.wait_for("the export to be Ready", LONG, || {
+        let e = w.fake.get(EXPORT, NS, "ex")?;
+        (e["status"]["phase"] == "Ready").then_some(e)
+    });
+    assert_eq!(condition(&ex, "Ready")["reason"], "PodReady");
+    assert_eq!(
+        ex["status"]["links"]["internal"]["volumes"][0]["name"],
+        "target"
+    );
+    let ca = ex["status"]["links"]["internal"]["cert"].as_str().unwrap();
+    let dir = url_of(&ex, "dir");
+    assert!(dir.ends_with("/volumes/target/dir"), "{dir}");
+    assert!(url_of(&ex, "tar.gz").ends_with("/volumes/target/disk.tar.gz"));
+
+    let get =
+        |url: &str, hdrs: &[(&str, &str)]| https_request(ca, "GET", url, hdrs, Vec::new()).unwrap();
+    let tok = [("x-kubevirt-export-token", "s3cret")];
+    // Without the token, or with another: 401.
+    assert_eq!(get(&format!("{dir}/{rel}"), &[]).status, 401);
+    assert_eq!(
+        get(
+            &format!("{dir}/{rel}"),
+            &[("x-kubevirt-export-token", "nope")]
+        )
+        .status,
+        401
+    );
+    // The subtree root without its slash is redirected before any token check.
+    let r = get(&dir, &[]);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("/volumes/target/dir/"));
+    // Listings as Go's FileServer writes them; a directory without its slash is redirected.
+    let root = get(&format!("{dir}/"), &tok);
+    assert_eq!(root.status, 200);
+    assert_eq!(
+        root.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(
+        root.text(),
+        "<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n\
+         <a href=\"a%20b.txt\">a b.txt</a>\n<a href=\"vm6/\">vm6/</a>\n</pre>\n"
+    );
+    let r = get(&format!("{dir}/vm6"), &tok);
+    assert_eq!((r.status, r.header("location")), (301, Some("vm6/")));
+    let sub = get(&format!("{dir}/vm6/"), &tok).text();
+    let inner_dir = file
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        sub.contains(&format!("<a href=\"{inner_dir}/\">{inner_dir}/</a>")),
+        "{sub}"
+    );
+    // A file, whole and by range; the token may also come as a query parameter.
+    let want = std::fs::read(&file).unwrap();
+    let whole = get(&format!("{dir}/{rel}?x-kubevirt-export-token=s3cret"), &[]);
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    assert_eq!(
+        whole.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert!(whole.body == want, "the downloaded file differs");
+    let part = get(
+        &format!("{dir}/{rel}"),
+        &[
+            ("x-kubevirt-export-token", "s3cret"),
+            ("range", "bytes=4-11"),
+        ],
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 4-11/{}", want.len()).as_str())
+    );
+    assert_eq!(part.body, want[4..12]);
+    assert_eq!(get(&format!("{dir}/missing"), &tok).status, 404);
+    // The archive: every file of the claim.
+    let tgz = get(&url_of(&ex, "tar.gz"), &tok);
+    assert_eq!(tgz.status, 200);
+    let work = tempfile::tempdir().unwrap();
+    let t = work.path().join("x.tar.gz");
+    std::fs::write(&t, &tgz.body).unwrap();
+    let listing = run_ok("tar", &["-tzf", t.to_str().unwrap()]);
+    assert!(
+        listing.lines().any(|l| l == format!("./{rel}")),
+        "{listing}"
+    );
+    assert!(listing.lines().any(|l| l == "./a b.txt"), "{listing}");
+}
+
+/// CDI's upload: (status, body) of a POST to the proxy.
+fn upload(w: &World, auth: Option<&str>, body: Vec<u8>) -> (u16, String) {
+    let url = format!("{}/v1beta1/upload", w.fake.upload_proxy_url());
+    let mut h = Vec::new();
+    if let Some(a) = auth {
+        h.push(("authorization", a));
+    }
+    let r = https_request(&w.fake.ca_pem(), "POST", &url, &h, body).unwrap();
+    (r.status, r.text())
+}
+
+#[test]
+fn a_cdi_upload_becomes_a_raw_disk_img_once_ready_and_a_backing_file_or_a_bad_token_is_refused() {
+    // No guest is needed; the world's guest is left idle.
+    let w = world(false, 0);
+    let cfg = w.fake.get(CDICONFIG, "", "config").unwrap();
+    assert_eq!(
+        format!(
+            "https://{}",
+            cfg["status"]["uploadProxyURL"].as_str().unwrap()
+        ),
+        w.fake.upload_proxy_url()
+    );
+    w.fake.hold_uploads(true);
+    w.api.create_all(&[json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": "restored", "namespace": NS},
+        "spec": {"source": {"upload": {}},
+                 "storage": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}},
+    })]);
+    w.fake.wait_for("UploadScheduled", LONG, || {
+        let dv = w.fake.get(DATAVOLUME, NS, "restored")?;
+        (dv["status"]["phase"] == "UploadScheduled").then_some(())
+    });
+    let (code, text) = w.api.raw_request(
+        "POST",
+        &format!("/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{NS}/uploadtokenrequests"),
+        "application/json",
+        &json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest",
+                "metadata": {"name": "restored", "namespace": NS},
+                "spec": {"pvcName": "restored"}})
+        .to_string(),
+        Duration::from_secs(20),
+    );
+    assert!(code == 200 || code == 201, "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    let answer: Value = serde_json::from_str(body).unwrap();
+    let token = answer["status"]["token"].as_str().unwrap().to_string();
+    assert!(
+        w.fake.get(UPLOAD_TOKEN, NS, "restored").is_none(),
+        "nothing is stored"
+    );
+    let bearer = format!("Bearer {token}");
+
+    // The source: random data in a raw image, uploaded as qcow2.
+    let work = tempfile::tempdir().unwrap();
+    let raw = work.path().join("src.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(16 << 20).unwrap();
+    drop(f);
+    run_ok(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", raw.display()),
+            "bs=1M",
+            "count=3",
+            "seek=5",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    let qcow = work.path().join("src.qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            qcow.to_str().unwrap(),
+        ],
+    );
+    let qcow_bytes = std::fs::read(&qcow).unwrap();
+
+    let (code, text) = upload(&w, Some(&bearer), qcow_bytes.clone());
+    assert_eq!(code, 503, "not ready yet: {text}");
+    assert_eq!(upload(&w, None, qcow_bytes.clone()).0, 400);
+    assert_eq!(upload(&w, Some("Basic abc"), qcow_bytes.clone()).0, 400);
+    assert_eq!(
+        upload(&w, Some("Bearer not-a-token"), qcow_bytes.clone()).0,
+        401
+    );
+
+    w.fake.hold_uploads(false);
+    w.fake.wait_for("UploadReady", LONG, || {
+        let dv = w.fake.get(DATAVOLUME, NS, "restored")?;
+        (dv["status"]["phase"] == "UploadReady").then_some(())
+    });
+    // An image with a backing file cannot be used: the upload pod has no such file.
+    let overlay = work.path().join("overlay.qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            qcow.to_str().unwrap(),
+            overlay.to_str().unwrap(),
+        ],
+    );
+    let (code, text) = upload(&w, Some(&bearer), std::fs::read(&overlay).unwrap());
+    assert_eq!(code, 500, "{text}");
+    assert!(text.contains("backing file"), "{text}");
+
+    let (code, text) = upload(&w, Some(&bearer), qcow_bytes.clone());
+    assert_eq!(code, 200, "{text}");
+    w.fake.wait_for("Succeeded", LONG, || {
+        let dv = w.fake.get(DATAVOLUME, NS, "restored")?;
+        (dv["status"]["phase"] == "Succeeded").then_some(())
+    });
+    let disk = w.fake.pvc_dir(NS, "restored").join("disk.img");
+    assert_eq!(image_info(&disk)["format"], "raw");
+    assert!(
+        std::fs::read(&disk).unwrap() == std::fs::read(&raw).unwrap(),
+        "disk.img is not the uploaded image converted to raw"
+    );
+    assert_eq!(
+        w.fake.pvc_files(NS, "restored"),
+        vec![("disk.img".to_string(), 16 << 20)]
+    );
+    let (code, text) = upload(&w, Some(&bearer), qcow_bytes);
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("already finished uploading"), "{text}");
+
+    // The claim goes with its DataVolume, and its directory with the claim.
+    w.api.raw_request(
+        "DELETE",
+        &format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{NS}/datavolumes/restored"),
+        "application/json",
+        "",
+        Duration::from_secs(20),
+    );
+    w.fake.wait_for("the claim's directory to go", LONG, || {
+        (!w.fake.pvc_dir(NS, "restored").exists()).then_some(())
+    });
+    assert!(w.fake.get(PVC, NS, "restored").is_none());
+}

@@ -20,7 +20,11 @@
 //! - injected faults per verb and resource: any status code (429 with Retry-After), or a
 //!   connection dropped mid-answer.
 //!
-//! Not modelled: admission webhooks, mutating admission policies, OpenAPI schema validation
+//! - hooks for a test fixture: more kinds served without a CRD (`serve_kind`), and a say on
+//!   each create of a kind (`on_create`), to refuse it as a validating webhook does or to
+//!   answer it without storing as an aggregated API does (tests/kubevirt_fake uses both).
+//!
+//! Not modelled: admission webhooks (beyond those hooks), mutating admission policies, OpenAPI schema validation
 //! and the CRDs' CEL rules (tests/crd_cel_rules.rs checks those against the CRD schemas),
 //! defaulting, field selectors, managedFields in responses, owner-reference garbage
 //! collection, and the groups of a user.

@@ -230,9 +230,39 @@ fn text(code: u16, body: &str) -> Response<Body> {
 }
 
 async fn proxy(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, mut body) = req.into_parts();
+    let req = Request::from_parts(parts, ());
+    let target = match check(&inner, &req) {
+        Ok(k) => k,
+        Err(r) => {
+            // Read what the client still sends, as Go's server reads an unread body before
+            // it answers, so the client gets the answer rather than a broken pipe.
+            while let Some(Ok(_)) = body.frame().await {}
+            return r;
+        }
+    };
+    let Some((ns, pvc)) = target else {
+        return answer(200, &[], "");
+    };
+    let k = key(&ns, &pvc);
+    let r = receive(&inner, &ns, &pvc, body).await;
+    inner.cdi.uploading.lock().unwrap().remove(&k);
+    match r {
+        Ok(()) => {
+            inner.cdi.done.lock().unwrap().insert(k);
+            answer(200, &[], "")
+        }
+        Err(e) => text(500, &format!("Saving stream failed: {e}")),
+    }
+}
+
+/// The proxy's checks: the claim to upload into (None for a request answered 200 at once,
+/// the health check and HEAD), or the refusal.
+#[allow(clippy::result_large_err)]
+fn check(inner: &Inner, req: &Request<()>) -> Result<Option<(String, String)>, Response<Body>> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
-        return answer(200, &[], "");
+        return Ok(None);
     }
     let known = [
         "/v1beta1/upload",
@@ -241,17 +271,17 @@ async fn proxy(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         "/v1alpha1/upload-async",
     ];
     if !known.contains(&path.as_str()) {
-        return answer(404, &[], "404 page not found\n");
+        return Err(answer(404, &[], "404 page not found\n"));
     }
     if req.method() == hyper::Method::HEAD && path.ends_with("-async") {
-        return answer(200, &[], "");
+        return Ok(None);
     }
     let Some(auth) = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
     else {
-        return answer(400, &[], "");
+        return Err(answer(400, &[], ""));
     };
     let token = match auth.split_once(char::is_whitespace) {
         Some((scheme, t))
@@ -261,25 +291,24 @@ async fn proxy(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         {
             t.trim().to_string()
         }
-        _ => return answer(400, &[], ""),
+        _ => return Err(answer(400, &[], "")),
     };
     let found = inner.cdi.tokens.lock().unwrap().get(&token).cloned();
-    let Some((ns, pvc, expiry)) = found.filter(|(_, _, e)| *e > Instant::now()) else {
-        return answer(401, &[], "");
+    let Some((ns, pvc, _)) = found.filter(|(_, _, e)| *e > Instant::now()) else {
+        return Err(answer(401, &[], ""));
     };
-    let _ = expiry;
     let k = key(&ns, &pvc);
     if inner.store().raw_get(PVC, &ns, &pvc).is_none() {
-        return text(
+        return Err(text(
             503,
             &format!("rejecting Upload Request for PVC {pvc} that doesn&#39;t exist"),
-        );
+        ));
     }
     if inner.cdi.done.lock().unwrap().contains(&k) {
-        return text(
+        return Err(text(
             503,
             &format!("rejecting Upload Request for PVC {pvc} that already finished uploading"),
-        );
+        ));
     }
     let ready = inner.store().raw_get(PVC, &ns, &pvc).is_some_and(|c| {
         s(
@@ -289,21 +318,13 @@ async fn proxy(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     });
     if !ready {
         // The proxy polls for the upload pod for a while, then gives up with its context's error.
-        return text(503, "context deadline exceeded");
+        return Err(text(503, "context deadline exceeded"));
     }
     if !inner.cdi.uploading.lock().unwrap().insert(k.clone()) {
         // The upload server takes one upload at a time.
-        return answer(503, &[], "");
+        return Err(answer(503, &[], ""));
     }
-    let r = receive(&inner, &ns, &pvc, req.into_body()).await;
-    inner.cdi.uploading.lock().unwrap().remove(&k);
-    match r {
-        Ok(()) => {
-            inner.cdi.done.lock().unwrap().insert(k);
-            answer(200, &[], "")
-        }
-        Err(e) => text(500, &format!("Saving stream failed: {e}")),
-    }
+    Ok(Some((ns, pvc)))
 }
 
 async fn receive(inner: &Inner, ns: &str, pvc: &str, mut body: Incoming) -> Result<(), String> {
