@@ -93,7 +93,7 @@ async fn main() {
     }
     let cfg = PassConfig {
         namespace: Some("ns".into()),
-        heartbeat_timeout_secs: 120,
+        ..Default::default()
     };
     // The first pass only adds finalizers and status (no tick yet).
     pass(&store, &cfg, start).await.unwrap();

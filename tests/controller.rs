@@ -49,6 +49,7 @@ impl World {
             cfg: PassConfig {
                 namespace: Some(NS.into()),
                 heartbeat_timeout_secs: 120,
+                own_namespace: Some("snapback-system".into()),
             },
         }
     }
@@ -794,4 +795,150 @@ async fn a_list_that_fails_ends_the_pass_and_says_which() {
 
     assert!(e.is(ApiErrorKind::Forbidden));
     assert!(e.message.contains("cannot list VirtHosts"), "{e}");
+}
+
+/// A KubeVirt VM and its instance in `NS`, as KubeVirt reports them.
+async fn kubevirt_vm(w: &World, name: &str, labels: serde_json::Value, phase: &str, cbt: &str) {
+    let vm: snapback::kubevirt::types::VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"namespace": NS, "name": name, "labels": labels},
+        "spec": {"runStrategy": "Always", "template": {"spec": {}}},
+    }))
+    .unwrap();
+    w.store.create(&vm).await.unwrap();
+    let vmi: snapback::kubevirt::types::VirtualMachineInstance =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"namespace": NS, "name": name},
+            "spec": {},
+        }))
+        .unwrap();
+    let mut vmi = w.store.create(&vmi).await.unwrap();
+    vmi.status = serde_json::from_value(
+        serde_json::json!({"phase": phase, "changedBlockTracking": {"state": cbt}}),
+    )
+    .unwrap();
+    w.store.replace_status(&vmi).await.unwrap();
+}
+
+async fn kubevirt_policy(w: &World, name: &str, extra: serde_json::Value) {
+    let mut spec = serde_json::json!({
+        "virtualMachineSelector": {"selector": {"matchLabels": {"backup": "nightly"}}},
+        "targetRef": "local",
+        "schedule": "0 * * * *",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    let mut p = BackupPolicy::new(name, serde_json::from_value(spec).unwrap());
+    p.metadata = meta(name);
+    w.store.create(&p).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_policy_selecting_kubevirt_vms_runs_the_ready_ones_through_the_worker_and_says_why_not_the_others(
+) {
+    let w = World::new("2026-11-22T00:30:00Z").await;
+    kubevirt_policy(&w, "vms", serde_json::json!({})).await;
+    let t = ts("2026-11-22T01:00:30Z");
+    w.at(t).await;
+    let s = w.policy_status("vms").await;
+    let kv = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KubeVirtReady")
+        .expect("KubeVirtReady")
+        .clone();
+    assert_eq!(kv.status, "False");
+    assert!(w.runs().await.is_empty(), "no KubeVirt, nothing runs");
+
+    let kubevirt: snapback::kubevirt::types::KubeVirt = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
+        "metadata": {"namespace": "kubevirt", "name": "kubevirt"},
+        "spec": {"configuration": {"developerConfiguration": {
+            "featureGates": ["IncrementalBackup", "UtilityVolumes"]}}},
+    }))
+    .unwrap();
+    w.store.create(&kubevirt).await.unwrap();
+    let nightly = serde_json::json!({"backup": "nightly"});
+    kubevirt_vm(&w, "web", nightly.clone(), "Running", "Enabled").await;
+    kubevirt_vm(&w, "db", nightly.clone(), "Running", "PendingRestart").await;
+    kubevirt_vm(&w, "other", serde_json::json!({}), "Running", "Enabled").await;
+    let t = ts("2026-11-22T02:00:30Z");
+    w.at(t).await;
+    let runs = w.runs().await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let r = &runs[0];
+    assert_eq!(r.spec.domain, format!("{NS}/web"));
+    assert_eq!(
+        r.spec.virtual_machine,
+        Some(VmRef {
+            namespace: NS.into(),
+            name: "web".into()
+        })
+    );
+    assert_eq!(r.spec.node_name, None, "no node agent takes it");
+    let l = r.metadata.labels.clone().unwrap();
+    assert_eq!(l.get(labels::KUBEVIRT).map(String::as_str), Some("true"));
+    assert!(!l.contains_key(labels::NODE));
+    let s = w.policy_status("vms").await;
+    assert_eq!(s.matched_domains, vec![format!("{NS}/web")]);
+    let kv = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KubeVirtReady")
+        .unwrap();
+    assert_eq!(
+        (kv.status.as_str(), kv.reason.as_str()),
+        ("False", "CBTNotEnabled")
+    );
+    assert!(kv.message.contains(&format!("{NS}/db")), "{}", kv.message);
+    assert!(!kv.message.contains("other"), "{}", kv.message);
+    assert!(w.events("KubeVirtNotReady") >= 1);
+    let before = w.events("KubeVirtNotReady");
+    w.at(ts("2026-11-22T02:10:00Z")).await;
+    assert_eq!(
+        w.events("KubeVirtNotReady"),
+        before,
+        "an unchanged reason is told once"
+    );
+}
+
+#[tokio::test]
+async fn a_kubevirt_policy_that_asks_for_hooks_pause_or_other_namespaces_is_refused_with_why() {
+    let w = World::new("2026-11-22T00:30:00Z").await;
+    kubevirt_policy(
+        &w,
+        "hooks",
+        serde_json::json!({"hooks": {"preSnapshot": [{"command": ["sync"]}]}}),
+    )
+    .await;
+    kubevirt_policy(
+        &w,
+        "pause",
+        serde_json::json!({"consistency": {"pause": true}}),
+    )
+    .await;
+    kubevirt_policy(
+        &w,
+        "wide",
+        serde_json::json!({"virtualMachineSelector": {"namespaceSelector": {"matchLabels": {"a": "b"}}}}),
+    )
+    .await;
+    w.at(ts("2026-11-22T01:00:30Z")).await;
+    for (p, word) in [
+        ("hooks", "hooks are not supported"),
+        ("pause", "pause is not supported"),
+        ("wide", "namespaceSelector is honoured only"),
+    ] {
+        let s = w.policy_status(p).await;
+        let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidSpec"),
+            "{p}"
+        );
+        assert!(c.message.contains(word), "{p}: {}", c.message);
+    }
+    assert!(w.runs().await.is_empty());
 }

@@ -5,13 +5,14 @@
 
 use kube::CustomResourceExt;
 use serde_json::{json, Value};
-use snapback::api::{BackupPolicy, BackupTarget, RestoreRequest};
+use snapback::api::{BackupPolicy, BackupRun, BackupTarget, RestoreRequest};
 
 fn schema_of(kind: &str) -> Value {
     let crd = match kind {
         "BackupTarget" => BackupTarget::crd(),
         "BackupPolicy" => BackupPolicy::crd(),
         "RestoreRequest" => RestoreRequest::crd(),
+        "BackupRun" => BackupRun::crd(),
         other => panic!("no CRD for {other}"),
     };
     serde_json::to_value(
@@ -22,6 +23,52 @@ fn schema_of(kind: &str) -> Value {
             .open_api_v3_schema,
     )
     .unwrap()
+}
+
+/// CEL's reserved words that the Kubernetes apiserver escapes as `__word__` when they are
+/// property names (the CustomResourceDefinition docs, "Escaping").
+const RESERVED: &[&str] = &[
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
+];
+
+/// `doc` with its property names escaped as the apiserver does before evaluating a rule.
+fn escaped(doc: &Value) -> Value {
+    match doc {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let k = if RESERVED.contains(&k.as_str()) {
+                        format!("__{k}__")
+                    } else {
+                        k.replace("__", "__underscores__")
+                    };
+                    (k, escaped(v))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(escaped).collect()),
+        v => v.clone(),
+    }
 }
 
 /// Walks `schema` and `doc` together; returns the messages of the rules that do not hold, and
@@ -37,7 +84,7 @@ fn violations(schema: &Value, doc: &Value, evaluated: &mut usize) -> Vec<String>
             let program = cel::Program::compile(rule)
                 .unwrap_or_else(|e| panic!("rule does not compile: {rule}: {e:?}"));
             let mut ctx = cel::Context::default();
-            ctx.add_variable_from_value("self", cel::to_value(doc).unwrap());
+            ctx.add_variable_from_value("self", cel::to_value(escaped(doc)).unwrap());
             *evaluated += 1;
             match program.execute(&ctx) {
                 Ok(cel::Value::Bool(true)) => {}
@@ -146,6 +193,21 @@ fn one_of_mistakes_are_refused_with_the_rule_message() {
             ),
             "select domains by names, globs or metadata",
         ),
+        (
+            doc(
+                "BackupPolicy",
+                json!({"domainSelector": {"names": ["web"]}, "virtualMachineSelector": {"names": ["web"]},
+                    "targetRef": "t", "schedule": "@daily"}),
+            ),
+            "select libvirt domains (domainSelector) or KubeVirt VMs (virtualMachineSelector), one of the two",
+        ),
+        (
+            doc(
+                "BackupRun",
+                json!({"domain": "web", "targetRef": "t", "virtualMachine": {"namespace": "apps", "name": "web"}}),
+            ),
+            "a run of a KubeVirt VM names it in domain as NAMESPACE/NAME",
+        ),
     ];
     for (d, want) in cases {
         let (bad, _) = check(&d);
@@ -165,6 +227,15 @@ fn one_of_mistakes_are_refused_with_the_rule_message() {
         doc(
             "BackupPolicy",
             json!({"domainSelector": {"metadata": {"tier": "gold"}}, "targetRef": "t", "schedule": "@daily"}),
+        ),
+        doc(
+            "BackupPolicy",
+            json!({"virtualMachineSelector": {"selector": {"matchLabels": {"backup": "nightly"}}},
+                "targetRef": "t", "schedule": "@daily"}),
+        ),
+        doc(
+            "BackupRun",
+            json!({"domain": "apps/web", "targetRef": "t", "virtualMachine": {"namespace": "apps", "name": "web"}}),
         ),
     ] {
         assert_eq!(check(&ok).0, Vec::<String>::new(), "{ok}");

@@ -11,6 +11,8 @@ pub enum ConditionType {
     TargetAvailable,
     /// BackupPolicy: how the newest finished run ended.
     LastRunSucceeded,
+    /// BackupPolicy (`virtualMachineSelector`): every selected VM can be backed up now.
+    KubeVirtReady,
     /// BackupTarget: its URL is valid.
     Available,
     /// BackupRun: the guest's filesystems were frozen for the snapshot.
@@ -43,6 +45,7 @@ impl ConditionType {
             Self::Ready => "Ready",
             Self::TargetAvailable => "TargetAvailable",
             Self::LastRunSucceeded => "LastRunSucceeded",
+            Self::KubeVirtReady => "KubeVirtReady",
             Self::Available => "Available",
             Self::Quiesced => "Quiesced",
             Self::DepthApplied => "DepthApplied",
@@ -86,4 +89,6 @@ pub mod reason {
     pub const ENABLE_FAILED: &str = "EnableFailed";
     /// Verified: every export of the point's chain matched its SHA-256 and read as sound qcow2.
     pub const READ_BACK_OK: &str = "ReadBackOK";
+    /// KubeVirtReady: every VM the policy selects can be backed up.
+    pub const ALL_VMS_READY: &str = "AllVMsReady";
 }

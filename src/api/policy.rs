@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, Hooks};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
@@ -24,8 +25,18 @@ use super::common::{Condition, Hooks};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.domainSelector) != has(self.virtualMachineSelector)",
+    "message": "select libvirt domains (domainSelector) or KubeVirt VMs (virtualMachineSelector), one of the two"
+}]))]
 pub struct BackupPolicySpec {
+    /// libvirt domains on the nodes' hosts. One of this and `virtualMachineSelector`.
+    #[serde(default, skip_serializing_if = "DomainSelector::is_empty")]
     pub domain_selector: DomainSelector,
+    /// KubeVirt VirtualMachines, backed up through KubeVirt's backup API. One of this and
+    /// `domainSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine_selector: Option<VirtualMachineSelector>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// Name of the BackupTarget in the same namespace.
@@ -111,6 +122,31 @@ pub struct DomainSelector {
     /// Key/value pairs from the domain's `<metadata>` snapback element.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+impl DomainSelector {
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.globs.is_empty() && self.metadata.is_empty()
+    }
+}
+
+/// Which KubeVirt VirtualMachines a policy covers: those in the namespaces chosen that match
+/// every rule given (a VM matches when `names` is empty or lists it, and its labels match
+/// `selector`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineSelector {
+    /// Namespaces by their labels. Honoured only for a policy in the namespace snapback runs
+    /// in (its admins' namespace); any other policy covers the VMs of its own namespace, so
+    /// a namespace's users cannot copy another namespace's disks to their target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// VMs by their labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// VMs by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

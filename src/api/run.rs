@@ -26,9 +26,19 @@ use super::policy::{BackupMode, Consistency, FullCadence};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.virtualMachine) || self.domain == self.virtualMachine.__namespace__ + '/' + self.virtualMachine.name",
+    "message": "a run of a KubeVirt VM names it in domain as NAMESPACE/NAME"
+}]))]
 pub struct BackupRunSpec {
-    /// Domain name or UUID.
+    /// Domain name or UUID; for a KubeVirt VM, `NAMESPACE/NAME` (the key its runs and chains
+    /// are kept by).
     pub domain: String,
+    /// A KubeVirt VirtualMachine, backed up through KubeVirt's backup API by the
+    /// kubevirt-worker instead of a node agent. Its chain lives under
+    /// `<target>/kubevirt/<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<VmRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_ref: Option<String>,
     /// Name of a BackupTarget (Kubernetes) or the target URL (single host).
@@ -68,6 +78,22 @@ pub struct BackupRunSpec {
     pub changed_block_tracking_dir: Option<String>,
 }
 
+/// A KubeVirt VirtualMachine by namespace and name.
+#[derive(
+    Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub struct VmRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl VmRef {
+    /// The run's `domain` for this VM.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 fn is_image(m: &BackupMode) -> bool {
     *m == BackupMode::Image
 }
@@ -94,6 +120,7 @@ impl BackupRunSpec {
     pub fn new(domain: impl Into<String>, target_ref: impl Into<String>) -> Self {
         Self {
             domain: domain.into(),
+            virtual_machine: None,
             policy_ref: None,
             target_ref: target_ref.into(),
             type_: RequestedType::Auto,

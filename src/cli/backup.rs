@@ -197,6 +197,7 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
     };
     let spec = BackupRunSpec {
         domain: args.domain.clone(),
+        virtual_machine: None,
         policy_ref: None,
         target_ref: crate::duplicity::url::redact(&args.target.target),
         type_: match args.type_ {

@@ -120,6 +120,7 @@ pub async fn controller(args: ControllerArgs) -> i32 {
     let cfg = PassConfig {
         namespace: args.namespace.clone(),
         heartbeat_timeout_secs: args.heartbeat_timeout,
+        own_namespace: Some(args.lease_namespace.clone()),
     };
     let mut stop = cancel_on_signal();
     let mut code = 0;

@@ -4,6 +4,8 @@
 pub const POLICY: &str = "snapback.dev/policy";
 /// On BackupRuns and RestoreRequests: the node whose agent runs it.
 pub const NODE: &str = "snapback.dev/node";
+/// On a run of a KubeVirt VM (value `true`): the kubevirt-worker drives it, not a node agent.
+pub const KUBEVIRT: &str = "snapback.dev/kubevirt";
 /// On BackupPolicies: the controller stops scheduling and settles the policy's runs first.
 pub const POLICY_FINALIZER: &str = "snapback.dev/policy-runs";
 /// On BackupRuns an agent has started: a deleted run is cancelled and cleaned up (guest

@@ -9,4 +9,5 @@
 //! CDI v1.66.0 publish; `tests/kubevirt_types.rs` checks them against copies of
 //! those schemas kept in `tests/fixtures/kubevirt/`.
 
+pub mod eligible;
 pub mod types;

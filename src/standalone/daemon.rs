@@ -70,6 +70,13 @@ pub fn check_policies(cfg: &Config) -> Result<(), String> {
                 p.metadata.name.clone().unwrap_or_default()
             )
         })?;
+        if p.spec.virtual_machine_selector.is_some() {
+            return Err(format!(
+                "{}: BackupPolicy {}: spec.virtualMachineSelector needs KubeVirt, that is the Kubernetes controller; on a single host, select libvirt domains with domainSelector",
+                file.display(),
+                p.metadata.name.clone().unwrap_or_default()
+            ));
+        }
         if let Some(v) = &p.spec.verify {
             Schedule::parse(&v.schedule, p.spec.time_zone.as_deref()).map_err(|e| {
                 format!(

@@ -2,6 +2,7 @@
 //! One replica leads at a time (`lease.rs`, decided in `leadership.rs`).
 
 pub mod inventory;
+pub mod kubevirt;
 pub mod leadership;
 pub mod lease;
 pub mod pass;

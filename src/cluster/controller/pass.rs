@@ -32,6 +32,8 @@ pub struct PassConfig {
     pub namespace: Option<String>,
     /// An agent whose heartbeat is older than this is taken to be gone.
     pub heartbeat_timeout_secs: i64,
+    /// The namespace snapback runs in: only its policies may select VMs of other namespaces.
+    pub own_namespace: Option<String>,
 }
 
 impl Default for PassConfig {
@@ -39,6 +41,7 @@ impl Default for PassConfig {
         Self {
             namespace: None,
             heartbeat_timeout_secs: 120,
+            own_namespace: None,
         }
     }
 }
@@ -144,13 +147,32 @@ pub async fn pass<S: Store>(store: &S, cfg: &PassConfig, now: Timestamp) -> ApiR
         }
     }
 
+    // KubeVirt is read only when a policy selects VMs.
+    let kv_world = if policies
+        .iter()
+        .any(|p| p.spec.virtual_machine_selector.is_some())
+    {
+        Some(super::kubevirt::World::read(store, ns, &policies).await)
+    } else {
+        None
+    };
+
     for p in &policies {
         stats.policies += 1;
         let pns = p.metadata.namespace.clone().unwrap_or_default();
         let pname = p.metadata.name.clone().unwrap_or_default();
         let mine = by_policy.remove(&(pns, pname)).unwrap_or_default();
+        let vms = match (&kv_world, &p.spec.virtual_machine_selector) {
+            (Some(w), Some(sel)) => Some(w.select(p, sel, cfg.own_namespace.as_deref(), now)),
+            _ => None,
+        };
         let mut p = p.clone();
-        let done = reconcile_policy(store, &mut p, &mine, &targets, &inv, now, &mut stats).await;
+        let seen = Seen {
+            targets: &targets,
+            inv: &inv,
+            vms: vms.as_ref(),
+        };
+        let done = reconcile_policy(store, &mut p, &mine, &seen, now, &mut stats).await;
         if let Err(e) = done {
             record_policy_failure(store, &p, &e, now, &mut stats).await;
         }
@@ -167,6 +189,13 @@ pub async fn pass<S: Store>(store: &S, cfg: &PassConfig, now: Timestamp) -> ApiR
         }
     }
     Ok(stats)
+}
+
+/// What a policy's plan is made from, beside the policy and its runs.
+struct Seen<'a> {
+    targets: &'a [BackupTarget],
+    inv: &'a Inventory,
+    vms: Option<&'a Result<crate::kubevirt::eligible::Selection, String>>,
 }
 
 /// A failure on one object: logged, counted, and published as a Warning Event on it.
@@ -228,8 +257,7 @@ async fn reconcile_policy<S: Store>(
     store: &S,
     p: &mut BackupPolicy,
     mine: &[&BackupRun],
-    targets: &[BackupTarget],
-    inv: &Inventory,
+    seen: &Seen<'_>,
     now: Timestamp,
     stats: &mut PassStats,
 ) -> ApiResult<()> {
@@ -248,11 +276,11 @@ async fn reconcile_policy<S: Store>(
             None => return Ok(()),
         }
     }
-    let target = targets.iter().find(|t| {
+    let target = seen.targets.iter().find(|t| {
         t.metadata.name.as_deref() == Some(p.spec.target_ref.as_str())
             && t.metadata.namespace == p.metadata.namespace
     });
-    let plan = plan_policy(p, target, mine, inv, now);
+    let plan = plan_policy(p, target, mine, seen.inv, seen.vms, now);
     for r in &plan.create {
         match store.create(r).await {
             Ok(_) => stats.runs_created += 1,

@@ -11,11 +11,13 @@ use super::inventory::{match_domains, Inventory};
 use crate::api::{reason, ConditionType};
 use crate::api::{
     set_condition, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, BackupTarget,
-    Condition,
+    Condition, VmRef,
 };
 use crate::cluster::labels;
+use crate::cluster::store::cut_to_bytes;
 use crate::cluster::EventType;
 use crate::driver::tick::{history_deletions, plan_tick, record_outcomes, TickInput};
+use crate::kubevirt::eligible::Selection;
 use crate::schedule::{run_name, Schedule};
 
 #[derive(Debug, Default)]
@@ -47,6 +49,9 @@ pub fn validate(p: &BackupPolicy) -> Result<Schedule, String> {
     if let Some(f) = &s.full_cadence.full_every {
         crate::units::parse_duration(f).map_err(|e| format!("fullCadence.fullEvery: {e}"))?;
     }
+    if s.virtual_machine_selector.is_some() {
+        kubevirt_limits(s)?;
+    }
     if let Some(v) = &s.verify {
         Schedule::parse(&v.schedule, s.time_zone.as_deref()).map_err(|e| format!("verify.{e}"))?;
     }
@@ -56,13 +61,52 @@ pub fn validate(p: &BackupPolicy) -> Result<Schedule, String> {
     Ok(sched)
 }
 
-fn new_run(p: &BackupPolicy, domain: &str, node: &str, tick: Timestamp) -> BackupRun {
+/// What KubeVirt's backup API has no way to do: a policy that asks for it is refused rather
+/// than half honoured. KubeVirt freezes the guest through its agent by itself.
+fn kubevirt_limits(s: &crate::api::BackupPolicySpec) -> Result<(), String> {
+    let h = &s.hooks;
+    let hooks = [
+        &h.pre_snapshot,
+        &h.on_snapshot,
+        &h.post_snapshot,
+        &h.pre_recovery,
+        &h.end_recovery,
+        &h.post_recovery,
+    ];
+    if hooks.iter().any(|v| !v.is_empty()) {
+        return Err("hooks are not supported for KubeVirt VMs: KubeVirt's backup API runs no commands in the guest (it freezes the filesystems through the guest agent itself)".into());
+    }
+    if s.consistency.pause {
+        return Err("consistency.pause is not supported for KubeVirt VMs: KubeVirt's backup API cannot pause a VM".into());
+    }
+    if s.mode == crate::api::BackupMode::Files {
+        return Err("mode: Files is not supported for KubeVirt VMs".into());
+    }
+    Ok(())
+}
+
+/// Where a run goes: a node's agent (a libvirt domain), or the kubevirt-worker (a VM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Runner {
+    Node(String),
+    KubeVirt(VmRef),
+}
+
+fn new_run(p: &BackupPolicy, domain: &str, runner: &Runner, tick: Timestamp) -> BackupRun {
     let pname = p.metadata.name.clone().unwrap_or_default();
     let mut spec = BackupRunSpec::from_policy(&pname, &p.spec, domain);
-    spec.node_name = Some(node.to_string());
     let mut lab = BTreeMap::new();
     lab.insert(labels::POLICY.to_string(), labels::label_value(&pname));
-    lab.insert(labels::NODE.to_string(), labels::label_value(node));
+    match runner {
+        Runner::Node(node) => {
+            spec.node_name = Some(node.to_string());
+            lab.insert(labels::NODE.to_string(), labels::label_value(node));
+        }
+        Runner::KubeVirt(vm) => {
+            spec.virtual_machine = Some(vm.clone());
+            lab.insert(labels::KUBEVIRT.to_string(), "true".into());
+        }
+    }
     let mut ann = BTreeMap::new();
     ann.insert("snapback.dev/scheduled-at".to_string(), tick.to_string());
     BackupRun {
@@ -78,12 +122,75 @@ fn new_run(p: &BackupPolicy, domain: &str, node: &str, tick: Timestamp) -> Backu
     }
 }
 
+/// A policy whose spec cannot be acted on: `Ready=False InvalidSpec`, no schedule; the
+/// history limits still hold.
+fn invalid(
+    mut plan: PolicyPlan,
+    p: &BackupPolicy,
+    runs: &[&BackupRun],
+    e: String,
+    now: Timestamp,
+) -> PolicyPlan {
+    let st = &mut plan.status;
+    set_condition(
+        &mut st.conditions,
+        condition(ConditionType::Ready, false, "InvalidSpec", e.clone(), now),
+    );
+    st.next_schedule_time = None;
+    plan.events.push((EventType::Warning, "InvalidSpec", e));
+    plan.delete = history_deletions(
+        runs,
+        p.spec.successful_runs_history_limit,
+        p.spec.failed_runs_history_limit,
+    );
+    plan
+}
+
+/// The `KubeVirtReady` condition: true when every selected VM can be backed up now, else
+/// the first reason and every VM that cannot, with why.
+fn kubevirt_ready(sel: &Selection, now: Timestamp) -> Condition {
+    if let Some(why) = &sel.unavailable {
+        return condition(
+            ConditionType::KubeVirtReady,
+            false,
+            crate::kubevirt::eligible::KUBEVIRT_NOT_FOUND,
+            why.clone(),
+            now,
+        );
+    }
+    match sel.not_ready.first() {
+        None => condition(
+            ConditionType::KubeVirtReady,
+            true,
+            reason::ALL_VMS_READY,
+            format!("{} VM(s) ready", sel.ready.len()),
+            now,
+        ),
+        Some(first) => {
+            let all: Vec<String> = sel
+                .not_ready
+                .iter()
+                .map(|n| format!("{}: {} ({})", n.vm.key(), n.message, n.reason))
+                .collect();
+            let message = cut_to_bytes(&all.join("; "), 1024).to_string();
+            condition(
+                ConditionType::KubeVirtReady,
+                false,
+                first.reason,
+                message,
+                now,
+            )
+        }
+    }
+}
+
 /// `runs` are this policy's runs (any phase).
 pub fn plan_policy(
     p: &BackupPolicy,
     target: Option<&BackupTarget>,
     runs: &[&BackupRun],
     inv: &Inventory,
+    vms: Option<&Result<Selection, String>>,
     now: Timestamp,
 ) -> PolicyPlan {
     let mut plan = PolicyPlan {
@@ -131,37 +238,52 @@ pub fn plan_policy(
 
     let sched = match validate(p) {
         Ok(s) => s,
-        Err(e) => {
-            set_condition(
-                &mut st.conditions,
-                condition(ConditionType::Ready, false, "InvalidSpec", e.clone(), now),
-            );
-            st.next_schedule_time = None;
-            plan.events.push((EventType::Warning, "InvalidSpec", e));
-            // History limits still hold while the spec is broken.
-            plan.delete = history_deletions(
-                runs,
-                p.spec.successful_runs_history_limit,
-                p.spec.failed_runs_history_limit,
-            );
-            return plan;
-        }
+        Err(e) => return invalid(plan, p, runs, e, now),
     };
 
-    let matching = match_domains(&p.spec, inv);
-    st.matched_domains = matching.assigned.iter().map(|(d, _)| d.clone()).collect();
     let mut notes = Vec::new();
-    if !matching.missing.is_empty() {
-        notes.push(format!(
-            "not found on any host: {}",
-            matching.missing.join(", ")
-        ));
-    }
-    if !matching.unreachable.is_empty() {
-        notes.push(format!(
-            "only on hosts whose agent is not answering: {}",
-            matching.unreachable.join(", ")
-        ));
+    let mut runners: BTreeMap<String, Runner> = BTreeMap::new();
+    if p.spec.virtual_machine_selector.is_some() {
+        let sel = match vms {
+            Some(Ok(sel)) => sel,
+            Some(Err(e)) => {
+                return invalid(plan, p, runs, format!("virtualMachineSelector: {e}"), now)
+            }
+            None => &Selection::default(),
+        };
+        for vm in &sel.ready {
+            runners.insert(vm.key(), Runner::KubeVirt(vm.clone()));
+        }
+        st.matched_domains = runners.keys().cloned().collect();
+        let kv = kubevirt_ready(sel, now);
+        let changed = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kv.type_)
+            .is_none_or(|c| c.status != kv.status || c.message != kv.message);
+        if changed && kv.status == "False" {
+            plan.events
+                .push((EventType::Warning, "KubeVirtNotReady", kv.message.clone()));
+        }
+        set_condition(&mut st.conditions, kv);
+    } else {
+        let matching = match_domains(&p.spec, inv);
+        if !matching.missing.is_empty() {
+            notes.push(format!(
+                "not found on any host: {}",
+                matching.missing.join(", ")
+            ));
+        }
+        if !matching.unreachable.is_empty() {
+            notes.push(format!(
+                "only on hosts whose agent is not answering: {}",
+                matching.unreachable.join(", ")
+            ));
+        }
+        for (d, n) in matching.assigned {
+            runners.insert(d, Runner::Node(n));
+        }
+        st.matched_domains = runners.keys().cloned().collect();
     }
     let ready = if !have_target {
         condition(
@@ -190,12 +312,7 @@ pub fn plan_policy(
     };
     set_condition(&mut st.conditions, ready);
 
-    let nodes: BTreeMap<&str, &str> = matching
-        .assigned
-        .iter()
-        .map(|(d, n)| (d.as_str(), n.as_str()))
-        .collect();
-    let domains: Vec<String> = nodes.keys().map(|d| d.to_string()).collect();
+    let domains: Vec<String> = runners.keys().cloned().collect();
     let tick = plan_tick(&TickInput {
         spec: &p.spec,
         schedule: &sched,
@@ -224,13 +341,17 @@ pub fn plan_policy(
     }
     if let Some(at) = tick.tick {
         for domain in &tick.start {
-            let node = nodes[domain.as_str()];
-            let run = new_run(p, domain, node, at);
+            let runner = &runners[domain];
+            let run = new_run(p, domain, runner, at);
+            let by = match runner {
+                Runner::Node(node) => format!("on {node}"),
+                Runner::KubeVirt(_) => "through KubeVirt".into(),
+            };
             plan.events.push((
                 EventType::Normal,
                 "RunCreated",
                 format!(
-                    "{} for {domain} on {node}",
+                    "{} for {domain} {by}",
                     run.metadata.name.clone().unwrap_or_default()
                 ),
             ));
