@@ -27,6 +27,7 @@ fn history() -> impl Strategy<Value = Vec<Point>> {
                     chain: format!("c{chain:03}"),
                     full: i == 0 || new_chain,
                     size,
+                    broken: None,
                 }
             })
             .collect()

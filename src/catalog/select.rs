@@ -3,6 +3,7 @@
 use jiff::Timestamp;
 
 use crate::catalog::manifest::Manifest;
+use crate::catalog::points::{needs_damaged, DamagedSet};
 
 /// One restorable point on the target.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,10 +83,28 @@ pub fn damaged_instead(chosen: &RestorePoint, damaged: &[Timestamp], at: &At) ->
         .max()
 }
 
+/// The damaged set that breaks the chain of `p`: the oldest set of its chain before it that
+/// cannot be read (or that stands for one that cannot), so `p` cannot be restored although
+/// its own set is whole.
+pub fn chain_damage<'a>(p: &RestorePoint, damaged: &'a [DamagedSet]) -> Option<&'a DamagedSet> {
+    damaged
+        .iter()
+        .filter(|d| d.chain_start == p.chain_start && d.set_time < p.set_time)
+        .min_by_key(|d| d.root())
+}
+
 /// The points to fetch for `idx`: its chain's full, then every incremental up to it, in order.
-/// Refuses a chain with a gap (a missing member would make a wrong disk).
-pub fn chain_for(points: &[RestorePoint], idx: usize) -> Result<Vec<usize>, String> {
+/// Refuses a chain that needs a damaged set (naming it), and a chain with a gap (a missing
+/// member would make a wrong disk).
+pub fn chain_for(
+    points: &[RestorePoint],
+    idx: usize,
+    damaged: &[DamagedSet],
+) -> Result<Vec<usize>, String> {
     let p = &points[idx];
+    if let Some(d) = chain_damage(p, damaged) {
+        return Err(needs_damaged(d.root()));
+    }
     let chain: Vec<usize> = (0..points.len())
         .filter(|&i| points[i].chain_start == p.chain_start && points[i].set_time <= p.set_time)
         .collect();
@@ -239,16 +258,16 @@ mod tests {
     #[test]
     fn the_chain_is_the_full_and_every_incremental_up_to_the_point() {
         let h = history();
-        assert_eq!(chain_for(&h, 1), Ok(vec![0, 1]));
-        assert_eq!(chain_for(&h, 2), Ok(vec![2]));
-        assert_eq!(chain_for(&h, 3), Ok(vec![2, 3]));
+        assert_eq!(chain_for(&h, 1, &[]), Ok(vec![0, 1]));
+        assert_eq!(chain_for(&h, 2, &[]), Ok(vec![2]));
+        assert_eq!(chain_for(&h, 3, &[]), Ok(vec![2, 3]));
     }
 
     #[test]
     fn a_chain_with_a_missing_member_is_refused() {
         let mut h = history();
         h.remove(2);
-        assert!(chain_for(&h, 2).unwrap_err().contains("incomplete"));
+        assert!(chain_for(&h, 2, &[]).unwrap_err().contains("incomplete"));
     }
 
     #[test]
@@ -286,5 +305,36 @@ mod tests {
         assert_eq!(damaged_instead(&p, &damaged, &At::Run("r1".into())), None);
         let older = [t("2026-11-30T09:00:00Z")];
         assert_eq!(damaged_instead(&p, &older, &At::Latest), None);
+    }
+
+    #[test]
+    fn a_whole_point_whose_chain_needs_a_damaged_set_is_refused_naming_that_set() {
+        use crate::api::FailureReason;
+        use crate::error::StepError;
+        let mut h = history();
+        // The chain c: full c, a damaged incremental at 01-03T12:00:05, then d (whole).
+        h[3].manifest.chain_index = 2;
+        let damaged = [DamagedSet {
+            set_time: t("2026-01-03T12:00:05Z"),
+            full: false,
+            chain_start: t("2026-01-03T00:00:05Z"),
+            needs: None,
+            error: StepError::new(FailureReason::VerificationFailed, "a volume is missing"),
+        }];
+        let err = chain_for(&h, 3, &damaged).unwrap_err();
+        assert!(
+            err.starts_with("its chain needs the damaged set at 2026-01-03T12:00:05Z"),
+            "{err}"
+        );
+        assert_eq!(
+            chain_for(&h, 2, &damaged),
+            Ok(vec![2]),
+            "the full before the damaged set restores"
+        );
+        assert_eq!(
+            chain_for(&h, 1, &damaged),
+            Ok(vec![0, 1]),
+            "another chain is not affected"
+        );
     }
 }

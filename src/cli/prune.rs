@@ -123,7 +123,7 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
             let _ = std::fs::remove_dir_all(&scratch);
             match result {
                 Ok(done) => {
-                    for (dec, p) in done.plan.decisions.iter().zip(&done.points) {
+                    for dec in &done.plan.decisions {
                         let action = match (dec.keep, args.dry_run) {
                             (true, _) => "keep",
                             (false, true) => "would delete",
@@ -133,7 +133,7 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
                             pname.clone(),
                             d.clone(),
                             dec.id.clone(),
-                            p.time().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                            dec.time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                             action.to_string(),
                             dec.reasons.join(", "),
                         ]);

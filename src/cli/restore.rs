@@ -323,7 +323,7 @@ pub async fn list(mut args: ListArgs) -> i32 {
                         if d.full { "full" } else { "incremental" }.into(),
                         "?".into(),
                         "-".into(),
-                        format!("(damaged: {})", d.error.reason),
+                        d.label(),
                     ],
                 )
             }));
@@ -336,9 +336,16 @@ pub async fn list(mut args: ListArgs) -> i32 {
                 )
             );
             if !l.damaged.is_empty() {
+                // Whole sets whose chain needs a damaged one are counted apart: they are not
+                // damaged themselves.
+                let own = l.damaged.iter().filter(|d| d.needs.is_none()).count();
+                let after = l.damaged.len() - own
+                    + l.points
+                        .iter()
+                        .filter(|p| crate::catalog::select::chain_damage(p, &l.damaged).is_some())
+                        .count();
                 eprintln!(
-                    "{} backup set(s) cannot be read from the target; `snapback verify --all` says which points they break. Points whose chain holds one cannot be restored: the next backup of the domain starts a new chain when told --type full.",
-                    l.damaged.len()
+                    "{own} backup set(s) cannot be read from the target, and {after} later set(s) of their chains cannot be restored without them; `snapback verify --all` names each. The next backup of the domain starts a new chain when told --type full.",
                 );
             }
             0

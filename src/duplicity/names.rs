@@ -96,6 +96,74 @@ pub fn complete_sets<S: AsRef<str>>(names: &[S]) -> Vec<SetFile> {
     sets
 }
 
+/// The number of a backup set's volume file (`duplicity-inc.A.to.B.vol3.difftar.gpg`: 3);
+/// `None` for manifests, signatures and anything else.
+pub fn volume_number(name: &str) -> Option<u32> {
+    let f = parse(name)?;
+    if !matches!(f.kind, SetKind::Full | SetKind::Incremental) {
+        return None;
+    }
+    name.split('.')
+        .find_map(|p| p.strip_prefix("vol")?.parse().ok())
+}
+
+/// Whether the complete set `set` has lost a volume, by the names alone: duplicity numbers a
+/// set's volumes 1, 2, ... and writes at least one, so a set with its manifest but no volume,
+/// or with a gap in the numbers, lost one. (A lost last volume does not show in the names;
+/// reading the set then fails instead.)
+pub fn lost_volume<S: AsRef<str>>(names: &[S], set: &SetFile) -> bool {
+    let vols: std::collections::BTreeSet<u32> = names
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|n| parse(n).is_some_and(|f| f == *set))
+        .filter_map(volume_number)
+        .collect();
+    vols.is_empty() || vols.last().copied() != Some(vols.len() as u32)
+}
+
+/// A complete set's place in its chain, read from the file names alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainLink {
+    pub set: SetFile,
+    /// The time of the full the chain starts from; for an incremental whose parent is not on
+    /// the target, its parent's time (the chain it was made for).
+    pub chain_start: Timestamp,
+    /// Whether every set between the chain's full and this one is on the target (the full
+    /// itself: always).
+    pub linked: bool,
+}
+
+/// Every complete set with its chain, oldest first. An incremental belongs to the chain of
+/// the set it was made from (its start time is that set's own time), as duplicity links
+/// them; this holds whatever has happened to any set's volumes, where duplicity's own
+/// collection leaves out a full without volumes and with it every set after it.
+pub fn chain_links<S: AsRef<str>>(names: &[S]) -> Vec<ChainLink> {
+    let mut links: Vec<ChainLink> = Vec::new();
+    for set in complete_sets(names) {
+        let link = match set.kind {
+            SetKind::Full => ChainLink {
+                set,
+                chain_start: set.end,
+                linked: true,
+            },
+            _ => match links.iter().find(|l| l.set.end == set.start) {
+                Some(parent) => ChainLink {
+                    set,
+                    chain_start: parent.chain_start,
+                    linked: parent.linked,
+                },
+                None => ChainLink {
+                    set,
+                    chain_start: set.start,
+                    linked: false,
+                },
+            },
+        };
+        links.push(link);
+    }
+    links
+}
+
 /// The time to give duplicity for a new set (`--current-time`): now, or one second after the
 /// newest set on the target when the clock has not passed it (two runs in one second, a clock
 /// stepped back, another host's clock ahead). Two sets with one time overwrite each other's
@@ -199,6 +267,75 @@ mod tests {
         assert_eq!(
             next_set_time(t("2026-01-01T00:00:00Z"), &names),
             t("2026-01-01T00:00:01Z").as_second()
+        );
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_set_without_a_volume_or_with_a_gap_in_its_volumes_lost_one() {
+        let n = names(&[
+            "duplicity-full.20260101T000000Z.manifest.gpg",
+            "duplicity-full.20260101T000000Z.vol1.difftar.gpg",
+            "duplicity-full.20260101T000000Z.vol2.difftar.gpg",
+            "duplicity-full-signatures.20260101T000000Z.sigtar.gpg",
+            "duplicity-inc.20260101T000000Z.to.20260101T000010Z.manifest.gpg",
+            "duplicity-new-signatures.20260101T000000Z.to.20260101T000010Z.sigtar.gpg",
+            "duplicity-inc.20260101T000010Z.to.20260101T000020Z.manifest.gpg",
+            "duplicity-inc.20260101T000010Z.to.20260101T000020Z.vol1.difftar.gpg",
+            "duplicity-inc.20260101T000010Z.to.20260101T000020Z.vol3.difftar.gpg",
+        ]);
+        let lost: Vec<Timestamp> = complete_sets(&n)
+            .iter()
+            .filter(|s| lost_volume(&n, s))
+            .map(|s| s.end)
+            .collect();
+        assert_eq!(
+            lost,
+            [t("2026-01-01T00:00:10Z"), t("2026-01-01T00:00:20Z")],
+            "the full has volumes 1 and 2; the first incremental none, the second a gap"
+        );
+        assert_eq!(
+            volume_number("duplicity-inc.20260101T000010Z.to.20260101T000020Z.vol12.difftar.gz"),
+            Some(12)
+        );
+        assert_eq!(
+            volume_number("duplicity-full-signatures.20260101T000000Z.sigtar.gpg"),
+            None
+        );
+    }
+
+    #[test]
+    fn every_set_after_a_full_belongs_to_its_chain_even_when_a_set_between_lost_its_volumes() {
+        let n = names(&[
+            // The full lost its only volume: duplicity's collection drops its whole chain.
+            "duplicity-full.20260101T000000Z.manifest",
+            "duplicity-inc.20260101T000000Z.to.20260101T000010Z.manifest",
+            "duplicity-inc.20260101T000000Z.to.20260101T000010Z.vol1.difftar",
+            "duplicity-inc.20260101T000010Z.to.20260101T000020Z.manifest",
+            "duplicity-inc.20260101T000010Z.to.20260101T000020Z.vol1.difftar",
+            "duplicity-full.20260101T000030Z.manifest",
+            "duplicity-full.20260101T000030Z.vol1.difftar",
+            // Its parent (00:40) is gone altogether.
+            "duplicity-inc.20260101T000040Z.to.20260101T000050Z.manifest",
+        ]);
+        let got: Vec<(Timestamp, Timestamp, bool)> = chain_links(&n)
+            .iter()
+            .map(|l| (l.set.end, l.chain_start, l.linked))
+            .collect();
+        let c0 = t("2026-01-01T00:00:00Z");
+        let c1 = t("2026-01-01T00:00:30Z");
+        assert_eq!(
+            got,
+            [
+                (c0, c0, true),
+                (t("2026-01-01T00:00:10Z"), c0, true),
+                (t("2026-01-01T00:00:20Z"), c0, true),
+                (c1, c1, true),
+                (t("2026-01-01T00:00:50Z"), t("2026-01-01T00:00:40Z"), false),
+            ]
         );
     }
 }

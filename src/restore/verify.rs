@@ -89,10 +89,7 @@ async fn verify_in(
             time: d.set_time,
             full: d.full,
             run: None,
-            broken: Some(StepError::new(
-                FailureReason::VerificationFailed,
-                format!("the set's manifest cannot be read: {}", d.error.message),
-            )),
+            broken: Some(d.verdict()),
         }));
     }
     let chosen: Vec<usize> = match which {
@@ -113,10 +110,7 @@ async fn verify_in(
                     time: d.set_time,
                     full: d.full,
                     run: None,
-                    broken: Some(StepError::new(
-                        FailureReason::VerificationFailed,
-                        format!("the set's manifest cannot be read: {}", d.error.message),
-                    )),
+                    broken: Some(d.verdict()),
                 }]);
             }
             vec![chosen.map_err(|m| StepError::new(FailureReason::InvalidSpec, m))?]
@@ -138,7 +132,7 @@ async fn verify_in(
         })?;
         let mut members: BTreeMap<usize, Result<(), StepError>> = BTreeMap::new();
         for &i in idxs {
-            let broken = match chain_for(&points, i) {
+            let broken = match chain_for(&points, i, &listing.damaged) {
                 Err(m) => Some(StepError::new(FailureReason::VerificationFailed, m)),
                 Ok(chain) => {
                     let mut first_broken = None;

@@ -4,7 +4,9 @@
 //! Invariants: a chain is deleted whole or not at all (a kept incremental needs its full and
 //! every earlier incremental); the newest point is always kept; a chain still being written is
 //! never touched; `maxTotalSize` drops the oldest chains first and yields only to the two
-//! rules above.
+//! rules above. A point that cannot be restored (a damaged set, or a whole one whose chain
+//! needs a damaged set) is part of its chain like any other, but the keep rules count only
+//! points that restore: a chain with nothing restorable goes when no rule keeps a point of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,12 +24,15 @@ pub struct Point {
     pub chain: String,
     pub full: bool,
     pub size: u64,
+    /// Why the point cannot be restored; `None` for a sound point.
+    pub broken: Option<String>,
 }
 
 /// What happens to one point, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub id: String,
+    pub time: Timestamp,
     pub chain: String,
     pub keep: bool,
     /// The rules that select it (`keepDaily`, `newest` ...) or what keeps it (`chain`), or,
@@ -138,11 +143,18 @@ pub fn plan(
         return Plan::default();
     };
 
+    // The newest point stays whatever it is: the next backup may continue its chain, and
+    // pruning never empties a target.
     why[newest].push("newest".into());
-    let first_last = pts.len().saturating_sub(rules.keep_last as usize);
-    for w in &mut why[first_last..] {
-        w.push("keepLast".into());
+    // The keep rules choose among the points that restore (indices into `pts`).
+    let sound: Vec<usize> = (0..pts.len())
+        .filter(|&i| pts[i].broken.is_none())
+        .collect();
+    let first_last = sound.len().saturating_sub(rules.keep_last as usize);
+    for &i in &sound[first_last..] {
+        why[i].push("keepLast".into());
     }
+    let sound_pts: Vec<Point> = sound.iter().map(|&i| pts[i].clone()).collect();
     for (p, n) in [
         (PeriodName::Hourly, rules.keep_hourly),
         (PeriodName::Daily, rules.keep_daily),
@@ -150,13 +162,13 @@ pub fn plan(
         (PeriodName::Monthly, rules.keep_monthly),
         (PeriodName::Yearly, rules.keep_yearly),
     ] {
-        for i in select_buckets(&pts, tz, p, n) {
-            why[i].push(p.rule().into());
+        for i in select_buckets(&sound_pts, tz, p, n) {
+            why[sound[i]].push(p.rule().into());
         }
     }
     if let Some(age) = rules.max_age {
-        for (i, p) in pts.iter().enumerate() {
-            if now.duration_since(p.time) < age {
+        for &i in &sound {
+            if now.duration_since(pts[i].time) < age {
                 why[i].push("maxAge".into());
             }
         }
@@ -168,9 +180,16 @@ pub fn plan(
             chains.push(p.chain.clone());
         }
     }
-    for c in chains.iter().rev().take(rules.max_full_backups as usize) {
-        for (i, p) in pts.iter().enumerate() {
-            if &p.chain == c {
+    // The newest chains that hold a point that restores.
+    let restorable = |c: &String| sound.iter().any(|&i| &pts[i].chain == c);
+    for c in chains
+        .iter()
+        .rev()
+        .filter(|c| restorable(c))
+        .take(rules.max_full_backups as usize)
+    {
+        for &i in &sound {
+            if &pts[i].chain == c {
                 why[i].push("maxFullBackups".into());
             }
         }
@@ -219,7 +238,7 @@ pub fn plan(
     }
     for (p, w) in pts.iter().zip(why) {
         let keep = kept.contains(&p.chain);
-        let reasons = if !keep && dropped_for_size.contains(&p.chain) {
+        let mut reasons = if !keep && dropped_for_size.contains(&p.chain) {
             vec!["maxTotalSize: oldest chains go first".into()]
         } else if !keep {
             vec!["no rule keeps any point of its chain".into()]
@@ -231,8 +250,12 @@ pub fn plan(
         } else {
             w
         };
+        if let Some(b) = &p.broken {
+            reasons.push(format!("cannot be restored: {b}"));
+        }
         decisions.push(Decision {
             id: p.id.clone(),
+            time: p.time,
             chain: p.chain.clone(),
             keep,
             reasons,
@@ -266,6 +289,7 @@ mod tests {
                     chain,
                     full: d % every == 0,
                     size: 10,
+                    broken: None,
                 }
             })
             .collect()
@@ -339,6 +363,7 @@ mod tests {
                 chain: format!("c{i}"),
                 full: true,
                 size: 1,
+                broken: None,
             })
             .collect();
         let rules = Rules {
@@ -366,6 +391,7 @@ mod tests {
             chain: format!("c{i}"),
             full: true,
             size: 1,
+            broken: None,
         })
         .collect();
         let yearly = plan(
@@ -433,6 +459,93 @@ mod tests {
             p.delete_chains,
             ["c0", "c1"],
             "the newest chain stays even when it alone is too big"
+        );
+    }
+
+    /// Chain c0: a sound full, a damaged incremental and two whole ones that need it; chain
+    /// c1: two sound points a day later.
+    fn with_damage() -> Vec<Point> {
+        let broken = |why: &str| Some(why.to_string());
+        let mut pts = daily("2026-01-01T02:00:00Z", 6, 4);
+        pts[1].broken = broken("damaged");
+        pts[2].broken = broken("needs p1");
+        pts[3].broken = broken("needs p1");
+        pts
+    }
+
+    #[test]
+    fn a_damaged_set_and_the_sets_that_need_it_go_with_their_chain_when_no_rule_keeps_it() {
+        let pts = with_damage();
+        let rules = Rules {
+            keep_last: 2,
+            ..Default::default()
+        };
+        let p = plan(&pts, &rules, &TimeZone::UTC, t("2026-01-07T00:00:00Z"), &[]);
+        assert_eq!(p.delete_chains, ["c0"]);
+        assert_eq!(kept_ids(&p), ["p4", "p5"]);
+        assert_eq!(
+            p.decisions[1].reasons,
+            [
+                "no rule keeps any point of its chain",
+                "cannot be restored: damaged"
+            ]
+        );
+    }
+
+    #[test]
+    fn unrestorable_points_are_not_counted_by_keep_rules_but_stay_with_a_kept_chain() {
+        let pts = with_damage();
+        // The three newest that restore are p0, p4 and p5: c0 is kept whole for its full,
+        // damaged sets included, since a chain goes whole or not at all.
+        let rules = Rules {
+            keep_last: 3,
+            ..Default::default()
+        };
+        let p = plan(&pts, &rules, &TimeZone::UTC, t("2026-01-07T00:00:00Z"), &[]);
+        assert!(p.delete_chains.is_empty());
+        assert_eq!(p.decisions[0].reasons, ["keepLast"]);
+        assert_eq!(
+            p.decisions[3].reasons,
+            ["chain: kept whole for p0", "cannot be restored: needs p1"]
+        );
+        // maxFullBackups counts only chains that restore.
+        let mut only_damage = pts.clone();
+        only_damage[0].broken = Some("damaged".into());
+        let rules = Rules {
+            max_full_backups: 1,
+            ..Default::default()
+        };
+        let p = plan(
+            &only_damage,
+            &rules,
+            &TimeZone::UTC,
+            t("2026-01-07T00:00:00Z"),
+            &[],
+        );
+        assert_eq!(p.delete_chains, ["c0"]);
+        // Nor is a chain of damaged sets deleted while it is being written.
+        let p = plan(
+            &only_damage,
+            &rules,
+            &TimeZone::UTC,
+            t("2026-01-07T00:00:00Z"),
+            &["c0".into()],
+        );
+        assert!(p.delete_chains.is_empty());
+    }
+
+    #[test]
+    fn the_newest_set_is_kept_even_when_it_cannot_be_restored() {
+        let pts: Vec<Point> = with_damage().into_iter().take(4).collect();
+        let rules = Rules {
+            max_age: Some(SignedDuration::from_hours(1)),
+            ..Default::default()
+        };
+        let p = plan(&pts, &rules, &TimeZone::UTC, t("2026-02-01T00:00:00Z"), &[]);
+        assert!(p.delete_chains.is_empty());
+        assert_eq!(
+            p.decisions[3].reasons,
+            ["newest", "cannot be restored: needs p1"]
         );
     }
 }

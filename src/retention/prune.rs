@@ -12,8 +12,8 @@ use super::target_files;
 use crate::api::{reason, ConditionType};
 use crate::api::{set_condition, BackupPhase, BackupPolicySpec, BackupRun, Condition};
 use crate::catalog::layout;
-use crate::catalog::points::list_points;
-use crate::catalog::select::RestorePoint;
+use crate::catalog::points::{list_sets, list_time, Listing};
+use crate::catalog::select::{chain_damage, RestorePoint};
 use crate::duplicity::TargetConfig;
 use crate::error::StepError;
 
@@ -26,6 +26,64 @@ pub struct DomainPrune {
     pub deleted_files: Vec<String>,
 }
 
+/// The points to plan, oldest first: every readable point and every damaged set (a damaged
+/// set is named by its time: its run is in the manifest that cannot be read), with why each
+/// one that cannot be restored cannot. Also each one's (chain, chain start, set time): the
+/// set times, not the capture times, name a chain's files on the target.
+fn planned_points(listing: &Listing) -> (Vec<Point>, Vec<(String, Timestamp, Timestamp)>) {
+    // A damaged set belongs to the chain whose full it was made from; one whose chain has no
+    // readable point at all (its full is damaged) forms a chain of its own, named by its
+    // full's set time.
+    let chain_name = |start: Timestamp| {
+        listing
+            .points
+            .iter()
+            .find(|p| p.chain_start == start)
+            .map_or_else(
+                || format!("set-{}", start.strftime("%Y%m%dT%H%M%SZ")),
+                |p| p.manifest.chain.clone(),
+            )
+    };
+    let mut out: Vec<(Point, Timestamp, Timestamp)> = listing
+        .points
+        .iter()
+        .map(|p| {
+            let broken = chain_damage(p, &listing.damaged)
+                .map(|d| crate::catalog::points::needs_damaged(d.root()));
+            let point = Point {
+                id: p.manifest.run.clone(),
+                time: p.time(),
+                chain: p.manifest.chain.clone(),
+                full: p.full,
+                size: p.size(),
+                broken,
+            };
+            (point, p.chain_start, p.set_time)
+        })
+        .collect();
+    out.extend(listing.damaged.iter().map(|d| {
+        let point = Point {
+            id: format!("set-{}", d.set_time.strftime("%Y%m%dT%H%M%SZ")),
+            time: d.set_time,
+            chain: chain_name(d.chain_start),
+            full: d.full,
+            // Unknown: the manifest with the sizes is what cannot be read.
+            size: 0,
+            broken: Some(match d.needs {
+                None => format!("damaged set at {}", list_time(d.set_time)),
+                Some(_) => d.error.message.clone(),
+            }),
+        };
+        (point, d.chain_start, d.set_time)
+    }));
+    out.sort_by_key(|(_, _, set_time)| *set_time);
+    let members = out
+        .iter()
+        .map(|(p, start, set_time)| (p.chain.clone(), *start, *set_time))
+        .collect();
+    (out.into_iter().map(|(p, _, _)| p).collect(), members)
+}
+
 /// `target` is the domain's own target (`<target>/<domain>`).
 pub async fn prune_domain(
     target: &TargetConfig,
@@ -35,29 +93,36 @@ pub async fn prune_domain(
     scratch: &Path,
     dry_run: bool,
 ) -> Result<DomainPrune, StepError> {
-    let points = list_points(target, scratch).await?;
-    let planned: Vec<Point> = points
+    let listing = list_sets(target, scratch).await?;
+    let (planned, members) = planned_points(&listing);
+    // A run still being written names its chain by its full's run, which a chain known only
+    // from damaged sets (its full's manifest unreadable) cannot be matched against: while
+    // such a run exists, those chains are left alone.
+    let known: Vec<&str> = listing
+        .points
         .iter()
-        .map(|p| Point {
-            id: p.manifest.run.clone(),
-            time: p.time(),
-            chain: p.manifest.chain.clone(),
-            full: p.full,
-            size: p.size(),
-        })
+        .map(|p| p.manifest.chain.as_str())
         .collect();
-    let plan = plan(&planned, rules, tz, Timestamp::now(), in_progress);
+    let mut in_progress = in_progress.to_vec();
+    if in_progress.iter().any(|c| !known.contains(&c.as_str())) {
+        in_progress.extend(
+            planned
+                .iter()
+                .filter(|p| !known.contains(&p.chain.as_str()))
+                .map(|p| p.chain.clone()),
+        );
+    }
+    let plan = plan(&planned, rules, tz, Timestamp::now(), &in_progress);
     let mut deleted_files = Vec::new();
     if !dry_run && !plan.delete_chains.is_empty() {
         let names = crate::duplicity::backend::list(target).await?;
         for chain in &plan.delete_chains {
-            let members: Vec<&RestorePoint> = points
-                .iter()
-                .filter(|p| &p.manifest.chain == chain)
-                .collect();
+            // Damaged sets and the sets that need them are members too: they go with it.
+            let of_chain: Vec<&(String, Timestamp, Timestamp)> =
+                members.iter().filter(|m| &m.0 == chain).collect();
             let (Some(start), Some(end)) = (
-                members.iter().map(|p| p.chain_start).min(),
-                members.iter().map(|p| p.set_time).max(),
+                of_chain.iter().map(|m| m.1).min(),
+                of_chain.iter().map(|m| m.2).max(),
             ) else {
                 continue;
             };
@@ -67,6 +132,7 @@ pub async fn prune_domain(
             deleted_files.extend(files);
         }
     }
+    let points = listing.points;
     Ok(DomainPrune {
         points,
         plan,

@@ -76,13 +76,13 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             return Err(StepError::new(
                 FailureReason::VerificationFailed,
                 format!(
-                    "the backup set of {t}, the point asked for, cannot be read from the target \
+                    "the backup set of {t}, the point asked for, cannot be restored from the target \
                      ({why}); restore an earlier point with --at (`snapback verify --all` names \
                      every point that is sound)"
                 ),
             ));
         }
-        let chain = chain_for(&points, idx)
+        let chain = chain_for(&points, idx, &listing.damaged)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
         let point = &points[idx];
 
