@@ -256,3 +256,76 @@ fn standalone_once_runs_each_policy_and_prunes_after_each_successful_run() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_damaged_set_and_the_whole_sets_that_need_it_are_pruned_with_their_chain() {
+    let g = Guest::new("sbt-prdmg", GuestOpts::default());
+    let env = Env::new();
+    let mut runs = vec![];
+    for _ in 0..3 {
+        runs.push(env.backup(&g.name, &[]).assert_ok());
+        g.wait_for_writes(g.writes() + 2);
+    }
+    // The full loses its volume: duplicity then leaves the whole chain out of its collection,
+    // and before, prune never saw it and kept it on the target for good.
+    let stamp = env
+        .read_run(&runs[0])
+        .status
+        .unwrap()
+        .target_time
+        .unwrap()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let vol = env
+        .target_files_of(&g.name)
+        .into_iter()
+        .find(|f| f.starts_with(&format!("duplicity-full.{stamp}.vol1.")))
+        .unwrap();
+    std::fs::remove_file(
+        env.target_dir
+            .join(snapback::catalog::layout::domain_dir(&g.name))
+            .join(vol),
+    )
+    .unwrap();
+    let before = env.target_files_of(&g.name);
+    let config = prune_config(&env, &g.name, "{keepLast: 1}");
+    // While it is the newest chain, it stays (the newest set is never deleted).
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("deleted"), "{}", out.stdout);
+    assert_eq!(env.target_files_of(&g.name), before, "{}", out.stdout);
+
+    let fresh = env.backup(&g.name, &["--type", "full"]).assert_ok();
+    let dry = env.snapback(&["prune", "--config", config.to_str().unwrap(), "--dry-run"]);
+    let would: Vec<&str> = dry
+        .stdout
+        .lines()
+        .filter(|l| l.contains("would delete"))
+        .collect();
+    assert_eq!(
+        would.len(),
+        3,
+        "the damaged full and both incrementals:\n{}",
+        dry.stdout
+    );
+    assert!(
+        would.iter().all(|l| l.contains("cannot be restored")),
+        "{}",
+        dry.stdout
+    );
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let left = env.target_files_of(&g.name);
+    assert!(
+        left.iter().all(|f| !f.contains(&stamp)),
+        "nothing of the damaged chain is left: {left:?}"
+    );
+    let list = env.snapback(&["list", "--domain", &g.name, "--target", &env.target]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(
+        list.stdout.contains(&fresh) && !list.stdout.contains("damaged"),
+        "{}",
+        list.stdout
+    );
+    assert!(list.stderr.is_empty(), "{}", list.stderr);
+}
