@@ -45,18 +45,57 @@ fn qemu_img(args: &[&str]) -> Result<String, LibvirtError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The bitmaps stored in a qcow2 image (none for other formats).
-pub fn image_bitmaps(path: &str) -> Result<Vec<String>, LibvirtError> {
-    let json = qemu_img(&["info", "-U", "--output=json", path])?;
-    parse_image_bitmaps(&json).map_err(|m| LibvirtError::new(VirtErrorKind::Other, m))
+/// Each image of a backing chain with the names of its persistent bitmaps, top first, from
+/// `qemu-img info --backing-chain --output=json` output (pure).
+pub fn parse_chain_bitmaps(info_json: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(info_json).map_err(|e| format!("qemu-img info: {e}"))?;
+    let images = match v.as_array() {
+        Some(a) => a.clone(),
+        None => vec![v],
+    };
+    images
+        .iter()
+        .map(|img| {
+            let file = img["filename"].as_str().unwrap_or_default().to_string();
+            Ok((file, parse_image_bitmaps(&img.to_string())?))
+        })
+        .collect()
 }
 
-/// Removes a bitmap from the image of a domain that is not running; absent is fine.
-pub fn remove_image_bitmap(path: &str, name: &str) -> Result<(), LibvirtError> {
-    if !image_bitmaps(path)?.iter().any(|b| b == name) {
-        return Ok(());
+/// Each image of the backing chain of `path` (itself first) with its bitmaps. Bitmaps are
+/// not only in the top image: an image that held checkpoint bitmaps becomes a backing image
+/// when an overlay is put over it (an external snapshot, `qemu-img create -b`), and its
+/// bitmaps stay in it, where QEMU still loads them.
+pub fn chain_bitmaps(path: &str) -> Result<Vec<(String, Vec<String>)>, LibvirtError> {
+    let json = qemu_img(&["info", "-U", "--backing-chain", "--output=json", path])?;
+    parse_chain_bitmaps(&json).map_err(|m| LibvirtError::new(VirtErrorKind::Other, m))
+}
+
+/// The bitmaps stored in a qcow2 image and in its backing images (none for other formats),
+/// each name once.
+pub fn image_bitmaps(path: &str) -> Result<Vec<String>, LibvirtError> {
+    let mut names: Vec<String> = Vec::new();
+    for (_, found) in chain_bitmaps(path)? {
+        for b in found {
+            if !names.contains(&b) {
+                names.push(b);
+            }
+        }
     }
-    qemu_img(&["bitmap", "--remove", path, name]).map(|_| ())
+    Ok(names)
+}
+
+/// Removes a bitmap from the image of a domain that is not running and from every backing
+/// image of it that holds one of that name; absent is fine. Only the named bitmap is
+/// touched: the caller names a snapback checkpoint that no chain needs.
+pub fn remove_image_bitmap(path: &str, name: &str) -> Result<(), LibvirtError> {
+    for (image, found) in chain_bitmaps(path)? {
+        if found.iter().any(|b| b == name) {
+            qemu_img(&["bitmap", "--remove", &image, name])?;
+        }
+    }
+    Ok(())
 }
 
 /// The QMP node name of the format layer whose image file is `path`, from `query-block`.
@@ -114,5 +153,35 @@ mod tests {
             Some("libvirt-2-format")
         );
         assert_eq!(node_of(json, "/img/c.qcow2"), None);
+    }
+
+    #[test]
+    fn each_image_of_a_backing_chain_has_its_own_bitmaps() {
+        let json = r#"[
+            {"filename":"/img/top.qcow2","format":"qcow2","backing-filename":"base.qcow2",
+             "format-specific":{"type":"qcow2","data":{"bitmaps":[{"name":"snapback-r2"}]}}},
+            {"filename":"/img/base.qcow2","format":"qcow2",
+             "format-specific":{"type":"qcow2","data":{"bitmaps":[{"name":"snapback-r1"},{"name":"other"}]}}},
+            {"filename":"/img/raw.img","format":"raw"}]"#;
+        assert_eq!(
+            parse_chain_bitmaps(json).unwrap(),
+            [
+                (
+                    "/img/top.qcow2".to_string(),
+                    vec!["snapback-r2".to_string()]
+                ),
+                (
+                    "/img/base.qcow2".to_string(),
+                    vec!["snapback-r1".to_string(), "other".to_string()]
+                ),
+                ("/img/raw.img".to_string(), vec![]),
+            ]
+        );
+        // A single image, as `qemu-img info` without --backing-chain prints it.
+        assert_eq!(
+            parse_chain_bitmaps(r#"{"filename":"/img/a.qcow2","format":"raw"}"#).unwrap(),
+            [("/img/a.qcow2".to_string(), vec![])]
+        );
+        assert!(parse_chain_bitmaps("[{").is_err());
     }
 }
