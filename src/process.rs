@@ -27,6 +27,28 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// A pause point of the fault tests (tests/host_faults.rs): when `SNAPBACK_PAUSE_AT` names
+/// this point, the process creates the file `SNAPBACK_PAUSE_FILE` and waits until the test
+/// removes it, so a fault (libvirtd restarted, say) lands at exactly this moment rather than
+/// at one guessed by timing. Outside those tests the variable is unset and this is one
+/// environment lookup.
+pub async fn pause_point(name: &str) {
+    if !std::env::var_os("SNAPBACK_PAUSE_AT").is_some_and(|v| v == name) {
+        return;
+    }
+    let Some(marker) = std::env::var_os("SNAPBACK_PAUSE_FILE") else {
+        return;
+    };
+    let marker = std::path::PathBuf::from(marker);
+    if let Err(e) = std::fs::write(&marker, name) {
+        tracing::warn!(error = %e, marker = %marker.display(), "cannot create the pause marker");
+        return;
+    }
+    while marker.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A flag that turns true on SIGINT or SIGTERM: engines then clean up (or roll back) and
 /// fail as Interrupted, and daemons stop.
 pub fn cancel_on_signal() -> tokio::sync::watch::Receiver<bool> {

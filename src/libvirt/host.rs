@@ -1,7 +1,7 @@
 //! The libvirt adapter: one connection, every operation as one blocking closure.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -50,10 +50,105 @@ pub enum JobState {
     None,
 }
 
+/// How long a call waits for libvirtd to come back after the connection dropped (a restart
+/// of libvirtd, an upgrade): long enough for a restart, short enough that a libvirtd that
+/// stays away fails the run as `LibvirtUnavailable` rather than hanging it.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The connection, replaced by a new one when libvirtd went away and came back. A running
+/// backup job outlives a libvirtd restart (libvirt 9.0 recovers it as the domain's active
+/// job on reconnect, and qemu's job never stops), so the run only has to reconnect to go on.
+struct Shared {
+    uri: String,
+    conn: Mutex<Arc<Connect>>,
+}
+
 #[derive(Clone)]
 pub struct LibvirtHost {
-    conn: Arc<Connect>,
+    shared: Arc<Shared>,
     pub uri: String,
+}
+
+fn open(uri: &str) -> Result<Connect, LibvirtError> {
+    Connect::open(Some(uri)).map_err(|e| {
+        let mut err = LibvirtError::from(e);
+        err.kind = VirtErrorKind::Unavailable;
+        err.message = format!("cannot connect to libvirt at {uri}: {}", err.message);
+        err
+    })
+}
+
+/// Whether the connection still reaches libvirtd. The client only learns that libvirtd went
+/// away from a failed call; after one, this is false.
+fn alive(conn: &Connect) -> bool {
+    conn.is_alive().unwrap_or(false)
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Connect> {
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A new connection in place of `dead`, waiting up to `RECONNECT_WINDOW` for libvirtd.
+    /// Callers that found the same dead connection at once share the one new connection.
+    fn reconnect(&self, dead: &Arc<Connect>) -> Result<Arc<Connect>, LibvirtError> {
+        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&slot, dead) {
+            return Ok(slot.clone());
+        }
+        let deadline = Instant::now() + RECONNECT_WINDOW;
+        loop {
+            match open(&self.uri) {
+                Ok(c) => {
+                    tracing::info!(uri = %self.uri, "reconnected to libvirtd");
+                    *slot = Arc::new(c);
+                    return Ok(slot.clone());
+                }
+                Err(mut e) if Instant::now() >= deadline => {
+                    e.message = format!(
+                        "libvirtd went away and did not come back within {}s: {}",
+                        RECONNECT_WINDOW.as_secs(),
+                        e.message
+                    );
+                    return Err(e);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
+    /// Runs `f` on a live connection. A connection that dropped is replaced first; when it
+    /// drops during `f`, `f` runs again on the new one if `retry` (a read, or a change that
+    /// is the same when made twice), or else fails `Unavailable`: whether libvirtd made the
+    /// change before it went away is unknown, and the engine looks again before going on.
+    fn call<T>(
+        &self,
+        retry: bool,
+        f: impl Fn(&Connect) -> Result<T, LibvirtError>,
+    ) -> Result<T, LibvirtError> {
+        let mut conn = self.current();
+        if !alive(&conn) {
+            conn = self.reconnect(&conn)?;
+        }
+        match f(&conn) {
+            Err(e) if !alive(&conn) => {
+                tracing::warn!(error = %e, "the connection to libvirtd dropped");
+                let fresh = self.reconnect(&conn)?;
+                if retry {
+                    f(&fresh)
+                } else {
+                    Err(LibvirtError::new(
+                        VirtErrorKind::Unavailable,
+                        format!("the connection to libvirtd dropped during the call: {e}"),
+                    ))
+                }
+            }
+            r => r,
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -73,19 +168,24 @@ impl LibvirtHost {
         let u = uri.to_string();
         // libvirt's default error handler prints every error to stderr; errors are returned instead.
         virt::error::clear_error_callback();
-        let conn = blocking(move || {
-            Connect::open(Some(&u)).map_err(|e| {
-                let mut err = LibvirtError::from(e);
-                err.kind = VirtErrorKind::Unavailable;
-                err.message = format!("cannot connect to libvirt at {u}: {}", err.message);
-                err
-            })
-        })
-        .await?;
+        let conn = blocking(move || open(&u)).await?;
         Ok(Self {
-            conn: Arc::new(conn),
+            shared: Arc::new(Shared {
+                uri: uri.to_string(),
+                conn: Mutex::new(Arc::new(conn)),
+            }),
             uri: uri.to_string(),
         })
+    }
+
+    /// Runs `f` on the connection in a blocking worker; see `Shared::call` for `retry`.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        retry: bool,
+        f: impl Fn(&Connect) -> Result<T, LibvirtError> + Send + 'static,
+    ) -> Result<T, LibvirtError> {
+        let shared = self.shared.clone();
+        blocking(move || shared.call(retry, f)).await
     }
 
     fn lookup(conn: &Connect, id: &str) -> Result<Domain, LibvirtError> {
@@ -104,15 +204,33 @@ impl LibvirtHost {
         })
     }
 
+    /// A read, or a change that is the same when made twice: run again after a reconnect.
     async fn with_domain<T: Send + 'static>(
         &self,
         id: &str,
-        f: impl FnOnce(&Domain) -> Result<T, LibvirtError> + Send + 'static,
+        f: impl Fn(&Domain) -> Result<T, LibvirtError> + Send + 'static,
     ) -> Result<T, LibvirtError> {
-        let conn = self.conn.clone();
+        self.on_domain(true, id, f).await
+    }
+
+    /// A change that must not be made twice (begin a job, freeze, pause, start...).
+    async fn with_domain_once<T: Send + 'static>(
+        &self,
+        id: &str,
+        f: impl Fn(&Domain) -> Result<T, LibvirtError> + Send + 'static,
+    ) -> Result<T, LibvirtError> {
+        self.on_domain(false, id, f).await
+    }
+
+    async fn on_domain<T: Send + 'static>(
+        &self,
+        retry: bool,
+        id: &str,
+        f: impl Fn(&Domain) -> Result<T, LibvirtError> + Send + 'static,
+    ) -> Result<T, LibvirtError> {
         let id = id.to_string();
-        blocking(move || {
-            let dom = Self::lookup(&conn, &id)?;
+        self.with_conn(retry, move |conn| {
+            let dom = Self::lookup(conn, &id)?;
             f(&dom)
         })
         .await
@@ -120,8 +238,7 @@ impl LibvirtHost {
 
     /// libvirt and hypervisor versions as "major.minor.micro".
     pub async fn versions(&self) -> Result<(String, String), LibvirtError> {
-        let conn = self.conn.clone();
-        blocking(move || {
+        self.with_conn(true, |conn| {
             let fmt = |v: u32| format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000);
             Ok((fmt(conn.lib_version()?), fmt(conn.hyp_version()?)))
         })
@@ -245,7 +362,7 @@ impl LibvirtHost {
         name: &str,
     ) -> Result<(), LibvirtError> {
         let (path, name) = (path.to_string(), name.to_string());
-        self.with_domain(dom, move |d| {
+        self.with_domain_once(dom, move |d| {
             if !d.is_active()? {
                 return bitmaps::remove_image_bitmap(&path, &name);
             }
@@ -272,7 +389,7 @@ impl LibvirtHost {
         backup_xml: String,
         checkpoint_xml: Option<String>,
     ) -> Result<(), LibvirtError> {
-        self.with_domain(dom, move |d| {
+        self.with_domain_once(dom, move |d| {
             Ok(ffi::backup_begin(
                 d,
                 &backup_xml,
@@ -310,13 +427,13 @@ impl LibvirtHost {
     }
 
     pub async fn abort_job(&self, dom: &str) -> Result<(), LibvirtError> {
-        self.with_domain(dom, |d| Ok(ffi::abort_job(d)?)).await
+        self.with_domain_once(dom, |d| Ok(ffi::abort_job(d)?)).await
     }
 
     /// Freezes the guest's filesystems through the guest agent, bounded by `timeout`.
     pub async fn freeze(&self, dom: &str, timeout: Duration) -> Result<u32, LibvirtError> {
         let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
-        self.with_domain(dom, move |d| {
+        self.with_domain_once(dom, move |d| {
             ffi::agent_set_timeout(d, secs)?;
             Ok(ffi::fs_freeze(d)?)
         })
@@ -328,11 +445,11 @@ impl LibvirtHost {
     }
 
     pub async fn suspend(&self, dom: &str) -> Result<(), LibvirtError> {
-        self.with_domain(dom, |d| Ok(d.suspend()?)).await
+        self.with_domain_once(dom, |d| Ok(d.suspend()?)).await
     }
 
     pub async fn resume(&self, dom: &str) -> Result<(), LibvirtError> {
-        self.with_domain(dom, |d| Ok(d.resume()?)).await
+        self.with_domain_once(dom, |d| Ok(d.resume()?)).await
     }
 
     /// Sends one guest agent command (JSON) and returns the JSON answer.
@@ -343,14 +460,14 @@ impl LibvirtHost {
         timeout: Duration,
     ) -> Result<String, LibvirtError> {
         let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
-        self.with_domain(dom, move |d| Ok(d.qemu_agent_command(&json, secs, 0)?))
+        self.with_domain_once(dom, move |d| Ok(d.qemu_agent_command(&json, secs, 0)?))
             .await
     }
 
     /// Defines (or redefines) a persistent domain; returns its UUID.
     pub async fn define(&self, xml: String) -> Result<String, LibvirtError> {
-        let conn = self.conn.clone();
-        blocking(move || {
+        // Defining the same XML twice gives the same domain.
+        self.with_conn(true, move |conn| {
             let d = conn.define_domain_xml(&xml)?;
             Ok(d.uuid_string()?)
         })
@@ -362,7 +479,7 @@ impl LibvirtHost {
     /// and a restored domain never shares those files with another (see `restore::steps`);
     /// without the flags libvirt 9.0 refuses to undefine a UEFI domain at all.
     pub async fn undefine(&self, dom: &str) -> Result<(), LibvirtError> {
-        self.with_domain(dom, |d| {
+        self.with_domain_once(dom, |d| {
             Ok(d.undefine_flags(
                 sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
                     | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -374,7 +491,7 @@ impl LibvirtHost {
     }
 
     pub async fn start(&self, dom: &str) -> Result<(), LibvirtError> {
-        self.with_domain(dom, |d| Ok(d.create()?)).await
+        self.with_domain_once(dom, |d| Ok(d.create()?)).await
     }
 
     /// Forces the domain off (like pulling the plug). "Not running" is not an error.
@@ -390,20 +507,19 @@ impl LibvirtHost {
 
     /// Asks the guest to shut down (ACPI or agent).
     pub async fn shutdown(&self, dom: &str) -> Result<(), LibvirtError> {
-        self.with_domain(dom, |d| Ok(d.shutdown()?)).await
+        self.with_domain_once(dom, |d| Ok(d.shutdown()?)).await
     }
 
     /// Drops libvirt's record of a checkpoint without touching any image.
     pub async fn forget_checkpoint(&self, dom: &str, name: &str) -> Result<(), LibvirtError> {
         let name = name.to_string();
-        self.with_domain(dom, move |d| Ok(ffi::checkpoint_delete(d, &name, true)?))
+        self.with_domain_once(dom, move |d| Ok(ffi::checkpoint_delete(d, &name, true)?))
             .await
     }
 
     /// Names of all defined domains, running or not.
     pub async fn domain_names(&self) -> Result<Vec<String>, LibvirtError> {
-        let conn = self.conn.clone();
-        blocking(move || {
+        self.with_conn(true, |conn| {
             let doms = conn.list_all_domains(0)?;
             let mut names = Vec::with_capacity(doms.len());
             for d in doms {

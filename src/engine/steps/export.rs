@@ -36,6 +36,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     async fn wait_for_job(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
         let mut last_save = Instant::now();
+        crate::process::pause_point("backup:exporting:job-running").await;
         loop {
             match self.source.job(&id).await? {
                 JobState::Active { done, total } => {
@@ -53,10 +54,8 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                         last_save = Instant::now();
                     }
                 }
-                JobState::Completed => return Ok(()),
-                JobState::Failed(m) => {
-                    return Err(StepError::new(FailureReason::BackupJobFailed, m))
-                }
+                JobState::Completed => return self.after_job().await,
+                JobState::Failed(m) => return Err(job_failed(m)),
                 JobState::None => {
                     return Err(StepError::new(
                         FailureReason::BackupJobFailed,
@@ -70,6 +69,63 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted during export")),
             }
         }
+    }
+
+    /// A completed job: the quiesce outcome of a source that froze the guest itself, and
+    /// exports the source fetches from elsewhere (KubeVirt's backup volume) into staging.
+    async fn after_job(&mut self) -> Result<(), StepError> {
+        let id = self.domain_id();
+        if self.source.quiesces_itself() {
+            if let Some((frozen, msg)) = self.source.quiesce_outcome(&id).await? {
+                let required =
+                    self.lc.record.spec.consistency.quiesce == crate::api::Quiesce::Required;
+                if !frozen && required {
+                    return Err(StepError::new(FailureReason::QuiesceFailed, msg));
+                }
+                self.lc.status_mut().quiesced = frozen;
+                let reason = if frozen {
+                    crate::api::reason::FILESYSTEMS_FROZEN
+                } else {
+                    crate::api::reason::GUEST_AGENT_UNAVAILABLE
+                };
+                self.lc
+                    .condition(crate::api::ConditionType::Quiesced, frozen, reason, msg);
+            }
+        }
+        if !self.source.fetches_exports() {
+            return Ok(());
+        }
+        let dir = self.staging();
+        let exports: Vec<crate::source::DiskExport> = self
+            .lc
+            .status()
+            .disks
+            .iter()
+            .map(|d| crate::source::DiskExport {
+                disk: d.name.clone(),
+                file: dir.join(&d.export_file),
+                tracked: RunDisk::tracks_changes(&d.format),
+                whole: d.full_reason.is_some(),
+            })
+            .collect();
+        let report = &self.lc.report;
+        let progress = |done: u64, total: u64| {
+            report(Event::Progress {
+                stage: "Fetching",
+                done,
+                total,
+            })
+        };
+        self.source
+            .fetch_exports(&id, &exports, &progress)
+            .await
+            .map_err(|e| {
+                StepError::new(
+                    FailureReason::BackupJobFailed,
+                    format!("cannot fetch the exports: {}", e.message),
+                )
+            })?;
+        self.lc.save().await
     }
 
     /// Exports each disk of a shut-off domain with qemu-img, honouring the depth rule.
@@ -259,6 +315,18 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     }
 }
 
+/// The failure of a push-mode job that ended in error. qemu reports a full export
+/// filesystem as its ENOSPC text ("No space left on device"): that is staging's disk, and
+/// the user is sent there (`StagingFull`), not to the VM or libvirt.
+fn job_failed(message: String) -> StepError {
+    let reason = if message.to_lowercase().contains("no space left on device") {
+        FailureReason::StagingFull
+    } else {
+        FailureReason::BackupJobFailed
+    };
+    StepError::new(reason, message)
+}
+
 /// Rewrites a whole export of a raw or block disk without its zeros. A push-mode job copies
 /// a block device's every byte (it reports all of it as allocated), so a mostly empty volume
 /// would otherwise be stored, and uploaded, at its full size. `qemu-img convert` leaves
@@ -326,6 +394,14 @@ fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_that_ran_out_of_space_fails_as_staging_full_and_any_other_as_a_job_failure() {
+        let full = job_failed("No space left on device".into());
+        assert_eq!(full.reason, FailureReason::StagingFull);
+        let other = job_failed("Input/output error".into());
+        assert_eq!(other.reason, FailureReason::BackupJobFailed);
+    }
     use crate::api::{FirmwareFile, FirmwareKind};
 
     #[test]
