@@ -74,7 +74,7 @@ pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
             match &o.job {
                 JobState::Active { .. } => Step::Export,
                 JobState::Completed if o.exports_present => Step::Export,
-                JobState::Failed(msg) => Step::Fail(FailureReason::BackupJobFailed, msg.clone()),
+                JobState::Failed(msg) => Step::Fail(job_failure_reason(msg), msg.clone()),
                 _ => Step::Fail(
                     FailureReason::BackupJobFailed,
                     "the backup job is gone and its exports are incomplete (libvirtd or qemu restarted?)".into(),
@@ -84,6 +84,17 @@ pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
         BackupPhase::Uploading => Step::Upload,
         BackupPhase::Finalizing => Step::Finalize,
         BackupPhase::Succeeded | BackupPhase::Failed | BackupPhase::Skipped => Step::Done,
+    }
+}
+
+/// Why a push-mode job that ended in error failed the run. qemu reports a full export
+/// filesystem as its ENOSPC text: that is staging's disk, so the user is sent there
+/// (`StagingFull`), not to the VM or libvirt.
+pub fn job_failure_reason(message: &str) -> FailureReason {
+    if message.to_lowercase().contains("no space left on device") {
+        FailureReason::StagingFull
+    } else {
+        FailureReason::BackupJobFailed
     }
 }
 

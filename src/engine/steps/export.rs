@@ -315,16 +315,9 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     }
 }
 
-/// The failure of a push-mode job that ended in error. qemu reports a full export
-/// filesystem as its ENOSPC text ("No space left on device"): that is staging's disk, and
-/// the user is sent there (`StagingFull`), not to the VM or libvirt.
+/// The failure of a push-mode job that ended in error (`decide::job_failure_reason`).
 fn job_failed(message: String) -> StepError {
-    let reason = if message.to_lowercase().contains("no space left on device") {
-        FailureReason::StagingFull
-    } else {
-        FailureReason::BackupJobFailed
-    };
-    StepError::new(reason, message)
+    StepError::new(crate::engine::decide::job_failure_reason(&message), message)
 }
 
 /// Rewrites a whole export of a raw or block disk without its zeros. A push-mode job copies
