@@ -96,6 +96,16 @@ const RESTORE_CHECKS: &str = "resume ends the request Succeeded; exactly one new
 /// Other failures, each covered by the named test.
 const FAULTS: &[(&str, &str, &str)] = &[
     (
+        "libvirtd restarted (stopped and started) during an export, the job held in qemu across the restart",
+        "libvirt 9.0 keeps the job as the domain's active backup job; snapback reconnects and the run Succeeds; no job, frozen filesystem, stray checkpoint or bitmap, staging or lock left; the next incremental works; every point verifies",
+        "host_faults.rs: a_libvirtd_restart_during_an_export_lets_the_backup_finish_and_leaves_nothing_behind",
+    ),
+    (
+        "the staging filesystem fills up mid-export (a 64 MiB tmpfs, a compressed image that passes Preparing's check)",
+        "Failed StagingFull; its checkpoint and bitmap removed, no job, staging empty; with room the next full restores byte-exact",
+        "host_faults.rs: staging_that_fills_up_mid_export_fails_the_run_as_staging_full_and_the_next_backup_is_whole",
+    ),
+    (
         "kill -9 right after a UEFI guest's NVRAM and TPM state are copied (guest paused); then during a restore, right after the copy's own are placed",
         "resume thaws the guest and finishes both; the point names both files; the copy gets the saved state and is defined once; the original's store is untouched",
         "firmware.rs: a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and_resume_finishes",
