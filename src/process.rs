@@ -33,7 +33,7 @@ pub fn crash_point(name: &str) {
 /// at one guessed by timing. Outside those tests the variable is unset and this is one
 /// environment lookup.
 pub async fn pause_point(name: &str) {
-    if !std::env::var_os("SNAPBACK_PAUSE_AT").is_some_and(|v| v == name) {
+    if std::env::var_os("SNAPBACK_PAUSE_AT").is_none_or(|v| v != name) {
         return;
     }
     let Some(marker) = std::env::var_os("SNAPBACK_PAUSE_FILE") else {
