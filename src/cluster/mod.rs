@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cache;
 pub mod controller;
 pub mod kube_api;
+pub mod kubevirt;
 pub mod labels;
 pub mod mem;
 pub mod mem_faults;

@@ -19,6 +19,9 @@ pub struct Observed {
     pub checkpoint_exists: bool,
     /// Whether every export file of the run is present and complete in staging.
     pub exports_present: bool,
+    /// Whether the source fetches a completed job's exports into staging itself (KubeVirt):
+    /// missing ones are fetched then, not a reason to fail.
+    pub exports_fetched: bool,
 }
 
 /// The next step of a run.
@@ -73,7 +76,7 @@ pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
             }
             match &o.job {
                 JobState::Active { .. } => Step::Export,
-                JobState::Completed if o.exports_present => Step::Export,
+                JobState::Completed if o.exports_present || o.exports_fetched => Step::Export,
                 JobState::Failed(msg) => Step::Fail(job_failure_reason(msg), msg.clone()),
                 _ => Step::Fail(
                     FailureReason::BackupJobFailed,
@@ -250,6 +253,7 @@ mod tests {
             job,
             checkpoint_exists: cp,
             exports_present: exports,
+            exports_fetched: false,
         }
     }
     fn t(s: &str) -> Timestamp {
@@ -361,6 +365,7 @@ mod tests {
             job: JobState::None,
             checkpoint_exists: false,
             exports_present: false,
+            exports_fetched: false,
         };
         assert!(matches!(
             decide(&status(BackupPhase::Uploading), &o),

@@ -106,6 +106,7 @@ impl<'a, J: Journal<BackupRun>, S: Source> BackupEngine<'a, J, S> {
             job: JobState::None,
             checkpoint_exists: false,
             exports_present: false,
+            exports_fetched: self.source.fetches_exports(),
         };
         if s.phase == BackupPhase::Pending || s.phase.is_terminal() || s.domain_uuid.is_none() {
             return Ok(o);

@@ -10,4 +10,6 @@
 //! those schemas kept in `tests/fixtures/kubevirt/`.
 
 pub mod eligible;
+pub mod naming;
+pub mod transfer;
 pub mod types;

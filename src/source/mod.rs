@@ -15,6 +15,7 @@
 //! libvirt's alone.
 
 pub mod fake;
+pub mod kubevirt;
 mod libvirt;
 
 use std::future::Future;
@@ -35,6 +36,8 @@ pub struct BackupRequest {
     pub checkpoint: Option<String>,
     /// One per disk, all at one instant in one job.
     pub exports: Vec<DiskExport>,
+    /// For a source that quiesces the guest itself (`Source::quiesces_itself`): whether to.
+    pub quiesce: bool,
 }
 
 /// One disk of a backup request.
@@ -150,4 +153,48 @@ pub trait Source: Send + Sync {
     fn shutdown(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
     /// Powers the VM off at once.
     fn destroy(&self, vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+
+    /// Whether the source freezes the guest itself while it begins a backup (KubeVirt does,
+    /// through its guest agent): the engine then neither freezes nor pauses, passes its wish
+    /// in `BackupRequest::quiesce` and reads the result from `quiesce_outcome`.
+    fn quiesces_itself(&self) -> bool {
+        false
+    }
+
+    /// After the job: whether the guest was frozen for it, and what the source said.
+    fn quiesce_outcome(
+        &self,
+        _vm: &str,
+    ) -> impl Future<Output = Result<Option<(bool, String)>, LibvirtError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Whether the disks' images are files on this machine (their bitmaps can be read).
+    fn disks_are_local(&self) -> bool {
+        true
+    }
+
+    /// Whether a completed job's exports are elsewhere and fetched into staging afterwards
+    /// (KubeVirt writes them into a volume in the cluster), so a job that completed while
+    /// they are not all in staging yet is resumed by fetching, not failed.
+    fn fetches_exports(&self) -> bool {
+        false
+    }
+
+    /// Brings a completed job's exports to their files; a no-op where the job wrote them
+    /// there. Resumable: what is already whole is kept.
+    fn fetch_exports(
+        &self,
+        _vm: &str,
+        _exports: &[DiskExport],
+        _progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Removes what the source created for the run's job (KubeVirt: the backup, its volume,
+    /// the export and its token), once the exports are safe or the run gave up.
+    fn release(&self, _vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { Ok(()) }
+    }
 }

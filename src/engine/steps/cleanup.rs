@@ -52,6 +52,9 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 self.lc.status_mut().guest_frozen = false;
             }
         }
+        if let Err(e) = self.source.release(&id).await {
+            problems.push(format!("remove what the job was given: {e}"));
+        }
         // Also when the domain was shut off or destroyed during the run: its checkpoint and
         // bitmap stay behind otherwise (delete_checkpoint handles inactive domains).
         if exists {

@@ -14,6 +14,8 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         if self.lc.status().online && self.lc.status().checkpoint.is_some() {
             self.prune_checkpoints().await?;
         }
+        // What the source made for the job (KubeVirt: the backup, its volume, the export).
+        self.source.release(&self.domain_id()).await?;
         state_dir::empty_dir(&self.staging()).map_err(|e| {
             StepError::new(
                 FailureReason::Internal,

@@ -37,7 +37,13 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         }
         // Bitmaps whose checkpoint record is gone: libvirt no longer sees them.
         let known = self.source.checkpoints(&id).await.unwrap_or_default();
-        for disk in view.facts.disks.iter().filter(|d| d.format() == "qcow2") {
+        let local = self.source.disks_are_local();
+        for disk in view
+            .facts
+            .disks
+            .iter()
+            .filter(|d| local && d.format() == "qcow2")
+        {
             let found = match bitmaps::image_bitmaps(disk.source()) {
                 Ok(b) => b,
                 Err(e) => {

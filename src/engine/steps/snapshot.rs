@@ -76,7 +76,9 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                     .into(),
             );
         }
-        if c.quiesce != Quiesce::None && !paused {
+        // A source that freezes the guest itself (KubeVirt) is asked to in the request.
+        let by_source = self.source.quiesces_itself();
+        if c.quiesce != Quiesce::None && !paused && !by_source {
             self.lc.status_mut().guest_frozen = true;
             self.lc.save().await?;
             let res = if view.facts.has_agent_channel {
@@ -143,6 +145,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                     whole: d.full_reason.is_some(),
                 })
                 .collect(),
+            quiesce: c.quiesce != Quiesce::None,
         };
         let captured = if self.files_mode() {
             Ok(())

@@ -1,0 +1,53 @@
+//! The kubevirt-worker's side of the cluster: it drives BackupRuns of KubeVirt VMs (those
+//! labelled `snapback.dev/kubevirt`) through the same engine and phases as a node agent's
+//! runs, with a `KubeVirtSource` in place of the local libvirt. It needs no node access:
+//! KubeVirt takes the backup, and the files come to its staging dir over HTTPS.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{BackupRun, FailureReason};
+use crate::cluster::agent::site::AgentSite;
+use crate::cluster::store::Store;
+use crate::driver::Driver;
+use crate::lifecycle::{Journal, Lifecycle, Reporter};
+use crate::metrics::Metrics;
+use crate::source::kubevirt::KubeVirtSource;
+
+/// Drives one run of a KubeVirt VM to its end (a resumed one from where it stopped) and
+/// writes its status to the API as it goes.
+pub async fn drive_run<S: Store>(
+    store: &S,
+    run: BackupRun,
+    state_dir: &Path,
+    metrics: Option<&Metrics>,
+    report: Reporter,
+    cancel: watch::Receiver<bool>,
+) -> BackupRun {
+    let site = AgentSite::new(store.clone(), state_dir.to_path_buf());
+    let Some(vm) = run.spec.virtual_machine.clone() else {
+        let mut lc = Lifecycle::new(run, &site, report, cancel);
+        lc.fail(crate::error::StepError::new(
+            FailureReason::InvalidSpec,
+            "the run names no spec.virtualMachine",
+        ))
+        .await;
+        return lc.record;
+    };
+    let name = run.metadata.name.clone().unwrap_or_default();
+    let source = KubeVirtSource::new(store.clone(), vm, &name, &run.spec.target_ref);
+    let driver = Driver {
+        host: &source,
+        state_dir,
+        poll: Duration::from_secs(1),
+        metrics,
+    };
+    let done = driver.backup(&site, run, report, cancel).await.run;
+    // The end is written once more, in case a write during the run was lost.
+    if let Err(e) = Journal::<BackupRun>::save(&site, &done).await {
+        tracing::warn!(run = %name, "cannot record its end: {e}");
+    }
+    done
+}
