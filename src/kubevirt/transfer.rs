@@ -775,6 +775,20 @@ mod tests {
     }
 
     #[test]
+    fn both_transfers_can_be_spawned_on_tokio() {
+        // The worker runs each transfer as a task of its own, which needs Send futures; the
+        // futures are only built here, never polled.
+        fn spawnable<T: Send + 'static>(_: T) {}
+        let t = ExportTarget {
+            dir_url: "https://h/volumes/p/dir".into(),
+            ca_pem: None,
+            token: "t".into(),
+        };
+        spawnable(async move { download(&t, "a", Path::new("/x"), |_, _| {}).await });
+        spawnable(async { upload("h", None, "t", Path::new("/x"), |_, _| {}).await });
+    }
+
+    #[test]
     fn reasons_are_stable_words_and_only_waiting_or_the_network_is_retryable() {
         assert_eq!(TransferError::Unauthorized.reason(), "Unauthorized");
         assert_eq!(TransferError::Http(418).reason(), "Http");
