@@ -76,6 +76,7 @@ trap 'rm -rf "$work"' EXIT
   --set metrics.serviceMonitor.enabled=true --set controller.podDisruptionBudget.enabled=false \
   --set controller.serviceAccount.create=false --set controller.serviceAccount.name=existing \
   --set 'agent.tolerations[0].operator=Exists' --set 'agent.hostPaths.images={/srv/vm,/data/vm}' \
+  --set kubevirt.enabled=true --set kubevirt.worker.backupStorageClass=fast \
   > "$work/options.yaml"
 for f in "$work/default.yaml" "$work/options.yaml"; do
   "$VALIDATE" --strict --quiet "$f"
@@ -83,6 +84,7 @@ done
 # The option render must really carry the options.
 grep -q 'kind: ServiceMonitor' "$work/options.yaml"
 grep -q 'namespace: infra' "$work/options.yaml"
+grep -q -- '--backup-storage-class=fast' "$work/options.yaml"
 if grep -q 'kind: CustomResourceDefinition' "$work/options.yaml"; then
   log "crds.install=false still rendered CRDs"
   exit 1

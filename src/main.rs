@@ -46,6 +46,9 @@ async fn main() {
         Command::Prune(args) => snapback::cli::prune::execute(args).await,
         Command::Controller(args) => snapback::cli::cluster::controller(args).await,
         Command::Agent(args) => snapback::cli::cluster::agent(args).await,
+        Command::KubevirtWorker(args) => {
+            snapback::cli::kubevirt_worker::kubevirt_worker(args).await
+        }
         Command::ReleaseFinalizers(args) => snapback::cli::release::execute(args).await,
         Command::Standalone(args) => snapback::cli::standalone::execute(args).await,
         Command::Describe(args) => describe(args),

@@ -84,15 +84,12 @@ async fn run(w: &World, name: &str, extra: serde_json::Value) -> BackupRun {
     };
     let r = store(w).create(&r).await.unwrap();
     let (_tx, cancel) = tokio::sync::watch::channel(false);
-    snapback::cluster::kubevirt::drive_run(
-        &store(w),
-        r,
-        &w.env.state,
-        None,
-        Box::new(|_| {}),
-        cancel,
-    )
-    .await
+    let place = snapback::cluster::kubevirt::Place {
+        state_dir: &w.env.state,
+        storage_class: None,
+        metrics: None,
+    };
+    snapback::cluster::kubevirt::drive_run(&store(w), r, &place, Box::new(|_| {}), cancel).await
 }
 
 fn status(r: &BackupRun) -> BackupRunStatus {
@@ -210,4 +207,79 @@ fn a_kubevirt_vm_is_backed_up_full_then_incremental_and_the_target_holds_its_dis
         same,
         "the rebuilt chain is the disk as it was at the incremental"
     );
+}
+
+fn failure(r: &BackupRun) -> (String, String) {
+    let f = status(r).failure.expect("a failure");
+    (f.reason.as_str().to_string(), f.message)
+}
+
+#[test]
+fn what_kubevirt_cannot_do_fails_with_why_and_leaves_nothing_and_a_lost_checkpoint_means_a_full() {
+    let w = world();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(target(&w));
+    let first = rt.block_on(run(&w, "web-1", serde_json::json!({})));
+    assert_eq!(
+        status(&first).phase,
+        BackupPhase::Succeeded,
+        "{:?}",
+        status(&first).failure
+    );
+
+    // A feature gate turned off: said before KubeVirt would wait on it forever.
+    w.fake.set_feature_gates(&["IncrementalBackup"]);
+    let gated = rt.block_on(run(&w, "web-2", serde_json::json!({})));
+    let (reason, message) = failure(&gated);
+    assert_eq!(reason, "BackupJobFailed");
+    assert!(
+        message.contains("FeatureGateOff") && message.contains("UtilityVolumes"),
+        "{message}"
+    );
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+    w.fake
+        .set_feature_gates(&["IncrementalBackup", "UtilityVolumes"]);
+
+    // The guest cannot be frozen (paused) and quiesce is Required: KubeVirt completes with a
+    // warning, the run fails QuiesceFailed and its point never reaches the target.
+    virsh_ok(&["suspend", &w.guest.name]);
+    let unfrozen = rt.block_on(run(
+        &w,
+        "web-3",
+        serde_json::json!({"consistency": {"quiesce": "Required"}}),
+    ));
+    virsh_ok(&["resume", &w.guest.name]);
+    let (reason, message) = failure(&unfrozen);
+    assert_eq!(reason, "QuiesceFailed", "{message}");
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+
+    // KubeVirt advanced its tracker for that backup, which the target does not hold: the
+    // next run sees the chain's checkpoint gone and takes a full.
+    let next = rt.block_on(run(&w, "web-4", serde_json::json!({})));
+    let s = status(&next);
+    assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+    assert_eq!(s.type_, Some(BackupType::Full), "{:?}", s.full_reason);
+    assert!(s.full_reason.is_some());
+
+    // The bitmap lost in a restart: KubeVirt clears the tracker; again a full, said why.
+    let inc = rt.block_on(run(&w, "web-5", serde_json::json!({})));
+    assert_eq!(status(&inc).type_, Some(BackupType::Incremental));
+    w.fake.lose_checkpoints(NS, "web");
+    let after_loss = rt.block_on(run(&w, "web-6", serde_json::json!({})));
+    let s = status(&after_loss);
+    assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+    assert_eq!(s.type_, Some(BackupType::Full));
+    assert!(s.full_reason.is_some());
+
+    // A stopped VM: KubeVirt backs up running VMs only.
+    w.fake.stop_vm(NS, "web");
+    let stopped = rt.block_on(run(&w, "web-7", serde_json::json!({})));
+    let (reason, message) = failure(&stopped);
+    assert_eq!(reason, "DomainShutOff", "{message}");
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+    assert!(w.env.staging_files().is_empty());
+
+    // Every point that reached the target reads back sound.
+    let v = w.env.verify(&format!("{NS}/web"), &["--all"]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }

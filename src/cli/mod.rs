@@ -5,6 +5,7 @@ pub mod cbt;
 pub mod cluster;
 pub mod describe;
 pub mod get;
+pub mod kubevirt_worker;
 pub mod progress;
 pub mod prune;
 pub mod release;
@@ -72,6 +73,8 @@ pub enum Command {
     Controller(cluster::ControllerArgs),
     /// Kubernetes: publish this node's VirtHost and run its BackupRuns and RestoreRequests
     Agent(cluster::AgentArgs),
+    /// Kubernetes: back up KubeVirt VMs through KubeVirt's API (leader-elected; a Deployment)
+    KubevirtWorker(kubevirt_worker::KubeVirtWorkerArgs),
     /// Kubernetes: remove snapback's finalizers from its objects (the chart's uninstall hook)
     ReleaseFinalizers(release::ReleaseArgs),
     /// List resources in a kubectl-like table

@@ -19,13 +19,13 @@ use kube::api::ObjectMeta;
 
 use crate::api::{FirmwareKind, VmRef};
 use crate::cluster::store::{ApiError, ApiErrorKind, Store};
-use crate::kubevirt::naming;
 use crate::kubevirt::types::{
     backup_condition, backup_outcome, find_condition, quiesce_result, tracker_source,
-    BackupOutcome, Quiesce, VirtualMachine, VirtualMachineBackup, VirtualMachineBackupSpec,
-    VirtualMachineBackupTracker, VirtualMachineBackupTrackerSpec, VirtualMachineExport,
-    VirtualMachineExportSpec, VirtualMachineInstance,
+    BackupOutcome, KubeVirt, Quiesce, VirtualMachine, VirtualMachineBackup,
+    VirtualMachineBackupSpec, VirtualMachineBackupTracker, VirtualMachineBackupTrackerSpec,
+    VirtualMachineExport, VirtualMachineExportSpec, VirtualMachineInstance,
 };
+use crate::kubevirt::{eligible, naming};
 use crate::libvirt::domain_xml::{ChainImage, Disk, DiskKind, DomainFacts};
 use crate::libvirt::{DomainState, DomainView, JobState, LibvirtError, VirtErrorKind};
 
@@ -355,6 +355,24 @@ impl<S: Store> Source for KubeVirtSource<S> {
             }
         }
         let (vm, vmi) = self.vm_and_instance().await?;
+        // What KubeVirt would wait on forever is said now; a migration it waits out.
+        let kubevirt: Option<KubeVirt> = self
+            .store
+            .list::<KubeVirt>(None, &[])
+            .await
+            .map_err(api)?
+            .into_iter()
+            .next();
+        if let Err((reason, message)) =
+            eligible::readiness(&vm, vmi.as_ref(), kubevirt.as_ref(), jiff::Timestamp::now())
+        {
+            if reason != eligible::MIGRATING {
+                return Err(err(
+                    VirtErrorKind::InvalidState,
+                    format!("{reason}: {message}"),
+                ));
+            }
+        }
         let view = view_of(&vm, vmi.as_ref());
         let mut pvc = PersistentVolumeClaim {
             metadata: meta(&ns, &name, &self.run),
@@ -367,7 +385,12 @@ impl<S: Store> Source for KubeVirtSource<S> {
             "resources": {"requests": {"storage": naming::quantity_of(naming::pvc_bytes(&view.sizes))}},
         }))
         .map_err(|e| err(VirtErrorKind::Other, e.to_string()))?);
-        self.ensure(&pvc).await?;
+        // One a dead run made is taken as it is: nothing of it is read back.
+        match self.store.create(&pvc).await {
+            Ok(_) => {}
+            Err(e) if e.is(ApiErrorKind::AlreadyExists) => {}
+            Err(e) => return Err(api(e)),
+        }
         let mut spec = VirtualMachineBackupSpec::push(tracker_source(&self.tracker_name()), &name);
         spec.skip_quiesce = !req.quiesce;
         spec.force_full_backup = req.incremental_since.is_none();
@@ -529,6 +552,7 @@ impl<S: Store> Source for KubeVirtSource<S> {
             .map(|t| t.0)
             .ok_or_else(|| err(VirtErrorKind::Other, "the backup has no creationTimestamp"))?;
         let served = self.serve_pvc().await?;
+        crate::process::crash_point("kubevirt:export-served");
         let name = self.objects();
         let mut done_before = 0u64;
         for e in missing {

@@ -37,6 +37,9 @@ const TOKEN: &str = "x-kubevirt-export-token";
 pub struct Served {
     server: tls::Server,
     pub pvc: String,
+    /// The export object it serves: one made again under the same name is a new export,
+    /// with a new exporter pod (and token), as KubeVirt's controller keys by the object.
+    uid: String,
 }
 
 struct Ctx {
@@ -139,8 +142,12 @@ pub fn sync(inner: &Arc<Inner>) {
             }
         };
         if ready {
+            let uid = s(&e, "/metadata/uid").to_string();
             let port = {
                 let mut served = inner.exports.lock().unwrap();
+                if served.get(&key(&ns, &name)).is_some_and(|x| x.uid != uid) {
+                    served.remove(&key(&ns, &name));
+                }
                 let entry = served.entry(key(&ns, &name)).or_insert_with(|| {
                     let ctx = Arc::new(Ctx {
                         pvc: pvc_name.clone(),
@@ -158,6 +165,7 @@ pub fn sync(inner: &Arc<Inner>) {
                     Served {
                         server: tls::serve(&inner.rt, cfg, h),
                         pvc: pvc_name.clone(),
+                        uid: uid.clone(),
                     }
                 });
                 entry.server.addr.port()

@@ -46,6 +46,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{- define "snapback.kubevirtWorkerServiceAccount" -}}
+{{- if .Values.kubevirt.worker.serviceAccount.create }}
+{{- default (printf "%s-kubevirt-worker" (include "snapback.fullname" .)) .Values.kubevirt.worker.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.kubevirt.worker.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
 {{/* Environment both processes share. */}}
 {{- define "snapback.commonEnv" -}}
 - name: POD_NAME

@@ -46,6 +46,16 @@ pub struct AgentConfig {
     pub poll: Duration,
 }
 
+/// What the agent drives runs on: the node's libvirt, or KubeVirt (the kubevirt-worker:
+/// runs labelled `snapback.dev/kubevirt`, backed up through KubeVirt's API, no node access).
+pub enum Host {
+    Libvirt(LibvirtHost),
+    /// With the storage class of the backup volumes (the cluster's default when `None`).
+    KubeVirt {
+        storage_class: Option<String>,
+    },
+}
+
 struct Task {
     domain: String,
     cancel: watch::Sender<bool>,
@@ -56,7 +66,7 @@ struct Task {
 
 pub struct Agent<S: Store> {
     store: S,
-    host: LibvirtHost,
+    host: Host,
     cfg: AgentConfig,
     metrics: Arc<Metrics>,
     health: Health,
@@ -99,6 +109,33 @@ impl<S: Store> Agent<S> {
         metrics: Arc<Metrics>,
         health: Health,
     ) -> Arc<Self> {
+        Self::with_host(store, Host::Libvirt(host), cfg, metrics, health)
+    }
+
+    /// The kubevirt-worker: drives the runs of KubeVirt VMs (`cfg.node` only names it).
+    pub fn kubevirt(
+        store: S,
+        cfg: AgentConfig,
+        storage_class: Option<String>,
+        metrics: Arc<Metrics>,
+        health: Health,
+    ) -> Arc<Self> {
+        Self::with_host(
+            store,
+            Host::KubeVirt { storage_class },
+            cfg,
+            metrics,
+            health,
+        )
+    }
+
+    fn with_host(
+        store: S,
+        host: Host,
+        cfg: AgentConfig,
+        metrics: Arc<Metrics>,
+        health: Health,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             host,
@@ -113,10 +150,20 @@ impl<S: Store> Agent<S> {
 
     /// Publishes the VirtHost with a fresh heartbeat.
     pub async fn heartbeat(&self) -> Result<(), String> {
-        let status = inventory::host_status(&self.host, Timestamp::now()).await?;
-        inventory::publish(&self.store, &self.cfg.node, status).await?;
+        if let Host::Libvirt(host) = &self.host {
+            let status = inventory::host_status(host, Timestamp::now()).await?;
+            inventory::publish(&self.store, &self.cfg.node, status).await?;
+        }
         self.health.set_ready(true);
         Ok(())
+    }
+
+    /// The label that marks this agent's runs and restores.
+    fn selector(&self) -> (&'static str, String) {
+        match self.host {
+            Host::Libvirt(_) => (labels::NODE, labels::label_value(&self.cfg.node)),
+            Host::KubeVirt { .. } => (labels::KUBEVIRT, "true".into()),
+        }
     }
 
     /// How many runs and restores are being driven now.
@@ -130,8 +177,8 @@ impl<S: Store> Agent<S> {
             .lock()
             .unwrap()
             .retain(|_, t| !t.handle.is_finished());
-        let node = labels::label_value(&self.cfg.node);
-        let sel = [(labels::NODE, node.as_str())];
+        let (label, value) = self.selector();
+        let sel = [(label, value.as_str())];
         let ns = self.cfg.namespace.as_deref();
         let mut runs: Vec<BackupRun> = self.store.list(ns, &sel).await?;
         runs.sort_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0));
@@ -142,7 +189,11 @@ impl<S: Store> Agent<S> {
                 warn!(object = %k, "{e}");
             }
         }
-        let mut restores: Vec<RestoreRequest> = self.store.list(ns, &sel).await?;
+        // Restores of KubeVirt VMs are not built yet: the worker takes none.
+        let mut restores: Vec<RestoreRequest> = match self.host {
+            Host::Libvirt(_) => self.store.list(ns, &sel).await?,
+            Host::KubeVirt { .. } => Vec::new(),
+        };
         restores.sort_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for r in restores {
             let k = key(&r);
@@ -347,18 +398,29 @@ impl<S: Store> Agent<S> {
             }
         };
         let site = AgentSite::new(self.store.clone(), self.cfg.state_dir.clone());
-        let driver = Driver {
-            host: &self.host,
-            state_dir: &self.cfg.state_dir,
-            poll: Duration::from_millis(500),
-            metrics: Some(&self.metrics),
-        };
         // Not the run's cancel, which also turns true when it is deleted: a deleted run's end
         // is still written before its finalizer goes. Only the agent stopping gives it up.
         let mut stop = self.stopping.subscribe();
-        let done = obj
-            .drive(&driver, &site, log_reporter(name.clone()), cancel)
-            .await;
+        let report = log_reporter(name.clone());
+        let done = match &self.host {
+            Host::Libvirt(host) => {
+                let driver = Driver {
+                    host,
+                    state_dir: &self.cfg.state_dir,
+                    poll: Duration::from_millis(500),
+                    metrics: Some(&self.metrics),
+                };
+                obj.drive(&driver, &site, report, cancel).await
+            }
+            Host::KubeVirt { storage_class } => {
+                let at = KubeVirtAt {
+                    state_dir: &self.cfg.state_dir,
+                    storage_class: storage_class.clone(),
+                    metrics: &self.metrics,
+                };
+                obj.drive_kubevirt(&self.store, &at, report, cancel).await
+            }
+        };
         if done.terminal() {
             if !site.settle(&done, &mut stop, SETTLE_PAUSE).await {
                 warn!(name = %name, "its end is not recorded; it keeps its finalizer and is resumed");
@@ -368,6 +430,13 @@ impl<S: Store> Agent<S> {
         }
         info!(name = %name, kind = K::KIND, "finished");
     }
+}
+
+/// Where the kubevirt-worker drives a run.
+struct KubeVirtAt<'a> {
+    state_dir: &'a std::path::Path,
+    storage_class: Option<String>,
+    metrics: &'a Metrics,
 }
 
 /// What the agent drives: BackupRuns and RestoreRequests.
@@ -380,6 +449,14 @@ trait Work: Object + Record {
         self,
         driver: &Driver<'_, LibvirtHost>,
         site: &AgentSite<S>,
+        report: Reporter,
+        cancel: watch::Receiver<bool>,
+    ) -> impl Future<Output = Self> + Send;
+    /// Through KubeVirt's API instead of the node's libvirt (the kubevirt-worker).
+    fn drive_kubevirt<S: Store>(
+        self,
+        store: &S,
+        at: &KubeVirtAt<'_>,
         report: Reporter,
         cancel: watch::Receiver<bool>,
     ) -> impl Future<Output = Self> + Send;
@@ -404,6 +481,20 @@ impl Work for BackupRun {
         }
         driver.backup(site, self, report, cancel).await.run
     }
+    async fn drive_kubevirt<S: Store>(
+        self,
+        store: &S,
+        at: &KubeVirtAt<'_>,
+        report: Reporter,
+        cancel: watch::Receiver<bool>,
+    ) -> Self {
+        let place = crate::cluster::kubevirt::Place {
+            state_dir: at.state_dir,
+            storage_class: at.storage_class.clone(),
+            metrics: Some(at.metrics),
+        };
+        crate::cluster::kubevirt::drive_run(store, self, &place, report, cancel).await
+    }
 }
 
 impl Work for RestoreRequest {
@@ -418,5 +509,15 @@ impl Work for RestoreRequest {
         cancel: watch::Receiver<bool>,
     ) -> Self {
         driver.restore(site, self, report, cancel).await
+    }
+    async fn drive_kubevirt<S: Store>(
+        self,
+        _store: &S,
+        _at: &KubeVirtAt<'_>,
+        _report: Reporter,
+        _cancel: watch::Receiver<bool>,
+    ) -> Self {
+        // Never listed by the worker (see `tick`): restores of KubeVirt VMs are not built yet.
+        self
     }
 }

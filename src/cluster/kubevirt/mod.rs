@@ -16,16 +16,25 @@ use crate::lifecycle::{Journal, Lifecycle, Reporter};
 use crate::metrics::Metrics;
 use crate::source::kubevirt::KubeVirtSource;
 
+/// Where the worker keeps its staging and locks, and how it makes backup volumes.
+pub struct Place<'a> {
+    pub state_dir: &'a Path,
+    /// The storage class of the backup volumes; the cluster's default when `None`.
+    pub storage_class: Option<String>,
+    pub metrics: Option<&'a Metrics>,
+}
+
 /// Drives one run of a KubeVirt VM to its end (a resumed one from where it stopped) and
 /// writes its status to the API as it goes.
 pub async fn drive_run<S: Store>(
     store: &S,
     run: BackupRun,
-    state_dir: &Path,
-    metrics: Option<&Metrics>,
+    place: &Place<'_>,
     report: Reporter,
     cancel: watch::Receiver<bool>,
 ) -> BackupRun {
+    let state_dir = place.state_dir;
+    let metrics = place.metrics;
     let site = AgentSite::new(store.clone(), state_dir.to_path_buf());
     let Some(vm) = run.spec.virtual_machine.clone() else {
         let mut lc = Lifecycle::new(run, &site, report, cancel);
@@ -37,7 +46,8 @@ pub async fn drive_run<S: Store>(
         return lc.record;
     };
     let name = run.metadata.name.clone().unwrap_or_default();
-    let source = KubeVirtSource::new(store.clone(), vm, &name, &run.spec.target_ref);
+    let source = KubeVirtSource::new(store.clone(), vm, &name, &run.spec.target_ref)
+        .with_storage_class(place.storage_class.clone());
     let driver = Driver {
         host: &source,
         state_dir,

@@ -61,6 +61,17 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         self.reconcile_checkpoints(&view).await;
 
         let online = plan::online(view.state)?;
+        if !online && !self.source.disks_are_local() {
+            // Disks in a cluster (KubeVirt) are only read through a running VM's backup job.
+            return Err(StepError::new(
+                FailureReason::DomainShutOff,
+                format!(
+                    "{} is not running: {} backs up running VMs only",
+                    spec.domain,
+                    self.source.location()
+                ),
+            ));
+        }
         if !online && spec.consistency.offline == OfflinePolicy::Skip {
             return self.skip().await;
         }

@@ -1,0 +1,246 @@
+//! The real `snapback kubevirt-worker` process over HTTP against the stand-in apiserver, with
+//! the chart's RBAC for its ServiceAccount, and the fake KubeVirt (tests/kubevirt_fake)
+//! taking each VirtualMachineBackup as a real libvirt push backup of the test guest. It is
+//! killed with SIGKILL mid-run and the next worker finishes the run; every grant the chart
+//! gives it is used.
+
+mod apiserver;
+mod common;
+mod kubevirt_fake;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apiserver::ApiServer;
+use common::*;
+use kubevirt_fake::*;
+use serde_json::{json, Value};
+
+const RELEASE_NS: &str = "snapback-system";
+const NS: &str = "vms";
+const SA: &str = "snapback-kubevirt-worker";
+
+/// Dropped in this order: the fake (its jobs and servers), the stand-in, then the guest.
+struct World {
+    #[allow(dead_code)] // held for its controllers and servers
+    fake: KubevirtFake,
+    api: ApiServer,
+    guest: Guest,
+    env: Env,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The worker process as its Deployment runs it, with its ServiceAccount's token.
+fn worker(w: &World, pod: &str, crash_at: Option<&str>) -> Child {
+    let token = w.api.token_for(RELEASE_NS, SA);
+    let kubeconfig = w.env.dir.join(format!("kubeconfig-{pod}"));
+    w.api.kubeconfig(&token, &kubeconfig);
+    let log = std::fs::File::create(w.env.dir.join(format!("{pod}.log"))).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
+    cmd.args(["kubevirt-worker", "--poll", "1"])
+        .arg(format!("--state-dir={}", w.env.state.display()))
+        .arg(format!("--listen=127.0.0.1:{}", free_port()))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", pod)
+        .env("POD_NAMESPACE", RELEASE_NS)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(point) = crash_at {
+        cmd.env("SNAPBACK_CRASH_AT", point);
+    }
+    cmd.spawn().expect("start the worker")
+}
+
+fn log_of(w: &World, pod: &str) -> String {
+    std::fs::read_to_string(w.env.dir.join(format!("{pod}.log"))).unwrap_or_default()
+}
+
+fn run_doc(name: &str) -> Value {
+    json!({
+        "apiVersion": "snapback.dev/v1alpha1", "kind": "BackupRun",
+        "metadata": {"name": name, "namespace": NS, "labels": {"snapback.dev/kubevirt": "true"}},
+        "spec": {"domain": format!("{NS}/web"), "targetRef": "local", "policyRef": "vms",
+                 "virtualMachine": {"namespace": NS, "name": "web"}},
+    })
+}
+
+fn run_of(w: &World, name: &str) -> Value {
+    w.api
+        .get("snapback.dev/v1alpha1/BackupRun", NS, name)
+        .unwrap_or(Value::Null)
+}
+
+fn wait_until<T>(what: &str, secs: u64, logs: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A run that ended and whose finalizer is gone (the worker let go of it).
+fn finished(w: &World, name: &str, pod: &str) -> Value {
+    wait_until(&format!("{name} to finish"), 300, &log_of(w, pod), || {
+        let r = run_of(w, name);
+        let phase = r["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let released = r["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
+        (["Succeeded", "Failed"].contains(&phase.as_str()) && released).then_some(r)
+    })
+}
+
+fn leftovers(w: &World) -> Vec<String> {
+    let mut left = Vec::new();
+    for kind in [BACKUP, EXPORT, PVC, SECRET] {
+        for o in w.api.list(kind, Some(NS)) {
+            if o["metadata"]["labels"].get("snapback.dev/run").is_some() {
+                left.push(format!("{kind} {}", o["metadata"]["name"]));
+            }
+        }
+    }
+    left
+}
+
+fn stop(mut c: Child) {
+    // SIGTERM: the worker stops as its Deployment's pod would.
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let _ = c.wait();
+}
+
+#[test]
+fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_uses_every_grant() {
+    let guest = Guest::new(
+        "kvwk",
+        GuestOpts {
+            disk_mib: 128,
+            prefill_mib: 32,
+            agent_channel: true,
+            ..Default::default()
+        },
+    );
+    let api = ApiServer::start();
+    let fake = KubevirtFake::start(&api);
+    fake.add_vm(NS, "web", &guest.name, &[("changedBlockTracking", "true")]);
+    let w = World {
+        fake,
+        api,
+        guest,
+        env: Env::new(),
+    };
+    // The target's passphrase Secret lives beside it; the chart grants reading Secrets in
+    // the namespaces it is told of.
+    let docs = apiserver::render_chart(
+        &test_tool("helm"),
+        RELEASE_NS,
+        &["kubevirt.enabled=true", "rbac.secretNamespaces={vms}"],
+    );
+    w.api.create_all(&docs);
+    let passphrase = "correct horse battery staple";
+    w.api.create_all(&[
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "offsite-key", "namespace": NS},
+               "stringData": {"passphrase": passphrase}}),
+        json!({"apiVersion": "snapback.dev/v1alpha1", "kind": "BackupTarget",
+               "metadata": {"name": "local", "namespace": NS},
+               "spec": {"url": w.env.target, "encryption": {"mode": "Symmetric",
+                        "passphrase": {"secretKeyRef": {"name": "offsite-key", "key": "passphrase"}}}}}),
+        json!({"apiVersion": "snapback.dev/v1alpha1", "kind": "BackupPolicy",
+               "metadata": {"name": "vms", "namespace": NS},
+               "spec": {"virtualMachineSelector": {"names": ["web"]}, "targetRef": "local",
+                        "schedule": "0 0 1 1 *", "retention": {"keepLast": 5}}}),
+        run_doc("web-1"),
+    ]);
+
+    let first = worker(&w, "worker-a", None);
+    let r = finished(&w, "web-1", "worker-a");
+    assert_eq!(
+        r["status"]["phase"],
+        "Succeeded",
+        "{r:#}\n{}",
+        log_of(&w, "worker-a")
+    );
+    assert_eq!(r["status"]["type"], "Full");
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+    stop(first);
+
+    // SIGKILL once the export of the second run is served, before its files are fetched.
+    w.guest.wait_for_writes(w.guest.writes() + 10);
+    w.api.create_all(&[run_doc("web-2")]);
+    let mut doomed = worker(&w, "worker-b", Some("kubevirt:export-served"));
+    let st = doomed.wait().unwrap();
+    assert_eq!(st.code(), None, "killed by SIGKILL at the crash point");
+    let mid = run_of(&w, "web-2");
+    assert_eq!(mid["status"]["phase"], "Exporting", "{mid:#}");
+    // The next worker finishes it: the export is made again with a new token, the files
+    // fetched, the chain continued.
+    let next = worker(&w, "worker-c", None);
+    let r = finished(&w, "web-2", "worker-c");
+    assert_eq!(
+        r["status"]["phase"],
+        "Succeeded",
+        "{r:#}\n{}",
+        log_of(&w, "worker-c")
+    );
+    assert_eq!(r["status"]["type"], "Incremental");
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+    stop(next);
+    assert!(w.env.staging_files().is_empty());
+    let key_file = w.env.dir.join("passphrase");
+    std::fs::write(&key_file, passphrase).unwrap();
+    let v = w.env.verify(
+        &format!("{NS}/web"),
+        &[
+            "--all",
+            "--encrypt-passphrase-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+
+    // Every grant the chart gives the worker is used by some request.
+    let mut unused: Vec<String> = w
+        .api
+        .unused_grants(&format!("system:serviceaccount:{RELEASE_NS}:{SA}"))
+        .iter()
+        .map(|g| g.split(": ").nth(1).unwrap_or(g).to_string())
+        // kube's recorder patches an Event only when the same one repeats.
+        .filter(|g| g != "patch events.k8s.io/events")
+        .collect();
+    unused.sort();
+    assert_eq!(unused, Vec::<String>::new());
+    // The worker never read a Secret it created (the export tokens): only the passphrase.
+    let read: Vec<String> = w
+        .api
+        .audit()
+        .into_iter()
+        .filter(|a| a.user.ends_with(SA) && a.resource == "secrets" && a.verb == "get")
+        .map(|a| a.name)
+        .collect();
+    assert!(read.iter().all(|n| n == "offsite-key"), "{read:?}");
+    for pod in ["worker-a", "worker-b", "worker-c"] {
+        assert!(
+            !log_of(&w, pod).contains(passphrase),
+            "the passphrase in {pod}'s log"
+        );
+    }
+}
