@@ -88,6 +88,7 @@ async fn run(w: &World, name: &str, extra: serde_json::Value) -> BackupRun {
         state_dir: &w.env.state,
         storage_class: None,
         metrics: None,
+        own_namespace: Some("snapback-system".into()),
     };
     snapback::cluster::kubevirt::drive_run(&store(w), r, &place, Box::new(|_| {}), cancel).await
 }
@@ -278,6 +279,37 @@ fn what_kubevirt_cannot_do_fails_with_why_and_leaves_nothing_and_a_lost_checkpoi
     assert_eq!(reason, "DomainShutOff", "{message}");
     assert_eq!(leftovers(&w), Vec::<String>::new());
     assert!(w.env.staging_files().is_empty());
+
+    // A run in another namespace naming this VM: refused, nothing made.
+    let mut foreign = BackupRun::new(
+        "theirs",
+        serde_json::from_value(serde_json::json!({
+            "domain": format!("{NS}/web"), "targetRef": "local",
+            "virtualMachine": {"namespace": NS, "name": "web"},
+        }))
+        .unwrap(),
+    );
+    foreign.metadata = ObjectMeta {
+        name: Some("theirs".into()),
+        namespace: Some("tenant-b".into()),
+        ..Default::default()
+    };
+    let foreign = rt.block_on(async {
+        let r = store(&w).create(&foreign).await.unwrap();
+        let (_tx, cancel) = tokio::sync::watch::channel(false);
+        let place = snapback::cluster::kubevirt::Place {
+            state_dir: &w.env.state,
+            storage_class: None,
+            metrics: None,
+            own_namespace: Some("snapback-system".into()),
+        };
+        snapback::cluster::kubevirt::drive_run(&store(&w), r, &place, Box::new(|_| {}), cancel)
+            .await
+    });
+    let (reason, message) = failure(&foreign);
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.contains("its own namespace"), "{message}");
+    assert_eq!(leftovers(&w), Vec::<String>::new());
 
     // Every point that reached the target reads back sound.
     let v = w.env.verify(&format!("{NS}/web"), &["--all"]);

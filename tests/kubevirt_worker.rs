@@ -119,6 +119,18 @@ fn leftovers(w: &World) -> Vec<String> {
     left
 }
 
+/// The worker died by SIGKILL at its crash point (within a bound: a worker that never gets
+/// there fails the test instead of hanging it).
+fn killed_at_crash_point(w: &World, mut c: Child, pod: &str) {
+    let st = wait_until(
+        "the worker to reach its crash point",
+        300,
+        &log_of(w, pod),
+        || c.try_wait().unwrap(),
+    );
+    assert_eq!(st.code(), None, "killed by SIGKILL: {}", log_of(w, pod));
+}
+
 fn stop(mut c: Child) {
     // SIGTERM: the worker stops as its Deployment's pod would.
     let _ = Command::new("kill")
@@ -186,9 +198,8 @@ fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_us
     // SIGKILL once the export of the second run is served, before its files are fetched.
     w.guest.wait_for_writes(w.guest.writes() + 10);
     w.api.create_all(&[run_doc("web-2")]);
-    let mut doomed = worker(&w, "worker-b", Some("kubevirt:export-served"));
-    let st = doomed.wait().unwrap();
-    assert_eq!(st.code(), None, "killed by SIGKILL at the crash point");
+    let doomed = worker(&w, "worker-b", Some("kubevirt:export-served"));
+    killed_at_crash_point(&w, doomed, "worker-b");
     let mid = run_of(&w, "web-2");
     assert_eq!(mid["status"]["phase"], "Exporting", "{mid:#}");
     // The next worker finishes it: the export is made again with a new token, the files
@@ -202,6 +213,31 @@ fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_us
         log_of(&w, "worker-c")
     );
     assert_eq!(r["status"]["type"], "Incremental");
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+    stop(next);
+
+    // SIGKILL right after KubeVirt's backup was created, before the run recorded it: the
+    // next worker adopts that backup (and the checkpoint KubeVirt named) instead of failing
+    // on a tracker that already moved on, or taking a second one.
+    w.guest.wait_for_writes(w.guest.writes() + 10);
+    w.api.create_all(&[run_doc("web-3")]);
+    let doomed = worker(&w, "worker-d", Some("backup:snapshotting:job-begun"));
+    killed_at_crash_point(&w, doomed, "worker-d");
+    let next = worker(&w, "worker-e", None);
+    let r = finished(&w, "web-3", "worker-e");
+    assert_eq!(
+        r["status"]["phase"],
+        "Succeeded",
+        "{r:#}\n{}",
+        log_of(&w, "worker-e")
+    );
+    assert_eq!(r["status"]["type"], "Incremental");
+    let cp = r["status"]["checkpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let tracker = w.api.list(TRACKER, Some(NS)).remove(0);
+    assert_eq!(tracker["status"]["latestCheckpoint"]["name"], cp.as_str());
     assert_eq!(leftovers(&w), Vec::<String>::new());
     stop(next);
     assert!(w.env.staging_files().is_empty());
@@ -237,7 +273,7 @@ fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_us
         .map(|a| a.name)
         .collect();
     assert!(read.iter().all(|n| n == "offsite-key"), "{read:?}");
-    for pod in ["worker-a", "worker-b", "worker-c"] {
+    for pod in ["worker-a", "worker-b", "worker-c", "worker-d", "worker-e"] {
         assert!(
             !log_of(&w, pod).contains(passphrase),
             "the passphrase in {pod}'s log"

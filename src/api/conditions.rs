@@ -74,6 +74,8 @@ pub mod reason {
     pub const AGENT_NOT_ANSWERING: &str = "AgentNotAnswering";
     pub const FILESYSTEMS_FROZEN: &str = "FilesystemsFrozen";
     pub const GUEST_AGENT_UNAVAILABLE: &str = "GuestAgentUnavailable";
+    /// Quiesced=False: not asked for (`quiesce: None`).
+    pub const QUIESCE_SKIPPED: &str = "QuiesceSkipped";
     pub const DOMAIN_PAUSED: &str = "DomainPaused";
     pub const ONLINE_EXPORT_IS_WHOLE_CHAIN: &str = "OnlineExportIsWholeChain";
     pub const RETENTION_APPLIED: &str = "RetentionApplied";

@@ -58,11 +58,12 @@ pub fn domain_dir(name: &str) -> String {
 pub fn domain_target(base: &TargetConfig, domain: &str) -> TargetConfig {
     let mut t = base.clone();
     let dir = domain_dir(domain);
-    // The name is one directory of duplicity's archive cache.
+    // The name is one directory of duplicity's archive cache: a VM's path is joined with
+    // '+', which no domain's directory holds, so the two never share a cache.
     t.name = format!(
         "{}-{}",
         target_key(base.url.as_str()),
-        dir.replace('/', "_")
+        dir.replace('/', "+")
     );
     t.url = base.url.child(&dir);
     t

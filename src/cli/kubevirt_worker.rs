@@ -107,7 +107,10 @@ pub async fn kubevirt_worker(args: KubeVirtWorkerArgs) -> i32 {
             heartbeat_every: Duration::from_secs(30),
             poll: Duration::from_secs(args.poll),
         },
-        args.backup_storage_class.clone(),
+        crate::cluster::agent::Host::KubeVirt {
+            storage_class: args.backup_storage_class.clone(),
+            own_namespace: Some(args.lease_namespace.clone()),
+        },
         metrics,
         health,
     );

@@ -166,11 +166,17 @@ pub fn select(
         }
         match readiness(vm, instances.get(&r), kubevirt, now) {
             Ok(()) => out.ready.push(r),
-            Err((reason, message)) => out.not_ready.push(NotReady {
-                vm: r,
-                reason,
-                message,
-            }),
+            Err((reason, message)) => {
+                // KubeVirt waits a migration out: the run is made, and waits too.
+                if reason == MIGRATING {
+                    out.ready.push(r.clone());
+                }
+                out.not_ready.push(NotReady {
+                    vm: r,
+                    reason,
+                    message,
+                })
+            }
         }
     }
     out.ready.sort();

@@ -38,7 +38,14 @@ pub fn token_secret(run: &str) -> String {
 /// The VirtualMachineBackupTracker of one VM's chain on one target: it carries the chain's
 /// latest checkpoint from run to run (KubeVirt advances it when a backup succeeds).
 pub fn tracker(target: &str, vm: &VmRef) -> String {
-    object_name(&format!("snapback-{target}-{}", vm.name))
+    // A hash of the pair keeps `s3` + `eu-web` and `s3-eu` + `web` apart.
+    use sha2::Digest;
+    let h = hex::encode(&sha2::Sha256::digest(format!("{target}\0{}", vm.name).as_bytes())[..3]);
+    let readable: String = object_name(&format!("snapback-{target}-{}", vm.name))
+        .chars()
+        .take(55)
+        .collect();
+    format!("{}-{h}", readable.trim_end_matches('-'))
 }
 
 /// KubeVirt's timestamp in names and paths: the backup's creation time in UTC, Go layout

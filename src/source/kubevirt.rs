@@ -295,7 +295,17 @@ impl<S: Store> Source for KubeVirtSource<S> {
     }
 
     async fn validate_checkpoint(&self, _vm: &str, name: &str) -> Result<(), LibvirtError> {
-        match self.tracker().await? {
+        // After a restart or migration KubeVirt redefines the checkpoint from the bitmaps it
+        // finds; waited for, so that a redefinition that works keeps the chain going.
+        let deadline = std::time::Instant::now() + self.export_wait;
+        let mut t = self.tracker().await?;
+        while t.as_ref().is_some_and(|t| t.redefinition_pending())
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            t = self.tracker().await?;
+        }
+        match t {
             Some(t) if t.redefinition_pending() => Err(err(
                 VirtErrorKind::CheckpointInconsistent,
                 "KubeVirt is redefining the checkpoint after a restart or migration",
@@ -334,6 +344,13 @@ impl<S: Store> Source for KubeVirtSource<S> {
     ) -> Result<BackupBegun, LibvirtError> {
         let ns = self.ns().to_string();
         let name = self.objects();
+        // A dead run's backup is this run's: taken as it is (the tracker may already have
+        // moved on to its checkpoint), never begun twice.
+        if let Some(b) = self.backup().await? {
+            return Ok(BackupBegun {
+                checkpoint: Some(checkpoint_of(&b, &name)?),
+            });
+        }
         let tracker = VirtualMachineBackupTracker {
             metadata: meta(&ns, &self.tracker_name(), &self.run),
             spec: VirtualMachineBackupTrackerSpec {
@@ -342,6 +359,17 @@ impl<S: Store> Source for KubeVirtSource<S> {
             status: None,
         };
         let tracker = self.ensure(&tracker).await?;
+        if tracker.spec.source.name != self.vm.name {
+            return Err(err(
+                VirtErrorKind::Other,
+                format!(
+                    "the tracker {} follows VM {}, not {}",
+                    self.tracker_name(),
+                    tracker.spec.source.name,
+                    self.vm.name
+                ),
+            ));
+        }
         let latest = tracker.latest_checkpoint_name().map(str::to_string);
         if let Some(since) = &req.incremental_since {
             if latest.as_deref() != Some(since.as_str()) {
@@ -400,14 +428,8 @@ impl<S: Store> Source for KubeVirtSource<S> {
             status: None,
         };
         let backup = self.ensure(&backup).await?;
-        let created = backup
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .ok_or_else(|| err(VirtErrorKind::Other, "the backup has no creationTimestamp"))?;
         Ok(BackupBegun {
-            checkpoint: Some(naming::checkpoint(&name, created)),
+            checkpoint: Some(checkpoint_of(&backup, &name)?),
         })
     }
 
@@ -521,6 +543,21 @@ impl<S: Store> Source for KubeVirtSource<S> {
         }))
     }
 
+    async fn job_outcome(&self, _vm: &str) -> Result<Option<super::JobOutcome>, LibvirtError> {
+        let Some(b) = self.backup().await? else {
+            return Ok(None);
+        };
+        let full = b
+            .status
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .map(|t| t != "Incremental");
+        Ok(Some(super::JobOutcome {
+            checkpoint: Some(checkpoint_of(&b, &self.objects())?),
+            full,
+        }))
+    }
+
     fn disks_are_local(&self) -> bool {
         false
     }
@@ -535,8 +572,7 @@ impl<S: Store> Source for KubeVirtSource<S> {
         exports: &[DiskExport],
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), LibvirtError> {
-        let missing: Vec<&DiskExport> = exports.iter().filter(|e| !e.file.is_file()).collect();
-        if missing.is_empty() {
+        if exports.iter().all(|e| e.file.is_file()) {
             return Ok(());
         }
         let b = self.backup().await?.ok_or_else(|| {
@@ -551,22 +587,42 @@ impl<S: Store> Source for KubeVirtSource<S> {
             .as_ref()
             .map(|t| t.0)
             .ok_or_else(|| err(VirtErrorKind::Other, "the backup has no creationTimestamp"))?;
-        let served = self.serve_pvc().await?;
-        crate::process::crash_point("kubevirt:export-served");
         let name = self.objects();
-        let mut done_before = 0u64;
-        for e in missing {
-            let rel = naming::export_path(&self.vm.name, &name, created, &e.disk);
-            let base = done_before;
-            let got =
-                crate::kubevirt::transfer::download(&served.link, &rel, &e.file, |done, _total| {
-                    progress(base + done, 0)
+        // An export can go away under a long download (its TTL, its pod restarted): it is
+        // made again and the download resumes from its part file, a few times.
+        let mut last = String::new();
+        for attempt in 0..3 {
+            let served = self.serve_pvc().await?;
+            crate::process::crash_point("kubevirt:export-served");
+            let mut done_before = 0u64;
+            let mut failed = None;
+            for e in exports.iter().filter(|e| !e.file.is_file()) {
+                let rel = naming::export_path(&self.vm.name, &name, created, &e.disk);
+                let base = done_before;
+                match crate::kubevirt::transfer::download(&served.link, &rel, &e.file, |d, _| {
+                    progress(base + d, 0)
                 })
                 .await
-                .map_err(|x| err(VirtErrorKind::Other, format!("fetching {rel}: {x}")))?;
-            done_before += got;
+                {
+                    Ok(got) => done_before += got,
+                    Err(x) if x.is_no_space() => {
+                        return Err(err(VirtErrorKind::Other, format!("fetching {rel}: {x}")))
+                    }
+                    Err(x) => {
+                        failed = Some(format!("fetching {rel}: {x}"));
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => return Ok(()),
+                Some(m) => {
+                    tracing::warn!(attempt, "{m}; exporting the backup volume again");
+                    last = m;
+                }
+            }
         }
-        Ok(())
+        Err(err(VirtErrorKind::Other, last))
     }
 
     async fn release(&self, _vm: &str) -> Result<(), LibvirtError> {
@@ -589,6 +645,21 @@ impl<S: Store> Source for KubeVirtSource<S> {
         }
         self.delete::<PersistentVolumeClaim>(&name).await
     }
+}
+
+/// The checkpoint KubeVirt creates for `b` (named `name`): the one it reports, else the one
+/// its naming rule gives from the backup's creation time.
+fn checkpoint_of(b: &VirtualMachineBackup, name: &str) -> Result<String, LibvirtError> {
+    if let Some(cp) = b.status.as_ref().and_then(|s| s.checkpoint_name.clone()) {
+        return Ok(cp);
+    }
+    let created = b
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .ok_or_else(|| err(VirtErrorKind::Other, "the backup has no creationTimestamp"))?;
+    Ok(naming::checkpoint(name, created))
 }
 
 fn not_yet() -> LibvirtError {
@@ -623,7 +694,12 @@ impl<S: Store> KubeVirtSource<S> {
         self.ensure_fresh(&secret).await?;
         let export = VirtualMachineExport {
             metadata: meta(&ns, &name, &self.run),
-            spec: VirtualMachineExportSpec::of_pvc(&name, Some(&secret_name)),
+            spec: VirtualMachineExportSpec {
+                // Long enough for a big volume over a slow link; a download outliving it
+                // exports again and resumes.
+                ttl_duration: Some("12h".into()),
+                ..VirtualMachineExportSpec::of_pvc(&name, Some(&secret_name))
+            },
             status: None,
         };
         self.ensure_fresh(&export).await?;

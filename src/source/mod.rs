@@ -55,6 +55,15 @@ pub struct DiskExport {
     pub whole: bool,
 }
 
+/// What a source that decides for itself made of a backup job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub checkpoint: Option<String>,
+    /// `Some(true)`: everything was copied; `Some(false)`: only what changed; `None`: not
+    /// said yet.
+    pub full: Option<bool>,
+}
+
 /// What a begun backup job is known by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupBegun {
@@ -166,6 +175,16 @@ pub trait Source: Send + Sync {
         &self,
         _vm: &str,
     ) -> impl Future<Output = Result<Option<(bool, String)>, LibvirtError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// What a source that names its own checkpoints (KubeVirt) made of the job begun for the
+    /// run: the checkpoint it creates, and whether it is whole (`true`) or incremental, once
+    /// known. `None` where the engine's own request is the truth (libvirt).
+    fn job_outcome(
+        &self,
+        _vm: &str,
+    ) -> impl Future<Output = Result<Option<JobOutcome>, LibvirtError>> + Send {
         async { Ok(None) }
     }
 

@@ -50,9 +50,11 @@ pub struct AgentConfig {
 /// runs labelled `snapback.dev/kubevirt`, backed up through KubeVirt's API, no node access).
 pub enum Host {
     Libvirt(LibvirtHost),
-    /// With the storage class of the backup volumes (the cluster's default when `None`).
+    /// With the storage class of the backup volumes (the cluster's default when `None`) and
+    /// the namespace snapback runs in (only its runs may name VMs of other namespaces).
     KubeVirt {
         storage_class: Option<String>,
+        own_namespace: Option<String>,
     },
 }
 
@@ -116,17 +118,11 @@ impl<S: Store> Agent<S> {
     pub fn kubevirt(
         store: S,
         cfg: AgentConfig,
-        storage_class: Option<String>,
+        host: Host,
         metrics: Arc<Metrics>,
         health: Health,
     ) -> Arc<Self> {
-        Self::with_host(
-            store,
-            Host::KubeVirt { storage_class },
-            cfg,
-            metrics,
-            health,
-        )
+        Self::with_host(store, host, cfg, metrics, health)
     }
 
     fn with_host(
@@ -412,11 +408,15 @@ impl<S: Store> Agent<S> {
                 };
                 obj.drive(&driver, &site, report, cancel).await
             }
-            Host::KubeVirt { storage_class } => {
+            Host::KubeVirt {
+                storage_class,
+                own_namespace,
+            } => {
                 let at = KubeVirtAt {
                     state_dir: &self.cfg.state_dir,
                     storage_class: storage_class.clone(),
                     metrics: &self.metrics,
+                    own_namespace: own_namespace.clone(),
                 };
                 obj.drive_kubevirt(&self.store, &at, report, cancel).await
             }
@@ -437,6 +437,7 @@ struct KubeVirtAt<'a> {
     state_dir: &'a std::path::Path,
     storage_class: Option<String>,
     metrics: &'a Metrics,
+    own_namespace: Option<String>,
 }
 
 /// What the agent drives: BackupRuns and RestoreRequests.
@@ -492,6 +493,7 @@ impl Work for BackupRun {
             state_dir: at.state_dir,
             storage_class: at.storage_class.clone(),
             metrics: Some(at.metrics),
+            own_namespace: at.own_namespace.clone(),
         };
         crate::cluster::kubevirt::drive_run(store, self, &place, report, cancel).await
     }

@@ -22,6 +22,8 @@ pub struct Place<'a> {
     /// The storage class of the backup volumes; the cluster's default when `None`.
     pub storage_class: Option<String>,
     pub metrics: Option<&'a Metrics>,
+    /// The namespace snapback runs in: only its runs may name VMs of other namespaces.
+    pub own_namespace: Option<String>,
 }
 
 /// Drives one run of a KubeVirt VM to its end (a resumed one from where it stopped) and
@@ -45,6 +47,20 @@ pub async fn drive_run<S: Store>(
         .await;
         return lc.record;
     };
+    let run_ns = run.metadata.namespace.clone().unwrap_or_default();
+    if vm.namespace != run_ns && place.own_namespace.as_deref() != Some(run_ns.as_str()) {
+        // Whoever may create runs in one namespace must not copy another's disks.
+        let mut lc = Lifecycle::new(run, &site, report, cancel);
+        lc.fail(crate::error::StepError::new(
+            FailureReason::InvalidSpec,
+            format!(
+                "the run in namespace {run_ns} names VM {}: a run may back up the VMs of its own namespace only (or be in snapback's namespace)",
+                vm.key()
+            ),
+        ))
+        .await;
+        return lc.record;
+    }
     let name = run.metadata.name.clone().unwrap_or_default();
     let source = KubeVirtSource::new(store.clone(), vm, &name, &run.spec.target_ref)
         .with_storage_class(place.storage_class.clone());

@@ -75,16 +75,46 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     /// exports the source fetches from elsewhere (KubeVirt's backup volume) into staging.
     async fn after_job(&mut self) -> Result<(), StepError> {
         let id = self.domain_id();
+        if let Some(o) = self.source.job_outcome(&id).await? {
+            // The source decided the job itself: it must be the one planned, or the chain
+            // would be wrong (a whole export rebased onto a parent reads the parent's data
+            // where it wrote none).
+            let s = self.lc.status();
+            let planned_full = s.type_ != Some(crate::api::BackupType::Incremental);
+            if o.full.is_some_and(|full| full != planned_full) {
+                return Err(StepError::new(
+                    FailureReason::CheckpointInconsistent,
+                    format!(
+                        "the hypervisor took {} backup where {} was planned (its checkpoint was lost meanwhile); the next run starts a new chain",
+                        if planned_full { "an incremental" } else { "a full" },
+                        if planned_full { "a full" } else { "an incremental" },
+                    ),
+                ));
+            }
+            // The name the source reports wins over the one its rule gave at the start.
+            if o.checkpoint.is_some() && o.checkpoint != s.checkpoint {
+                self.lc.status_mut().checkpoint = o.checkpoint;
+            }
+        }
         if self.source.quiesces_itself() {
-            if let Some((frozen, msg)) = self.source.quiesce_outcome(&id).await? {
-                let required =
-                    self.lc.record.spec.consistency.quiesce == crate::api::Quiesce::Required;
+            let required = self.lc.record.spec.consistency.quiesce == crate::api::Quiesce::Required;
+            let outcome = self.source.quiesce_outcome(&id).await?;
+            if outcome.is_none() && required {
+                return Err(StepError::new(
+                    FailureReason::QuiesceFailed,
+                    "the hypervisor did not say whether it froze the guest (quiesce: Required)",
+                ));
+            }
+            if let Some((frozen, msg)) = outcome {
                 if !frozen && required {
                     return Err(StepError::new(FailureReason::QuiesceFailed, msg));
                 }
                 self.lc.status_mut().quiesced = frozen;
+                let skipped = self.lc.record.spec.consistency.quiesce == crate::api::Quiesce::None;
                 let reason = if frozen {
                     crate::api::reason::FILESYSTEMS_FROZEN
+                } else if skipped {
+                    crate::api::reason::QUIESCE_SKIPPED
                 } else {
                     crate::api::reason::GUEST_AGENT_UNAVAILABLE
                 };
@@ -120,8 +150,9 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             .fetch_exports(&id, &exports, &progress)
             .await
             .map_err(|e| {
+                // A full staging is the user's to fix there, not the hypervisor's.
                 StepError::new(
-                    FailureReason::BackupJobFailed,
+                    crate::engine::decide::job_failure_reason(&e.message),
                     format!("cannot fetch the exports: {}", e.message),
                 )
             })?;

@@ -15,7 +15,25 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             self.prune_checkpoints().await?;
         }
         // What the source made for the job (KubeVirt: the backup, its volume, the export).
-        self.source.release(&self.domain_id()).await?;
+        // The point is safe on the target by now: a release that keeps failing is said, and
+        // does not fail the run; what is left carries the run's label for whoever removes it.
+        let mut released = Err(String::new());
+        for _ in 0..3 {
+            released = self
+                .source
+                .release(&self.domain_id())
+                .await
+                .map_err(|e| e.message);
+            if released.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        if let Err(e) = released {
+            self.lc.report(crate::lifecycle::Event::Note(format!(
+                "warning: could not remove what the backup job was given: {e}"
+            )));
+        }
         state_dir::empty_dir(&self.staging()).map_err(|e| {
             StepError::new(
                 FailureReason::Internal,

@@ -50,6 +50,16 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             .count();
         let pending = hooks.get(done..).unwrap_or_default();
         self.run_hooks(HookStage::OnSnapshot, pending).await?;
+        // A source that names its own checkpoint (KubeVirt) may have begun the job after the
+        // last save: its name is taken from the job, not from the plan.
+        if let Some(cp) = self
+            .source
+            .job_outcome(&self.domain_id())
+            .await?
+            .and_then(|o| o.checkpoint)
+        {
+            self.lc.status_mut().checkpoint = Some(cp);
+        }
         self.lc.enter(BackupPhase::Exporting).await
     }
 
