@@ -3,7 +3,9 @@
 //! The engines ask a `Source` to look a VM up, list and drop its checkpoints, freeze and
 //! pause it, begin a backup job and follow it, and define, power and remove VMs on restore.
 //! `LibvirtHost` is the source of a local libvirt (`libvirt.rs`); `FakeSource` (`fake.rs`)
-//! keeps VMs in memory so cleanup, rollback and resume are tested without one.
+//! keeps VMs in memory so cleanup, rollback and resume are tested without one. KubeVirt's
+//! source talks to the Kubernetes API, so it lives with the cluster front-end
+//! (`cluster::kubevirt::source`).
 //!
 //! The trait is shaped for a source that is not libvirt as well. KubeVirt, for one, takes a
 //! backup through its own API (a VirtualMachineBackup writing one qcow2 per volume into a
@@ -15,7 +17,6 @@
 //! libvirt's alone.
 
 pub mod fake;
-pub mod kubevirt;
 mod libvirt;
 
 use std::future::Future;

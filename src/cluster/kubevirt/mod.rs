@@ -3,6 +3,8 @@
 //! runs, with a `KubeVirtSource` in place of the local libvirt. It needs no node access:
 //! KubeVirt takes the backup, and the files come to its staging dir over HTTPS.
 
+pub mod source;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use crate::cluster::store::Store;
 use crate::driver::Driver;
 use crate::lifecycle::{Journal, Lifecycle, Reporter};
 use crate::metrics::Metrics;
-use crate::source::kubevirt::KubeVirtSource;
+use source::KubeVirtSource;
 
 /// Where the worker keeps its staging and locks, and how it makes backup volumes.
 pub struct Place<'a> {

@@ -29,7 +29,7 @@ use crate::kubevirt::{eligible, naming};
 use crate::libvirt::domain_xml::{ChainImage, Disk, DiskKind, DomainFacts};
 use crate::libvirt::{DomainState, DomainView, JobState, LibvirtError, VirtErrorKind};
 
-use super::{BackupBegun, BackupRequest, DiskExport, Source};
+use crate::source::{BackupBegun, BackupRequest, DiskExport, JobOutcome, Source};
 
 /// The label on everything a run creates, naming the run.
 pub const RUN_LABEL: &str = "snapback.dev/run";
@@ -543,7 +543,7 @@ impl<S: Store> Source for KubeVirtSource<S> {
         }))
     }
 
-    async fn job_outcome(&self, _vm: &str) -> Result<Option<super::JobOutcome>, LibvirtError> {
+    async fn job_outcome(&self, _vm: &str) -> Result<Option<JobOutcome>, LibvirtError> {
         let Some(b) = self.backup().await? else {
             return Ok(None);
         };
@@ -552,7 +552,7 @@ impl<S: Store> Source for KubeVirtSource<S> {
             .as_ref()
             .and_then(|s| s.type_.as_deref())
             .map(|t| t != "Incremental");
-        Ok(Some(super::JobOutcome {
+        Ok(Some(JobOutcome {
             checkpoint: Some(checkpoint_of(&b, &self.objects())?),
             full,
         }))
