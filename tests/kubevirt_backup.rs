@@ -22,7 +22,6 @@ const NS: &str = "vms";
 
 /// Dropped in this order: the fake (its jobs and servers), the stand-in, then the guest.
 struct World {
-    #[allow(dead_code)] // held for its controllers and servers
     fake: KubevirtFake,
     api: ApiServer,
     guest: Guest,
@@ -99,16 +98,7 @@ fn status(r: &BackupRun) -> BackupRunStatus {
 
 /// What a run created in the cluster and has not removed.
 fn leftovers(w: &World) -> Vec<String> {
-    let mut left = Vec::new();
-    for kind in [BACKUP, EXPORT, PVC, SECRET] {
-        for o in w.api.list(kind, Some(NS)) {
-            let labels = &o["metadata"]["labels"];
-            if labels.get("snapback.dev/run").is_some() {
-                left.push(format!("{kind} {}", o["metadata"]["name"]));
-            }
-        }
-    }
-    left
+    w.fake.made_by_runs(NS)
 }
 
 fn qemu_img_raw(src: &Path, dest: &Path, unsafe_read: bool) {

@@ -22,7 +22,6 @@ const SA: &str = "snapback-kubevirt-worker";
 
 /// Dropped in this order: the fake (its jobs and servers), the stand-in, then the guest.
 struct World {
-    #[allow(dead_code)] // held for its controllers and servers
     fake: KubevirtFake,
     api: ApiServer,
     guest: Guest,
@@ -108,15 +107,7 @@ fn finished(w: &World, name: &str, pod: &str) -> Value {
 }
 
 fn leftovers(w: &World) -> Vec<String> {
-    let mut left = Vec::new();
-    for kind in [BACKUP, EXPORT, PVC, SECRET] {
-        for o in w.api.list(kind, Some(NS)) {
-            if o["metadata"]["labels"].get("snapback.dev/run").is_some() {
-                left.push(format!("{kind} {}", o["metadata"]["name"]));
-            }
-        }
-    }
-    left
+    w.fake.made_by_runs(NS)
 }
 
 /// The worker died by SIGKILL at its crash point (within a bound: a worker that never gets

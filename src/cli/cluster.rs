@@ -87,30 +87,70 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 /// each call is tried once, so a pass against a failing API ends and the next one starts fresh.
 const PASS_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
-pub async fn controller(args: ControllerArgs) -> i32 {
-    let client = match connect(Duration::from_secs(args.api_timeout)).await {
-        Ok(c) => c,
-        Err(e) => {
+/// What a leader-elected process (the controller, the kubevirt-worker) starts with: the API
+/// client, its metrics and health server, its identity (the pod's name) and its election.
+pub(crate) struct Elected {
+    pub client: kube::Client,
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+    pub identity: String,
+    pub election: crate::cluster::controller::lease::Election,
+}
+
+/// Connects, serves metrics on `listen`, and joins the election of the Lease named
+/// `component` in `lease_namespace`. An error is the exit code, its reason already printed.
+pub(crate) async fn start_elected(
+    component: &str,
+    api_timeout: u64,
+    listen: SocketAddr,
+    lease_namespace: &str,
+) -> Result<Elected, i32> {
+    let client = connect(Duration::from_secs(api_timeout))
+        .await
+        .map_err(|e| {
             eprintln!("KubernetesUnavailable: {e}");
-            return 1;
-        }
-    };
+            1
+        })?;
     let metrics = Arc::new(Metrics::new());
     let health = Health::default();
-    spawn_http(args.listen, metrics.clone(), health.clone());
+    spawn_http(listen, metrics.clone(), health.clone());
     let identity = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("snapback-controller-{}", uuid::Uuid::new_v4().simple()));
+        .unwrap_or_else(|_| format!("{component}-{}", uuid::Uuid::new_v4().simple()));
     let lease = LeaseConfig::new(
-        args.lease_namespace.clone(),
-        "snapback-controller".into(),
+        lease_namespace.to_string(),
+        component.to_string(),
         identity.clone(),
     );
-    let election = match elect(client.clone(), lease).await {
+    let election = elect(client.clone(), lease).await.map_err(|e| {
+        eprintln!("KubernetesUnavailable: {e}");
+        1
+    })?;
+    Ok(Elected {
+        client,
+        metrics,
+        health,
+        identity,
+        election,
+    })
+}
+
+pub async fn controller(args: ControllerArgs) -> i32 {
+    let Elected {
+        client,
+        metrics,
+        health,
+        identity,
+        election,
+    } = match start_elected(
+        "snapback-controller",
+        args.api_timeout,
+        args.listen,
+        &args.lease_namespace,
+    )
+    .await
+    {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("KubernetesUnavailable: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     let mut leading = election.leading.clone();
     health.set_ready(true);

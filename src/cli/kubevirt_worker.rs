@@ -5,19 +5,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use tracing::{error, info, warn};
 
+use super::cluster::{start_elected, Elected};
 use crate::api::BackupRun;
 use crate::cluster::agent::{Agent, AgentConfig};
-use crate::cluster::controller::lease::{elect, LeaseConfig};
-use crate::cluster::kube_api::{connect, KubeStore};
+use crate::cluster::kube_api::KubeStore;
 use crate::cluster::labels;
 use crate::cluster::retrying::{RetryPolicy, Retrying};
-use crate::metrics::{serve, Health, Metrics};
 use crate::process::cancel_on_signal;
 
 #[derive(Args, Debug)]
@@ -48,36 +46,22 @@ pub struct KubeVirtWorkerArgs {
 }
 
 pub async fn kubevirt_worker(args: KubeVirtWorkerArgs) -> i32 {
-    let client = match connect(Duration::from_secs(args.api_timeout)).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("KubernetesUnavailable: {e}");
-            return 1;
-        }
-    };
-    let metrics = Arc::new(Metrics::new());
-    let health = Health::default();
+    let Elected {
+        client,
+        metrics,
+        health,
+        identity,
+        election,
+    } = match start_elected(
+        "snapback-kubevirt-worker",
+        args.api_timeout,
+        args.listen,
+        &args.lease_namespace,
+    )
+    .await
     {
-        let (m, h, addr) = (metrics.clone(), health.clone(), args.listen);
-        tokio::spawn(async move {
-            if let Err(e) = serve(addr, m, h).await {
-                error!("metrics server on {addr} stopped: {e}");
-            }
-        });
-    }
-    let identity = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("snapback-kubevirt-worker-{}", uuid::Uuid::new_v4().simple()));
-    let lease = LeaseConfig::new(
-        args.lease_namespace.clone(),
-        "snapback-kubevirt-worker".into(),
-        identity.clone(),
-    );
-    let election = match elect(client.clone(), lease).await {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("KubernetesUnavailable: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     let mut leading = election.leading.clone();
     let mut signal = cancel_on_signal();

@@ -307,6 +307,20 @@ impl KubevirtFake {
         self.inner.store().raw_get(kind, ns, name)
     }
 
+    /// The backups, exports, claims and Secrets in `ns` that carry a snapback run's label
+    /// (`snapback.dev/run`): what a run made and has not removed.
+    pub fn made_by_runs(&self, ns: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        for kind in [BACKUP, EXPORT, PVC, SECRET] {
+            for o in self.inner.store().raw_list(kind, Some(ns)).0 {
+                if o["metadata"]["labels"].get("snapback.dev/run").is_some() {
+                    left.push(format!("{kind} {}", o["metadata"]["name"]));
+                }
+            }
+        }
+        left
+    }
+
     /// The Events on the object `ns/name` (of any kind).
     pub fn events_for(&self, ns: &str, name: &str) -> Vec<Value> {
         self.inner
