@@ -250,3 +250,92 @@ fn a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and
     assert_eq!(sha(&nvram), before, "the original's store is untouched");
     assert_eq!(g.state(), "running");
 }
+
+#[test]
+fn a_files_mode_point_of_a_uefi_guest_holds_its_firmware_state_and_manifest_under_at_snapback() {
+    let env = Env::new();
+    // A data disk with an ext4 filesystem for files mode to mount (the writer guest's own disk
+    // holds none).
+    let tree = env.dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), b"uefi-files\n").unwrap();
+    let data = env.dir.join("data.raw");
+    run_ok("truncate", &["-s", "64M", data.to_str().unwrap()]);
+    run_ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    let g = Guest::new(
+        "sbt-uefi-files",
+        GuestOpts {
+            uefi_tpm: true,
+            extra_disks: vec![data],
+            ..Default::default()
+        },
+    );
+
+    let b = env.backup(
+        &g.name,
+        &["--mode", "files", "--pause", "--include", "/etc"],
+    );
+    let run = b.assert_ok();
+    let saved = saved(&env, &run);
+    assert_eq!(saved.len(), 2, "both kinds saved in files mode: {saved:?}");
+
+    // A guest path never finds the point's own files; naming `@snapback` does.
+    let out_dir = env.dir.join("out");
+    let r = env.snapback(&[
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--to",
+        out_dir.to_str().unwrap(),
+        "--files",
+        "/etc/hostname",
+        "@snapback:/",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(out_dir.join("etc/hostname")).unwrap(),
+        b"uefi-files\n"
+    );
+    let nvram = out_dir.join(format!("{run}.nvram.fd"));
+    let tpm = out_dir.join(format!("{run}.tpm2-00.permall"));
+    assert_eq!(sha(&nvram), saved_sha(&saved, FirmwareKind::Nvram));
+    assert_eq!(sha(&tpm), saved_sha(&saved, FirmwareKind::TpmState));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out_dir.join(format!("{run}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let listed: Vec<&str> = manifest["firmware"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["sha256"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            saved_sha(&saved, FirmwareKind::Nvram),
+            saved_sha(&saved, FirmwareKind::TpmState)
+        ],
+        "the manifest in the tree names the saved state"
+    );
+    assert!(
+        out_dir.join(format!("{run}.domain.xml")).is_file(),
+        "the domain XML is in the point"
+    );
+    assert!(
+        !out_dir.join(format!("{run}.vdb.qcow2")).exists(),
+        "no disk export in a files point"
+    );
+    assert_eq!(g.state(), "running");
+}

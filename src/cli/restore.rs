@@ -44,7 +44,8 @@ pub struct RestoreArgs {
     /// Restore over the existing domain (its old disks are kept, renamed, until verified)
     #[arg(long, conflicts_with = "files")]
     pub in_place: bool,
-    /// Files mode: guest paths (files or trees) to restore, `/etc/hosts` or `vdb1:/etc/hosts`
+    /// Files mode: guest paths (files or trees) to restore, `/etc/hosts` or `vdb1:/etc/hosts`;
+    /// `@snapback:/` gives the point's own files (manifest, domain XML, UEFI variables, TPM)
     #[arg(long, num_args = 1.., value_name = "PATH", requires = "to")]
     pub files: Vec<String>,
     /// Files mode: the directory the files are restored into

@@ -8,9 +8,11 @@
 //! raw file (qemu-storage-daemon's FUSE export), maps it to a read-only loop device with its
 //! partitions, and mounts the ext4 and xfs filesystems found read-only with nodev, nosuid,
 //! noexec and no journal replay. duplicity reads that tree; `attach::detach` undoes it all,
-//! also after a crash.
+//! also after a crash. The point's own files (manifest, domain XML, firmware state) go up in
+//! the same tree, under `@snapback` (`point.rs`).
 
 pub mod attach;
+pub mod point;
 pub mod restore;
 pub mod select;
 pub mod volumes;

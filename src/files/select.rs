@@ -57,7 +57,8 @@ pub fn selection(
 }
 
 /// Where a guest path lives in a backup, from duplicity's listing of it (paths relative to the
-/// tree, e.g. `vdb1/etc/hosts`). `wanted` may name the filesystem as `vdb1:/etc/hosts`.
+/// tree, e.g. `vdb1/etc/hosts`). `wanted` may name the filesystem as `vdb1:/etc/hosts`, and
+/// must name `@snapback` (the point's own files) to get them.
 /// Returns the tree-relative paths that match, one per filesystem holding it.
 pub fn locate(listing: &[String], wanted: &str) -> Result<Vec<String>, String> {
     let (fs, path) = match wanted.split_once(":/") {
@@ -71,7 +72,12 @@ pub fn locate(listing: &[String], wanted: &str) -> Result<Vec<String>, String> {
             let (f, rest) = l.split_once('/').unwrap_or((l.as_str(), ""));
             let guest = format!("/{rest}");
             let matches = guest.trim_end_matches('/') == path || (path == "/" && rest.is_empty());
-            (matches && fs.is_none_or(|want| want == f)).then(|| l.clone())
+            // The point's own files (`@snapback`) are not a guest filesystem: only when named.
+            let wanted_fs = match fs {
+                Some(want) => want == f,
+                None => !f.starts_with('@'),
+            };
+            (matches && wanted_fs).then(|| l.clone())
         })
         .collect();
     hits.sort();
@@ -121,6 +127,8 @@ mod tests {
             "vdc1/etc",
             "vdc1/etc/hosts",
             "vdc1/data",
+            "@snapback",
+            "@snapback/r.manifest.json",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -135,6 +143,12 @@ mod tests {
         );
         assert_eq!(locate(&listing, "/data/").unwrap(), vec!["vdc1/data"]);
         assert!(locate(&listing, "/nope").unwrap().is_empty());
+        assert_eq!(
+            locate(&listing, "/").unwrap(),
+            vec!["vdb", "vdc1"],
+            "the point's own files are not a guest filesystem"
+        );
+        assert_eq!(locate(&listing, "@snapback:/").unwrap(), vec!["@snapback"]);
         assert!(locate(&listing, "relative").is_err());
     }
 }

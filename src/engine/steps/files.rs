@@ -1,14 +1,17 @@
-//! Uploading in files mode: attach the exports, mount the guest filesystems read-only, run
-//! duplicity over the tree with the run's include/exclude, and take it all down again.
+//! Uploading in files mode: attach the exports, mount the guest filesystems read-only, put the
+//! point's own files beside them, run duplicity over the tree with the run's include/exclude,
+//! and take it all down again.
 
 use std::path::PathBuf;
 
 use crate::api::BackupRun;
 use crate::api::{BackupType, FailureReason};
+use crate::duplicity::argv::Select;
 use crate::duplicity::Action;
 use crate::engine::BackupEngine;
 use crate::error::StepError;
 use crate::files::attach::{attach, detach, Layout};
+use crate::files::point::{place_point_files, POINT_DIR};
 use crate::files::select::selection;
 use crate::lifecycle::Journal;
 use crate::source::Source;
@@ -60,8 +63,23 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         let names: Vec<String> = mounted.iter().map(|m| m.name.clone()).collect();
         let tree = layout.tree.display().to_string();
         let spec = self.lc.record.spec.clone();
-        let selection = selection(&tree, &names, &spec.include, &spec.exclude)
+        let mut selection = selection(&tree, &names, &spec.include, &spec.exclude)
             .map_err(|e| StepError::new(FailureReason::InvalidSpec, e))?;
+        let exports: Vec<String> = self
+            .lc
+            .status()
+            .disks
+            .iter()
+            .map(|d| d.export_file.clone())
+            .collect();
+        place_point_files(&self.staging(), &layout.tree, &exports).map_err(|e| {
+            StepError::new(
+                FailureReason::Internal,
+                format!("cannot place the point's own files in the tree: {e}"),
+            )
+        })?;
+        // First, so that no include or exclude of guest paths can leave it out.
+        selection.insert(0, Select::Include(format!("{tree}/{POINT_DIR}")));
         let total = names.iter().map(|n| used_bytes(&layout.tree.join(n))).sum();
         let action = Action::Files {
             incremental: self.lc.status().type_ == Some(BackupType::Incremental),

@@ -24,10 +24,8 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             self.begin_job().await?;
         } else {
             // A shut-off domain's disks do not change: the files are the snapshot.
-            if !self.files_mode() {
-                let view = self.source.domain(&self.domain_id()).await?;
-                self.capture_firmware(&view).await?;
-            }
+            let view = self.source.domain(&self.domain_id()).await?;
+            self.capture_firmware(&view).await?;
             self.lc.status_mut().snapshot_time = Some(Timestamp::now());
             self.lc.save().await?;
         }
@@ -157,12 +155,8 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 .collect(),
             quiesce: c.quiesce != Quiesce::None,
         };
-        let captured = if self.files_mode() {
-            Ok(())
-        } else {
-            self.capture_firmware(&view).await
-        };
-        let begun = match captured {
+        // Files mode saves it too: a point's files tree carries it beside the filesystems.
+        let begun = match self.capture_firmware(&view).await {
             Ok(()) => self.source.begin_backup(&id, &request).await,
             Err(e) => {
                 self.undo_freeze_and_pause(window_start).await?;
