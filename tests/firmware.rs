@@ -339,3 +339,84 @@ fn a_files_mode_point_of_a_uefi_guest_holds_its_firmware_state_and_manifest_unde
     );
     assert_eq!(g.state(), "running");
 }
+
+#[test]
+fn a_copy_restored_as_new_shares_no_writable_host_file_with_the_original() {
+    let env = Env::new();
+    let share = env.dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let sock = env.dir.join("app.sock");
+    let out = env.dir.join("out.log");
+    let devices = format!(
+        "<filesystem type='mount' accessmode='mapped'><source dir='{}'/><target dir='share'/></filesystem>
+    <channel type='unix'><source mode='bind' path='{}'/><target type='virtio' name='app.0'/></channel>
+    <channel type='file'><source path='{}'/><target type='virtio' name='out.0'/></channel>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
+        share.display(),
+        sock.display(),
+        out.display()
+    );
+    let g = Guest::new(
+        "sbt-hostfiles",
+        GuestOpts {
+            extra_devices: devices,
+            ..Default::default()
+        },
+    );
+    env.backup(&g.name, &["--type", "full"]).assert_ok();
+
+    let copy = format!("{}-c", g.name);
+    let defined = Defined(copy.clone());
+    let r = restore_as_new(&env, &g.name, &copy, None);
+    assert_eq!(r.code, 0, "restore failed: {}", r.stderr);
+    let xml = virsh_ok(&["dumpxml", "--inactive", &copy]);
+    let own = |p: &Path| {
+        p.with_file_name(format!(
+            "{copy}-{}",
+            p.file_name().unwrap().to_str().unwrap()
+        ))
+        .display()
+        .to_string()
+    };
+    assert!(xml.contains(&own(&sock)), "its own socket:\n{xml}");
+    assert!(xml.contains(&own(&out)), "its own output file:\n{xml}");
+    assert!(
+        !xml.contains(&format!("'{}'", sock.display()))
+            && !xml.contains(&format!("'{}'", out.display())),
+        "none of the original's:\n{xml}"
+    );
+    let fs_element = &xml[xml.find("<filesystem").unwrap()..xml.find("</filesystem>").unwrap()];
+    assert!(fs_element.contains("<readonly/>"), "{fs_element}");
+    assert!(xml.contains("/dev/urandom"), "read-only sources stay");
+
+    let req: RestoreRequest = FileStore::new(&env.state)
+        .list::<RestoreRequest>("restorerequests")
+        .unwrap()
+        .pop()
+        .unwrap();
+    let conditions = req.status.unwrap().conditions;
+    let sep = conditions
+        .iter()
+        .find(|c| c.type_ == "HostFilesSeparate")
+        .unwrap_or_else(|| panic!("a HostFilesSeparate condition: {conditions:?}"));
+    assert_eq!(
+        (sep.status.as_str(), sep.reason.as_str()),
+        ("False", "DevicesChanged"),
+        "{sep:?}"
+    );
+    assert!(sep.message.contains("made read-only"), "{sep:?}");
+    let boot = conditions
+        .iter()
+        .find(|c| c.type_ == "BootFilesPresent")
+        .unwrap();
+    assert_eq!(boot.status, "True", "{boot:?}");
+
+    // Both run at once, each on its own socket and output file.
+    virsh_ok(&["start", &copy]);
+    assert_eq!(virsh_ok(&["domstate", &copy]).trim(), "running");
+    assert_eq!(g.state(), "running", "both run");
+    assert!(Path::new(&own(&sock)).exists() && sock.exists());
+    assert!(Path::new(&own(&out)).exists() && out.exists());
+    drop(defined);
+    assert_eq!(g.state(), "running");
+}

@@ -37,6 +37,8 @@ pub enum ConditionType {
     FirmwareRestored,
     /// RestoreRequest: the read-only boot files the domain names are on this host.
     BootFilesPresent,
+    /// RestoreRequest (as new): the copy shares no writable host file with the original.
+    HostFilesSeparate,
 }
 
 impl ConditionType {
@@ -58,6 +60,7 @@ impl ConditionType {
             Self::OldDisksKept => "OldDisksKept",
             Self::FirmwareRestored => "FirmwareRestored",
             Self::BootFilesPresent => "BootFilesPresent",
+            Self::HostFilesSeparate => "HostFilesSeparate",
         }
     }
 }
@@ -86,6 +89,10 @@ pub mod reason {
     pub const RESTORED: &str = "Restored";
     pub const NOT_IN_BACKUP: &str = "NotInBackup";
     pub const MISSING_ON_HOST: &str = "MissingOnHost";
+    /// HostFilesSeparate=True: the copy's output files and sockets are its own.
+    pub const OWN_FILES: &str = "OwnFiles";
+    /// HostFilesSeparate=False: a share was made read-only or a device left out of the copy.
+    pub const DEVICES_CHANGED: &str = "DevicesChanged";
     pub const ENABLED: &str = "Enabled";
     pub const PENDING_RESTART: &str = "PendingRestart";
     pub const ENABLE_FAILED: &str = "EnableFailed";

@@ -250,7 +250,8 @@ pub enum FirmwareKind {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainFile {
-    /// `loader`, `nvram`, `kernel`, `initrd`, `dtb`, `tpm`.
+    /// `loader`, `nvram`, `kernel`, `initrd`, `dtb`, `tpm`, or the device element that names
+    /// it (`serial`, `channel`, `filesystem`, `memory`, `rng` ...).
     pub role: String,
     pub path: String,
     /// Written by the domain (its own, saved with the point), or read-only (shared, not saved).

@@ -7,6 +7,7 @@ mod error;
 mod ffi;
 pub mod firmware;
 mod host;
+pub mod host_files;
 pub mod xml_edit;
 
 pub use domain_xml::{Disk, DiskKind, DomainFacts, Firmware};

@@ -126,6 +126,8 @@ pub struct GuestOpts {
     /// A q35 machine booting through OVMF (UEFI, with its own variable store) with an
     /// emulated TPM 2.0 (swtpm), instead of a BIOS `pc`.
     pub uefi_tpm: bool,
+    /// More `<devices>` children, as XML.
+    pub extra_devices: String,
 }
 
 impl Default for GuestOpts {
@@ -140,6 +142,7 @@ impl Default for GuestOpts {
             extra_disks: Vec::new(),
             uefi_tpm: false,
             own_disk: None,
+            extra_devices: String::new(),
         }
     }
 }
@@ -244,6 +247,7 @@ impl Guest {
     <serial type='file'><source path='{l}'/><target port='0'/></serial>
     {agent}
     {tpm}
+    {more}
   </devices></domain>",
             name = xml_escape(name),
             k = gd.join("vmlinuz").display(),
@@ -252,6 +256,7 @@ impl Guest {
             wo = opts.write_offset_mib,
             vda = disk_element(&disk, "vda"),
             l = log.display(),
+            more = opts.extra_devices,
         );
         let xml_path = dir.join("domain.xml");
         std::fs::write(&xml_path, xml).unwrap();

@@ -380,7 +380,8 @@ async fn sparsify(export: &Path) -> Result<(), StepError> {
 }
 
 /// The files the saved domain XML names beside its disks: the shared read-only boot files,
-/// and the domain's own firmware state (saved with the point).
+/// the files its devices name (output files, sockets, shares; not saved), and the domain's
+/// own firmware state (saved with the point).
 fn domain_files(saved_xml: &Path, firmware: &[crate::api::FirmwareFile]) -> Vec<DomainFile> {
     let facts = std::fs::read_to_string(saved_xml)
         .ok()
@@ -393,6 +394,16 @@ fn domain_files(saved_xml: &Path, firmware: &[crate::api::FirmwareFile]) -> Vec<
             path: path.into(),
             writable: false,
         });
+    let devices = std::fs::read_to_string(saved_xml)
+        .ok()
+        .and_then(|x| crate::libvirt::host_files::host_files(&x).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| DomainFile {
+            writable: f.used.writable(),
+            role: f.role,
+            path: f.path,
+        });
     let own = firmware.iter().map(|f| DomainFile {
         role: match f.kind {
             crate::api::FirmwareKind::Nvram => "nvram".into(),
@@ -401,7 +412,7 @@ fn domain_files(saved_xml: &Path, firmware: &[crate::api::FirmwareFile]) -> Vec<
         path: f.source.clone(),
         writable: true,
     });
-    shared.chain(own).collect()
+    shared.chain(devices).chain(own).collect()
 }
 
 fn write(path: &Path, data: &[u8]) -> Result<(), StepError> {

@@ -78,8 +78,11 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 format!("cannot place the point's own files in the tree: {e}"),
             )
         })?;
-        // First, so that no include or exclude of guest paths can leave it out.
-        selection.insert(0, Select::Include(format!("{tree}/{POINT_DIR}")));
+        // First, so that no include or exclude of guest paths can leave it out. Without any
+        // rule everything is in (and duplicity refuses a lone, redundant include).
+        if !selection.is_empty() {
+            selection.insert(0, Select::Include(format!("{tree}/{POINT_DIR}")));
+        }
         let total = names.iter().map(|n| used_bytes(&layout.tree.join(n))).sum();
         let action = Action::Files {
             incremental: self.lc.status().type_ == Some(BackupType::Incremental),

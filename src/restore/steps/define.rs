@@ -77,7 +77,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         let fw = domain_xml::parse_domain(&saved)
             .map_err(|e| StepError::new(FailureReason::VerificationFailed, e.to_string()))?
             .firmware;
-        self.check_boot_files(&fw);
+        self.check_boot_files(&fw, &saved);
         let nvram_path = self.firmware_for_new(&fw, &new, &uuid).await?;
         let edit = XmlEdit {
             new_name: Some(new.clone()),
@@ -90,6 +90,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         };
         let xml = rewrite(&saved, &edit)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
+        let xml = self.separate_host_files(xml, &new)?;
         let defined = self.source.define(xml).await?;
         crate::process::crash_point("restore:defining:defined");
         if defined != uuid {
@@ -122,7 +123,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             self.source.forget_checkpoint(&spec.domain, &cp).await?;
         }
         // Shut down, the domain's firmware state can be replaced (its old files kept).
-        self.check_boot_files(&view.facts.firmware);
+        self.check_boot_files(&view.facts.firmware, &view.inactive_xml);
         let files = self.source.firmware_state(&view);
         self.firmware_in_place(files).await?;
         let edit = XmlEdit {

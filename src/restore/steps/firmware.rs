@@ -110,11 +110,22 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .condition(ConditionType::FirmwareRestored, ok, why, message);
     }
 
-    /// Names, in a condition set before anything is defined, the read-only boot files
-    /// (loader, kernel, initrd, DTB) the domain needs and this host lacks: they are shared,
-    /// not saved with the point, and the domain will not start without them.
-    pub(crate) fn check_boot_files(&mut self, fw: &Firmware) {
-        let files = fw.read_only_files();
+    /// Names, in a condition set before anything is defined, the read-only files the domain
+    /// needs and this host lacks: boot files (loader, kernel, initrd, DTB) and the files its
+    /// devices only read (an rng source, a read-only share). They are shared, not saved with
+    /// the point, and the domain will not start without them.
+    pub(crate) fn check_boot_files(&mut self, fw: &Firmware, xml: &str) {
+        let devices = crate::libvirt::host_files::host_files(xml).unwrap_or_default();
+        let files: Vec<(&str, &str)> = fw
+            .read_only_files()
+            .into_iter()
+            .chain(
+                devices
+                    .iter()
+                    .filter(|f| f.used == crate::libvirt::host_files::Use::Reads)
+                    .map(|f| (f.role.as_str(), f.path.as_str())),
+            )
+            .collect();
         if files.is_empty() {
             return;
         }
