@@ -111,6 +111,11 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "firmware.rs: a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and_resume_finishes",
     ),
     (
+        "kill -9 during an in-place restore of a UEFI guest, right after its own variable store was moved aside and before the saved one is placed",
+        "the moved-aside store is whole and unchanged; resume places the saved NVRAM and TPM state, keeps the replaced ones, and the domain boots",
+        "firmware.rs: an_in_place_restore_puts_the_saved_firmware_state_back_and_keeps_the_replaced_files",
+    ),
+    (
         "the VM is destroyed while the backup job runs",
         "Failed (BackupJobFailed); the failed run's checkpoint and bitmap are removed though the domain is shut off; the next backup is clean",
         "leftovers.rs: a_vm_destroyed_during_a_backup_keeps_no_checkpoint_or_bitmap_of_the_failed_run",

@@ -161,14 +161,30 @@ fn an_in_place_restore_puts_the_saved_firmware_state_back_and_keeps_the_replaced
     let changed = sha(&nvram);
     assert_ne!(changed, saved_sha(&saved, FirmwareKind::Nvram));
 
-    let r = env.snapback(&[
-        "restore",
-        "--domain",
-        &g.name,
-        "--target",
-        &env.target,
-        "--in-place",
-    ]);
+    // Killed right after the store was moved aside, before the saved one is placed: the
+    // replaced store is kept whole, and resume finishes the restore.
+    env.snapback_crash(
+        &[
+            "restore",
+            "--domain",
+            &g.name,
+            "--target",
+            &env.target,
+            "--in-place",
+        ],
+        "restore:defining:firmware-replaced",
+    );
+    let aside = std::fs::read_dir(nvram.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.display()
+                .to_string()
+                .starts_with(&format!("{}.snapback-replaced-", nvram.display()))
+        })
+        .expect("the replaced store kept aside");
+    assert_eq!(sha(&aside), changed, "kept whole by the killed restore");
+    let r = env.snapback(&["resume", "--target", &env.target]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Compared before the domain starts again: OVMF and swtpm write to their state at boot.
     assert_eq!(sha(&nvram), saved_sha(&saved, FirmwareKind::Nvram));

@@ -233,6 +233,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             if home.exists() && !kept.exists() {
                 std::fs::rename(&home, &kept)
                     .map_err(|e| io_err("cannot keep the replaced firmware state", e))?;
+                crate::process::crash_point("restore:defining:firmware-replaced");
             }
             // The replacement belongs to whoever owned the file it replaces.
             let owner = std::fs::metadata(&kept)
