@@ -141,11 +141,9 @@ fn to_qcow2(raw: &Path, qcow: &Path) {
     std::fs::remove_file(raw).unwrap();
 }
 
-/// A whole-disk ext4 image built from `tree` (`mkfs.ext4 -d`, no mount).
-fn ext4_disk(tree: &Path, qcow: &Path) {
-    let raw = qcow.with_extension("raw");
-    let _ = std::fs::remove_file(&raw);
-    run_ok("truncate", &["-s", "96M", raw.to_str().unwrap()]);
+/// A whole-disk ext4 filesystem holding `tree`, made on `disk` (a raw file or a block
+/// device) by `mkfs.ext4 -d`, without a mount.
+fn ext4_onto(tree: &Path, disk: &Path) {
     run_ok(
         "mkfs.ext4",
         &[
@@ -153,9 +151,17 @@ fn ext4_disk(tree: &Path, qcow: &Path) {
             "-F",
             "-d",
             tree.to_str().unwrap(),
-            raw.to_str().unwrap(),
+            disk.to_str().unwrap(),
         ],
     );
+}
+
+/// A whole-disk ext4 image built from `tree` (`mkfs.ext4 -d`, no mount).
+fn ext4_disk(tree: &Path, qcow: &Path) {
+    let raw = qcow.with_extension("raw");
+    let _ = std::fs::remove_file(&raw);
+    run_ok("truncate", &["-s", "96M", raw.to_str().unwrap()]);
+    ext4_onto(tree, &raw);
     to_qcow2(&raw, qcow);
 }
 
@@ -515,4 +521,70 @@ fn a_guest_with_only_lvm_fails_clearly_on_a_host_without_device_mapper_and_leave
     assert_nothing_attached(&env);
     assert!(g.checkpoints().is_empty());
     assert_eq!(g.state(), "running");
+}
+
+#[test]
+fn files_backups_of_a_raw_file_and_a_block_device_disk_restore_their_files_running_and_shut_off() {
+    let env = Env::new();
+    let raw = env.dir.join("b.raw");
+    run_ok("truncate", &["-s", "96M", raw.to_str().unwrap()]);
+    ext4_onto(&tree_b(&env.dir, 1), &raw);
+    let lo = LoopDevice::new(&env.dir.join("c.img"), 64);
+    ext4_onto(&tree_c(&env.dir, 1), &lo.dev);
+    let g = Guest::new(
+        "sbf-raw",
+        GuestOpts {
+            extra_disks: vec![raw.clone(), lo.dev.clone()],
+            ..Default::default()
+        },
+    );
+    let restore = |files: &[&str], to: &Path| {
+        let mut args = vec![
+            "restore",
+            "--domain",
+            &g.name,
+            "--target",
+            &env.target,
+            "--to",
+            to.to_str().unwrap(),
+            "--files",
+        ];
+        args.extend_from_slice(files);
+        env.snapback(&args)
+    };
+
+    // Running: the job exports the raw file and the device whole, and their filesystems
+    // are read from those exports.
+    let n1 = env.backup(&g.name, &["--mode", "files"]).assert_ok();
+    let s1 = env.read_run(&n1).status.unwrap();
+    assert_eq!(s1.type_, Some(BackupType::Full));
+    assert_eq!(s1.filesystems, vec!["vdb (ext4)", "vdc (ext4)"]);
+    assert!(g.checkpoints().is_empty());
+    assert_eq!(g.state(), "running");
+    assert_nothing_attached(&env);
+    let out = restore(&["/data/old.txt", "/srv"], &env.dir.join("r1"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    same_file(
+        &env.dir.join("r1/data/old.txt"),
+        &env.dir.join("tree-b-1/data/old.txt"),
+    );
+    same_tree(&env.dir.join("r1/srv"), &env.dir.join("tree-c-1/srv"));
+
+    // Shut off, with new filesystems: exported from the file and the device with qemu-img.
+    virsh_ok(&["destroy", &g.name]);
+    ext4_onto(&tree_b(&env.dir, 2), &raw);
+    ext4_onto(&tree_c(&env.dir, 2), &lo.dev);
+    let n2 = env.backup(&g.name, &["--mode", "files"]).assert_ok();
+    let s2 = env.read_run(&n2).status.unwrap();
+    assert_eq!(s2.type_, Some(BackupType::Incremental));
+    assert_eq!(s2.filesystems, vec!["vdb (ext4)", "vdc (ext4)"]);
+    assert_nothing_attached(&env);
+    let out = restore(&["/data/new.txt", "vdc:/srv"], &env.dir.join("r2"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    same_file(
+        &env.dir.join("r2/data/new.txt"),
+        &env.dir.join("tree-b-2/data/new.txt"),
+    );
+    same_tree(&env.dir.join("r2/srv"), &env.dir.join("tree-c-2/srv"));
+    assert_eq!(g.state(), "shut off");
 }

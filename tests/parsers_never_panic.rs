@@ -9,6 +9,7 @@ use snapback::catalog::manifest::Manifest;
 use snapback::catalog::select::parse_at;
 use snapback::duplicity::log::{classify, collection_sets, LogParser};
 use snapback::duplicity::{names, TargetUrl};
+use snapback::engine::lvm::report as lvs_report;
 use snapback::retention::rules::{parse_age, parse_size, RetentionSpec};
 use snapback::schedule::Schedule;
 use snapback::units::parse_duration;
@@ -28,6 +29,20 @@ fn near(words: &'static [&'static str]) -> impl Strategy<Value = String> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lvs_reports_are_read_or_refused_with_a_message(
+        text in near(&["{", "}", "[", "]", "\"report\":", "\"lv\":", "{\"vg_name\":\"vg0\",",
+            "\"lv_name\":\"web\",", "\"lv_size\":\"1073741824\",", "\"vg_free\":\"0\",",
+            "\"vg_extent_size\":\"4194304\"", "\"lv_attr\":\"swi-I-s---\"", ",", "\"\""])
+    ) {
+        match lvs_report::parse(&text) {
+            Ok(volumes) => for v in volumes {
+                let _ = (v.is_thin(), v.is_snapshot(), v.is_invalid_snapshot());
+            },
+            Err(e) => prop_assert!(!e.is_empty()),
+        }
+    }
 
     #[test]
     fn duplicity_log_lines_and_collection_status_never_panic(

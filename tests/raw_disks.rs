@@ -10,34 +10,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use snapback::api::{BackupType, FullReason, RestorePhase};
 
-const MIB: u64 = 1 << 20;
-
-/// A loop device over a sparse file of `mib` MiB, detached when the test ends.
-struct LoopDevice {
-    dev: PathBuf,
-}
-
-impl LoopDevice {
-    fn new(file: &Path, mib: u64) -> LoopDevice {
-        std::fs::File::create(file)
-            .unwrap()
-            .set_len(mib * MIB)
-            .unwrap();
-        let dev = run_ok("losetup", &["-f", "--show", file.to_str().unwrap()]);
-        LoopDevice {
-            dev: PathBuf::from(dev.trim()),
-        }
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", self.dev.to_str().unwrap()])
-            .status();
-    }
-}
-
 /// Writes `mib` MiB of random bytes into `path` (file or device) at `at_mib`, through to it.
 fn scribble(path: &Path, at_mib: u64, mib: u64) {
     run_ok(
@@ -166,6 +138,8 @@ fn qcow2_raw_file_and_block_disks_back_up_in_one_job_each_its_own_way_and_every_
     let run = env.read_run(&points[2].0).status.unwrap();
     assert_eq!(run.full_reason, Some(FullReason::DomainShutOff));
 
+    // Each disk comes back in its own format: the raw file and the block device as sparse
+    // raw files. The first point is asked for qcow2 throughout (`--format qcow2`).
     for (i, (run, copies)) in points.iter().enumerate() {
         let new = format!("{}-r{i}", g.name);
         let _cleanup = Defined(new.clone());
@@ -178,26 +152,149 @@ fn qcow2_raw_file_and_block_disks_back_up_in_one_job_each_its_own_way_and_every_
             .snapshot_time
             .unwrap()
             .to_string();
-        let out = env.restore_as(&g.name, &at, &new, &dir);
+        let mut argv = vec![
+            "restore",
+            "--domain",
+            &g.name,
+            "--target",
+            &env.target,
+            "--at",
+            &at,
+            "--as",
+            &new,
+            "--storage-dir",
+            dir.to_str().unwrap(),
+        ];
+        if i == 0 {
+            argv.extend(["--format", "qcow2"]);
+        }
+        let out = env.snapback(&argv);
         assert_eq!(out.code, 0, "restore {i} failed:\n{}", out.stderr);
         let s = env.read_restore(out.stdout.trim()).status.unwrap();
         assert_eq!(s.phase, RestorePhase::Succeeded);
         for ((name, _), copy) in disks.iter().zip(copies) {
             let restored = &s.disks.iter().find(|d| d.name == *name).unwrap().path;
-            run_ok(
-                "qemu-img",
-                &[
-                    "compare",
-                    "-f",
-                    "raw",
-                    "-F",
-                    "qcow2",
-                    copy.to_str().unwrap(),
-                    restored,
-                ],
+            let want = if i == 0 || *name == "vda" {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            assert!(restored.ends_with(&format!(".{want}")), "{restored}");
+            assert!(
+                defined_disk(&new, name).contains(&format!("type='{want}'")),
+                "{new} {name}: {}",
+                defined_disk(&new, name)
             );
+            compare_raw_with(copy, want, Path::new(restored));
+            if want == "raw" {
+                assert_sparse(Path::new(restored), 64 * MIB, 24 * MIB);
+            }
         }
     }
+}
+
+/// Fails unless the image at `image` (of `format`) holds exactly the raw file `raw`.
+fn compare_raw_with(raw: &Path, format: &str, image: &Path) {
+    run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            format,
+            raw.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+    );
+}
+
+/// Fails unless the file is `size` bytes long and takes at most `most` bytes on disk.
+fn assert_sparse(file: &Path, size: u64, most: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).unwrap();
+    assert_eq!(m.len(), size, "{}", file.display());
+    assert!(
+        m.blocks() * 512 <= most,
+        "{} takes {} bytes on disk",
+        file.display(),
+        m.blocks() * 512
+    );
+}
+
+/// The `<disk>` element of `dev` in the domain's persistent definition.
+fn defined_disk(domain: &str, dev: &str) -> String {
+    let xml = virsh_ok(&["dumpxml", "--inactive", domain]);
+    let at = xml
+        .find(&format!("<target dev='{dev}'"))
+        .unwrap_or_else(|| panic!("{domain} has no disk {dev}:\n{xml}"));
+    let start = xml[..at].rfind("<disk ").unwrap();
+    xml[start..at].to_string()
+}
+
+#[test]
+fn a_raw_file_disk_restores_in_place_into_a_sparse_raw_file_and_the_old_file_stays_until_the_new_one_is_verified(
+) {
+    let env = Env::new();
+    let raw = env.dir.join("data.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    scribble(&raw, 10, 4);
+    let g = Guest::new(
+        "sbt-rawfile",
+        GuestOpts {
+            extra_disks: vec![raw.clone()],
+            ..Default::default()
+        },
+    );
+    let disks = [("vda", g.disk.as_path()), ("vdb", raw.as_path())];
+    let (_, refs) = backup_all_paused(&env, &g, &disks);
+    scribble(&raw, 30, 2);
+    let after_point = sha256(&raw);
+    let argv = [
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--in-place",
+        "--shutdown-timeout",
+        "2",
+    ];
+
+    // Killed while the disks are being rebuilt: the domain still runs on its old file,
+    // which nothing has written.
+    let killed = env.snapback_crash(&argv, "restore:rebuilding:converting");
+    let name = killed.stdout.lines().next().unwrap().trim().to_string();
+    assert_eq!(g.state(), "running");
+    assert!(defined_disk(&g.name, "vdb").contains(&format!("file='{}'", raw.display())));
+    assert_eq!(sha256(&raw), after_point);
+
+    let out = env.snapback(&["resume", "--target", &env.target]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = env.read_restore(&name).status.unwrap();
+    assert_eq!(s.phase, RestorePhase::Succeeded, "{:?}", s.failure);
+    let vdb = s.disks.iter().find(|d| d.name == "vdb").unwrap();
+    let restored = Path::new(&vdb.path);
+    assert_eq!(
+        restored.parent(),
+        g.disk.parent(),
+        "beside the domain's first disk, as every in-place restore"
+    );
+    let xml = defined_disk(&g.name, "vdb");
+    assert!(
+        xml.contains(&format!("file='{}'", restored.display())) && xml.contains("type='raw'"),
+        "the domain is repointed to a raw file:\n{xml}"
+    );
+    compare_raw_with(&refs[1], "raw", restored);
+    assert_sparse(restored, 64 * MIB, 16 * MIB);
+    // The old file was renamed aside only once the new one was verified, and never written.
+    let kept = PathBuf::from(format!("{}.snapback-replaced-{name}", raw.display()));
+    assert!(s.replaced_disks.contains(&kept.display().to_string()));
+    assert_eq!(sha256(&kept), after_point);
+    assert!(!raw.exists());
 }
 
 fn sha256(path: &Path) -> String {
@@ -320,10 +417,7 @@ fn raw_copy(env: &Env, path: &Path) -> PathBuf {
 
 /// The disk vda of the domain's persistent definition.
 fn defined_vda(g: &Guest) -> String {
-    let xml = virsh_ok(&["dumpxml", "--inactive", &g.name]);
-    let at = xml.find("<target dev='vda'").unwrap();
-    let start = xml[..at].rfind("<disk ").unwrap();
-    xml[start..at].to_string()
+    defined_disk(&g.name, "vda")
 }
 
 fn restart(g: &Guest) {
@@ -427,19 +521,9 @@ fn changed_block_tracking_makes_a_block_disks_backups_incremental_from_the_next_
     let at = s.snapshot_time.unwrap().to_string();
     let out = env.restore_as(&g.name, &at, &copy, &restored_dir);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let restored = restored_dir.join(format!("{copy}-vda.qcow2"));
-    run_ok(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            reference.to_str().unwrap(),
-            restored.to_str().unwrap(),
-        ],
-    );
+    // The disk under the overlay was raw to its user, so it comes back raw.
+    let restored = restored_dir.join(format!("{copy}-vda.raw"));
+    compare_raw_with(&reference, "raw", &restored);
 
     // Killed right after the bare device is defined again: the domain keeps running on the
     // overlay until it restarts, then boots on the device, and the overlay is removed.

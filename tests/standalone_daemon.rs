@@ -468,3 +468,142 @@ fn the_daemon_verifies_on_its_verify_schedule_and_marks_a_damaged_point_on_its_r
     let log = std::fs::read_to_string(env.dir.join("daemon.log")).unwrap();
     assert!(log.contains("1 broken"), "{log}");
 }
+
+/// A raw copy of a raw file or block device as it is now.
+fn raw_copy(env: &Env, disk: &std::path::Path) -> std::path::PathBuf {
+    let copy = env.dir.join(unique("ref"));
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            disk.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+    );
+    copy
+}
+
+#[test]
+fn the_daemon_backs_up_a_domain_on_a_raw_file_and_a_block_device_whole_and_it_restores_byte_exact()
+{
+    use snapback::api::{BackupType, FullReason};
+    let env = Env::new();
+    let raw = env.dir.join("vda.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(128 * MIB)
+        .unwrap();
+    let lo = LoopDevice::new(&env.dir.join("vdb.img"), 32);
+    run_ok(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", lo.dev.display()),
+            "bs=1M",
+            "seek=3",
+            "count=4",
+            "conv=notrunc,fsync",
+            "status=none",
+        ],
+    );
+    let g = Guest::new(
+        "sbd-raw",
+        GuestOpts {
+            own_disk: Some(raw.clone()),
+            extra_disks: vec![lo.dev.clone()],
+            ..Default::default()
+        },
+    );
+    let cfg = write_config(&env, "nightly", &g.name, "0 2 * * *", "");
+    let clock = FakeClock(env.dir.join("clock"));
+    clock.set("2026-03-01 01:58:00");
+    let mut d = start_with(&env, &cfg, &clock.env());
+    let store = FileStore::new(&env.state);
+    wait(&env, "the daemon to see the policy", 60, || {
+        store
+            .read::<snapback::api::BackupPolicy>("backuppolicies", "nightly")
+            .ok()
+            .and_then(|p| p.status)
+            .and_then(|s| s.last_schedule_time)
+    });
+
+    // Paused from before the tick until the run is over: the copies are what it backs up.
+    let w = g.writes();
+    g.wait_for_writes(w + 2);
+    virsh_ok(&["suspend", &g.name]);
+    let refs = [raw_copy(&env, &raw), raw_copy(&env, &lo.dev)];
+    clock.set("2026-03-01 02:00:30");
+    let run = wait(&env, "the 02:00 run", 180, || {
+        store
+            .backup_runs()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+    });
+    virsh_ok(&["resume", &g.name]);
+    let s = run.status.unwrap();
+    assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+    assert_eq!(s.type_, Some(BackupType::Full));
+    assert_eq!(s.full_reason, Some(FullReason::NoBitmapSupport));
+    for disk in &s.disks {
+        assert_eq!(
+            disk.full_reason,
+            Some(FullReason::NoBitmapSupport),
+            "{}",
+            disk.name
+        );
+    }
+    assert!(g.checkpoints().is_empty(), "no disk can hold a bitmap");
+    let vda = &s.disks[0];
+    assert!(
+        vda.export_bytes < vda.virtual_size / 2,
+        "the raw file's zeros are not stored: {} of {}",
+        vda.export_bytes,
+        vda.virtual_size
+    );
+
+    // A RestoreRequest through the daemon: each disk comes back as a raw file, byte-exact.
+    let storage = env.dir.join("restored");
+    std::fs::create_dir_all(&storage).unwrap();
+    let new_name = format!("{}-r", g.name);
+    let _cleanup = Defined(new_name.clone());
+    std::fs::write(
+        cfg.join("restore.yaml"),
+        format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: RestoreRequest\nmetadata: {{name: bring-back}}\nspec:\n  domain: {}\n  targetRef: local\n  newName: {new_name}\n  storageDir: {}\n",
+            g.name,
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let rr: RestoreRequest = wait(&env, "the restore request", 180, || {
+        store
+            .read::<RestoreRequest>("restorerequests", "bring-back")
+            .ok()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+    });
+    let rs = rr.status.unwrap();
+    assert_eq!(rs.phase, RestorePhase::Succeeded, "{:?}", rs.failure);
+    for (disk, reference) in rs.disks.iter().zip(&refs) {
+        assert!(disk.path.ends_with(".raw"), "{}", disk.path);
+        run_ok(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                reference.to_str().unwrap(),
+                &disk.path,
+            ],
+        );
+    }
+    d.kill().unwrap();
+    d.wait().unwrap();
+}

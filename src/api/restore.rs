@@ -63,6 +63,32 @@ pub struct RestoreRequestSpec {
     /// other signature `blkid` knows.
     #[serde(default)]
     pub overwrite: bool,
+    /// The format of each restored disk file. Unset, a disk keeps the format it had: a raw
+    /// file or block disk comes back as a sparse raw file (as does one under a
+    /// changed-block tracking overlay), a qcow2 disk as a standalone qcow2 file. Disks in
+    /// `targetDevices` are written raw onto their device whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<DiskFormat>,
+}
+
+/// The format of a restored disk file. In a spec, unset keeps each disk's own: a raw file
+/// or block disk comes back as a sparse raw file, a qcow2 disk as a standalone qcow2 file.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// A sparse raw image: only the written parts take space.
+    Raw,
+    /// A standalone qcow2 image (no backing file).
+    Qcow2,
+}
+
+impl DiskFormat {
+    /// The name qemu-img and libvirt use for it.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
 }
 
 fn default_shutdown_timeout() -> u32 {
@@ -111,12 +137,27 @@ pub struct RestoredDisk {
     pub name: String,
     pub path: String,
     pub virtual_size: u64,
-    /// Every fetched export matched its checksum and `qemu-img check` passed on the result.
+    /// Every fetched export matched its checksum, and the result passed `qemu-img check`
+    /// (qcow2) or compared equal to the rebuilt chain (a raw file or device).
     pub verified: bool,
     /// `path` is a block device named in `targetDevices`: written in place, compared with the
     /// rebuilt image, and never removed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub device: bool,
+    /// The format of the restored file (unset on a device, which is always raw). Restores
+    /// recorded before this field existed made qcow2 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+}
+
+impl RestoredDisk {
+    /// The restored file's format, or raw for a device.
+    pub fn format(&self) -> DiskFormat {
+        match (self.device, self.format) {
+            (true, _) => DiskFormat::Raw,
+            (false, f) => f.unwrap_or(DiskFormat::Qcow2),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]

@@ -355,6 +355,10 @@ pub struct BackupRunStatus {
     pub disks: Vec<RunDisk>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging_dir: Option<String>,
+    /// LVM snapshots (`VG/NAME`) taken of a shut-off domain's logical volumes for their
+    /// export: recorded before each is created, gone once the run ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lvm_snapshots: Vec<String>,
     /// The target URL with any password removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_url: Option<String>,

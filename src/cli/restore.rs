@@ -9,7 +9,9 @@ use kube::api::ObjectMeta;
 use super::backup::CommonArgs;
 use super::progress::stderr_reporter;
 use super::target_args::TargetArgs;
-use crate::api::{BackupType, FailureReason, RestorePhase, RestoreRequest, RestoreRequestSpec};
+use crate::api::{
+    BackupType, DiskFormat, FailureReason, RestorePhase, RestoreRequest, RestoreRequestSpec,
+};
 use crate::catalog::layout;
 use crate::catalog::points::list_sets;
 use crate::catalog::select::RestorePoint;
@@ -70,8 +72,28 @@ pub struct RestoreArgs {
     /// Allow --to-device to write over a device that holds a filesystem or partition table
     #[arg(long, requires = "to_device")]
     pub overwrite: bool,
+    /// The format of the restored disk files; by default each disk keeps its own (a raw file
+    /// or block disk comes back as a sparse raw file, a qcow2 disk as qcow2)
+    #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "files")]
+    pub format: Option<FormatArg>,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// `--format`: the format of restored disk files.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FormatArg {
+    Raw,
+    Qcow2,
+}
+
+impl From<FormatArg> for DiskFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Raw => DiskFormat::Raw,
+            FormatArg::Qcow2 => DiskFormat::Qcow2,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +209,7 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
             shutdown_timeout_seconds: args.shutdown_timeout,
             target_devices: args.to_device.iter().cloned().collect(),
             overwrite: args.overwrite,
+            disk_format: args.format.map(DiskFormat::from),
         },
         status: None,
     };

@@ -206,3 +206,30 @@ async fn a_domain_gone_during_the_run_fails_domain_not_found_without_touching_ot
         .collect();
     assert!(touched.is_empty(), "only looked up: {touched:?}");
 }
+
+#[tokio::test]
+async fn a_failed_run_forgets_an_lvm_snapshot_it_recorded_once_lvm_says_it_is_gone() {
+    // Recorded before lvcreate, as the export does; no such volume group exists here (nor,
+    // on a host without LVM, any lvs to ask), so removing it finds nothing to remove.
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let fake = FakeSource::new();
+    let uuid = fake.add(VM_XML, DomainState::Running);
+    let mut r = run_in(BackupPhase::Snapshotting, &uuid, &staging);
+    r.status.as_mut().unwrap().lvm_snapshots = vec!["snapback-no-such-vg/snapback-0-vda".into()];
+    fake.fail_next("begin_backup", "qemu said no");
+
+    let (done, _) = run(&fake, r, dir.path(), false).await;
+
+    assert_eq!(
+        failure(&done),
+        (BackupPhase::Failed, Some(FailureReason::BackupJobFailed))
+    );
+    let s = done.status.unwrap();
+    assert!(s.lvm_snapshots.is_empty(), "{:?}", s.lvm_snapshots);
+    assert!(
+        !s.failure.unwrap().message.contains("LVM"),
+        "cleanup had nothing to complain of"
+    );
+}

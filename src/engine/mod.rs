@@ -7,6 +7,7 @@ pub mod decide;
 #[cfg(test)]
 mod fake_tests;
 pub mod history;
+pub mod lvm;
 pub mod plan;
 mod steps;
 

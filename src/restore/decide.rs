@@ -109,6 +109,7 @@ mod tests {
             virtual_size: 1,
             verified,
             device: false,
+            format: None,
         }
     }
 

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::api::{FailureReason, RestoreRequestSpec, RestoredDisk};
+use crate::api::{DiskFormat, FailureReason, RestoreRequestSpec, RestoredDisk, RunDisk};
 use crate::catalog::layout;
 use crate::catalog::manifest::Manifest;
 use crate::error::StepError;
+use crate::libvirt::domain_xml::is_cbt_overlay;
 
 /// Where restored disks go when nothing says otherwise.
 pub const DEFAULT_STORAGE: &str = "/var/lib/libvirt/images";
@@ -44,8 +45,22 @@ pub fn storage_dir(spec: &RestoreRequestSpec, original_first_disk: Option<&str>)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE))
 }
 
-/// One restored disk per disk of the point: `<domain>-<disk>.qcow2` for a new domain, with
-/// `-restored-<request>` in place, so the original's files are never overwritten.
+/// The format a disk's restored file gets: the one the spec asks for, else the disk's own.
+/// A raw file or block disk was raw to its user, and so was one under a changed-block
+/// tracking overlay (the overlay only held its bitmaps): each comes back raw.
+pub fn file_format(spec: &RestoreRequestSpec, disk: &RunDisk) -> DiskFormat {
+    if let Some(f) = spec.disk_format {
+        return f;
+    }
+    if disk.format == "raw" || is_cbt_overlay(&disk.source) {
+        DiskFormat::Raw
+    } else {
+        DiskFormat::Qcow2
+    }
+}
+
+/// One restored disk per disk of the point: `<domain>-<disk>.qcow2` (or `.raw`) for a new
+/// domain, with `-restored-<request>` in place, so the original's files are never overwritten.
 pub fn restored_disks(
     spec: &RestoreRequestSpec,
     request: &str,
@@ -63,14 +78,16 @@ pub fn restored_disks(
         .iter()
         .map(|d| {
             let device = spec.target_devices.get(&d.name);
+            let format = file_format(spec, d);
             RestoredDisk {
                 name: d.name.clone(),
                 path: device.cloned().unwrap_or_else(|| {
                     storage
                         .join(format!(
-                            "{}-{}{suffix}.qcow2",
+                            "{}-{}{suffix}.{}",
                             layout::domain_dir(&base),
-                            d.name
+                            d.name,
+                            format.qemu_name()
                         ))
                         .display()
                         .to_string()
@@ -78,6 +95,7 @@ pub fn restored_disks(
                 virtual_size: d.virtual_size,
                 verified: false,
                 device: device.is_some(),
+                format: device.is_none().then_some(format),
             }
         })
         .collect()
@@ -203,6 +221,45 @@ mod tests {
             .insert("vda".into(), "/dev/vg/new".into());
         let d = restored_disks(&onto, "req", &manifest, &dir);
         assert_eq!((d[0].path.as_str(), d[0].device), ("/dev/vg/new", true));
+        assert_eq!(d[0].format(), DiskFormat::Raw);
+    }
+
+    #[test]
+    fn a_disk_comes_back_in_its_own_format_unless_the_spec_names_one() {
+        let disk = |format: &str, source: &str| RunDisk {
+            name: "vda".into(),
+            source: source.into(),
+            format: format.into(),
+            ..Default::default()
+        };
+        let qcow2 = disk("qcow2", "/vms/web.qcow2");
+        let raw_file = disk("raw", "/vms/web.img");
+        let block = disk("raw", "/dev/vg/web");
+        let overlay = disk("qcow2", "/cbt/web-vda.snapback-cbt.qcow2");
+        let unset = spec(Some("c"), false, None);
+        let rows = [
+            (&qcow2, None, DiskFormat::Qcow2),
+            (&raw_file, None, DiskFormat::Raw),
+            (&block, None, DiskFormat::Raw),
+            (&overlay, None, DiskFormat::Raw),
+            (&raw_file, Some(DiskFormat::Qcow2), DiskFormat::Qcow2),
+            (&qcow2, Some(DiskFormat::Raw), DiskFormat::Raw),
+        ];
+        for (d, asked, want) in rows {
+            let mut s = unset.clone();
+            s.disk_format = asked;
+            assert_eq!(file_format(&s, d), want, "{} asked {asked:?}", d.source);
+        }
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "snapback.dev/v1alpha1", "run": "r1", "domain": "web",
+            "type": "Full", "chain": "r1", "chainIndex": 0, "online": true,
+            "disks": [{"name": "vdb", "source": "/vms/data.img", "format": "raw",
+                "virtualSize": 1024, "exportFile": "r1.vdb.qcow2"}]
+        }))
+        .unwrap();
+        let d = restored_disks(&spec(None, true, None), "req", &manifest, Path::new("/vms"));
+        assert_eq!(d[0].path, "/vms/web-vdb-restored-req.raw");
+        assert_eq!(d[0].format, Some(DiskFormat::Raw));
     }
 
     #[test]

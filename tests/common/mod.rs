@@ -385,6 +385,34 @@ fn disk_element(p: &Path, dev: &str) -> String {
     )
 }
 
+pub const MIB: u64 = 1 << 20;
+
+/// A loop device over a sparse file of `mib` MiB, detached when the test ends.
+pub struct LoopDevice {
+    pub dev: PathBuf,
+}
+
+impl LoopDevice {
+    pub fn new(file: &Path, mib: u64) -> LoopDevice {
+        std::fs::File::create(file)
+            .unwrap()
+            .set_len(mib * MIB)
+            .unwrap();
+        let dev = run_ok("losetup", &["-f", "--show", file.to_str().unwrap()]);
+        LoopDevice {
+            dev: PathBuf::from(dev.trim()),
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", self.dev.to_str().unwrap()])
+            .status();
+    }
+}
+
 /// A domain a test made by restoring, removed with its firmware state when the test ends,
 /// passed or not.
 pub struct Defined(pub String);

@@ -52,6 +52,9 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 self.lc.status_mut().guest_frozen = false;
             }
         }
+        if let Err(e) = self.remove_lvm_snapshots().await {
+            problems.push(e.message);
+        }
         if let Err(e) = self.source.release(&id).await {
             problems.push(format!("remove what the job was given: {e}"));
         }

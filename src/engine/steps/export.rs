@@ -161,6 +161,8 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
 
     /// Exports each disk of a shut-off domain with qemu-img, honouring the depth rule.
     async fn export_offline(&mut self) -> Result<(), StepError> {
+        // Snapshots an earlier attempt of this run took (it died or failed mid-export).
+        self.remove_lvm_snapshots().await?;
         let view = self.source.domain(&self.domain_id()).await?;
         let dir = self.staging();
         let depth = self.lc.record.spec.depth;
@@ -199,15 +201,20 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                     base.format.clone(),
                 ]);
             }
+            let snapshot = self.lvm_snapshot(&disk).await?;
+            let read = snapshot
+                .as_ref()
+                .map(|s| s.device())
+                .unwrap_or_else(|| disk.source().to_string());
             argv.extend([
                 "-f".into(),
                 disk.format().to_string(),
-                disk.source().to_string(),
+                read,
                 part.display().to_string(),
             ]);
             let report = &self.lc.report;
             let vsize = d.virtual_size;
-            run_qemu_img(
+            let exported = run_qemu_img(
                 &argv,
                 FailureReason::BackupJobFailed,
                 FailureReason::StagingFull,
@@ -220,7 +227,14 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                     });
                 },
             )
-            .await?;
+            .await;
+            let checked = match &snapshot {
+                Some(snap) => self.after_lvm_export(snap).await,
+                None => Ok(()),
+            };
+            // The export's own failure first: it says more than the snapshot's.
+            exported?;
+            checked?;
             std::fs::rename(&part, &dest)
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
             base_done += vsize;

@@ -11,6 +11,8 @@ use crate::state_dir;
 
 impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     pub(crate) async fn finalize(&mut self) -> Result<(), StepError> {
+        // Each is removed after its export; one is left only by a run that died in between.
+        self.remove_lvm_snapshots().await?;
         if self.lc.status().online && self.lc.status().checkpoint.is_some() {
             self.prune_checkpoints().await?;
         }

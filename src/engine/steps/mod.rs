@@ -7,6 +7,7 @@ mod export;
 mod files;
 mod finalize;
 mod firmware;
+mod lvm;
 mod prepare;
 mod reconcile;
 mod snapshot;

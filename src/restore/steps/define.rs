@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::io_err;
-use crate::api::{FailureReason, RestorePhase, RestoreRequest};
+use crate::api::{DiskFormat, FailureReason, RestorePhase, RestoreRequest};
 use crate::catalog::manifest::domain_xml_name;
 use crate::error::StepError;
 use crate::hooks::HookStage;
@@ -37,8 +37,14 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         let disks = &self.lc.status().disks;
         disks
             .iter()
-            .filter(|d| d.device)
-            .map(|d| (d.name.clone(), Placement::RawBlock))
+            .map(|d| {
+                let placement = match (d.device, d.format()) {
+                    (true, _) => Placement::RawBlock,
+                    (false, DiskFormat::Raw) => Placement::RawFile,
+                    (false, DiskFormat::Qcow2) => Placement::Qcow2File,
+                };
+                (d.name.clone(), placement)
+            })
             .collect()
     }
 

@@ -2,7 +2,7 @@
 //! disk, and check it; then the endRecovery hooks.
 
 use super::io_err;
-use crate::api::{FailureReason, RestorePhase, RestoreRequest};
+use crate::api::{DiskFormat, FailureReason, RestorePhase, RestoreRequest};
 use crate::error::StepError;
 use crate::hooks::HookStage;
 use crate::lifecycle::{Event, Journal};
@@ -87,10 +87,13 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 continue;
             }
             let part = format!("{}.part", d.path);
-            let argv: Vec<String> = ["convert", "-p", "-O", "qcow2", "-f", "qcow2"]
+            let format = d.format().qemu_name();
+            // Converted into a new file, so qemu-img leaves every zero region of a raw one
+            // as a hole: the file takes the disk's data, not its size.
+            let argv: Vec<String> = ["convert", "-p", "-O", format, "-f", "qcow2"]
                 .iter()
                 .map(|s| s.to_string())
-                .chain([top, part.clone()])
+                .chain([top.clone(), part.clone()])
                 .collect();
             qemu_img::run_qemu_img(
                 &argv,
@@ -99,7 +102,13 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 progress,
             )
             .await?;
-            qemu_img::check(&part).await?;
+            if d.format() == DiskFormat::Raw {
+                // A raw file has no metadata for `qemu-img check` to read: its content is
+                // compared with the rebuilt chain instead.
+                compare(&top, &part).await?;
+            } else {
+                qemu_img::check(&part).await?;
+            }
             std::fs::rename(&part, &d.path)
                 .map_err(|e| io_err("cannot move the rebuilt disk in place", e))?;
             d.verified = true;
@@ -119,4 +128,26 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         .await?;
         self.lc.enter(RestorePhase::Defining).await
     }
+}
+
+/// Whether the raw file `raw` holds exactly what the qcow2 image `top` does.
+async fn compare(top: &str, raw: &str) -> Result<(), StepError> {
+    let argv: Vec<String> = ["compare", "-f", "qcow2", "-F", "raw"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([top.to_string(), raw.to_string()])
+        .collect();
+    qemu_img::run_qemu_img(
+        &argv,
+        FailureReason::VerificationFailed,
+        FailureReason::StorageFull,
+        |_| {},
+    )
+    .await
+    .map_err(|e| {
+        StepError::new(
+            FailureReason::VerificationFailed,
+            format!("{raw} does not hold the restored disk: {}", e.message),
+        )
+    })
 }
