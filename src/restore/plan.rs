@@ -78,6 +78,7 @@ pub fn restored_disks(
                 virtual_size: d.virtual_size,
                 verified: false,
                 device: device.is_some(),
+                ..Default::default()
             }
         })
         .collect()

@@ -216,6 +216,7 @@ async fn restore_defined(mem: &MemStore, dir: &Path, fake: &FakeSource) -> Resto
             virtual_size: 1 << 20,
             verified: true,
             device: false,
+            ..Default::default()
         }],
         ..Default::default()
     });

@@ -5,6 +5,7 @@ mod define;
 mod devices;
 mod fetch;
 mod firmware;
+mod place;
 mod rebuild;
 mod recover;
 mod resolve;
