@@ -7,7 +7,8 @@
 //! this host), which must equal the paused guest's disk byte for byte and boot as a libvirt
 //! domain. The worker is killed with SIGKILL mid-upload and the next one finishes the
 //! restore; one killed right after it created the new VM, whose RestoreRequest is then
-//! deleted, leaves nothing behind.
+//! deleted, leaves nothing behind. In place, the running VM is stopped, repointed to the
+//! restored DataVolume and runs again on it, its old claim kept.
 
 mod apiserver;
 mod common;
@@ -224,7 +225,7 @@ fn back_up(w: &World) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_kubevirt_vm_is_restored_as_a_new_vm_whose_datavolume_holds_the_point_and_boots_even_after_a_kill_mid_upload(
+fn a_kubevirt_vm_is_restored_as_a_new_vm_that_holds_the_point_and_boots_after_a_kill_mid_upload_then_in_place(
 ) {
     let w = world();
     let reference = back_up(&w);
@@ -343,6 +344,67 @@ fn a_kubevirt_vm_is_restored_as_a_new_vm_whose_datavolume_holds_the_point_and_bo
         "only the first restore's VM and disk stay"
     );
 
+    // In place: the running VM is stopped (its instance gone), repointed to a DataVolume of
+    // the restored disk and given its run strategy back; its old claim is kept and listed.
+    w.api.create_all(&[json!({
+        "apiVersion": "snapback.dev/v1alpha1", "kind": "RestoreRequest",
+        "metadata": {"name": "back", "namespace": NS, "labels": {"snapback.dev/kubevirt": "true"}},
+        "spec": {"domain": format!("{NS}/web"), "targetRef": "local", "inPlace": true},
+    })]);
+    let next = worker(&w, "worker-f", None);
+    let r = finished(&w, RESTORE, "back", "worker-f");
+    assert_eq!(
+        r["status"]["phase"],
+        "Succeeded",
+        "{r:#}\n{}",
+        log_of(&w, "worker-f")
+    );
+    stop(next);
+    assert_eq!(r["status"]["wasRunning"], true);
+    assert_eq!(
+        r["status"]["replacedDisks"],
+        json!(["web-rootdisk"]),
+        "{r:#}"
+    );
+    assert!(
+        w.fake.get(PVC, NS, "web-rootdisk").is_some(),
+        "the old claim is kept"
+    );
+    let vm = w.fake.get(VM, NS, "web").unwrap();
+    assert_eq!(vm["spec"]["runStrategy"], "Always", "its run strategy back");
+    let t = &vm["spec"]["template"]["spec"];
+    assert_eq!(
+        t["volumes"][0],
+        json!({"name": "rootdisk", "dataVolume": {"name": "web-rootdisk-back"}})
+    );
+    assert_eq!(
+        t["domain"], o["domain"],
+        "in place, its identity (UUID, MACs) stays"
+    );
+    assert!(
+        vm["metadata"]["labels"]
+            .get("snapback.dev/restore")
+            .is_none(),
+        "the VM is the user's, not the restore's"
+    );
+    // It runs again, on the DataVolume's disk.
+    let restored = w.fake.pvc_dir(NS, "web-rootdisk-back").join("disk.img");
+    wait_until(
+        "the VM to run on the restored disk",
+        120,
+        &|| format!("{:?}", w.fake.errors()),
+        || {
+            let vmi = w.fake.get(VMI, NS, "web")?;
+            let on = w.guest.disk_sources() == vec![restored.display().to_string()];
+            (vmi["status"]["phase"] == "Running" && on).then_some(())
+        },
+    );
+    // Outside the window the guest writes to again, it holds the point.
+    let window = 64 << 20;
+    let got = std::fs::read(&restored).unwrap();
+    let want = std::fs::read(&reference).unwrap();
+    assert!(got.len() == want.len() && got[..window] == want[..window]);
+
     // Every grant the chart gives the worker is used by some request.
     let mut unused: Vec<String> = w
         .api
@@ -353,8 +415,6 @@ fn a_kubevirt_vm_is_restored_as_a_new_vm_whose_datavolume_holds_the_point_and_bo
         .filter(|g| g != "patch events.k8s.io/events")
         // The passphrase Secret of an encrypted target: tests/kubevirt_worker.rs.
         .filter(|g| !(g.starts_with("get ") && g.ends_with("secrets")))
-        // Repointing a VM in place is not exercised here yet.
-        .filter(|g| g != "update kubevirt.io/virtualmachines")
         .collect();
     unused.sort();
     assert_eq!(unused, Vec::<String>::new());
