@@ -86,6 +86,8 @@ pub mod reason {
     pub const PRUNED: &str = "Pruned";
     pub const DOMAIN_RUNNING: &str = "DomainRunning";
     pub const RENAMED: &str = "Renamed";
+    /// In place on KubeVirt: the VM's old claims were left as they were, repointed from.
+    pub const LEFT_AS_THEY_WERE: &str = "LeftAsTheyWere";
     pub const RESTORED: &str = "Restored";
     pub const NOT_IN_BACKUP: &str = "NotInBackup";
     pub const MISSING_ON_HOST: &str = "MissingOnHost";

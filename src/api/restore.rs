@@ -144,6 +144,13 @@ pub struct RestoredDisk {
     /// rebuilt image, and never removed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub device: bool,
+    /// Where the disk is placed for the VM (KubeVirt: the DataVolume it is uploaded into),
+    /// named before it is made: a resumed restore adopts it, a failed one deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_as: Option<String>,
+    /// The rebuilt disk is in `placedAs`, whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placed: bool,
     /// The format of the restored file (unset on a device, which is always raw). Restores
     /// recorded before this field existed made qcow2 files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,7 +207,8 @@ pub struct RestoreRequestStatus {
     /// In place: the domain has been redefined on the restored disks.
     #[serde(default)]
     pub swapped: bool,
-    /// In place: where the replaced disks were kept (renamed, not deleted).
+    /// In place: where the replaced disks were kept (renamed, not deleted; a KubeVirt VM's
+    /// old claims, left as they were).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced_disks: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,8 @@
-//! `snapback kubevirt-worker`: backs up KubeVirt VMs. It drives the BackupRuns the controller
-//! labels `snapback.dev/kubevirt` through KubeVirt's backup API, with the same engine and
-//! phases as a node agent, and needs no node access. One replica works at a time (a Lease):
-//! two would take one VM's backup twice.
+//! `snapback kubevirt-worker`: backs up and restores KubeVirt VMs. It drives the BackupRuns
+//! the controller labels `snapback.dev/kubevirt` through KubeVirt's backup API, and the
+//! RestoreRequests labelled so through CDI uploads and KubeVirt's VirtualMachines, with the
+//! same engines and phases as a node agent, and needs no node access. One replica works at a
+//! time (a Lease): two would take one VM's backup twice.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use clap::Args;
 use tracing::{error, info, warn};
 
 use super::cluster::{start_elected, Elected};
-use crate::api::BackupRun;
+use crate::api::{BackupRun, RestoreRequest};
 use crate::cluster::agent::{Agent, AgentConfig};
 use crate::cluster::kube_api::KubeStore;
 use crate::cluster::labels;
@@ -23,8 +24,8 @@ pub struct KubeVirtWorkerArgs {
     /// Only this namespace (default: all namespaces)
     #[arg(long, env = "SNAPBACK_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Staging for the fetched backup files, and the run locks (a volume as big as the
-    /// largest VM's disks)
+    /// Staging for the fetched backup files, restores' rebuilt disks, and the run locks (a
+    /// volume as big as the largest VM's disks)
     #[arg(long, default_value = "/var/lib/snapback", env = "SNAPBACK_STATE_DIR")]
     pub state_dir: PathBuf,
     /// The storage class of the volumes KubeVirt writes backups into (default: the
@@ -81,6 +82,12 @@ pub async fn kubevirt_worker(args: KubeVirtWorkerArgs) -> i32 {
         .await
     {
         warn!("{e}; its runs are listed every poll instead");
+    }
+    if let Err(e) = kube
+        .watch::<RestoreRequest>(args.namespace.as_deref(), &mine, Duration::from_secs(30))
+        .await
+    {
+        warn!("{e}; its restores are listed every poll instead");
     }
     let agent = Agent::kubevirt(
         Retrying::new(kube, RetryPolicy::default()),

@@ -11,5 +11,6 @@
 
 pub mod eligible;
 pub mod naming;
+pub mod restore_spec;
 pub mod transfer;
 pub mod types;

@@ -48,6 +48,15 @@ pub fn tracker(target: &str, vm: &VmRef) -> String {
     format!("{}-{h}", readable.trim_end_matches('-'))
 }
 
+/// The DataVolume a restore fills for one volume: `<new VM>-<volume>` for a new VM; in place
+/// `<vm>-<volume>-<request>`, beside the claim it replaces (kept, so its name stays taken).
+pub fn restored_volume(vm: &str, volume: &str, in_place_request: Option<&str>) -> String {
+    match in_place_request {
+        None => object_name(&format!("{vm}-{volume}")),
+        Some(r) => object_name(&format!("{vm}-{volume}-{r}")),
+    }
+}
+
 /// KubeVirt's timestamp in names and paths: the backup's creation time in UTC, Go layout
 /// `2006-01-02_15-04-05` (pkg/virt-launcher/virtwrap/storage/backup.go).
 fn stamp(created: Timestamp) -> String {

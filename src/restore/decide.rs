@@ -26,6 +26,9 @@ pub enum Step {
     Fetch(Vec<usize>),
     /// Rebuild these disks (indexes into `disks`), then run the endRecovery hooks.
     Rebuild(Vec<usize>),
+    /// Place these rebuilt disks (indexes into `disks`) where the VM will read them (KubeVirt:
+    /// upload each into its DataVolume), before the VM is defined or swapped onto them.
+    Place(Vec<usize>),
     /// Define the new domain from the backup's XML under the UUID recorded first.
     DefineNew,
     /// In place: preRecovery hooks, save the original XML, shut the domain down and
@@ -62,6 +65,14 @@ pub fn decide(spec: &RestoreRequestSpec, s: &RestoreRequestStatus, o: &Observed)
                 .map(|(d, present)| d.verified && *present)
                 .collect();
             Step::Rebuild(todo(&done, s.disks.len()))
+        }
+        RestorePhase::Defining if s.disks.iter().any(|d| d.placed_as.is_some() && !d.placed) => {
+            let placed: Vec<bool> = s
+                .disks
+                .iter()
+                .map(|d| d.placed_as.is_none() || d.placed)
+                .collect();
+            Step::Place(todo(&placed, s.disks.len()))
         }
         RestorePhase::Defining if spec.in_place => {
             if s.swapped {
@@ -109,7 +120,7 @@ mod tests {
             virtual_size: 1,
             verified,
             device: false,
-            format: None,
+            ..Default::default()
         }
     }
 
@@ -214,6 +225,28 @@ mod tests {
                     ..Default::default()
                 },
                 Step::Defined,
+            ),
+            (
+                "placed disks: only the one not uploaded yet is placed, before the define",
+                false,
+                |s| {
+                    s.phase = RestorePhase::Defining;
+                    s.disks[0].placed_as = Some("web-copy-vda".into());
+                    s.disks[0].placed = true;
+                    s.disks[1].placed_as = Some("web-copy-vdb".into());
+                },
+                Observed::default(),
+                Step::Place(vec![1]),
+            ),
+            (
+                "in place: placed disks come before the swap",
+                true,
+                |s| {
+                    s.phase = RestorePhase::Defining;
+                    s.disks[1].placed_as = Some("web-vdb-r".into());
+                },
+                Observed::default(),
+                Step::Place(vec![1]),
             ),
             (
                 "in place: not swapped yet",

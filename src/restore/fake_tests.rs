@@ -63,7 +63,7 @@ fn status_in(phase: RestorePhase, dir: &Path) -> RestoreRequestStatus {
             virtual_size: 1 << 20,
             verified: true,
             device: false,
-            format: None,
+            ..Default::default()
         }],
         ..Default::default()
     }

@@ -177,6 +177,7 @@ impl<J: Journal<RestoreRequest>, S: Source> Stepper for RestoreEngine<'_, J, S> 
             Step::Resolve => self.resolve().await,
             Step::Fetch(todo) => self.fetch(todo).await,
             Step::Rebuild(todo) => self.rebuild(todo).await,
+            Step::Place(todo) => self.place(todo).await,
             Step::DefineNew => self.define_new().await,
             Step::Swap => self.swap().await,
             Step::Defined => self.defined().await,

@@ -96,6 +96,7 @@ pub fn restored_disks(
                 verified: false,
                 device: device.is_some(),
                 format: device.is_none().then_some(format),
+                ..Default::default()
             }
         })
         .collect()

@@ -20,12 +20,14 @@ pub mod fake;
 mod libvirt;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use fake::FakeSource;
 
 use crate::api::FirmwareKind;
+use crate::libvirt::domain_xml::Firmware;
+use crate::libvirt::xml_edit::XmlEdit;
 use crate::libvirt::{DomainView, JobState, LibvirtError};
 
 /// A push-mode backup of some disks of a running VM.
@@ -216,5 +218,56 @@ pub trait Source: Send + Sync {
     /// the export and its token), once the exports are safe or the run gave up.
     fn release(&self, _vm: &str) -> impl Future<Output = Result<(), LibvirtError>> + Send {
         async { Ok(()) }
+    }
+
+    // Restore. A source whose disks are not local files (KubeVirt) gets each rebuilt disk
+    // placed into storage of its own before the VM is defined on it.
+
+    /// The name of the object a restored disk is placed into (KubeVirt: a DataVolume),
+    /// chosen when the restore is resolved and recorded before it is made, so a resumed
+    /// restore adopts it and a failed one removes it. `None` where the rebuilt file is the
+    /// disk (libvirt). `new_vm` is the new VM's name, `None` in place.
+    fn placement_name(&self, _new_vm: Option<&str>, _disk: &str, _request: &str) -> Option<String> {
+        None
+    }
+
+    /// Copies a rebuilt disk into the object `placement_name` named; one whose copy finished
+    /// before is kept. `progress(done, total)` in bytes of the image.
+    fn place_disk(
+        &self,
+        _object: &str,
+        _image: &Path,
+        _virtual_size: u64,
+        _progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Removes a placed disk this restore made (on rollback); one it did not make stays.
+    fn remove_placed(
+        &self,
+        _object: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A saved definition as the restore defines it (new name and identity, or in place,
+    /// on the restored disks).
+    fn rewrite_definition(&self, saved: &str, edit: &XmlEdit) -> Result<String, String> {
+        crate::libvirt::xml_edit::rewrite(saved, edit)
+    }
+
+    /// The firmware a saved definition boots with (its files are restored with it).
+    fn saved_firmware(&self, saved: &str) -> Result<Firmware, String> {
+        crate::libvirt::domain_xml::parse_domain(saved)
+            .map(|f| f.firmware)
+            .map_err(|e| e.to_string())
+    }
+
+    /// In place: what the disks the original definition named are kept as, where they stay
+    /// as they are (KubeVirt's claims); `None` where the restore renames the old files
+    /// aside itself (libvirt).
+    fn kept_in_place(&self, _original: &str) -> Option<Vec<String>> {
+        None
     }
 }

@@ -321,6 +321,42 @@ impl KubevirtFake {
         left
     }
 
+    /// The VirtualMachines and DataVolumes in `ns` that carry a restore's label
+    /// (`snapback.dev/restore`), and the claims those DataVolumes own: what restores made.
+    pub fn made_by_restores(&self, ns: &str) -> Vec<String> {
+        let st = self.inner.store();
+        let mut made = Vec::new();
+        for kind in [VM, DATAVOLUME] {
+            for o in st.raw_list(kind, Some(ns)).0 {
+                if o["metadata"]["labels"]
+                    .get("snapback.dev/restore")
+                    .is_some()
+                {
+                    made.push(format!("{kind} {}", o["metadata"]["name"]));
+                }
+            }
+        }
+        for c in st.raw_list(PVC, Some(ns)).0 {
+            let owner = c["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| o["kind"] == "DataVolume")
+                .map(|o| store::s(o, "/name").to_string());
+            let by_restore = owner
+                .and_then(|dv| st.raw_get(DATAVOLUME, ns, &dv))
+                .is_none_or(|dv| {
+                    dv["metadata"]["labels"]
+                        .get("snapback.dev/restore")
+                        .is_some()
+                });
+            if c["metadata"]["ownerReferences"].is_array() && by_restore {
+                made.push(format!("{PVC} {}", c["metadata"]["name"]));
+            }
+        }
+        made
+    }
+
     /// The Events on the object `ns/name` (of any kind).
     pub fn events_for(&self, ns: &str, name: &str) -> Vec<Value> {
         self.inner

@@ -221,8 +221,101 @@ fn cbt_state(inner: &Inner, vm: &VmState) -> &'static str {
     }
 }
 
+/// virt-controller following each mapped VM's `spec.runStrategy` as a client set it: Halted
+/// stops a running VM (its instance goes), Always (or RerunOnFailure) starts a stopped one,
+/// on the claims its volumes name now (a volume repointed to another claim or DataVolume
+/// boots from that claim's `disk.img`, as a Filesystem-mode DataVolume holds its disk).
+fn follow_run_strategy(inner: &Arc<Inner>) {
+    let vms: Vec<VmState> = inner.vms.lock().unwrap().values().cloned().collect();
+    for vm in vms {
+        let Some(obj) = inner.store().raw_get(VM, &vm.ns, &vm.name) else {
+            continue;
+        };
+        match s(&obj, "/spec/runStrategy") {
+            "Halted" if vm.running => stop_locked(inner, &vm.ns, &vm.name),
+            "Always" | "RerunOnFailure" if !vm.running => {
+                if let Err(e) = repoint(inner, &vm, &obj) {
+                    inner.log_error(format!("VM {}/{}: {e}", vm.ns, vm.name));
+                    continue;
+                }
+                start_locked(inner, &vm.ns, &vm.name);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The claim a template volume reads (a DataVolume's claim has its name).
+fn claim_of(volume: &Value) -> Option<String> {
+    let c = s(volume, "/persistentVolumeClaim/claimName");
+    let d = s(volume, "/dataVolume/name");
+    [c, d].into_iter().find(|n| !n.is_empty()).map(String::from)
+}
+
+/// Points the stopped domain's disks at the claims the VM's volumes name now.
+fn repoint(inner: &Arc<Inner>, vm: &VmState, obj: &Value) -> Result<(), String> {
+    let volumes = obj["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut changed = Vec::new();
+    for (target, volume, claim) in &vm.volumes {
+        let now = volumes
+            .iter()
+            .find(|v| s(v, "/name") == volume)
+            .and_then(claim_of)
+            .ok_or_else(|| format!("volume {volume} has no claim"))?;
+        if &now != claim {
+            changed.push((target.clone(), now));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    // The old disks' bitmaps stay behind with them: libvirt's checkpoint records go.
+    for cp in libvirt::checkpoints(&vm.domain) {
+        libvirt::virsh(&["checkpoint-delete", &vm.domain, &cp, "--metadata"])?;
+    }
+    let mut xml = libvirt::virsh(&["dumpxml", "--inactive", &vm.domain])?;
+    let sources = libvirt::disks(&vm.domain);
+    for (target, claim) in &changed {
+        let disk = inner.pvc_dir(&vm.ns, claim).join("disk.img");
+        if !disk.is_file() {
+            return Err(format!("claim {claim} holds no disk.img"));
+        }
+        let (_, old) = sources
+            .iter()
+            .find(|(t, _)| t == target)
+            .ok_or_else(|| format!("the domain has no disk {target}"))?;
+        let at = xml
+            .find(&format!("file='{}'", old.display()))
+            .ok_or_else(|| format!("{} is not in the domain XML", old.display()))?;
+        let start = xml[..at].rfind("<disk ").unwrap();
+        let end = at + xml[at..].find("</disk>").unwrap();
+        let block = xml[start..end]
+            .replace(
+                &format!("file='{}'", old.display()),
+                &format!("file='{}'", disk.display()),
+            )
+            .replace("type='qcow2'", "type='raw'");
+        xml.replace_range(start..end, &block);
+    }
+    let file = inner.root.join(format!("{}-repointed.xml", vm.domain));
+    std::fs::write(&file, xml).map_err(|e| e.to_string())?;
+    libvirt::virsh(&["define", file.to_str().unwrap()])?;
+    let mut vms = inner.vms.lock().unwrap();
+    let state = vms.get_mut(&key(&vm.ns, &vm.name)).unwrap();
+    for (target, claim) in changed {
+        if let Some(v) = state.volumes.iter_mut().find(|v| v.0 == target) {
+            v.2 = claim;
+        }
+    }
+    Ok(())
+}
+
 /// Writes each VM's and VMI's status as virt-controller and virt-handler would.
 pub fn sync(inner: &Arc<Inner>) {
+    follow_run_strategy(inner);
     let vms: Vec<VmState> = inner.vms.lock().unwrap().values().cloned().collect();
     let st = inner.store();
     for vm in vms {
@@ -325,6 +418,13 @@ fn set_run_strategy(inner: &Inner, ns: &str, name: &str, strategy: &str) {
 
 pub fn stop(inner: &Arc<Inner>, ns: &str, name: &str) {
     let _pass = inner.pass.lock().unwrap();
+    stop_locked(inner, ns, name);
+    set_run_strategy(inner, ns, name, "Halted");
+}
+
+/// The domain powered off (the fake's guests do not answer ACPI shutdowns); the VMI goes
+/// once no backup is running on it.
+fn stop_locked(inner: &Arc<Inner>, ns: &str, name: &str) {
     let domain = {
         let mut vms = inner.vms.lock().unwrap();
         let vm = vms.get_mut(&key(ns, name)).expect("a mapped VM");
@@ -332,16 +432,20 @@ pub fn stop(inner: &Arc<Inner>, ns: &str, name: &str) {
         vm.domain.clone()
     };
     let _ = libvirt::virsh(&["destroy", &domain]);
-    set_run_strategy(inner, ns, name, "Halted");
 }
 
 pub fn start(inner: &Arc<Inner>, ns: &str, name: &str) {
     let _pass = inner.pass.lock().unwrap();
+    set_run_strategy(inner, ns, name, "Always");
+    start_locked(inner, ns, name);
+}
+
+/// The domain started and a new VMI made for it, as virt-handler does.
+fn start_locked(inner: &Arc<Inner>, ns: &str, name: &str) {
     let domain = inner.vms.lock().unwrap()[&key(ns, name)].domain.clone();
     if !libvirt::running(&domain) {
         libvirt::virsh(&["start", &domain]).expect("the VM's domain starts");
     }
-    set_run_strategy(inner, ns, name, "Always");
     let st = inner.store();
     // A new VMI: the old one, if the VM controller had not removed it yet, goes.
     let _ = st.raw_delete(VMI, ns, name);

@@ -185,11 +185,7 @@ impl<S: Store> Agent<S> {
                 warn!(object = %k, "{e}");
             }
         }
-        // Restores of KubeVirt VMs are not built yet: the worker takes none.
-        let mut restores: Vec<RestoreRequest> = match self.host {
-            Host::Libvirt(_) => self.store.list(ns, &sel).await?,
-            Host::KubeVirt { .. } => Vec::new(),
-        };
+        let mut restores: Vec<RestoreRequest> = self.store.list(ns, &sel).await?;
         restores.sort_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for r in restores {
             let k = key(&r);
@@ -514,12 +510,17 @@ impl Work for RestoreRequest {
     }
     async fn drive_kubevirt<S: Store>(
         self,
-        _store: &S,
-        _at: &KubeVirtAt<'_>,
-        _report: Reporter,
-        _cancel: watch::Receiver<bool>,
+        store: &S,
+        at: &KubeVirtAt<'_>,
+        report: Reporter,
+        cancel: watch::Receiver<bool>,
     ) -> Self {
-        // Never listed by the worker (see `tick`): restores of KubeVirt VMs are not built yet.
-        self
+        let place = crate::cluster::kubevirt::Place {
+            state_dir: at.state_dir,
+            storage_class: at.storage_class.clone(),
+            metrics: Some(at.metrics),
+            own_namespace: at.own_namespace.clone(),
+        };
+        crate::cluster::kubevirt::drive_restore(store, self, &place, report, cancel).await
     }
 }

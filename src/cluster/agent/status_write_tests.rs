@@ -216,7 +216,7 @@ async fn restore_defined(mem: &MemStore, dir: &Path, fake: &FakeSource) -> Resto
             virtual_size: 1 << 20,
             verified: true,
             device: false,
-            format: None,
+            ..Default::default()
         }],
         ..Default::default()
     });

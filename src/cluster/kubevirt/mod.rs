@@ -1,8 +1,10 @@
-//! The kubevirt-worker's side of the cluster: it drives BackupRuns of KubeVirt VMs (those
-//! labelled `snapback.dev/kubevirt`) through the same engine and phases as a node agent's
-//! runs, with a `KubeVirtSource` in place of the local libvirt. It needs no node access:
-//! KubeVirt takes the backup, and the files come to its staging dir over HTTPS.
+//! The kubevirt-worker's side of the cluster: it drives BackupRuns and RestoreRequests of
+//! KubeVirt VMs (those labelled `snapback.dev/kubevirt`) through the same engines and phases
+//! as a node agent's, with a `KubeVirtSource` in place of the local libvirt. It needs no node
+//! access: KubeVirt takes the backup and the files come to its staging dir over HTTPS; a
+//! restore rebuilds the disks in its work dir and uploads them through CDI.
 
+mod restore;
 pub mod source;
 
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::api::{BackupRun, FailureReason};
+use crate::api::{BackupRun, FailureReason, RestoreRequest, VmRef};
 use crate::cluster::agent::site::AgentSite;
 use crate::cluster::store::Store;
 use crate::driver::Driver;
@@ -76,6 +78,78 @@ pub async fn drive_run<S: Store>(
     // The end is written once more, in case a write during the run was lost.
     if let Err(e) = Journal::<BackupRun>::save(&site, &done).await {
         tracing::warn!(run = %name, "cannot record its end: {e}");
+    }
+    done
+}
+
+/// The VM a restore names, or why the worker refuses it (a pure check, before anything).
+fn restore_vm(req: &RestoreRequest, own_namespace: Option<&str>) -> Result<VmRef, String> {
+    let Some((ns, name)) = crate::catalog::layout::kubevirt_vm(&req.spec.domain) else {
+        return Err(format!(
+            "spec.domain {} does not name a KubeVirt VM as NAMESPACE/NAME",
+            req.spec.domain
+        ));
+    };
+    let req_ns = req.metadata.namespace.clone().unwrap_or_default();
+    if ns != req_ns && own_namespace != Some(req_ns.as_str()) {
+        // As for runs: whoever may create restores in one namespace must not write VMs of
+        // another's, nor read its disks back.
+        return Err(format!(
+            "the restore in namespace {req_ns} names VM {ns}/{name}: a restore may bring back the VMs of its own namespace only (or be in snapback's namespace)"
+        ));
+    }
+    if req.spec.hooks != crate::api::Hooks::default() || !req.spec.target_devices.is_empty() {
+        return Err(
+            "hooks and targetDevices have no KubeVirt counterpart: KubeVirt runs no \
+                    commands for snapback, and its disks are DataVolumes"
+                .to_string(),
+        );
+    }
+    Ok(VmRef {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// Drives one RestoreRequest of a KubeVirt VM (`spec.domain` is `NAMESPACE/NAME`) to its end
+/// (a resumed one from where it stopped), writing its status to the API as it goes.
+pub async fn drive_restore<S: Store>(
+    store: &S,
+    req: RestoreRequest,
+    place: &Place<'_>,
+    report: Reporter,
+    cancel: watch::Receiver<bool>,
+) -> RestoreRequest {
+    let site = AgentSite::new(store.clone(), place.state_dir.to_path_buf());
+    let vm = match restore_vm(&req, place.own_namespace.as_deref()) {
+        Ok(vm) => vm,
+        Err(message) => {
+            let mut lc = Lifecycle::new(req, &site, report, cancel);
+            lc.fail(crate::error::StepError::new(
+                FailureReason::InvalidSpec,
+                message,
+            ))
+            .await;
+            return lc.record;
+        }
+    };
+    let name = req.metadata.name.clone().unwrap_or_default();
+    let source = KubeVirtSource::for_restore(
+        store.clone(),
+        vm,
+        &name,
+        &req.spec.target_ref,
+        req.spec.new_name.clone(),
+    );
+    let driver = Driver {
+        host: &source,
+        state_dir: place.state_dir,
+        poll: Duration::from_secs(1),
+        metrics: place.metrics,
+    };
+    let done = driver.restore(&site, req, report, cancel).await;
+    if let Err(e) = Journal::<RestoreRequest>::save(&site, &done).await {
+        tracing::warn!(restore = %name, "cannot record its end: {e}");
     }
     done
 }

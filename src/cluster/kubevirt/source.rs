@@ -35,16 +35,18 @@ use crate::source::{BackupBegun, BackupRequest, DiskExport, JobOutcome, Source};
 pub const RUN_LABEL: &str = "snapback.dev/run";
 
 pub struct KubeVirtSource<S: Store> {
-    store: S,
-    vm: VmRef,
-    /// The run's name: the names of what it creates derive from it.
-    run: String,
+    pub(super) store: S,
+    pub(super) vm: VmRef,
+    /// The run's (or restore's) name: the names of what it creates derive from it.
+    pub(super) run: String,
     /// The BackupTarget's name: the tracker is per VM and target.
     target: String,
     /// The storage class of the backup PVC; the cluster's default when `None`.
     storage_class: Option<String>,
-    /// How long to wait for the export to be served.
-    export_wait: Duration,
+    /// How long to wait for the export to be served, or a DataVolume to be ready.
+    pub(super) export_wait: Duration,
+    /// A restore as a new VM: its name.
+    pub(super) new_vm: Option<String>,
 }
 
 fn err(kind: VirtErrorKind, message: impl Into<String>) -> LibvirtError {
@@ -89,6 +91,22 @@ impl<S: Store> KubeVirtSource<S> {
             target: target.to_string(),
             storage_class: None,
             export_wait: Duration::from_secs(600),
+            new_vm: None,
+        }
+    }
+
+    /// The source of a restore of `vm` (from its chain on `target`) by the RestoreRequest
+    /// `request`, as a new VM `new_vm` or in place (`None`).
+    pub fn for_restore(
+        store: S,
+        vm: VmRef,
+        request: &str,
+        target: &str,
+        new_vm: Option<String>,
+    ) -> Self {
+        Self {
+            new_vm,
+            ..Self::new(store, vm, request, target)
         }
     }
 
@@ -205,6 +223,12 @@ pub fn view_of(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Dom
         sizes.push(size);
     }
     let running = vmi.is_some_and(|i| i.is_running());
+    // Shut off only once KubeVirt removed the instance: a stopping one still holds the disks.
+    let state = match vmi {
+        _ if running => DomainState::Running,
+        None => DomainState::ShutOff,
+        Some(_) => DomainState::Other,
+    };
     let saved = saved_definition(vm);
     DomainView {
         facts: DomainFacts {
@@ -214,11 +238,7 @@ pub fn view_of(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Dom
             has_agent_channel: true,
             firmware: Default::default(),
         },
-        state: if running {
-            DomainState::Running
-        } else {
-            DomainState::ShutOff
-        },
+        state,
         xml: saved.clone(),
         inactive_xml: saved,
         sizes,
@@ -246,9 +266,21 @@ impl<S: Store> Source for KubeVirtSource<S> {
         format!("KubeVirt (namespace {})", self.ns())
     }
 
-    async fn domain(&self, _vm: &str) -> Result<DomainView, LibvirtError> {
-        let (vm, vmi) = self.vm_and_instance().await?;
-        Ok(view_of(&vm, vmi.as_ref()))
+    async fn domain(&self, vm: &str) -> Result<DomainView, LibvirtError> {
+        if vm == self.vm.key() {
+            let (vm, vmi) = self.vm_and_instance().await?;
+            return Ok(view_of(&vm, vmi.as_ref()));
+        }
+        // A restore's VM, by name or by the identity `define` answered.
+        let Some(found) = self.find_vm(vm).await? else {
+            return Err(err(
+                VirtErrorKind::DomainNotFound,
+                format!("VirtualMachine {vm} not found in {}", self.ns()),
+            ));
+        };
+        let name = found.metadata.name.clone().unwrap_or_default();
+        let vmi = self.store.get(Some(self.ns()), &name).await.map_err(api)?;
+        Ok(view_of(&found, vmi.as_ref()))
     }
 
     async fn domain_names(&self) -> Result<Vec<String>, LibvirtError> {
@@ -499,24 +531,62 @@ impl<S: Store> Source for KubeVirtSource<S> {
         None
     }
 
-    async fn define(&self, _definition: String) -> Result<String, LibvirtError> {
-        Err(not_yet())
+    async fn define(&self, definition: String) -> Result<String, LibvirtError> {
+        self.define_vm(&definition).await
     }
 
-    async fn undefine(&self, _vm: &str) -> Result<(), LibvirtError> {
-        Err(not_yet())
+    async fn undefine(&self, vm: &str) -> Result<(), LibvirtError> {
+        self.undefine_vm(vm).await
     }
 
-    async fn start(&self, _vm: &str) -> Result<(), LibvirtError> {
-        Err(not_yet())
+    async fn start(&self, vm: &str) -> Result<(), LibvirtError> {
+        self.start_vm(vm).await
     }
 
-    async fn shutdown(&self, _vm: &str) -> Result<(), LibvirtError> {
-        Err(not_yet())
+    /// KubeVirt shuts the guest down gracefully when the VM is halted.
+    async fn shutdown(&self, vm: &str) -> Result<(), LibvirtError> {
+        self.halt(vm).await
     }
 
-    async fn destroy(&self, _vm: &str) -> Result<(), LibvirtError> {
-        Err(not_yet())
+    /// KubeVirt has no "off at once" but a shorter grace period; halting is what it is asked.
+    async fn destroy(&self, vm: &str) -> Result<(), LibvirtError> {
+        self.halt(vm).await
+    }
+
+    fn placement_name(&self, new_vm: Option<&str>, disk: &str, _request: &str) -> Option<String> {
+        Some(self.placement(new_vm, disk))
+    }
+
+    async fn place_disk(
+        &self,
+        object: &str,
+        image: &std::path::Path,
+        virtual_size: u64,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), LibvirtError> {
+        self.upload_disk(object, image, virtual_size, progress)
+            .await
+    }
+
+    async fn remove_placed(&self, object: &str) -> Result<(), LibvirtError> {
+        self.remove_data_volume(object).await
+    }
+
+    fn rewrite_definition(
+        &self,
+        saved: &str,
+        edit: &crate::libvirt::xml_edit::XmlEdit,
+    ) -> Result<String, String> {
+        self.rewrite_vm(saved, edit)
+    }
+
+    /// A KubeVirt VM's firmware state lives in its persistent state volume: not restored yet.
+    fn saved_firmware(&self, _saved: &str) -> Result<crate::libvirt::domain_xml::Firmware, String> {
+        Ok(Default::default())
+    }
+
+    fn kept_in_place(&self, original: &str) -> Option<Vec<String>> {
+        Some(crate::kubevirt::restore_spec::claims_of(original))
     }
 
     fn quiesces_itself(&self) -> bool {
@@ -660,13 +730,6 @@ fn checkpoint_of(b: &VirtualMachineBackup, name: &str) -> Result<String, Libvirt
         .map(|t| t.0)
         .ok_or_else(|| err(VirtErrorKind::Other, "the backup has no creationTimestamp"))?;
     Ok(naming::checkpoint(name, created))
-}
-
-fn not_yet() -> LibvirtError {
-    err(
-        VirtErrorKind::Other,
-        "restoring KubeVirt VMs is not built yet",
-    )
 }
 
 /// What a VirtualMachineExport of the backup PVC gives the download.

@@ -10,8 +10,8 @@ use crate::api::{DiskFormat, FailureReason, RestorePhase, RestoreRequest};
 use crate::catalog::manifest::domain_xml_name;
 use crate::error::StepError;
 use crate::hooks::HookStage;
-use crate::libvirt::xml_edit::{rewrite, Placement, XmlEdit};
-use crate::libvirt::{domain_xml, DomainState};
+use crate::libvirt::xml_edit::{Placement, XmlEdit};
+use crate::libvirt::DomainState;
 use crate::lifecycle::{Event, Journal};
 use crate::restore::RestoreEngine;
 use crate::source::Source;
@@ -29,7 +29,10 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .status()
             .disks
             .iter()
-            .map(|d| (d.name.clone(), d.path.clone()))
+            .map(|d| {
+                let at = d.placed_as.clone().unwrap_or_else(|| d.path.clone());
+                (d.name.clone(), at)
+            })
             .collect()
     }
 
@@ -80,9 +83,10 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 )
             });
         let saved = self.saved_xml()?;
-        let fw = domain_xml::parse_domain(&saved)
-            .map_err(|e| StepError::new(FailureReason::VerificationFailed, e.to_string()))?
-            .firmware;
+        let fw = self
+            .source
+            .saved_firmware(&saved)
+            .map_err(|e| StepError::new(FailureReason::VerificationFailed, e))?;
         self.check_boot_files(&fw, &saved);
         let nvram_path = self.firmware_for_new(&fw, &new, &uuid).await?;
         let edit = XmlEdit {
@@ -94,7 +98,9 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 .map(|dir| format!("{dir}/{}", crate::catalog::layout::domain_dir(&new))),
             nvram_path,
         };
-        let xml = rewrite(&saved, &edit)
+        let xml = self
+            .source
+            .rewrite_definition(&saved, &edit)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
         let xml = self.separate_host_files(xml, &new)?;
         let defined = self.source.define(xml).await?;
@@ -122,6 +128,10 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 matches!(view.state, DomainState::Running | DomainState::Paused);
             self.lc.save().await?;
         }
+        // The definition as it was before this restore touched it: a resumed swap must not
+        // take a shut-down VM's (KubeVirt's run strategy is part of it) for the original.
+        let before = std::fs::read_to_string(&original)
+            .map_err(|e| io_err("cannot read the original XML", e))?;
         self.power_off(&spec.domain, spec.shutdown_timeout_seconds)
             .await?;
         // The old checkpoints' bitmaps live in the old disks: forget them, the next backup is a full.
@@ -140,7 +150,9 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             log_prefix: None,
             nvram_path: None,
         };
-        let xml = rewrite(&view.inactive_xml, &edit)
+        let xml = self
+            .source
+            .rewrite_definition(&before, &edit)
             .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))?;
         let uuid = self.source.define(xml).await?;
         crate::process::crash_point("restore:defining:swapped");

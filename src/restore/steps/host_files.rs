@@ -16,6 +16,11 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         xml: String,
         new: &str,
     ) -> Result<String, StepError> {
+        // Only a libvirt domain XML names host files; a KubeVirt VM's definition (JSON) has
+        // its volumes placed by the source, and no device of it points into a host.
+        if !xml.trim_start().starts_with('<') {
+            return Ok(xml);
+        }
         // Serial and console output files are moved by the restore's rewrite already.
         let (out, done) = separate(&xml, new, true)
             .map_err(|m| StepError::new(crate::api::FailureReason::VerificationFailed, m))?;

@@ -6,6 +6,7 @@ mod devices;
 mod fetch;
 mod firmware;
 mod host_files;
+mod place;
 mod rebuild;
 mod recover;
 mod resolve;

@@ -19,6 +19,20 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         if rename_old {
             let original = std::fs::read_to_string(self.work_dir().join("original.xml"))
                 .map_err(|e| io_err("original XML", e))?;
+            if let Some(kept) = self.source.kept_in_place(&original) {
+                self.lc.status_mut().replaced_disks = kept.clone();
+                self.lc.condition(
+                    ConditionType::OldDisksKept,
+                    true,
+                    reason::LEFT_AS_THEY_WERE,
+                    format!(
+                        "the VM was repointed from these claims, which are kept: {}",
+                        kept.join(", ")
+                    ),
+                );
+                let _ = std::fs::remove_dir_all(self.work_dir());
+                return self.lc.finish(RestorePhase::Succeeded, None).await;
+            }
             let facts = domain_xml::parse_domain(&original)
                 .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?;
             let mut kept = Vec::new();

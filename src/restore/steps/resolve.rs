@@ -96,7 +96,15 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                     .find(|d| d.kind == crate::libvirt::DiskKind::File)
             })
             .map(|d| d.source().to_string());
-        let storage = plan::storage_dir(&spec, first_disk.as_deref());
+        // A source whose disks are not files here (KubeVirt) gets them rebuilt in the work
+        // dir and placed from there; they go with it.
+        let storage = if self.source.disks_are_local() {
+            plan::storage_dir(&spec, first_disk.as_deref())
+        } else {
+            let d = work.join("disks");
+            std::fs::create_dir_all(&d).map_err(|e| io_err("cannot create the work dir", e))?;
+            d
+        };
         let fetched: u64 = chain.iter().map(|&i| points[i].size()).sum();
         let all_onto_devices = point
             .manifest
@@ -111,7 +119,18 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .map_err(|e| StepError::new(e.reason, format!("work dir: {}", e.message)))?;
 
         let base = spec.new_name.clone().unwrap_or_else(|| spec.domain.clone());
-        let disks = plan::restored_disks(&spec, &self.lc.name(), &point.manifest, &storage);
+        let mut disks = plan::restored_disks(&spec, &self.lc.name(), &point.manifest, &storage);
+        for d in disks.iter_mut() {
+            d.placed_as =
+                self.source
+                    .placement_name(spec.new_name.as_deref(), &d.name, &self.lc.name());
+            if d.placed_as.is_some() {
+                if let Some(dir) = Path::new(&d.path).parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| io_err("cannot create the work dir", e))?;
+                }
+            }
+        }
         plan::check_devices(&spec, &point.manifest, &self.device_facts().await?)?;
         for d in disks.iter().filter(|d| !d.device) {
             if Path::new(&d.path).exists() {

@@ -15,7 +15,12 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         let s = self.lc.status().clone();
         let mut problems = Vec::new();
         if self.lc.record.spec.in_place {
-            if s.swapped {
+            // A source whose shutdown is a change of the definition (KubeVirt's run
+            // strategy) gets its original definition back even before the swap.
+            let redefine = s.swapped
+                || (!self.source.disks_are_local()
+                    && self.work_dir().join("original.xml").exists());
+            if redefine {
                 let id = self.lc.record.spec.domain.clone();
                 let _ = self.source.destroy(&id).await;
                 match std::fs::read_to_string(self.work_dir().join("original.xml")) {
@@ -52,6 +57,15 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 }
             }
             problems.extend(self.rollback_firmware());
+        }
+        // Placed disks this restore made go, unless the VM still reads them (a swap that
+        // could not be undone).
+        if !(self.lc.record.spec.in_place && self.lc.status().swapped) {
+            for object in s.disks.iter().filter_map(|d| d.placed_as.as_deref()) {
+                if let Err(e) = self.source.remove_placed(object).await {
+                    problems.push(format!("remove {object}: {e}"));
+                }
+            }
         }
         if self.lc.status().replaced_disks.is_empty() {
             // A named device is the user's: it is left as the failed restore left it.
