@@ -43,6 +43,8 @@ async fn main() {
         Command::List(args) => snapback::cli::restore::list(args).await,
         Command::Verify(args) => snapback::cli::verify::execute(args).await,
         Command::Cbt(args) => snapback::cli::cbt::execute(args).await,
+        Command::Label(args) => snapback::cli::label::label(args).await,
+        Command::Unlabel(args) => snapback::cli::label::unlabel(args).await,
         Command::Prune(args) => snapback::cli::prune::execute(args).await,
         Command::Controller(args) => snapback::cli::cluster::controller(args).await,
         Command::Agent(args) => snapback::cli::cluster::agent(args).await,

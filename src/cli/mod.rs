@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod describe;
 pub mod get;
 pub mod kubevirt_worker;
+pub mod label;
 pub mod progress;
 pub mod prune;
 pub mod release;
@@ -61,6 +62,10 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Changed-block tracking for raw and block-device disks: enable, disable, status
     Cbt(cbt::CbtArgs),
+    /// Set labels on a domain (`key=value`), which a policy's domainSelector.metadata matches
+    Label(label::LabelArgs),
+    /// Remove labels from a domain
+    Unlabel(label::UnlabelArgs),
     /// Apply every policy's retention in a config dir (whole chains only)
     Prune(prune::PruneArgs),
     /// Single-host mode: run the schedules of a config dir (or every policy now with --once)

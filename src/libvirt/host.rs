@@ -490,6 +490,30 @@ impl LibvirtHost {
         .await
     }
 
+    /// Sets (or with `None` removes) snapback's labels element in the domain's `<metadata>`,
+    /// in its persistent definition and, while it runs, its live one: a policy's selector
+    /// sees the change at its next look, with no restart.
+    pub async fn set_snapback_labels(
+        &self,
+        dom: &str,
+        element: Option<String>,
+    ) -> Result<(), LibvirtError> {
+        self.with_domain_once(dom, move |d| {
+            let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+            if d.is_active()? {
+                flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            Ok(d.set_metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                element.as_deref(),
+                Some("snapback"),
+                Some(super::domain_xml::METADATA_NS),
+                flags,
+            )?)
+        })
+        .await
+    }
+
     pub async fn start(&self, dom: &str) -> Result<(), LibvirtError> {
         self.with_domain_once(dom, |d| Ok(d.create()?)).await
     }

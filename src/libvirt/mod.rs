@@ -8,6 +8,7 @@ mod ffi;
 pub mod firmware;
 mod host;
 pub mod host_files;
+pub mod labels;
 pub mod xml_edit;
 
 pub use domain_xml::{Disk, DiskKind, DomainFacts, Firmware};
