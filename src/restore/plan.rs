@@ -102,6 +102,34 @@ pub fn restored_disks(
         .collect()
 }
 
+/// The export files each chain member (full first, the point last) must give for the point's
+/// disks to be rebuilt: a disk needs the exports from its last whole one on, so a raw or block
+/// disk (whole in every point) needs only the point's own, and nothing of a member before a
+/// disk's last whole export is fetched for it. An error names a member without a disk the
+/// point has.
+pub fn exports_needed(
+    chain: &[Manifest],
+) -> Result<Vec<std::collections::BTreeSet<String>>, String> {
+    let mut needed = vec![std::collections::BTreeSet::new(); chain.len()];
+    let Some(point) = chain.last() else {
+        return Ok(needed);
+    };
+    for disk in &point.disks {
+        let mut exports = Vec::with_capacity(chain.len());
+        for m in chain {
+            let Some(d) = m.disks.iter().find(|d| d.name == disk.name) else {
+                return Err(format!("{} has no disk {}", m.run, disk.name));
+            };
+            exports.push((d.export_file.clone(), !d.is_incremental(m.type_)));
+        }
+        let start = exports.iter().rposition(|(_, whole)| *whole).unwrap_or(0);
+        for (i, (file, _)) in exports.into_iter().enumerate().skip(start) {
+            needed[i].insert(file);
+        }
+    }
+    Ok(needed)
+}
+
 /// What Resolving found on a device named in `targetDevices`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
@@ -261,6 +289,59 @@ mod tests {
         let d = restored_disks(&spec(None, true, None), "req", &manifest, Path::new("/vms"));
         assert_eq!(d[0].path, "/vms/web-vdb-restored-req.raw");
         assert_eq!(d[0].format, Some(DiskFormat::Raw));
+    }
+
+    #[test]
+    fn a_disk_needs_the_exports_from_its_last_whole_one_on_and_nothing_before() {
+        let member = |run: &str, type_: &str, disks: &[(&str, Option<&str>)]| -> Manifest {
+            let disks: Vec<_> = disks
+                .iter()
+                .map(|(name, reason)| {
+                    let mut d = serde_json::json!({"name": name, "source": "/x",
+                        "format": "qcow2", "virtualSize": 1, "exportFile": format!("{run}.{name}")});
+                    if let Some(r) = reason {
+                        d["fullReason"] = serde_json::json!(r);
+                    }
+                    d
+                })
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "snapback.dev/v1alpha1", "run": run, "domain": "web",
+                "type": type_, "chain": "r0", "chainIndex": 0, "online": true, "disks": disks
+            }))
+            .unwrap()
+        };
+        let raw = Some("NoBitmapSupport");
+        // vda (qcow2) incremental; vdb (raw) whole in every point; vdc whole from r1 on (its
+        // changed-block tracking overlay's first backup).
+        let chain = [
+            member("r0", "Full", &[("vda", None), ("vdb", None), ("vdc", None)]),
+            member(
+                "r1",
+                "Incremental",
+                &[
+                    ("vda", None),
+                    ("vdb", raw),
+                    ("vdc", Some("CheckpointMissing")),
+                ],
+            ),
+            member(
+                "r2",
+                "Incremental",
+                &[("vda", None), ("vdb", raw), ("vdc", None)],
+            ),
+        ];
+        let names = |v: &std::collections::BTreeSet<String>| v.iter().cloned().collect::<Vec<_>>();
+        let needed = exports_needed(&chain).unwrap();
+        assert_eq!(names(&needed[0]), ["r0.vda"]);
+        assert_eq!(names(&needed[1]), ["r1.vda", "r1.vdc"]);
+        assert_eq!(names(&needed[2]), ["r2.vda", "r2.vdb", "r2.vdc"]);
+        // A full alone needs all of itself; a member without a disk of the point is an error.
+        assert_eq!(names(&exports_needed(&chain[..1]).unwrap()[0]).len(), 3);
+        let lacking = [member("r0", "Full", &[("vda", None)]), chain[1].clone()];
+        assert!(exports_needed(&lacking)
+            .unwrap_err()
+            .contains("r0 has no disk vdb"));
     }
 
     #[test]

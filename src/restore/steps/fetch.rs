@@ -29,37 +29,61 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
 
     /// Fetches the chain members `todo` (indexes into `chainRuns`); the others were fetched
     /// and verified before a crash.
+    /// Puts a member's manifest in its fetch dir: the copy that came with the listing, or
+    /// from the target if that copy is gone.
+    async fn place_manifest(&self, run: &str, time: jiff::Timestamp) -> Result<(), StepError> {
+        let dir = self.member_dir(run);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create the fetch dir", e))?;
+        let name = manifest_name(run);
+        if dir.join(&name).exists() {
+            return Ok(());
+        }
+        let listed = self.work_dir().join("manifests").join(&name);
+        if std::fs::copy(&listed, dir.join(&name)).is_err() {
+            self.fetch_file(run, time, &name).await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn fetch(&mut self, todo: Vec<usize>) -> Result<(), StepError> {
         let members = self.lc.status().chain_runs.clone();
+        // Every member's manifest first: which exports a member must give depends on the
+        // points after it (a disk whole in a later point needs nothing before that point).
+        for m in &members {
+            self.place_manifest(&m.run, m.time).await?;
+        }
+        let needed = self.exports_needed().await?;
         for (i, m) in members.iter().enumerate() {
             if !todo.contains(&i) {
                 continue;
             }
             let dir = self.member_dir(&m.run);
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create the fetch dir", e))?;
+            self.place_manifest(&m.run, m.time).await?;
+            let skipped =
+                (self.read_manifest(&m.run).await?.disks.len()).saturating_sub(needed[i].len());
             self.lc.report(Event::Note(format!(
-                "fetching {} ({}/{})",
+                "fetching {} ({}/{}){}",
                 m.run,
                 i + 1,
-                members.len()
+                members.len(),
+                match skipped {
+                    0 => String::new(),
+                    n => format!(", {n} of its disk exports not needed (whole in a later point)"),
+                }
             )));
             let time = m.time;
-            // The manifest came with the listing; fetch it only if that copy is gone.
-            let listed = self
-                .work_dir()
-                .join("manifests")
-                .join(manifest_name(&m.run));
-            if std::fs::copy(&listed, dir.join(manifest_name(&m.run))).is_err() {
-                self.fetch_file(&m.run, time, &manifest_name(&m.run))
-                    .await?;
-            }
             let mut files = Vec::new();
             if Some(&m.run) == self.lc.status().point.as_ref().map(|p| &p.run) {
                 files.push(domain_xml_name(&m.run));
             }
             let man = self.read_manifest(&m.run).await?;
-            files.extend(man.disks.iter().map(|d| d.export_file.clone()));
+            files.extend(
+                man.disks
+                    .iter()
+                    .map(|d| d.export_file.clone())
+                    .filter(|f| needed[i].contains(f)),
+            );
             if Some(&m.run) == self.lc.status().point.as_ref().map(|p| &p.run) {
                 files.extend(man.firmware.iter().map(|f| f.file.clone()));
             }

@@ -13,6 +13,7 @@ mod resolve;
 mod rollback;
 mod start;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::RestoreEngine;
@@ -123,6 +124,17 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         })
     }
 
+    /// The export files each chain member must give (see `plan::exports_needed`), read from
+    /// the members' manifests in their fetch dirs.
+    pub(crate) async fn exports_needed(&self) -> Result<Vec<BTreeSet<String>>, StepError> {
+        let mut chain = Vec::new();
+        for m in &self.lc.status().chain_runs {
+            chain.push(self.read_manifest(&m.run).await?);
+        }
+        crate::restore::plan::exports_needed(&chain)
+            .map_err(|m| StepError::new(FailureReason::VerificationFailed, m))
+    }
+
     /// Whether a member's fetched exports are all there and match the checksums recorded at
     /// backup time. Files are fetched under a `.part` name and renamed when duplicity is done,
     /// so a file under its own name is whole: a mismatch is the target's copy, not a fetch
@@ -133,9 +145,22 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             return Ok(Fetched::Missing);
         };
         let is_point = self.lc.status().point.as_ref().map(|p| p.run.as_str()) == Some(run);
+        // Only the exports the restore needs of this member were fetched; with a manifest of
+        // the chain missing, every export of the member counts (and is fetched again).
+        let index = self
+            .lc
+            .status()
+            .chain_runs
+            .iter()
+            .position(|m| m.run == run);
+        let needed = match (self.exports_needed().await, index) {
+            (Ok(mut n), Some(i)) => Some(std::mem::take(&mut n[i])),
+            _ => None,
+        };
         let disks = m
             .disks
             .iter()
+            .filter(|d| needed.as_ref().is_none_or(|n| n.contains(&d.export_file)))
             .map(|d| (d.export_file.clone(), d.sha256.clone()));
         let firmware = m
             .firmware
