@@ -111,6 +111,11 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "firmware.rs: a_kill_while_firmware_state_is_copied_or_placed_leaves_the_original_alone_and_resume_finishes",
     ),
     (
+        "kill -9 during an in-place restore of a raw-file disk, while the rebuilt chain is written into the new sparse raw file",
+        "the domain still runs on its old file, whose SHA-256 is unchanged; resume finishes, byte-exact, and keeps the old file renamed aside, unchanged",
+        "raw_disks.rs: a_raw_file_disk_restores_in_place_into_a_sparse_raw_file_and_the_old_file_stays_until_the_new_one_is_verified",
+    ),
+    (
         "kill -9 during an in-place restore of a UEFI guest, right after its own variable store was moved aside and before the saved one is placed",
         "the moved-aside store is whole and unchanged; resume places the saved NVRAM and TPM state, keeps the replaced ones, and the domain boots",
         "firmware.rs: an_in_place_restore_puts_the_saved_firmware_state_back_and_keeps_the_replaced_files",
