@@ -11,11 +11,12 @@ use snapback::api::BackupType;
 /// How many complete chains duplicity's collection status reports for the domain (from a
 /// fresh cache, so only the target's files count).
 fn chains_on_target(env: &Env, domain: &str) -> usize {
-    let url = format!(
-        "{}/{}",
-        env.target,
-        snapback::catalog::layout::domain_dir(domain)
-    );
+    chains_at(env, &snapback::catalog::layout::domain_dir(domain))
+}
+
+/// The same for one directory of the target (`web.files`: a domain's files chains).
+fn chains_at(env: &Env, dir: &str) -> usize {
+    let url = format!("{}/{dir}", env.target);
     let out = Command::new("duplicity")
         .args([
             "collection-status",
@@ -328,4 +329,87 @@ fn a_damaged_set_and_the_whole_sets_that_need_it_are_pruned_with_their_chain() {
         list.stdout
     );
     assert!(list.stderr.is_empty(), "{}", list.stderr);
+}
+
+#[test]
+fn files_chains_are_pruned_whole_by_the_policy_rules_and_the_kept_point_still_restores() {
+    let env = Env::new();
+    let tree = env.dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("hello.txt"), b"kept\n").unwrap();
+    let data = env.dir.join("data.raw");
+    run_ok("truncate", &["-s", "64M", data.to_str().unwrap()]);
+    run_ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    let g = Guest::new(
+        "sbt-prfiles",
+        GuestOpts {
+            extra_disks: vec![data],
+            ..Default::default()
+        },
+    );
+    // Two files chains of two sets each.
+    let mut runs = Vec::new();
+    for t in ["full", "auto", "full", "auto"] {
+        let out = env.backup(&g.name, &["--mode", "files", "--type", t]);
+        runs.push(out.assert_ok());
+    }
+    let files_dir = format!("{}.files", snapback::catalog::layout::domain_dir(&g.name));
+    assert_eq!(chains_at(&env, &files_dir), 2);
+
+    let config = write_config(
+        &env,
+        "files",
+        &g.name,
+        "0 2 * * *",
+        "  mode: Files\n  retention: {keepLast: 1}\n",
+    );
+    let dry = env.snapback(&["prune", "--config", config.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(
+        dry.stdout.matches("would delete").count(),
+        2,
+        "the older chain's two sets:\n{}",
+        dry.stdout
+    );
+    assert_eq!(chains_at(&env, &files_dir), 2, "a dry run deletes nothing");
+
+    let out = env.snapback(&["prune", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(chains_at(&env, &files_dir), 1, "{}", out.stdout);
+    let expired: Vec<bool> = runs
+        .iter()
+        .map(|r| {
+            env.read_run(r)
+                .status
+                .unwrap()
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Expired" && c.status == "True")
+        })
+        .collect();
+    assert_eq!(expired, [true, true, false, false]);
+
+    let to = env.dir.join("out");
+    let r = env.snapback(&[
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--files",
+        "/hello.txt",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(to.join("hello.txt")).unwrap(), b"kept\n");
 }

@@ -10,7 +10,7 @@ use crate::api::{BackupRun, FailureReason};
 use crate::catalog::layout;
 use crate::error::StepError;
 use crate::libvirt::LibvirtHost;
-use crate::retention::prune::{expired, prune_domain};
+use crate::retention::prune::{expired, prune_domain, prune_files_domain, Deleted};
 use crate::selector;
 use crate::standalone::config;
 use crate::store::FileStore;
@@ -64,13 +64,12 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
     let mut failed = 0;
     for (file, policy) in &cfg.policies {
         let pname = policy.metadata.name.clone().unwrap_or_default();
-        let keep_all = if policy.spec.retention.is_unset() {
-            Some("no retention rules: everything is kept")
-        } else if policy.spec.mode == crate::api::BackupMode::Files {
-            Some("files mode: retention of files chains is not built yet")
-        } else {
-            None
-        };
+        let keep_all = policy
+            .spec
+            .retention
+            .is_unset()
+            .then_some("no retention rules: everything is kept");
+        let files = policy.spec.mode == crate::api::BackupMode::Files;
         if let Some(why) = keep_all {
             let dash = || "-".to_string();
             rows.push([pname, dash(), dash(), dash(), "keep".into(), why.into()]);
@@ -112,15 +111,21 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
             Err(e) => return fail(e.message, e.reason),
         };
         for d in doms {
-            let target = layout::domain_target(&base, &d);
-            let scratch = args
-                .common
-                .state_dir
-                .join("prune-scratch")
-                .join(layout::domain_dir(&d));
-            let result =
-                prune_domain(&target, &rules, &tz, &in_progress, &scratch, args.dry_run).await;
-            let _ = std::fs::remove_dir_all(&scratch);
+            let result = if files {
+                let target = layout::files_target(&base, &d);
+                prune_files_domain(&target, &rules, &tz, args.dry_run).await
+            } else {
+                let target = layout::domain_target(&base, &d);
+                let scratch = args
+                    .common
+                    .state_dir
+                    .join("prune-scratch")
+                    .join(layout::domain_dir(&d));
+                let r =
+                    prune_domain(&target, &rules, &tz, &in_progress, &scratch, args.dry_run).await;
+                let _ = std::fs::remove_dir_all(&scratch);
+                r
+            };
             match result {
                 Ok(done) => {
                     for dec in &done.plan.decisions {
@@ -139,7 +144,11 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
                         ]);
                     }
                     if !args.dry_run {
-                        expire_runs(&store, &runs, &done.plan.delete_chains);
+                        let deleted = Deleted {
+                            chains: done.plan.delete_chains.clone(),
+                            set_times: done.deleted_sets.clone(),
+                        };
+                        expire_runs(&store, &runs, &deleted);
                     }
                 }
                 Err(e) => {
@@ -158,8 +167,8 @@ pub async fn execute(mut args: PruneArgs) -> i32 {
 }
 
 /// Marks the stored runs of deleted chains `Expired` (their backups are gone from the target).
-pub fn expire_runs(store: &FileStore, runs: &[BackupRun], chains: &[String]) {
-    for r in runs.iter().filter_map(|r| expired(r, chains)) {
+pub fn expire_runs(store: &FileStore, runs: &[BackupRun], deleted: &Deleted) {
+    for r in runs.iter().filter_map(|r| expired(r, deleted)) {
         let name = r.metadata.name.clone().unwrap_or_default();
         if let Err(e) = store.write("backupruns", &name, &r) {
             eprintln!("warning: cannot mark {name} expired: {e}");

@@ -137,7 +137,7 @@ impl<S: Source> Driver<'_, S> {
             return (done, None);
         };
         let pruned = if after.condition.status == "True" {
-            Pruned::Chains(after.deleted_chains.len())
+            Pruned::Chains(after.deleted.chains.len())
         } else {
             Pruned::Failed
         };
@@ -147,12 +147,12 @@ impl<S: Source> Driver<'_, S> {
         if let Err(e) = Journal::<BackupRun>::save(site, &done).await {
             tracing::warn!(run = ?done.metadata.name, "cannot record the prune: {e}");
         }
-        if !after.deleted_chains.is_empty() {
+        if !after.deleted.is_empty() {
             for r in site
                 .runs(ns.as_deref())
                 .await
                 .iter()
-                .filter_map(|r| expired(r, &after.deleted_chains))
+                .filter_map(|r| expired(r, &after.deleted))
             {
                 if let Err(e) = site.save_finished(&r).await {
                     tracing::warn!(run = ?r.metadata.name, "cannot mark expired: {e}");

@@ -1,5 +1,6 @@
 //! Retention: which restore points to keep, pruning only whole chains (pure planning).
 
+pub mod files_chains;
 pub mod plan;
 pub mod prune;
 pub mod rules;

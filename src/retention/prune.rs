@@ -24,6 +24,52 @@ pub struct DomainPrune {
     pub plan: Plan,
     /// Files removed from the target.
     pub deleted_files: Vec<String>,
+    /// The set times of every set deleted (a files run is known by its set's time only).
+    pub deleted_sets: Vec<Timestamp>,
+}
+
+/// What retention deleted from a target, as the runs that recorded it know it: whole chains
+/// by name (an image chain: its full's run) and every deleted set by its time.
+#[derive(Clone, Debug, Default)]
+pub struct Deleted {
+    pub chains: Vec<String>,
+    pub set_times: Vec<Timestamp>,
+}
+
+impl Deleted {
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.set_times.is_empty()
+    }
+}
+
+/// Deletes the planned chains' files, one chain at a time and newest files first (an
+/// interruption leaves a shorter valid chain); damaged sets and the sets that need them are
+/// members too and go with it. Answers the files and the set times deleted.
+async fn delete_chains(
+    target: &TargetConfig,
+    plan: &Plan,
+    members: &[(String, Timestamp, Timestamp)],
+) -> Result<(Vec<String>, Vec<Timestamp>), StepError> {
+    let (mut files_out, mut sets_out) = (Vec::new(), Vec::new());
+    if plan.delete_chains.is_empty() {
+        return Ok((files_out, sets_out));
+    }
+    let names = crate::duplicity::backend::list(target).await?;
+    for chain in &plan.delete_chains {
+        let of_chain: Vec<&(String, Timestamp, Timestamp)> =
+            members.iter().filter(|m| &m.0 == chain).collect();
+        let (Some(start), Some(end)) = (
+            of_chain.iter().map(|m| m.1).min(),
+            of_chain.iter().map(|m| m.2).max(),
+        ) else {
+            continue;
+        };
+        let files = target_files::chain_files(&names, start, end);
+        crate::duplicity::backend::delete(target, &files).await?;
+        files_out.extend(files);
+        sets_out.extend(of_chain.iter().map(|m| m.2));
+    }
+    Ok((files_out, sets_out))
 }
 
 /// The points to plan, oldest first: every readable point and every damaged set (a damaged
@@ -113,30 +159,47 @@ pub async fn prune_domain(
         );
     }
     let plan = plan(&planned, rules, tz, Timestamp::now(), &in_progress);
-    let mut deleted_files = Vec::new();
-    if !dry_run && !plan.delete_chains.is_empty() {
-        let names = crate::duplicity::backend::list(target).await?;
-        for chain in &plan.delete_chains {
-            // Damaged sets and the sets that need them are members too: they go with it.
-            let of_chain: Vec<&(String, Timestamp, Timestamp)> =
-                members.iter().filter(|m| &m.0 == chain).collect();
-            let (Some(start), Some(end)) = (
-                of_chain.iter().map(|m| m.1).min(),
-                of_chain.iter().map(|m| m.2).max(),
-            ) else {
-                continue;
-            };
-            let files = target_files::chain_files(&names, start, end);
-            // One chain at a time, newest files first: an interruption leaves a shorter valid chain.
-            crate::duplicity::backend::delete(target, &files).await?;
-            deleted_files.extend(files);
-        }
-    }
+    let (deleted_files, deleted_sets) = if dry_run {
+        Default::default()
+    } else {
+        delete_chains(target, &plan, &members).await?
+    };
     let points = listing.points;
     Ok(DomainPrune {
         points,
         plan,
         deleted_files,
+        deleted_sets,
+    })
+}
+
+/// Pruning one domain's files-mode chains (`<target>/<domain>.files`), planned from the
+/// target's file names (see `files_chains`). The planner keeps the newest point and every
+/// chain a kept point needs, so a chain being extended by a running files backup stays.
+pub async fn prune_files_domain(
+    target: &TargetConfig,
+    rules: &Rules,
+    tz: &TimeZone,
+    dry_run: bool,
+) -> Result<DomainPrune, StepError> {
+    let names = crate::duplicity::backend::list(target).await?;
+    let listed = super::files_chains::files_points(&names);
+    let points: Vec<Point> = listed.iter().map(|(p, _, _)| p.clone()).collect();
+    let members: Vec<(String, Timestamp, Timestamp)> = listed
+        .iter()
+        .map(|(p, start, set)| (p.chain.clone(), *start, *set))
+        .collect();
+    let plan = plan(&points, rules, tz, Timestamp::now(), &[]);
+    let (deleted_files, deleted_sets) = if dry_run {
+        Default::default()
+    } else {
+        delete_chains(target, &plan, &members).await?
+    };
+    Ok(DomainPrune {
+        points: Vec::new(),
+        plan,
+        deleted_files,
+        deleted_sets,
     })
 }
 
@@ -145,7 +208,7 @@ pub async fn prune_domain(
 pub struct AfterRun {
     /// `Pruned`: True with the deleted chains, or False with the reason word.
     pub condition: Condition,
-    pub deleted_chains: Vec<String>,
+    pub deleted: Deleted,
 }
 
 /// Applies a policy's retention to one domain after a successful run. `None` when the policy
@@ -163,19 +226,12 @@ pub async fn prune_after_run(
     }
     let failed = |reason: &str, message: String| AfterRun {
         condition: Condition::now(ConditionType::Pruned, false, reason, message, None),
-        deleted_chains: Vec::new(),
+        deleted: Deleted::default(),
     };
     let rules = match policy.retention.validate() {
         Ok(r) => r,
         Err(e) => return Some(failed("InvalidSpec", e.to_string())),
     };
-    if policy.mode == crate::api::BackupMode::Files {
-        // The planner reads each point's manifest, which only image backups carry.
-        return Some(failed(
-            "NotSupported",
-            "retention of files-mode chains is not built yet; nothing was deleted".into(),
-        ));
-    }
     let tz = match policy.time_zone.as_deref().filter(|z| !z.is_empty()) {
         None => TimeZone::UTC,
         Some(z) => match TimeZone::get(z) {
@@ -183,12 +239,18 @@ pub async fn prune_after_run(
             Err(e) => return Some(failed("InvalidSpec", format!("timeZone '{z}': {e}"))),
         },
     };
-    let dt = layout::domain_target(base, domain);
-    let scratch = state_dir
-        .join("prune-scratch")
-        .join(layout::domain_dir(domain));
-    let pruned = prune_domain(&dt, &rules, &tz, &[], &scratch, false).await;
-    let _ = std::fs::remove_dir_all(&scratch);
+    let pruned = if policy.mode == crate::api::BackupMode::Files {
+        let ft = layout::files_target(base, domain);
+        prune_files_domain(&ft, &rules, &tz, false).await
+    } else {
+        let dt = layout::domain_target(base, domain);
+        let scratch = state_dir
+            .join("prune-scratch")
+            .join(layout::domain_dir(domain));
+        let p = prune_domain(&dt, &rules, &tz, &[], &scratch, false).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        p
+    };
     Some(match pruned {
         Ok(p) => AfterRun {
             condition: Condition::now(
@@ -198,18 +260,29 @@ pub async fn prune_after_run(
                 format!("deleted chains: {:?}", p.plan.delete_chains),
                 None,
             ),
-            deleted_chains: p.plan.delete_chains,
+            deleted: Deleted {
+                chains: p.plan.delete_chains,
+                set_times: p.deleted_sets,
+            },
         },
         Err(e) => failed(e.reason.as_str(), e.message),
     })
 }
 
 /// The run marked `Expired` when retention deleted its chain from the target; `None` when the
-/// run is not a success of one of `chains` (or is already marked).
-pub fn expired(run: &BackupRun, chains: &[String]) -> Option<BackupRun> {
+/// run is not a success whose chain or set went (or is already marked). An image run is
+/// known by its chain; a files run by its set's time on the target.
+pub fn expired(run: &BackupRun, deleted: &Deleted) -> Option<BackupRun> {
     let s = run.status.as_ref()?;
+    let files = run.spec.mode == crate::api::BackupMode::Files;
+    let gone = if files {
+        s.target_time
+            .is_some_and(|t| deleted.set_times.contains(&t))
+    } else {
+        s.chain.as_ref().is_some_and(|c| deleted.chains.contains(c))
+    };
     let hit = s.phase == BackupPhase::Succeeded
-        && s.chain.as_ref().is_some_and(|c| chains.contains(c))
+        && gone
         && !s
             .conditions
             .iter()
