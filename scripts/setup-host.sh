@@ -50,7 +50,8 @@ PINS=scripts/pins
 need_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils qemu-block-extra qemu-system-common qemu-system-data
   duplicity gpg gpg-agent python3-boto3 python3-venv cpio e2fsprogs xfsprogs fdisk
-  busybox-static qemu-guest-agent time lvm2 libfaketime ovmf swtpm swtpm-tools)
+  busybox-static qemu-guest-agent time lvm2 libfaketime ovmf swtpm swtpm-tools
+  lftp python3-paramiko python3-pyftpdlib openssh-server openssh-client)
 # npm comes with Node.js where that is installed (NodeSource's nodejs conflicts with Debian's npm).
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 # The qemu packages built from one source, which must come from one build of it.
