@@ -147,4 +147,46 @@ mod tests {
         check_login(&TargetUrl::parse("ftp://h/p").unwrap(), &[]).unwrap();
         check_login(&TargetUrl::parse("sftp://u@h/p").unwrap(), &[]).unwrap();
     }
+
+    fn target(spec: &str) -> BackupTarget {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata: {{name: t}}\nspec:\n{spec}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn on_a_single_host_the_password_and_ssh_files_come_from_files_and_secrets_are_refused() {
+        let dir = std::env::temp_dir().join(format!("snapback-target-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "ftp-s3cret\n").unwrap();
+        let t = target(&format!(
+            "  url: ftp://backup@h/p\n  password: {{file: {}}}\n",
+            pw.display()
+        ));
+        let cfg = target_config(&t, &dir).unwrap();
+        assert_eq!(
+            cfg.backend_env,
+            vec![(FTP_PASSWORD.to_string(), "ftp-s3cret".to_string())]
+        );
+
+        let t = target(
+            "  url: sftp://u@h//b\n  ssh: {identity: {file: /k/id}, knownHosts: {file: /k/kh}}\n",
+        );
+        let cfg = target_config(&t, &dir).unwrap();
+        assert_eq!(
+            cfg.ssh,
+            SshFiles {
+                identity_file: Some("/k/id".into()),
+                known_hosts_file: Some("/k/kh".into()),
+            }
+        );
+
+        let t = target("  url: sftp://u@h//b\n  ssh: {identity: {secretKeyRef: {name: s, key: id}}, knownHosts: {file: /k/kh}}\n");
+        let e = target_config(&t, &dir).unwrap_err();
+        assert_eq!(e.reason, FailureReason::TargetInvalid);
+        assert!(e.message.contains("ssh.identity"), "{}", e.message);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
