@@ -50,7 +50,8 @@ PINS=scripts/pins
 need_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils qemu-block-extra qemu-system-common qemu-system-data
   duplicity gpg gpg-agent python3-boto3 python3-venv cpio e2fsprogs xfsprogs fdisk
-  busybox-static qemu-guest-agent time lvm2 libfaketime ovmf swtpm swtpm-tools)
+  busybox-static qemu-guest-agent time lvm2 libfaketime ovmf swtpm swtpm-tools
+  lftp python3-paramiko python3-pyftpdlib openssh-server openssh-client)
 # npm comes with Node.js where that is installed (NodeSource's nodejs conflicts with Debian's npm).
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 # The qemu packages built from one source, which must come from one build of it.
@@ -119,11 +120,20 @@ for p in "${qemu_family[@]}"; do
   [ "$(installed "$p")" = "$(candidate "$p")" ] || todo+=("$p")
 done
 pkgs_installed=0
+ssh_before=$(installed openssh-server)
 if [ "${#todo[@]}" -gt 0 ]; then
   pkgs_installed=1
   log "installing from Debian: ${todo[*]} (qemu $(candidate qemu-system-x86))"
   step "install Debian packages: ${todo[*]}" \
     apt-get install -y -q --allow-downgrades --no-install-recommends "${need_pkgs[@]}"
+fi
+# The SFTP tests start an sshd of their own on loopback. Installing openssh-server starts the
+# host's sshd on port 22 where systemd runs: one this script brought is stopped and disabled
+# again, so that setting up the tests opens no door on the machine. One already there stays.
+if [ -z "$ssh_before" ] && command -v systemctl >/dev/null 2>&1 &&
+  systemctl is-enabled ssh.service >/dev/null 2>&1; then
+  log "stopping the host sshd that installing openssh-server started (the tests run their own)"
+  systemctl disable --now ssh.service >/dev/null 2>&1 || true
 fi
 for p in "${qemu_family[@]}"; do
   [ "$(source_version "$(installed "$p")")" = "$(source_version "$(installed qemu-system-x86)")" ] ||

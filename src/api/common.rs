@@ -95,6 +95,12 @@ pub enum FailureReason {
     TargetUnreachable,
     /// The target URL is malformed or its scheme is not supported.
     TargetInvalid,
+    /// The target refused the login (FTP password, SSH key).
+    TargetAuthFailed,
+    /// The SSH server's host key differs from the one known_hosts holds for it.
+    HostKeyMismatch,
+    /// known_hosts holds no key for the SSH server: it is not trusted blindly.
+    HostKeyUnknown,
     /// An encryption key or passphrase is missing or wrong.
     EncryptionKeyError,
     /// duplicity failed while uploading for a reason not listed here.
@@ -136,6 +142,9 @@ impl FailureReason {
             Self::BackupJobFailed => "BackupJobFailed",
             Self::TargetUnreachable => "TargetUnreachable",
             Self::TargetInvalid => "TargetInvalid",
+            Self::TargetAuthFailed => "TargetAuthFailed",
+            Self::HostKeyMismatch => "HostKeyMismatch",
+            Self::HostKeyUnknown => "HostKeyUnknown",
             Self::EncryptionKeyError => "EncryptionKeyError",
             Self::UploadFailed => "UploadFailed",
             Self::StagingFull => "StagingFull",

@@ -21,8 +21,17 @@ use super::common::{Condition, SecretSource};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupTargetSpec {
-    /// A duplicity URL: `file:///path`, `boto3+s3://bucket/prefix`, `s3://...`, `sftp://user@host/path`.
+    /// A duplicity URL: `file:///path`, `boto3+s3://bucket/prefix`, `s3://...`,
+    /// `ftp://user@host/path`, `ftps://...`, `sftp://user@host/path` (`sftp://user@host//abs/path`
+    /// for an absolute path). A password in the URL is refused: use `password`.
     pub url: String,
+    /// The login password of an `ftp://` or `ftps://` target; it reaches duplicity as its
+    /// environment variable FTP_PASSWORD, never its argv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretSource>,
+    /// The private key and known_hosts of an `sftp://` target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshAuth>,
     /// A Secret whose keys become environment variables of duplicity (e.g. AWS_ACCESS_KEY_ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<String>,
@@ -36,6 +45,17 @@ pub struct BackupTargetSpec {
     /// Directory for duplicity's archive-dir (metadata cache); one subdirectory per target and domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<String>,
+}
+
+/// How snapback logs in to an SSH server: key authentication only, and only to a server whose
+/// host key the given known_hosts holds.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SshAuth {
+    /// The private key (OpenSSH format, without a passphrase).
+    pub identity: SecretSource,
+    /// known_hosts lines for the server (`[host]:port keytype key` for a port other than 22).
+    pub known_hosts: SecretSource,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

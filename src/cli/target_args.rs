@@ -5,16 +5,27 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::api::FailureReason;
-use crate::duplicity::{Crypto, TargetConfig, TargetUrl};
+use crate::driver::target::{check_login, FTP_PASSWORD};
+use crate::duplicity::{Crypto, SshFiles, TargetConfig, TargetUrl};
 use crate::error::StepError;
-use crate::secrets::read_secret_file;
+use crate::secrets::{read_password_file, read_secret_file};
 use crate::state_dir;
 
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
-    /// duplicity target URL: file:///path, boto3+s3://bucket/prefix, sftp://user@host/path
+    /// duplicity target URL: file:///path, boto3+s3://bucket/prefix, ftp://user@host/path,
+    /// ftps://..., sftp://user@host/path (sftp://user@host//abs/path)
     #[arg(long)]
     pub target: String,
+    /// FTP/FTPS: a file holding the password (else $FTP_PASSWORD)
+    #[arg(long)]
+    pub ftp_password_file: Option<PathBuf>,
+    /// SFTP: the private key to log in with
+    #[arg(long)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// SFTP: the known_hosts the server's host key must be in (instead of ~/.ssh/known_hosts)
+    #[arg(long)]
+    pub ssh_known_hosts_file: Option<PathBuf>,
     /// Endpoint of an S3-compatible server (e.g. http://127.0.0.1:9000)
     #[arg(long)]
     pub s3_endpoint_url: Option<String>,
@@ -64,6 +75,20 @@ impl TargetArgs {
         } else {
             Crypto::None
         };
+        let password = match &self.ftp_password_file {
+            Some(f) => Some(read_password_file(f)?),
+            None => std::env::var(FTP_PASSWORD).ok(),
+        };
+        let backend_env: Vec<(String, String)> = password
+            .map(|p| (FTP_PASSWORD.to_string(), p))
+            .into_iter()
+            .collect();
+        check_login(&url, &backend_env)?;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let ssh = SshFiles {
+            identity_file: path(&self.ssh_key_file),
+            known_hosts_file: path(&self.ssh_known_hosts_file),
+        };
         Ok(TargetConfig {
             url,
             s3_endpoint_url: self.s3_endpoint_url.clone(),
@@ -72,8 +97,9 @@ impl TargetArgs {
             extra_options: vec![],
             archive_dir: state_dir::archive_dir(state_dir).display().to_string(),
             name: String::new(),
-            backend_env: vec![],
+            backend_env,
             num_retries: self.num_retries,
+            ssh,
         })
     }
 }

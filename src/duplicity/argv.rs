@@ -19,6 +19,17 @@ pub enum Crypto {
     },
 }
 
+/// The files an SSH target (sftp://, scp://) logs in with. They go to duplicity's paramiko
+/// backend through `--ssh-options`, which it reads for `-oIdentityFile=`,
+/// `-oUserKnownHostsFile=` and `-oGlobalKnownHostsFile=` (ssh_paramiko_backend.py).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SshFiles {
+    /// The private key.
+    pub identity_file: Option<String>,
+    /// The only known_hosts the server's key is checked against.
+    pub known_hosts_file: Option<String>,
+}
+
 /// Everything about a target that shapes a duplicity call.
 #[derive(Clone, Debug)]
 pub struct TargetConfig {
@@ -34,6 +45,8 @@ pub struct TargetConfig {
     /// Extra environment for the backend (credentials), never logged.
     pub backend_env: Vec<(String, String)>,
     pub num_retries: u32,
+    /// The key and known_hosts of an SSH target.
+    pub ssh: SshFiles,
 }
 
 impl TargetConfig {
@@ -51,6 +64,7 @@ impl TargetConfig {
             name: String::new(),
             backend_env: vec![],
             num_retries: 1,
+            ssh: SshFiles::default(),
         }
     }
 }
@@ -128,6 +142,33 @@ pub enum ArgvError {
     NoRecipients,
     #[error("the passphrase is empty")]
     EmptyPassphrase,
+    #[error("SSH file path '{0}' has whitespace or quotes, which duplicity's --ssh-options cannot carry")]
+    SshPath(String),
+}
+
+/// The `--ssh-options` value for an SSH target's files, or None when there are none. The
+/// value is one argv element; duplicity's paramiko backend splits it on whitespace itself,
+/// so paths with whitespace or quotes are refused rather than mangled.
+pub fn ssh_options(ssh: &SshFiles) -> Result<Option<String>, ArgvError> {
+    let mut opts = Vec::new();
+    for p in ssh.identity_file.iter().chain(ssh.known_hosts_file.iter()) {
+        if p.is_empty()
+            || p.chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+        {
+            return Err(ArgvError::SshPath(p.clone()));
+        }
+    }
+    if let Some(k) = &ssh.identity_file {
+        opts.push(format!("-oIdentityFile={k}"));
+    }
+    if let Some(h) = &ssh.known_hosts_file {
+        opts.push(format!("-oUserKnownHostsFile={h}"));
+        // paramiko prefers the global file's key over the user file's: pointing both at the
+        // given file keeps /etc/ssh/ssh_known_hosts from vouching for the server instead.
+        opts.push(format!("-oGlobalKnownHostsFile={h}"));
+    }
+    Ok((!opts.is_empty()).then(|| opts.join(" ")))
 }
 
 /// Options a target may add. Anything that can run programs (ssh options, gpg binary) or change
@@ -186,6 +227,9 @@ pub fn build(target: &TargetConfig, action: &Action, log_fd: i32) -> Result<Invo
     argv.push("--allow-source-mismatch".into());
     if let Some(ep) = &target.s3_endpoint_url {
         argv.push(format!("--s3-endpoint-url={ep}"));
+    }
+    if let Some(o) = ssh_options(&target.ssh)? {
+        argv.push(format!("--ssh-options={o}"));
     }
 
     match &target.crypto {
@@ -311,7 +355,50 @@ mod tests {
             name: "t-dom".into(),
             backend_env: vec![("AWS_SECRET_ACCESS_KEY".into(), "awssecret".into())],
             num_retries: 3,
+            ssh: SshFiles::default(),
         }
+    }
+
+    #[test]
+    fn an_ftp_password_reaches_duplicity_in_its_environment_only() {
+        let mut t = target(Crypto::None);
+        t.url = TargetUrl::parse("ftp://backup@127.0.0.1:2121/vms").unwrap();
+        t.backend_env = vec![("FTP_PASSWORD".into(), "ftp-s3cret".into())];
+        let inv = build(&t, &Action::CollectionStatus, 3).unwrap();
+        assert!(inv.argv.iter().all(|a| !a.contains("ftp-s3cret")));
+        assert!(inv.env.iter().all(|(_, v)| !v.contains("ftp-s3cret")));
+        assert!(inv
+            .secret_env
+            .contains(&("FTP_PASSWORD".into(), "ftp-s3cret".into())));
+        assert_eq!(inv.argv.last().unwrap(), "ftp://backup@127.0.0.1:2121/vms");
+    }
+
+    #[test]
+    fn ssh_files_go_in_one_ssh_options_argument_that_paramiko_reads() {
+        let mut t = target(Crypto::None);
+        t.url = TargetUrl::parse("sftp://backup@127.0.0.1:2222//srv/b").unwrap();
+        t.ssh = SshFiles {
+            identity_file: Some("/etc/snapback/id".into()),
+            known_hosts_file: Some("/etc/snapback/known_hosts".into()),
+        };
+        let inv = build(&t, &Action::CollectionStatus, 3).unwrap();
+        let opts: Vec<&String> = inv
+            .argv
+            .iter()
+            .filter(|a| a.starts_with("--ssh-options="))
+            .collect();
+        assert_eq!(
+            opts,
+            ["--ssh-options=-oIdentityFile=/etc/snapback/id -oUserKnownHostsFile=/etc/snapback/known_hosts -oGlobalKnownHostsFile=/etc/snapback/known_hosts"]
+        );
+        t.ssh.identity_file = Some("/a b/id".into());
+        assert_eq!(
+            build(&t, &Action::CollectionStatus, 3).unwrap_err(),
+            ArgvError::SshPath("/a b/id".into())
+        );
+        t.ssh = SshFiles::default();
+        let inv = build(&t, &Action::CollectionStatus, 3).unwrap();
+        assert!(inv.argv.iter().all(|a| !a.starts_with("--ssh-options")));
     }
 
     #[test]

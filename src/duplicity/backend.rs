@@ -26,6 +26,13 @@ async fn helper(target: &TargetConfig, args: &[String]) -> Result<String, Duplic
     if let Some(ep) = &target.s3_endpoint_url {
         cmd.env("SNAPBACK_S3_ENDPOINT_URL", ep);
     }
+    let ssh = super::argv::ssh_options(&target.ssh).map_err(|e| DuplicityError {
+        reason: FailureReason::InvalidSpec,
+        message: e.to_string(),
+    })?;
+    if let Some(o) = ssh {
+        cmd.env("SNAPBACK_SSH_OPTIONS", o);
+    }
     for (k, v) in &target.backend_env {
         cmd.env(k, v);
     }
@@ -36,18 +43,33 @@ async fn helper(target: &TargetConfig, args: &[String]) -> Result<String, Duplic
     })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .to_string();
+        // stdout too: the paramiko backend asks about an unknown host key there.
+        let all = format!("{err}\n{}", String::from_utf8_lossy(&out.stdout));
+        let last = telling_line(&err).to_string();
         return Err(DuplicityError {
-            reason: classify(0, &err),
+            reason: classify(0, &all),
             message: format!("target {}: {last}", args[0]),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The line of the helper's stderr that says what went wrong: the backend's own words when
+/// they are there (Python's shutdown prints unrelated tracebacks after them), else the last.
+fn telling_line(err: &str) -> &str {
+    const TELLING: &[&str] = &[
+        "Login failed",
+        "Authentication failed",
+        "does not match",
+        "authenticity of host",
+        "BackendException",
+    ];
+    let lines = || err.lines().rev().map(str::trim).filter(|l| !l.is_empty());
+    TELLING
+        .iter()
+        .find_map(|t| lines().find(|l| l.contains(t)))
+        .or_else(|| lines().next())
+        .unwrap_or("")
 }
 
 /// The names of every file in the target's directory.
@@ -68,4 +90,19 @@ pub async fn delete(target: &TargetConfig, names: &[String]) -> Result<(), Dupli
     let mut args = vec!["delete".to_string(), target.url.as_str().to_string()];
     args.extend(names.iter().cloned());
     helper(target, &args).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backends_own_words_are_reported_not_pythons_shutdown_noise() {
+        let err = "Giving up after 1 attempts. BackendException: Error running 'lftp'\n\ncd: Login failed: 530 Authentication failed.\n\nException ignored in: <function TemporaryDirectory.__del__>\nNameError: name '_' is not defined\n";
+        assert_eq!(
+            telling_line(err),
+            "cd: Login failed: 530 Authentication failed."
+        );
+        assert_eq!(telling_line("one\ntwo\n\n"), "two");
+    }
 }

@@ -144,6 +144,10 @@ pub fn collection_sets(messages: &[LogMessage]) -> Vec<BackupSet> {
 /// `text` the error text.
 pub fn classify(code: u32, text: &str) -> FailureReason {
     let t = text.to_ascii_lowercase();
+    // Logins and host keys first: duplicity reports them under its generic backend codes.
+    if let Some(reason) = classify_login(&t) {
+        return reason;
+    }
     match code {
         8 => FailureReason::TargetInvalid,                 // bad_url
         10 | 31 | 45 => FailureReason::EncryptionKeyError, // bad_sign_key, gpg_failed, encryption mismatch
@@ -176,6 +180,24 @@ pub fn classify(code: u32, text: &str) -> FailureReason {
         }
         _ => FailureReason::UploadFailed,
     }
+}
+
+/// The login failures of the lftp (FTP) and paramiko (SFTP) backends, from their texts.
+fn classify_login(t: &str) -> Option<FailureReason> {
+    // paramiko's BadHostKeyException: "Host key for server 'h' does not match: got ..".
+    if t.contains("host key for server") && t.contains("does not match") {
+        return Some(FailureReason::HostKeyMismatch);
+    }
+    // duplicity's paramiko backend asks on stdin about a host known_hosts does not hold, and
+    // fails on the closed stdin: "The authenticity of host .. can't be established".
+    if t.contains("authenticity of host") || t.contains("host key verification for server") {
+        return Some(FailureReason::HostKeyUnknown);
+    }
+    // lftp: "Login failed: 530 Login incorrect."; paramiko: "Authentication failed.".
+    if t.contains("login failed") || t.contains("authentication failed") {
+        return Some(FailureReason::TargetAuthFailed);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -295,5 +317,19 @@ mod tests {
             FailureReason::TargetUnreachable
         );
         assert_eq!(classify(1, "something odd"), FailureReason::UploadFailed);
+    }
+
+    #[test]
+    fn login_and_host_key_failures_have_their_own_reasons_whatever_the_code() {
+        let mismatch = "BackendException: ssh connection to u@127.0.0.1:2222 failed: Host key for server '127.0.0.1' does not match: got 'AAAA', expected 'BBBB'";
+        assert_eq!(classify(23, mismatch), FailureReason::HostKeyMismatch);
+        let unknown = "The authenticity of host '[127.0.0.1]:2222' can't be established.\nBackendException: ssh connection to u@127.0.0.1:2222 failed: EOF when reading a line";
+        assert_eq!(classify(23, unknown), FailureReason::HostKeyUnknown);
+        let ftp = "BackendException: Error running 'lftp -c ..': returned 1\ncd: Login failed: 530 Authentication failed.";
+        assert_eq!(classify(50, ftp), FailureReason::TargetAuthFailed);
+        assert_eq!(
+            classify(23, "ssh connection to u@h failed: Authentication failed."),
+            FailureReason::TargetAuthFailed
+        );
     }
 }

@@ -7,6 +7,6 @@ pub mod names;
 pub mod runner;
 pub mod url;
 
-pub use argv::{Action, Crypto, TargetConfig};
+pub use argv::{Action, Crypto, SshFiles, TargetConfig};
 pub use runner::{run, DuplicityError};
 pub use url::TargetUrl;

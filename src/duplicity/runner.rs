@@ -204,7 +204,8 @@ pub async fn run(
     } else {
         text
     };
-    let all = format!("{detail}\n{stderr}");
+    // stdout too: the paramiko backend asks about an unknown host key there.
+    let all = format!("{detail}\n{stderr}\n{stdout}");
     let reason = classify(code, &all);
     Err(DuplicityError::new(
         reason,

@@ -44,10 +44,20 @@ impl TargetUrl {
                 return Err(err("a file:// URL needs an absolute path: file:///path"));
             }
         } else {
-            let host = rest.split('/').next().unwrap_or("");
-            let host = host.rsplit('@').next().unwrap_or("");
+            let authority = rest.split('/').next().unwrap_or("");
+            let host = authority.rsplit('@').next().unwrap_or("");
             if host.is_empty() {
                 return Err(err("missing host or bucket"));
+            }
+            // Refused rather than redacted: the URL is stored in every run's status and in
+            // resources, and handed to duplicity in its argv, so a password in it would be
+            // kept in all of those. It has its own ways in.
+            if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                if userinfo.contains(':') {
+                    return Err(err(
+                        "a password in the URL is refused (it would be stored and shown): give it in FTP_PASSWORD, --ftp-password-file or the BackupTarget's password",
+                    ));
+                }
             }
         }
         Ok(Self {
@@ -58,6 +68,23 @@ impl TargetUrl {
 
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// FTP and FTPS: duplicity's lftp backend, which logs in with $FTP_PASSWORD.
+    pub fn is_ftp(&self) -> bool {
+        matches!(self.scheme.as_str(), "ftp" | "ftps")
+    }
+
+    /// SFTP and SCP: duplicity's paramiko backend, which honours `--ssh-options`.
+    pub fn is_ssh(&self) -> bool {
+        matches!(self.scheme.as_str(), "sftp" | "scp")
+    }
+
+    /// The user named in the URL (`scheme://user@host/...`), if any.
+    pub fn user(&self) -> Option<&str> {
+        let rest = self.raw.split_once("://")?.1;
+        let authority = rest.split('/').next()?;
+        authority.rsplit_once('@').map(|(u, _)| u)
     }
 
     pub fn is_s3(&self) -> bool {
@@ -130,6 +157,23 @@ mod tests {
             .contains("unsupported"));
         assert!(TargetUrl::parse("file:///a b").is_err());
         assert!(TargetUrl::parse("sftp:///p").is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_without_being_repeated() {
+        for u in [
+            "ftp://me:s3cret@h/p",
+            "sftp://me:s3cret@h:22/p",
+            "ftps://me:@h/p",
+        ] {
+            let e = TargetUrl::parse(u).unwrap_err();
+            assert!(e.why.contains("password in the URL"), "{u}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let u = TargetUrl::parse("ftp://backup@h:2121/p").unwrap();
+        assert_eq!((u.is_ftp(), u.user()), (true, Some("backup")));
+        assert_eq!(TargetUrl::parse("ftps://h/p").unwrap().user(), None);
+        assert!(TargetUrl::parse("sftp://u@h/p").unwrap().is_ssh());
     }
 
     #[test]

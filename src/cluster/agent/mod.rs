@@ -8,6 +8,8 @@ pub mod site;
 #[cfg(test)]
 mod status_write_tests;
 pub mod target;
+#[cfg(test)]
+mod target_tests;
 mod verifies;
 
 use std::collections::HashMap;
