@@ -387,15 +387,25 @@ fn a_kubevirt_vm_is_restored_as_a_new_vm_that_holds_the_point_and_boots_after_a_
             .is_none(),
         "the VM is the user's, not the restore's"
     );
-    // It runs again, on the DataVolume's disk.
+    // It runs again, on the DataVolume's disk (through KubeVirt's tracking overlay).
     let restored = w.fake.pvc_dir(NS, "web-rootdisk-back").join("disk.img");
+    let data_file = |image: &str| -> String {
+        let info: Value =
+            serde_json::from_str(&run_ok("qemu-img", &["info", "-U", "--output=json", image]))
+                .unwrap();
+        info["format-specific"]["data"]["data-file"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     wait_until(
         "the VM to run on the restored disk",
         120,
         &|| format!("{:?}", w.fake.errors()),
         || {
             let vmi = w.fake.get(VMI, NS, "web")?;
-            let on = w.guest.disk_sources() == vec![restored.display().to_string()];
+            let sources = w.guest.disk_sources();
+            let on = sources.len() == 1 && data_file(&sources[0]) == restored.display().to_string();
             (vmi["status"]["phase"] == "Running" && on).then_some(())
         },
     );
@@ -404,6 +414,22 @@ fn a_kubevirt_vm_is_restored_as_a_new_vm_that_holds_the_point_and_boots_after_a_
     let got = std::fs::read(&restored).unwrap();
     let want = std::fs::read(&reference).unwrap();
     assert!(got.len() == want.len() && got[..window] == want[..window]);
+
+    // KubeVirt's checkpoint described the old disk: its tracker went, and the next backup
+    // of the chain is a full.
+    assert_eq!(w.api.list(TRACKER, Some(NS)), Vec::<Value>::new());
+    w.api.create_all(&[run_doc("web-3", "Preferred")]);
+    let next = worker(&w, "worker-g", None);
+    let r = finished(&w, "snapback.dev/v1alpha1/BackupRun", "web-3", "worker-g");
+    stop(next);
+    assert_eq!(
+        r["status"]["phase"],
+        "Succeeded",
+        "{r:#}\n{}",
+        log_of(&w, "worker-g")
+    );
+    assert_eq!(r["status"]["type"], "Full", "{r:#}");
+    assert_eq!(w.fake.made_by_runs(NS), Vec::<String>::new());
 
     // Every grant the chart gives the worker is used by some request.
     let mut unused: Vec<String> = w
