@@ -424,6 +424,32 @@ impl<S: Store> KubeVirtSource<S> {
         self.set_run_strategy(id, run_strategy::HALTED).await
     }
 
+    /// Stops the VM and returns once its instance is gone, as libvirt's destroy returns once
+    /// the domain is off: a definition written before that would not be the one it restarts
+    /// with (KubeVirt applies volume changes at the next start).
+    pub(super) async fn halt_and_wait(&self, id: &str) -> Result<(), LibvirtError> {
+        self.halt(id).await?;
+        let name = self.vm_named(id).await?.metadata.name.unwrap_or_default();
+        let deadline = Instant::now() + self.export_wait;
+        loop {
+            let vmi: Option<crate::kubevirt::types::VirtualMachineInstance> = self
+                .store
+                .get(Some(&self.vm.namespace), &name)
+                .await
+                .map_err(api)?;
+            if vmi.is_none() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(err(
+                    VirtErrorKind::InvalidState,
+                    format!("VirtualMachine {name} still has an instance after it was halted"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Starts a halted VM (one with another run strategy is left to it) and returns once its
     /// instance runs, as libvirt's start returns once the domain runs: KubeVirt schedules a
     /// pod first, which can take a while.

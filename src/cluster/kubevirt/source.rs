@@ -565,9 +565,10 @@ impl<S: Store> Source for KubeVirtSource<S> {
         self.halt(vm).await
     }
 
-    /// KubeVirt has no "off at once" but a shorter grace period; halting is what it is asked.
+    /// KubeVirt has no "off at once" but a shorter grace period; the VM is halted and its
+    /// instance waited out.
     async fn destroy(&self, vm: &str) -> Result<(), LibvirtError> {
-        self.halt(vm).await
+        self.halt_and_wait(vm).await
     }
 
     fn placement_name(&self, new_vm: Option<&str>, disk: &str, _request: &str) -> Option<String> {
