@@ -96,6 +96,16 @@ const RESTORE_CHECKS: &str = "resume ends the request Succeeded; exactly one new
 /// Other failures, each covered by the named test.
 const FAULTS: &[(&str, &str, &str)] = &[
     (
+        "KubeVirt: the kubevirt-worker killed by SIGKILL mid-upload of a restored disk into its DataVolume (fake KubeVirt and CDI)",
+        "the next worker adopts the DataVolume it had named in status, uploads again with a new token and Succeeds; the disk byte-exact to the point, booting; nothing left in its work dir",
+        "kubevirt_restore.rs: a_kubevirt_vm_is_restored_as_a_new_vm_that_holds_the_point_and_boots_after_a_kill_mid_upload_then_in_place",
+    ),
+    (
+        "KubeVirt: the worker killed right after it created the new VM (or, in place, repointed the VM), then the RestoreRequest deleted",
+        "the next worker rolls back: the new VM and its DataVolume (and claim) deleted; in place, the VM back on its previous disk and running, the DataVolume made deleted",
+        "kubevirt_restore.rs: a_kubevirt_vm_is_restored_as_a_new_vm_that_holds_the_point_and_boots_after_a_kill_mid_upload_then_in_place",
+    ),
+    (
         "libvirtd restarted (stopped and started) during an export, the job held in qemu across the restart",
         "libvirt 9.0 keeps the job as the domain's active backup job; snapback reconnects and the run Succeeds; no job, frozen filesystem, stray checkpoint or bitmap, staging or lock left; the next incremental works; every point verifies",
         "host_faults.rs: a_libvirtd_restart_during_an_export_lets_the_backup_finish_and_leaves_nothing_behind",

@@ -8,7 +8,8 @@
 //! domain. The worker is killed with SIGKILL mid-upload and the next one finishes the
 //! restore; one killed right after it created the new VM, whose RestoreRequest is then
 //! deleted, leaves nothing behind. In place, the running VM is stopped, repointed to the
-//! restored DataVolume and runs again on it, its old claim kept.
+//! restored DataVolume and runs again on it, its old claim kept; one killed right after the
+//! repoint and then deleted puts the VM back as it was.
 
 mod apiserver;
 mod common;
@@ -387,15 +388,25 @@ fn a_kubevirt_vm_is_restored_as_a_new_vm_that_holds_the_point_and_boots_after_a_
             .is_none(),
         "the VM is the user's, not the restore's"
     );
-    // It runs again, on the DataVolume's disk.
+    // It runs again, on the DataVolume's disk (through KubeVirt's tracking overlay).
     let restored = w.fake.pvc_dir(NS, "web-rootdisk-back").join("disk.img");
+    let data_file = |image: &str| -> String {
+        let info: Value =
+            serde_json::from_str(&run_ok("qemu-img", &["info", "-U", "--output=json", image]))
+                .unwrap();
+        info["format-specific"]["data"]["data-file"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     wait_until(
         "the VM to run on the restored disk",
         120,
         &|| format!("{:?}", w.fake.errors()),
         || {
             let vmi = w.fake.get(VMI, NS, "web")?;
-            let on = w.guest.disk_sources() == vec![restored.display().to_string()];
+            let sources = w.guest.disk_sources();
+            let on = sources.len() == 1 && data_file(&sources[0]) == restored.display().to_string();
             (vmi["status"]["phase"] == "Running" && on).then_some(())
         },
     );
@@ -404,6 +415,72 @@ fn a_kubevirt_vm_is_restored_as_a_new_vm_that_holds_the_point_and_boots_after_a_
     let got = std::fs::read(&restored).unwrap();
     let want = std::fs::read(&reference).unwrap();
     assert!(got.len() == want.len() && got[..window] == want[..window]);
+
+    // KubeVirt's checkpoint described the old disk: its tracker went, and the next backup
+    // of the chain is a full.
+    assert_eq!(w.api.list(TRACKER, Some(NS)), Vec::<Value>::new());
+    w.api.create_all(&[run_doc("web-3", "Preferred")]);
+    let next = worker(&w, "worker-g", None);
+    let r = finished(&w, "snapback.dev/v1alpha1/BackupRun", "web-3", "worker-g");
+    stop(next);
+    assert_eq!(
+        r["status"]["phase"],
+        "Succeeded",
+        "{r:#}\n{}",
+        log_of(&w, "worker-g")
+    );
+    assert_eq!(r["status"]["type"], "Full", "{r:#}");
+    assert_eq!(w.fake.made_by_runs(NS), Vec::<String>::new());
+
+    // An in-place restore killed right after it repointed the VM, then deleted: the next
+    // worker puts the VM back as it was (on the first restore's disk, running) and deletes
+    // the DataVolume it had made.
+    w.api.create_all(&[json!({
+        "apiVersion": "snapback.dev/v1alpha1", "kind": "RestoreRequest",
+        "metadata": {"name": "again", "namespace": NS, "labels": {"snapback.dev/kubevirt": "true"}},
+        "spec": {"domain": format!("{NS}/web"), "targetRef": "local", "inPlace": true},
+    })]);
+    let doomed = worker(&w, "worker-h", Some("restore:defining:swapped"));
+    killed_at_crash_point(&w, doomed, "worker-h");
+    let swapped = w.fake.get(VM, NS, "web").unwrap();
+    assert_eq!(
+        swapped["spec"]["template"]["spec"]["volumes"][0]["dataVolume"]["name"],
+        "web-rootdisk-again"
+    );
+    w.api
+        .shared
+        .store
+        .raw_delete(RESTORE, NS, "again")
+        .expect("the request deleted");
+    let next = worker(&w, "worker-i", None);
+    wait_until(
+        "the deleted in-place restore to be rolled back and go",
+        300,
+        &|| log_of(&w, "worker-i"),
+        || w.api.get(RESTORE, NS, "again").is_none().then_some(()),
+    );
+    stop(next);
+    let vm = w.fake.get(VM, NS, "web").unwrap();
+    assert_eq!(vm["spec"]["runStrategy"], "Always");
+    assert_eq!(
+        vm["spec"]["template"]["spec"]["volumes"][0],
+        json!({"name": "rootdisk", "dataVolume": {"name": "web-rootdisk-back"}}),
+        "the VM's definition from before that restore"
+    );
+    wait_until(
+        "the VM to run on its disk again",
+        120,
+        &|| format!("{:?}", w.fake.errors()),
+        || {
+            let vmi = w.fake.get(VMI, NS, "web")?;
+            let sources = w.guest.disk_sources();
+            let on = sources.len() == 1 && data_file(&sources[0]) == restored.display().to_string();
+            (vmi["status"]["phase"] == "Running" && on).then_some(())
+        },
+    );
+    w.fake.settle();
+    assert!(w.fake.get(DATAVOLUME, NS, "web-rootdisk-again").is_none());
+    assert!(w.fake.get(PVC, NS, "web-rootdisk-again").is_none());
 
     // Every grant the chart gives the worker is used by some request.
     let mut unused: Vec<String> = w

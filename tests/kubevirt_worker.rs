@@ -129,6 +129,8 @@ fn restore_grant(g: &str) -> bool {
         || resource.starts_with("cdi.kubevirt.io/")
         || resource.starts_with("upload.cdi.kubevirt.io/")
         || (resource == "kubevirt.io/virtualmachines" && verb != "get")
+        || (resource == "backup.kubevirt.io/virtualmachinebackuptrackers"
+            && ["list", "delete"].contains(&verb))
 }
 
 fn stop(mut c: Child) {

@@ -224,7 +224,8 @@ fn cbt_state(inner: &Inner, vm: &VmState) -> &'static str {
 /// virt-controller following each mapped VM's `spec.runStrategy` as a client set it: Halted
 /// stops a running VM (its instance goes), Always (or RerunOnFailure) starts a stopped one,
 /// on the claims its volumes name now (a volume repointed to another claim or DataVolume
-/// boots from that claim's `disk.img`, as a Filesystem-mode DataVolume holds its disk).
+/// boots from that claim's raw `disk.img`, as a Filesystem-mode DataVolume holds its disk,
+/// through a changed-block-tracking overlay).
 fn follow_run_strategy(inner: &Arc<Inner>) {
     let vms: Vec<VmState> = inner.vms.lock().unwrap().values().cloned().collect();
     for vm in vms {
@@ -292,12 +293,11 @@ fn repoint(inner: &Arc<Inner>, vm: &VmState, obj: &Value) -> Result<(), String> 
             .ok_or_else(|| format!("{} is not in the domain XML", old.display()))?;
         let start = xml[..at].rfind("<disk ").unwrap();
         let end = at + xml[at..].find("</disk>").unwrap();
-        let block = xml[start..end]
-            .replace(
-                &format!("file='{}'", old.display()),
-                &format!("file='{}'", disk.display()),
-            )
-            .replace("type='qcow2'", "type='raw'");
+        let overlay = cbt_overlay(inner, vm, target, claim, &disk)?;
+        let block = xml[start..end].replace(
+            &format!("file='{}'", old.display()),
+            &format!("file='{}'", overlay.display()),
+        );
         xml.replace_range(start..end, &block);
     }
     let file = inner.root.join(format!("{}-repointed.xml", vm.domain));
@@ -311,6 +311,53 @@ fn repoint(inner: &Arc<Inner>, vm: &VmState, obj: &Value) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// KubeVirt's changed-block tracking over a raw volume: a qcow2 overlay on the VM's state
+/// volume (`cbt/<volume>.qcow2`) whose data file is the volume's raw disk (`data_file_raw`,
+/// so every write still lands in `disk.img`), as virt-launcher makes on start. Made against a
+/// placeholder and then told its data file: `qemu-img create` would write the data file.
+fn cbt_overlay(
+    inner: &Inner,
+    vm: &VmState,
+    target: &str,
+    claim: &str,
+    disk: &std::path::Path,
+) -> Result<std::path::PathBuf, String> {
+    let dir = inner
+        .root
+        .join("vmstate")
+        .join(&vm.ns)
+        .join(&vm.name)
+        .join("cbt");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let overlay = dir.join(format!("{target}-{claim}.qcow2"));
+    let placeholder = dir.join(format!("{target}-{claim}.placeholder"));
+    let size = std::fs::metadata(disk).map_err(|e| e.to_string())?.len();
+    std::fs::File::create(&placeholder)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| e.to_string())?;
+    let p = overlay.to_str().unwrap();
+    libvirt::qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={},data_file_raw=on", placeholder.display()),
+        p,
+        &size.to_string(),
+    ])?;
+    libvirt::qemu_img(&[
+        "amend",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={}", disk.display()),
+        p,
+    ])?;
+    let _ = std::fs::remove_file(&placeholder);
+    Ok(overlay)
 }
 
 /// Writes each VM's and VMI's status as virt-controller and virt-handler would.

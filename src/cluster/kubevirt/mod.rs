@@ -153,3 +153,40 @@ pub async fn drive_restore<S: Store>(
     }
     done
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(ns: &str, domain: &str) -> RestoreRequest {
+        let mut r = RestoreRequest::new(
+            "r",
+            serde_json::from_value(serde_json::json!({
+                "domain": domain, "targetRef": "t", "newName": "copy",
+            }))
+            .unwrap(),
+        );
+        r.metadata.namespace = Some(ns.into());
+        r
+    }
+
+    #[test]
+    fn a_restore_names_a_vm_of_its_own_namespace_unless_it_is_in_snapbacks() {
+        let own = Some("snapback-system");
+        let vm = restore_vm(&req("apps", "apps/web"), own).unwrap();
+        assert_eq!((vm.namespace.as_str(), vm.name.as_str()), ("apps", "web"));
+        let err = restore_vm(&req("tenant-b", "apps/web"), own).unwrap_err();
+        assert!(err.contains("its own namespace"), "{err}");
+        assert!(restore_vm(&req("snapback-system", "apps/web"), own).is_ok());
+        let err = restore_vm(&req("apps", "web"), own).unwrap_err();
+        assert!(err.contains("NAMESPACE/NAME"), "{err}");
+    }
+
+    #[test]
+    fn hooks_and_target_devices_have_no_kubevirt_counterpart() {
+        let mut r = req("apps", "apps/web");
+        r.spec.target_devices = [("rootdisk".to_string(), "/dev/sdb".to_string())].into();
+        let err = restore_vm(&r, None).unwrap_err();
+        assert!(err.contains("targetDevices"), "{err}");
+    }
+}

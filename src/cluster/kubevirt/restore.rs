@@ -158,6 +158,19 @@ impl<S: Store> KubeVirtSource<S> {
         let made = match self.store.create(&want).await {
             Ok(vm) => vm,
             Err(e) if e.is(ApiErrorKind::AlreadyExists) => {
+                // As a new VM, only one this restore made (before a crash) is taken over: a
+                // stranger's that appeared since Resolving is never written.
+                if self.new_vm.is_some() {
+                    let there = self.vm_named(&name).await?;
+                    if !made_by(&there.metadata, &self.restore_label()) {
+                        return Err(err(
+                            VirtErrorKind::InvalidState,
+                            format!(
+                                "VirtualMachine {name} exists and was not made by this restore; choose another name"
+                            ),
+                        ));
+                    }
+                }
                 let spec = want.spec.clone();
                 let labels = want.metadata.labels.clone();
                 let annotations = want.metadata.annotations.clone();
@@ -411,7 +424,35 @@ impl<S: Store> KubeVirtSource<S> {
         self.set_run_strategy(id, run_strategy::HALTED).await
     }
 
-    /// Starts a halted VM; one with another run strategy is left to it.
+    /// Stops the VM and returns once its instance is gone, as libvirt's destroy returns once
+    /// the domain is off: a definition written before that would not be the one it restarts
+    /// with (KubeVirt applies volume changes at the next start).
+    pub(super) async fn halt_and_wait(&self, id: &str) -> Result<(), LibvirtError> {
+        self.halt(id).await?;
+        let name = self.vm_named(id).await?.metadata.name.unwrap_or_default();
+        let deadline = Instant::now() + self.export_wait;
+        loop {
+            let vmi: Option<crate::kubevirt::types::VirtualMachineInstance> = self
+                .store
+                .get(Some(&self.vm.namespace), &name)
+                .await
+                .map_err(api)?;
+            if vmi.is_none() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(err(
+                    VirtErrorKind::InvalidState,
+                    format!("VirtualMachine {name} still has an instance after it was halted"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Starts a halted VM (one with another run strategy is left to it) and returns once its
+    /// instance runs, as libvirt's start returns once the domain runs: KubeVirt schedules a
+    /// pod first, which can take a while.
     pub(super) async fn start_vm(&self, id: &str) -> Result<(), LibvirtError> {
         let vm = self.vm_named(id).await?;
         let halted = vm.spec.run_strategy.as_deref() == Some(run_strategy::HALTED)
@@ -419,6 +460,27 @@ impl<S: Store> KubeVirtSource<S> {
         if halted {
             self.set_run_strategy(id, run_strategy::ALWAYS).await?;
         }
-        Ok(())
+        let name = vm.metadata.name.clone().unwrap_or_default();
+        let deadline = Instant::now() + self.export_wait;
+        loop {
+            let vmi: Option<crate::kubevirt::types::VirtualMachineInstance> = self
+                .store
+                .get(Some(&self.vm.namespace), &name)
+                .await
+                .map_err(api)?;
+            if vmi.is_some_and(|i| i.is_running()) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(err(
+                    VirtErrorKind::InvalidState,
+                    format!(
+                        "VirtualMachine {name} is not running {}s after it was started",
+                        self.export_wait.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }

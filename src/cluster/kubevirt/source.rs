@@ -356,7 +356,24 @@ impl<S: Store> Source for KubeVirtSource<S> {
         Ok(())
     }
 
+    /// Called when a restore in place puts the VM on other disks: KubeVirt's checkpoints
+    /// describe the old ones, so every tracker snapback made for the VM goes (its other
+    /// targets' too), and the next backup of each chain is a full. A tracker kept would let
+    /// KubeVirt take an incremental against bitmaps of disks the VM no longer reads.
     async fn forget_checkpoint(&self, _vm: &str, _name: &str) -> Result<(), LibvirtError> {
+        let trackers: Vec<VirtualMachineBackupTracker> =
+            self.store.list(Some(self.ns()), &[]).await.map_err(api)?;
+        for t in trackers {
+            let ours = t
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(RUN_LABEL));
+            if ours && t.spec.source.name == self.vm.name {
+                let name = t.metadata.name.clone().unwrap_or_default();
+                self.delete::<VirtualMachineBackupTracker>(&name).await?;
+            }
+        }
         Ok(())
     }
 
@@ -548,9 +565,10 @@ impl<S: Store> Source for KubeVirtSource<S> {
         self.halt(vm).await
     }
 
-    /// KubeVirt has no "off at once" but a shorter grace period; halting is what it is asked.
+    /// KubeVirt has no "off at once" but a shorter grace period; the VM is halted and its
+    /// instance waited out.
     async fn destroy(&self, vm: &str) -> Result<(), LibvirtError> {
-        self.halt(vm).await
+        self.halt_and_wait(vm).await
     }
 
     fn placement_name(&self, new_vm: Option<&str>, disk: &str, _request: &str) -> Option<String> {
