@@ -206,6 +206,11 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "agent_live.rs: the_agent_verifies_its_domains_when_the_policy_verify_tick_is_due_and_records_the_verdict",
     ),
     (
+        "a scheduled verify in the kubevirt-worker (no libvirt: only the target is read)",
+        "due only after a verify tick later than the run's end; the VM's chain read back once, Verified=True on its run, the tick answered once; metrics verified_points and verify_broken_points; nothing left under the state dir",
+        "kubevirt_backup.rs: the_kubevirt_worker_reads_a_vms_chain_back_when_its_policy_verify_tick_is_due_and_records_the_verdict",
+    ),
+    (
         "SIGTERM during a run",
         "Failed (Interrupted); cleaned up; the next backup is incremental",
         "backup_safety.rs: sigterm_mid_run_cleans_up_and_fails_as_interrupted",

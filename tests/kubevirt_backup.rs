@@ -9,14 +9,18 @@ mod common;
 mod kubevirt_fake;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use apiserver::ApiServer;
 use common::*;
 use kube::api::ObjectMeta;
 use kubevirt_fake::*;
 use snapback::api::*;
+use snapback::cluster::agent::{Agent, AgentConfig, Host};
 use snapback::cluster::mem::MemStore;
 use snapback::cluster::Store;
+use snapback::metrics::{Health, Metrics};
 
 const NS: &str = "vms";
 
@@ -304,4 +308,104 @@ fn what_kubevirt_cannot_do_fails_with_why_and_leaves_nothing_and_a_lost_checkpoi
     // Every point that reached the target reads back sound.
     let v = w.env.verify(&format!("{NS}/web"), &["--all"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+}
+
+/// The kubevirt-worker's agent, over the stand-in's store.
+fn worker_agent(w: &World, metrics: Arc<Metrics>) -> Arc<Agent<MemStore>> {
+    Agent::kubevirt(
+        store(w),
+        AgentConfig {
+            node: "kubevirt-worker".into(),
+            namespace: None,
+            state_dir: w.env.state.clone(),
+            heartbeat_every: Duration::from_secs(5),
+            poll: Duration::from_millis(200),
+        },
+        Host::KubeVirt {
+            storage_class: None,
+            own_namespace: Some("snapback-system".into()),
+        },
+        metrics,
+        Health::default(),
+    )
+}
+
+#[test]
+fn the_kubevirt_worker_reads_a_vms_chain_back_when_its_policy_verify_tick_is_due_and_records_the_verdict(
+) {
+    let w = world();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(target(&w));
+    let mut p = BackupPolicy::new(
+        "vms",
+        serde_json::from_value(serde_json::json!({
+            "virtualMachineSelector": {"names": ["web"]}, "targetRef": "local",
+            "schedule": "0 2 * * *", "verify": {"schedule": "0 3 * * *"},
+        }))
+        .unwrap(),
+    );
+    p.metadata = ObjectMeta {
+        name: Some("vms".into()),
+        namespace: Some(NS.into()),
+        ..Default::default()
+    };
+    rt.block_on(store(&w).create(&p)).unwrap();
+    let done = rt.block_on(run(&w, "web-1", serde_json::json!({"policyRef": "vms"})));
+    let s = status(&done);
+    assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+    let finished = s.completion_time.unwrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let a = worker_agent(&w, metrics.clone());
+    rt.block_on(async {
+        // Before the first 03:00 after the run: nothing is due.
+        let before = jiff::Timestamp::from_second(finished.as_second() + 1).unwrap();
+        if before.strftime("%H").to_string() != "03" {
+            a.verify_pass(before).await.unwrap();
+            assert_eq!(a.in_flight(), 0, "no verify tick since the run finished");
+        }
+        // Two days on, a tick has passed: the VM's chain is read back once.
+        let later = finished
+            .checked_add(jiff::SignedDuration::from_hours(48))
+            .unwrap();
+        a.verify_pass(later).await.unwrap();
+        assert_eq!(a.in_flight(), 1, "one verify for the one VM");
+        a.wait_in_flight().await;
+        let s = store(&w)
+            .get::<BackupRun>(Some(NS), "web-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .unwrap();
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Verified")
+            .expect("a Verified condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "ReadBackOK"),
+            "{}",
+            c.message
+        );
+        let tick = s.last_verify_tick.expect("the tick answered");
+        assert!(tick <= later && tick > finished, "{tick}");
+        a.verify_pass(later).await.unwrap();
+        assert_eq!(a.in_flight(), 0, "the tick is answered once");
+    });
+    let text = metrics.encode();
+    assert!(
+        text.contains("snapback_verified_points_total{result=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "snapback_verify_broken_points{{policy=\"vms\",domain=\"{NS}/web\"}} 0"
+        )),
+        "{text}"
+    );
+    assert!(std::fs::read_dir(w.env.state.join("verify-work"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true));
 }

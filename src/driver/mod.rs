@@ -162,9 +162,7 @@ impl<S: Source> Driver<'_, S> {
         (done, Some(pruned))
     }
 
-    /// A scheduled verify of one domain of a policy: reads the newest point (or, with `all`,
-    /// every point) back from the target and writes the verdicts on the runs. Answers how many
-    /// points were broken (a target that could not be read counts as one).
+    /// A scheduled verify of one domain of a policy (see `verify_due`).
     pub async fn verify<T: Site>(
         &self,
         site: &T,
@@ -172,37 +170,7 @@ impl<S: Source> Driver<'_, S> {
         due: &verify::VerifyDue,
         runs: &[&BackupRun],
     ) -> usize {
-        use crate::restore::verify::{verify as read_back, Which};
-        let (ns, pname, spec) = policy;
-        let all = spec.verify.as_ref().is_some_and(|v| v.all);
-        let outcome = match site.target(ns, &spec.target_ref).await {
-            Err(e) => Err(e),
-            Ok(t) => {
-                let target = crate::catalog::layout::domain_target(&t, &due.domain);
-                let which = if all {
-                    Which::All
-                } else {
-                    Which::One(crate::catalog::select::At::Latest)
-                };
-                let scratch = self.state_dir.join("verify-work").join(format!(
-                    "{pname}-{}-{}",
-                    due.domain,
-                    std::process::id()
-                ));
-                read_back(&target, &which, &scratch).await
-            }
-        };
-        let now = jiff::Timestamp::now();
-        for r in verify::record_verify(runs, due, &outcome, now) {
-            if let Err(e) = site.save_finished(&r).await {
-                tracing::warn!(run = ?r.metadata.name, "cannot record the verify: {e}");
-            }
-        }
-        let broken = verify::broken_count(&outcome);
-        if let Some(m) = self.metrics {
-            outcome::record_verify(m, pname, &due.domain, &outcome, broken, now);
-        }
-        broken
+        verify_due(site, self.state_dir, self.metrics, policy, due, runs).await
     }
 
     /// Runs a restore to Succeeded or Failed (a resumed one from where it stopped).
@@ -238,4 +206,51 @@ impl<S: Source> Driver<'_, S> {
         }
         done
     }
+}
+
+/// A scheduled verify of one domain of a policy: reads the newest point (or, with `all`,
+/// every point) back from the target and writes the verdicts on the runs. Answers how many
+/// points were broken (a target that could not be read counts as one).
+///
+/// It needs only the target, not the VM: the kubevirt-worker, which has no libvirt, runs it
+/// too.
+pub async fn verify_due<T: Site>(
+    site: &T,
+    state_dir: &Path,
+    metrics: Option<&Metrics>,
+    policy: (Option<&str>, &str, &BackupPolicySpec),
+    due: &verify::VerifyDue,
+    runs: &[&BackupRun],
+) -> usize {
+    use crate::restore::verify::{verify as read_back, Which};
+    let (ns, pname, spec) = policy;
+    let all = spec.verify.as_ref().is_some_and(|v| v.all);
+    let outcome = match site.target(ns, &spec.target_ref).await {
+        Err(e) => Err(e),
+        Ok(t) => {
+            let target = crate::catalog::layout::domain_target(&t, &due.domain);
+            let which = if all {
+                Which::All
+            } else {
+                Which::One(crate::catalog::select::At::Latest)
+            };
+            let scratch = state_dir.join("verify-work").join(format!(
+                "{pname}-{}-{}",
+                due.domain.replace('/', "-"),
+                std::process::id()
+            ));
+            read_back(&target, &which, &scratch).await
+        }
+    };
+    let now = jiff::Timestamp::now();
+    for r in verify::record_verify(runs, due, &outcome, now) {
+        if let Err(e) = site.save_finished(&r).await {
+            tracing::warn!(run = ?r.metadata.name, "cannot record the verify: {e}");
+        }
+    }
+    let broken = verify::broken_count(&outcome);
+    if let Some(m) = metrics {
+        outcome::record_verify(m, pname, &due.domain, &outcome, broken, now);
+    }
+    broken
 }

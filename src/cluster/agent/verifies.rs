@@ -1,6 +1,6 @@
-//! Scheduled verifies on the node: the policies of this node's runs that ask for
-//! `verify: {schedule}` get their domains' backups read back from the target when a tick is
-//! due (`driver::verify` decides which). A verify is work on the domain like a run: the two
+//! Scheduled verifies on the node, and in the kubevirt-worker for KubeVirt chains: the
+//! policies of the agent's runs that ask for `verify: {schedule}` get their domains' backups
+//! read back from the target when a tick is due (`driver::verify` decides which). A verify is work on the domain like a run: the two
 //! never overlap, so a verify does not read a chain an upload is still writing.
 
 use std::collections::BTreeMap;
@@ -12,27 +12,23 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::site::AgentSite;
-use super::{Agent, Host, Task};
+use super::{Agent, Task};
 use crate::api::BackupRun;
-use crate::cluster::labels;
 use crate::cluster::store::{ApiResult, Store};
 use crate::driver::verify::due_verifies;
-use crate::driver::{Driver, Site};
+use crate::driver::{verify_due, Site};
 use crate::schedule::Schedule;
 
 /// How often the agent looks for due verifies: the schedules count in minutes.
 pub(super) const VERIFY_LOOK_EVERY: Duration = Duration::from_secs(30);
 
 impl<S: Store> Agent<S> {
-    /// Starts a verify for each domain of this node whose policy's verify tick is due at
-    /// `now`, unless other work on the domain is in flight (it is then due at the next look).
+    /// Starts a verify for each domain of this agent's runs (this node's, or the KubeVirt
+    /// VMs') whose policy's verify tick is due at `now`, unless other work on the domain is
+    /// in flight (it is then due at the next look).
     pub async fn verify_pass(self: &Arc<Self>, now: Timestamp) -> ApiResult<()> {
-        // Verifies need no VM, only the target; KubeVirt chains get them in a later change.
-        if !matches!(self.host, Host::Libvirt(_)) {
-            return Ok(());
-        }
-        let node = labels::label_value(&self.cfg.node);
-        let sel = [(labels::NODE, node.as_str())];
+        let (label, value) = self.selector();
+        let sel = [(label, value.as_str())];
         let runs: Vec<BackupRun> = self.store.list(self.cfg.namespace.as_deref(), &sel).await?;
         let mut by_policy: BTreeMap<(String, String), Vec<BackupRun>> = BTreeMap::new();
         for r in runs {
@@ -70,19 +66,18 @@ impl<S: Store> Agent<S> {
                 let domain = due.domain.clone();
                 let handle = tokio::spawn(async move {
                     let site = AgentSite::new(me.store.clone(), me.cfg.state_dir.clone());
-                    let Host::Libvirt(host) = &me.host else {
-                        return;
-                    };
-                    let driver = Driver {
-                        host,
-                        state_dir: &me.cfg.state_dir,
-                        poll: Duration::from_millis(500),
-                        metrics: Some(&me.metrics),
-                    };
+                    // Only the target is read: no VM, so no libvirt (the kubevirt-worker has
+                    // none).
                     let refs: Vec<&BackupRun> = runs.iter().collect();
-                    let broken = driver
-                        .verify(&site, (Some(&ns), &pname, &spec), &due, &refs)
-                        .await;
+                    let broken = verify_due(
+                        &site,
+                        &me.cfg.state_dir,
+                        Some(&me.metrics),
+                        (Some(&ns), &pname, &spec),
+                        &due,
+                        &refs,
+                    )
+                    .await;
                     info!(policy = %pname, domain = %due.domain, tick = %due.tick, broken, "verified");
                 });
                 tasks.insert(
