@@ -57,6 +57,46 @@ const BACKUP_CRASHES: &[Crash] = &[
     },
 ];
 
+/// The kubevirt-worker killed in a KubeVirt backup, then the next worker (tests/kubevirt_worker.rs,
+/// against the fake KubeVirt); each point must be named there.
+const KUBEVIRT_CRASHES: &[Crash] = &[
+    Crash {
+        point: "backup:Preparing",
+        when: "the run is taken and recorded, the VM not yet read",
+    },
+    Crash {
+        point: "backup:Snapshotting",
+        when: "full or incremental decided and recorded, no PVC or VirtualMachineBackup yet",
+    },
+    Crash {
+        point: "backup:snapshotting:job-begun",
+        when: "KubeVirt's VirtualMachineBackup created, nothing recorded of it",
+    },
+    Crash {
+        point: "backup:Exporting",
+        when: "KubeVirt's backup created and recorded, not yet waited for or exported",
+    },
+    Crash {
+        point: "kubevirt:export-served",
+        when: "the VirtualMachineExport serves the PVC, no file fetched",
+    },
+    Crash {
+        point: "backup:Uploading",
+        when: "the files fetched into staging and sealed, before duplicity",
+    },
+    Crash {
+        point: "backup:Finalizing",
+        when: "the set is on the target; the backup, export, token Secret and PVC not yet deleted",
+    },
+    Crash {
+        point: "backup:before:Succeeded",
+        when: "everything KubeVirt-side deleted, success not yet recorded",
+    },
+];
+
+/// Checked after every kubevirt-worker crash and the next worker.
+const KUBEVIRT_CHECKS: &str = "the next worker ends the run Succeeded and incremental, on the previous run's checkpoint; KubeVirt took one backup for it (the tracker holds its checkpoint, the domain gained that one checkpoint only); no PVC, VirtualMachineBackup, VirtualMachineExport or token Secret of a run is left; staging is empty; at the end every point verifies";
+
 const RESTORE_CRASHES: &[Crash] = &[
     Crash {
         point: "restore:Resolving",
@@ -211,6 +251,11 @@ const FAULTS: &[(&str, &str, &str)] = &[
         "kubevirt_backup.rs: the_kubevirt_worker_reads_a_vms_chain_back_when_its_policy_verify_tick_is_due_and_records_the_verdict",
     ),
     (
+        "KubeVirt: a VM without a guest agent, backed up by the kubevirt-worker (KubeVirt completes with a quiesce warning)",
+        "Succeeded, Quiesced=False GuestAgentUnavailable with KubeVirt's words; with quiesce: Required, Failed QuiesceFailed, and nothing of the run left in the cluster, in staging or on the target",
+        "kubevirt_worker.rs: a_kubevirt_vm_without_a_guest_agent_is_backed_up_unfrozen_and_a_run_that_requires_freezing_fails_clean",
+    ),
+    (
         "SIGTERM during a run",
         "Failed (Interrupted); cleaned up; the next backup is incremental",
         "backup_safety.rs: sigterm_mid_run_cleans_up_and_fails_as_interrupted",
@@ -276,6 +321,16 @@ fn render_doc() -> String {
         s.push_str(&format!("| `{}` | {} |\n", c.point, c.when));
     }
     s.push_str(
+        "\n## kill -9 of the kubevirt-worker at every step of a KubeVirt backup, then the next \
+         worker\n\nAgainst the fake KubeVirt of `tests/kubevirt_fake/` (a real libvirt push \
+         backup underneath), in `tests/kubevirt_worker.rs`.\n\n",
+    );
+    s.push_str(&format!("Checked every time: {KUBEVIRT_CHECKS}.\n\n"));
+    s.push_str("| crash point | the moment |\n|---|---|\n");
+    for c in KUBEVIRT_CRASHES {
+        s.push_str(&format!("| `{}` | {} |\n", c.point, c.when));
+    }
+    s.push_str(
         "\n## kill -9 at every step of a restore as a new domain, then `snapback resume`\n\n",
     );
     s.push_str(&format!("Checked every time: {RESTORE_CHECKS}.\n\n"));
@@ -302,6 +357,17 @@ fn reliability_doc_matches_the_campaign_and_names_only_tests_that_exist() {
         have == doc,
         "docs/reliability.md is stale: SNAPBACK_WRITE_DOCS=1 cargo test --test crash_campaign reliability"
     );
+    let worker = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kubevirt_worker.rs"),
+    )
+    .unwrap();
+    for c in KUBEVIRT_CRASHES {
+        assert!(
+            worker.contains(&format!("\"{}\"", c.point)),
+            "kubevirt_worker.rs never crashes at {}",
+            c.point
+        );
+    }
     for (_, _, test) in FAULTS {
         let (file, name) = test.split_once(": ").unwrap();
         let src = std::fs::read_to_string(

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 const RELEASE_NS: &str = "snapback-system";
 const NS: &str = "vms";
 const SA: &str = "snapback-kubevirt-worker";
+const PASSPHRASE: &str = "correct horse battery staple";
 
 /// Dropped in this order: the fake (its jobs and servers), the stand-in, then the guest.
 struct World {
@@ -141,14 +142,15 @@ fn stop(mut c: Child) {
     let _ = c.wait();
 }
 
-#[test]
-fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_uses_every_grant() {
+/// The chart's objects, the target with its passphrase Secret, and the policy, for a guest
+/// `name` (with a guest agent or not) that the fake presents as the VM `vms/web`.
+fn world(name: &str, agent_channel: bool) -> World {
     let guest = Guest::new(
-        "kvwk",
+        name,
         GuestOpts {
             disk_mib: 128,
             prefill_mib: 32,
-            agent_channel: true,
+            agent_channel,
             ..Default::default()
         },
     );
@@ -169,11 +171,10 @@ fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_us
         &["kubevirt.enabled=true", "rbac.secretNamespaces={vms}"],
     );
     w.api.create_all(&docs);
-    let passphrase = "correct horse battery staple";
     w.api.create_all(&[
         json!({"apiVersion": "v1", "kind": "Secret",
                "metadata": {"name": "offsite-key", "namespace": NS},
-               "stringData": {"passphrase": passphrase}}),
+               "stringData": {"passphrase": PASSPHRASE}}),
         json!({"apiVersion": "snapback.dev/v1alpha1", "kind": "BackupTarget",
                "metadata": {"name": "local", "namespace": NS},
                "spec": {"url": w.env.target, "encryption": {"mode": "Symmetric",
@@ -181,9 +182,30 @@ fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_us
         json!({"apiVersion": "snapback.dev/v1alpha1", "kind": "BackupPolicy",
                "metadata": {"name": "vms", "namespace": NS},
                "spec": {"virtualMachineSelector": {"names": ["web"]}, "targetRef": "local",
-                        "schedule": "0 0 1 1 *", "retention": {"keepLast": 5}}}),
-        run_doc("web-1"),
+                        "schedule": "0 0 1 1 *", "retention": {"keepLast": 50}}}),
     ]);
+    w
+}
+
+/// `snapback verify --all` of the VM's chain, with the target's passphrase.
+fn verify_all(w: &World) -> SnapOut {
+    let key_file = w.env.dir.join("passphrase");
+    std::fs::write(&key_file, PASSPHRASE).unwrap();
+    w.env.verify(
+        &format!("{NS}/web"),
+        &[
+            "--all",
+            "--encrypt-passphrase-file",
+            key_file.to_str().unwrap(),
+        ],
+    )
+}
+
+#[test]
+fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_uses_every_grant() {
+    let w = world("kvwk", true);
+    w.api.create_all(&[run_doc("web-1")]);
+    let passphrase = PASSPHRASE;
 
     let first = worker(&w, "worker-a", None);
     let r = finished(&w, "web-1", "worker-a");
@@ -243,16 +265,7 @@ fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_us
     assert_eq!(leftovers(&w), Vec::<String>::new());
     stop(next);
     assert!(w.env.staging_files().is_empty());
-    let key_file = w.env.dir.join("passphrase");
-    std::fs::write(&key_file, passphrase).unwrap();
-    let v = w.env.verify(
-        &format!("{NS}/web"),
-        &[
-            "--all",
-            "--encrypt-passphrase-file",
-            key_file.to_str().unwrap(),
-        ],
-    );
+    let v = verify_all(&w);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 
     // Every grant the chart gives the worker is used by some request.
@@ -283,4 +296,131 @@ fn the_worker_backs_up_a_kubevirt_vm_over_the_api_survives_a_kill_mid_run_and_us
             "the passphrase in {pod}'s log"
         );
     }
+}
+
+/// Where the crash test kills the worker: as each phase of a KubeVirt backup is recorded,
+/// and before success is. tests/crash_campaign.rs lists these in docs/reliability.md (and
+/// checks that each is here); `backup:snapshotting:job-begun` and `kubevirt:export-served`
+/// are hit by the test above.
+const PHASE_CRASHES: &[&str] = &[
+    "backup:Preparing",
+    "backup:Snapshotting",
+    "backup:Exporting",
+    "backup:Uploading",
+    "backup:Finalizing",
+    "backup:before:Succeeded",
+];
+
+#[test]
+fn a_worker_killed_in_any_phase_of_a_kubevirt_backup_is_followed_by_one_that_finishes_it_once() {
+    let w = world("kvwc", true);
+    w.api.create_all(&[run_doc("web-0")]);
+    let first = worker(&w, "full", None);
+    let r = finished(&w, "web-0", "full");
+    stop(first);
+    assert_eq!(r["status"]["phase"], "Succeeded", "{r:#}");
+    let mut parent = r["status"]["checkpoint"].as_str().unwrap().to_string();
+    for (i, point) in PHASE_CRASHES.iter().enumerate() {
+        let run = format!("web-{}", i + 1);
+        w.guest.wait_for_writes(w.guest.writes() + 4);
+        let had = w.fake.domain_checkpoints(NS, "web");
+        w.api.create_all(&[run_doc(&run)]);
+        let doomed = format!("doomed-{i}");
+        killed_at_crash_point(&w, worker(&w, &doomed, Some(point)), &doomed);
+        // The phase was recorded before the kill (the one before it, for a `before:` point).
+        let want = match point.rsplit_once(':') {
+            Some((_, "Succeeded")) => "Finalizing",
+            Some((_, phase)) => phase,
+            None => unreachable!(),
+        };
+        let mid = run_of(&w, &run);
+        assert_eq!(mid["status"]["phase"], want, "{point}: {mid:#}");
+
+        let pod = format!("next-{i}");
+        let next = worker(&w, &pod, None);
+        let r = finished(&w, &run, &pod);
+        stop(next);
+        let s = &r["status"];
+        assert_eq!(
+            s["phase"],
+            "Succeeded",
+            "{point}: {r:#}\n{}",
+            log_of(&w, &pod)
+        );
+        assert_eq!(s["type"], "Incremental", "{point}");
+        // KubeVirt took one backup for the run: it follows the previous run's checkpoint, the
+        // tracker holds its checkpoint, and the domain gained that checkpoint only.
+        assert_eq!(s["parentCheckpoint"], parent.as_str(), "{point}");
+        let cp = s["checkpoint"].as_str().unwrap().to_string();
+        let tracker = w.api.list(TRACKER, Some(NS)).remove(0);
+        assert_eq!(
+            tracker["status"]["latestCheckpoint"]["name"],
+            cp.as_str(),
+            "{point}"
+        );
+        let mut gained = w.fake.domain_checkpoints(NS, "web");
+        gained.retain(|c| !had.contains(c));
+        assert_eq!(gained, vec![cp.clone()], "{point}");
+        assert_eq!(leftovers(&w), Vec::<String>::new(), "{point}");
+        assert!(w.env.staging_files().is_empty(), "{point}");
+        parent = cp;
+    }
+    // Every point of the chain reads back intact.
+    let v = verify_all(&w);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    // A header, then a line for each point: the full and one per crash.
+    assert_eq!(
+        v.stdout.lines().count(),
+        PHASE_CRASHES.len() + 2,
+        "{}",
+        v.stdout
+    );
+}
+
+#[test]
+fn a_kubevirt_vm_without_a_guest_agent_is_backed_up_unfrozen_and_a_run_that_requires_freezing_fails_clean(
+) {
+    let w = world("kvwq", false);
+    w.api.create_all(&[run_doc("web-1")]);
+    let pod = "worker";
+    let wk = worker(&w, pod, None);
+    // KubeVirt cannot freeze the guest, completes with a warning, and the run takes the
+    // crash-consistent point, saying why it is not frozen.
+    let r = finished(&w, "web-1", pod);
+    let s = &r["status"];
+    assert_eq!(s["phase"], "Succeeded", "{r:#}\n{}", log_of(&w, pod));
+    assert_eq!(s["quiesced"], false, "{r:#}");
+    let quiesced = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Quiesced")
+        .cloned()
+        .unwrap_or_else(|| panic!("no Quiesced condition: {r:#}"));
+    assert_eq!(quiesced["status"], "False", "{quiesced:#}");
+    assert_eq!(quiesced["reason"], "GuestAgentUnavailable", "{quiesced:#}");
+    assert!(
+        quiesced["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not freeze"),
+        "{quiesced:#}"
+    );
+
+    // quiesce: Required refuses that point: the run fails QuiesceFailed, and nothing of it
+    // is left in the cluster, in staging or on the target.
+    let mut required = run_doc("web-2");
+    required["spec"]["consistency"] = json!({"quiesce": "Required"});
+    w.guest.wait_for_writes(w.guest.writes() + 4);
+    w.api.create_all(&[required]);
+    let r = finished(&w, "web-2", pod);
+    stop(wk);
+    assert_eq!(r["status"]["phase"], "Failed", "{r:#}");
+    assert_eq!(r["status"]["failure"]["reason"], "QuiesceFailed", "{r:#}");
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+    assert!(w.env.staging_files().is_empty());
+    let v = verify_all(&w);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    // A header, then a line for the one point (the first).
+    assert_eq!(v.stdout.lines().count(), 2, "{}", v.stdout);
 }
