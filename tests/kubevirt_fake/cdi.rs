@@ -114,9 +114,16 @@ pub fn sync(inner: &Arc<Inner>) {
         let (ns, name) = (store::ns(dv), store::name(dv));
         let k = key(ns, name);
         let done = inner.cdi.done.lock().unwrap().contains(&k);
-        let ready = !inner.hold_uploads.load(Ordering::SeqCst) || done;
-        let pod_phase = if done { "Succeeded" } else { "Running" };
         let claim = st.raw_get(PVC, ns, name);
+        // CDI's upload pod is ready only once the claim is bound and mounted: here, once the
+        // claim controller has bound it and made its directory. (Saying UploadReady in the
+        // same pass that creates the claim let an upload race the directory's creation.)
+        let mounted = claim.as_ref().is_some_and(|c| {
+            s(c, "/status/phase") == "Bound"
+                && (super::pvc::is_block(c) || inner.pvc_dir(ns, name).is_dir())
+        });
+        let ready = mounted && (!inner.hold_uploads.load(Ordering::SeqCst) || done);
+        let pod_phase = if done { "Succeeded" } else { "Running" };
         let annotations = json!({
             "cdi.kubevirt.io/storage.upload.target": "",
             "cdi.kubevirt.io/storage.contentType": match s(dv, "/spec/contentType") { "" => "kubevirt", c => c },
