@@ -275,18 +275,7 @@ fn a_files_mode_point_of_a_uefi_guest_holds_its_firmware_state_and_manifest_unde
     let tree = env.dir.join("tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     std::fs::write(tree.join("etc/hostname"), b"uefi-files\n").unwrap();
-    let data = env.dir.join("data.raw");
-    run_ok("truncate", &["-s", "64M", data.to_str().unwrap()]);
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            tree.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
+    let data = ext4_raw_disk(&tree, &env.dir.join("data.raw"));
     let g = Guest::new(
         "sbt-uefi-files",
         GuestOpts {

@@ -337,18 +337,7 @@ fn files_chains_are_pruned_whole_by_the_policy_rules_and_the_kept_point_still_re
     let tree = env.dir.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("hello.txt"), b"kept\n").unwrap();
-    let data = env.dir.join("data.raw");
-    run_ok("truncate", &["-s", "64M", data.to_str().unwrap()]);
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            tree.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
+    let data = ext4_raw_disk(&tree, &env.dir.join("data.raw"));
     let g = Guest::new(
         "sbt-prfiles",
         GuestOpts {

@@ -904,3 +904,20 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A 64 MiB raw disk image at `path` holding an ext4 filesystem made from `tree`
+/// (`mkfs.ext4 -d`, no mount): a data disk for files mode to read.
+pub fn ext4_raw_disk(tree: &Path, path: &Path) -> PathBuf {
+    run_ok("truncate", &["-s", "64M", path.to_str().unwrap()]);
+    run_ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    );
+    path.to_path_buf()
+}

@@ -189,19 +189,7 @@ pub(crate) async fn write_onto_device(
         format!("driver=qcow2,file.filename={}", top.replace(',', ",,")),
         sized_raw(dev, size),
     ];
-    qemu_img::run_qemu_img(
-        &argv,
-        FailureReason::VerificationFailed,
-        FailureReason::StorageFull,
-        |_| {},
-    )
-    .await
-    .map_err(|e| {
-        StepError::new(
-            FailureReason::VerificationFailed,
-            format!("{dev} does not hold the restored disk: {}", e.message),
-        )
-    })
+    super::run_compare(&argv, dev).await
 }
 
 #[cfg(test)]

@@ -48,6 +48,24 @@ pub(crate) fn io_err(what: &str, e: std::io::Error) -> StepError {
     StepError::new(reason, format!("{what}: {e}"))
 }
 
+/// Runs a `qemu-img compare` argv; any difference (or a failure to compare) fails the restore
+/// `VerificationFailed`, naming `what` (the restored file or device).
+pub(crate) async fn run_compare(argv: &[String], what: &str) -> Result<(), StepError> {
+    crate::qemu_img::run_qemu_img(
+        argv,
+        FailureReason::VerificationFailed,
+        FailureReason::StorageFull,
+        |_| {},
+    )
+    .await
+    .map_err(|e| {
+        StepError::new(
+            FailureReason::VerificationFailed,
+            format!("{what} does not hold the restored disk: {}", e.message),
+        )
+    })
+}
+
 /// A storage directory must exist, be writable and hold `need` bytes.
 pub(crate) fn check_storage_dir(dir: &Path, need: u64) -> Result<(), StepError> {
     if !dir.is_dir() {

@@ -137,17 +137,5 @@ async fn compare(top: &str, raw: &str) -> Result<(), StepError> {
         .map(|s| s.to_string())
         .chain([top.to_string(), raw.to_string()])
         .collect();
-    qemu_img::run_qemu_img(
-        &argv,
-        FailureReason::VerificationFailed,
-        FailureReason::StorageFull,
-        |_| {},
-    )
-    .await
-    .map_err(|e| {
-        StepError::new(
-            FailureReason::VerificationFailed,
-            format!("{raw} does not hold the restored disk: {}", e.message),
-        )
-    })
+    super::run_compare(&argv, raw).await
 }
