@@ -126,7 +126,11 @@ pub async fn run_qemu_img(
         };
         return Err(StepError::new(
             reason,
-            format!("qemu-img convert failed: {}", stderr.trim()),
+            format!(
+                "qemu-img {} failed: {}",
+                argv.first().map(String::as_str).unwrap_or(""),
+                stderr.trim()
+            ),
         ));
     }
     Ok(())

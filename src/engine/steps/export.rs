@@ -310,18 +310,16 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 )
                 .await?;
             }
-            let p2 = path.clone();
-            let sum = tokio::task::spawn_blocking(move || state_dir::sha256_file(&p2))
-                .await
-                .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
-                .map_err(|e| {
-                    StepError::new(
-                        FailureReason::BackupJobFailed,
-                        format!("cannot read export {}: {e}", path.display()),
-                    )
-                })?;
+        }
+        // Every disk's export hashed at once: each hash is a pass over a whole export, one
+        // core each, and the exports are independent.
+        let sums = futures::future::try_join_all(
+            disks.iter().map(|d| hash_export(dir.join(&d.export_file))),
+        )
+        .await?;
+        for (d, sum) in disks.iter_mut().zip(sums) {
             d.sha256 = Some(sum);
-            d.export_bytes = state_dir::allocated_bytes(&path);
+            d.export_bytes = state_dir::allocated_bytes(&dir.join(&d.export_file));
         }
         if let Some(cp) = self.lc.status().checkpoint.clone() {
             let xml = self.source.checkpoint_xml(&self.domain_id(), &cp).await?;
@@ -358,6 +356,20 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         write(&dir.join(manifest_name(&name)), &text)?;
         self.lc.save().await
     }
+}
+
+/// The SHA-256 of an export, computed off the async threads.
+async fn hash_export(path: std::path::PathBuf) -> Result<String, StepError> {
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || state_dir::sha256_file(&p2))
+        .await
+        .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
+        .map_err(|e| {
+            StepError::new(
+                FailureReason::BackupJobFailed,
+                format!("cannot read export {}: {e}", path.display()),
+            )
+        })
 }
 
 /// The failure of a push-mode job that ended in error (`decide::job_failure_reason`).

@@ -87,21 +87,35 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 continue;
             }
             let part = format!("{}.part", d.path);
+            let _ = std::fs::remove_file(&part);
             let format = d.format().qemu_name();
-            // Converted into a new file, so qemu-img leaves every zero region of a raw one
-            // as a hole: the file takes the disk's data, not its size.
-            let argv: Vec<String> = ["convert", "-p", "-O", format, "-f", "qcow2"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([top.clone(), part.clone()])
-                .collect();
-            qemu_img::run_qemu_img(
-                &argv,
-                FailureReason::VerificationFailed,
-                FailureReason::StorageFull,
-                progress,
-            )
-            .await?;
+            let merged = d.format() == DiskFormat::Qcow2
+                && merge_into_full(&images, &part, &progress).await?;
+            if merged {
+                self.lc.report(Event::Note(format!(
+                    "{}: the fetched full is the disk{}",
+                    d.name,
+                    match images.len() - 1 {
+                        0 => String::new(),
+                        n => format!(", {n} incremental(s) committed into it"),
+                    }
+                )));
+            } else {
+                // Converted into a new file, so qemu-img leaves every zero region of a raw
+                // one as a hole: the file takes the disk's data, not its size.
+                let argv: Vec<String> = ["convert", "-p", "-O", format, "-f", "qcow2"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([top.clone(), part.clone()])
+                    .collect();
+                qemu_img::run_qemu_img(
+                    &argv,
+                    FailureReason::VerificationFailed,
+                    FailureReason::StorageFull,
+                    &progress,
+                )
+                .await?;
+            }
             if d.format() == DiskFormat::Raw {
                 // A raw file has no metadata for `qemu-img check` to read: its content is
                 // compared with the rebuilt chain instead.
@@ -127,6 +141,68 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
         )
         .await?;
         self.lc.enter(RestorePhase::Defining).await
+    }
+}
+
+/// Makes the fetched full export of a qcow2 disk the restored disk (`part`), with every
+/// incremental after it committed into it, so the disk's data is written once (by the fetch)
+/// and only the clusters the incrementals changed are written again. A converted copy would
+/// write all of it a second time.
+///
+/// `part` is a hard link to the fetched full, not a rename: the fetch dir keeps its chain
+/// whole, so a rebuild resumed after a crash (even one after `part` was moved in place)
+/// commits again into the same file, which gives the same bytes. The incrementals are
+/// left as they were (`commit -b` does not empty the top image).
+///
+/// Answers false, having written nothing, where this does not apply and the caller converts:
+/// the full is not self-contained (an offline export kept its shared base out), or the
+/// fetch dir and the disk's directory are on different filesystems.
+async fn merge_into_full(
+    images: &[std::path::PathBuf],
+    part: &str,
+    progress: &impl Fn(f64),
+) -> Result<bool, StepError> {
+    let full = images
+        .first()
+        .expect("a chain has a full")
+        .display()
+        .to_string();
+    if qemu_img::probe_chain(&full).await?.len() != 1 {
+        return Ok(false);
+    }
+    if let Some(top) = images.last().filter(|_| images.len() > 1) {
+        // A commit killed mid-way leaves clusters it had allocated but not yet mapped: leaked,
+        // harmless, but `qemu-img check` fails on them. Freed first, then committed again.
+        let repair: Vec<String> = ["check", "-q", "-r", "leaks", "-f", "qcow2", &full]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        qemu_img::run_qemu_img(
+            &repair,
+            FailureReason::VerificationFailed,
+            FailureReason::StorageFull,
+            |_| {},
+        )
+        .await?;
+        let argv: Vec<String> = ["commit", "-p", "-f", "qcow2", "-b"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([full.clone(), top.display().to_string()])
+            .collect();
+        qemu_img::run_qemu_img(
+            &argv,
+            FailureReason::VerificationFailed,
+            FailureReason::StorageFull,
+            progress,
+        )
+        .await?;
+    }
+    // A full alone has nothing to commit: its crash point is here, mid-rebuild all the same.
+    crate::process::crash_point("restore:rebuilding:converting");
+    match std::fs::hard_link(&full, part) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(false),
+        Err(e) => Err(io_err("cannot link the rebuilt disk into place", e)),
     }
 }
 
