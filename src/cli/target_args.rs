@@ -46,7 +46,7 @@ pub struct TargetArgs {
     #[arg(long, requires = "gpg_sign_key")]
     pub gpg_sign_passphrase_file: Option<PathBuf>,
     /// duplicity volume size in MiB
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 200)]
     pub volsize: u32,
     /// How often duplicity retries a failing backend operation
     #[arg(long, default_value_t = 3)]

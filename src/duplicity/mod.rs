@@ -5,6 +5,7 @@ pub mod backend;
 pub mod log;
 pub mod names;
 pub mod runner;
+pub mod tempdir;
 pub mod url;
 
 pub use argv::{Action, Crypto, SshFiles, TargetConfig};

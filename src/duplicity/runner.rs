@@ -106,6 +106,11 @@ pub async fn run(
             }
         }
     }
+    // Dropped (and removed) when this call returns, after duplicity has exited.
+    let memory_temp = super::tempdir::memory_temp(target);
+    if let Some(t) = &memory_temp {
+        cmd.env("TMPDIR", t.path());
+    }
     crate::process::die_with_parent(&mut cmd);
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&write_end);
     // SAFETY: between fork and exec only async-signal-safe calls are made (dup2).
