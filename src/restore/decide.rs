@@ -339,4 +339,47 @@ mod tests {
             assert_eq!(decide(&spec(in_place), &s, &observed), want, "{case}");
         }
     }
+
+    #[test]
+    fn a_files_restore_resumes_with_only_the_paths_not_restored_or_gone_since() {
+        use crate::api::{RestoredFiles, RestoredPath};
+        let mut spec = spec(false);
+        spec.new_name = None;
+        let path = |restored: bool| RestoredPath {
+            asked: "/etc".into(),
+            found: "vdb/etc".into(),
+            path: "/r/etc".into(),
+            restored,
+            ..Default::default()
+        };
+        let mut s = RestoreRequestStatus {
+            phase: RestorePhase::Fetching,
+            files: Some(RestoredFiles {
+                paths: vec![path(true), path(false), path(true)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let seen = |v: &[bool]| Observed {
+            files_present: v.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&spec, &s, &seen(&[true, true, true])),
+            Step::RestoreFiles(vec![1])
+        );
+        assert_eq!(
+            decide(&spec, &s, &seen(&[true, false, false])),
+            Step::RestoreFiles(vec![1, 2]),
+            "a path recorded restored but gone from to is restored again"
+        );
+        s.files.as_mut().unwrap().paths[1].restored = true;
+        assert_eq!(
+            decide(&spec, &s, &seen(&[true, true, true])),
+            Step::RestoreFiles(vec![]),
+            "nothing left: the step only counts and ends"
+        );
+        s.phase = RestorePhase::Pending;
+        assert_eq!(decide(&spec, &s, &Observed::default()), Step::Resolve);
+    }
 }

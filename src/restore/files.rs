@@ -298,7 +298,11 @@ mod tests {
         let to = Path::new("/r");
         let got = plan_paths(
             &listing(),
-            &["vdb:/etc/app".into(), "/etc/hosts".into(), "/etc/app".into()],
+            &[
+                "vdb:/etc/app".into(),
+                "/etc/hosts".into(),
+                "/etc/app".into(),
+            ],
             to,
             t,
         )
@@ -317,7 +321,9 @@ mod tests {
         );
         let e = plan_paths(&listing(), &["/etc/passwd".into()], to, t).unwrap_err();
         assert_eq!(e.reason, FailureReason::InvalidSpec);
-        assert!(e.message.contains("/etc/passwd is not in the files-mode backup of 2026-11-02T10:00:00Z"));
+        assert!(e
+            .message
+            .contains("/etc/passwd is not in the files-mode backup of 2026-11-02T10:00:00Z"));
         let own = plan_paths(&listing(), &["@snapback:/".into()], to, t).unwrap();
         assert_eq!(own[0].path, "/r/");
     }

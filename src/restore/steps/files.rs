@@ -51,13 +51,9 @@ async fn listing_at(target: &TargetConfig, time: Timestamp) -> Result<Vec<String
 /// written. A symbolic link at the destination itself is removed, so that duplicity replaces
 /// it rather than writing through it.
 fn check_inside(to: &Path, dest: &Path) -> Result<(), StepError> {
-    let rel = dest.strip_prefix(to).map_err(|_| {
-        invalid(format!(
-            "{} is not under {}",
-            dest.display(),
-            to.display()
-        ))
-    })?;
+    let rel = dest
+        .strip_prefix(to)
+        .map_err(|_| invalid(format!("{} is not under {}", dest.display(), to.display())))?;
     let mut at = to.to_path_buf();
     let parts: Vec<_> = rel.components().collect();
     for (i, c) in parts.iter().enumerate() {
@@ -173,7 +169,10 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             } else {
                 BackupType::Incremental
             }),
-            chain: manifest.as_ref().map(|m| m.chain.clone()).unwrap_or_default(),
+            chain: manifest
+                .as_ref()
+                .map(|m| m.chain.clone())
+                .unwrap_or_default(),
             chain_index: manifest.as_ref().map_or(0, |m| m.chain_index),
         };
         self.lc.report(Event::Note(format!(
@@ -254,8 +253,7 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| io_err(&format!("cannot create {}", parent.display()), e))?;
             }
-            self.lc
-                .note(format!("restoring {} to {}", p.found, p.path));
+            self.lc.note(format!("restoring {} to {}", p.found, p.path));
             duplicity::run(
                 &target,
                 &Action::Restore {
