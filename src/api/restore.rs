@@ -282,8 +282,10 @@ pub struct RestoredPath {
     /// It was restored whole (a restore resumed after a crash restores the others again).
     #[serde(default)]
     pub restored: bool,
+    /// Files restored of this path (as `files.files` counts them).
     #[serde(default)]
     pub files: u64,
+    /// The size of its regular files restored.
     #[serde(default)]
     pub bytes: u64,
 }
