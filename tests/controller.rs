@@ -655,6 +655,53 @@ async fn a_restore_request_is_assigned_to_the_node_that_holds_the_domain() {
 }
 
 #[tokio::test]
+async fn a_files_restore_request_goes_to_the_node_that_holds_the_domain_and_waits_when_none_does() {
+    let w = World::new("2026-11-22T00:30:00Z").await;
+    let t = ts("2026-11-22T01:00:30Z");
+    w.host("node-a", &[("db", "Running")], t, &[]).await;
+    w.host("node-b", &[("web", "Running")], t, &[]).await;
+    let files = serde_json::json!({"paths": ["/etc"], "to": "/var/lib/snapback/restored"});
+    for (name, spec) in [
+        (
+            "web-files",
+            serde_json::json!({"domain": "web", "targetRef": "local", "files": files}),
+        ),
+        (
+            "gone-files",
+            serde_json::json!({"domain": "gone", "targetRef": "local", "files": files}),
+        ),
+        (
+            "gone-as-new",
+            serde_json::json!({"domain": "gone", "targetRef": "local", "newName": "back"}),
+        ),
+    ] {
+        let mut rr = RestoreRequest::new(name, serde_json::from_value(spec).unwrap());
+        rr.metadata = meta(name);
+        w.store.create(&rr).await.unwrap();
+    }
+    w.at(t).await;
+    let node = |name: &'static str| {
+        let store = w.store.clone();
+        async move {
+            let got: RestoreRequest = store.get(Some(NS), name).await.unwrap().unwrap();
+            got.metadata
+                .labels
+                .and_then(|l| l.get(labels::NODE).cloned())
+        }
+    };
+    assert_eq!(node("web-files").await.as_deref(), Some("node-b"));
+    assert_eq!(
+        node("gone-files").await,
+        None,
+        "its directory is on the domain's node: no other is chosen"
+    );
+    assert!(
+        node("gone-as-new").await.is_some(),
+        "a restore as new goes to a live node"
+    );
+}
+
+#[tokio::test]
 async fn a_policy_whose_runs_cannot_be_created_is_marked_not_ready_and_the_others_are_still_scheduled(
 ) {
     let w = World::new("2026-11-22T00:30:00Z").await;

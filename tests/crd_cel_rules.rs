@@ -150,6 +150,8 @@ fn doc(kind: &str, spec: Value) -> Value {
     json!({"apiVersion": "snapback.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec})
 }
 
+const FILES_ALONE: &str = "files restores files into a directory: it takes none of newName, inPlace, storageDir, start, targetDevices, overwrite and diskFormat";
+
 #[test]
 fn one_of_mistakes_are_refused_with_the_rule_message() {
     let cases = [
@@ -177,14 +179,38 @@ fn one_of_mistakes_are_refused_with_the_rule_message() {
         ),
         (
             doc("RestoreRequest", json!({"domain": "d", "targetRef": "t"})),
-            "set exactly one of newName and inPlace: true",
+            "set exactly one of newName, inPlace: true and files",
         ),
         (
             doc(
                 "RestoreRequest",
                 json!({"domain": "d", "targetRef": "t", "newName": "n", "inPlace": true}),
             ),
-            "set exactly one of newName and inPlace: true",
+            "set exactly one of newName, inPlace: true and files",
+        ),
+        (
+            doc(
+                "RestoreRequest",
+                json!({"domain": "d", "targetRef": "t", "newName": "n",
+                    "files": {"paths": ["/etc"], "to": "/r"}}),
+            ),
+            FILES_ALONE,
+        ),
+        (
+            doc(
+                "RestoreRequest",
+                json!({"domain": "d", "targetRef": "t", "inPlace": true, "diskFormat": "Raw",
+                    "files": {"paths": ["/etc"], "to": "/r"}}),
+            ),
+            FILES_ALONE,
+        ),
+        (
+            doc(
+                "RestoreRequest",
+                json!({"domain": "d", "targetRef": "t", "targetDevices": {"vdb": "/dev/x"},
+                    "files": {"paths": ["/etc"], "to": "/r"}}),
+            ),
+            FILES_ALONE,
         ),
         (
             doc(
@@ -223,6 +249,14 @@ fn one_of_mistakes_are_refused_with_the_rule_message() {
         doc(
             "RestoreRequest",
             json!({"domain": "d", "targetRef": "t", "inPlace": true}),
+        ),
+        // The apiserver's defaults (inPlace, start and overwrite false, empty hooks) are not
+        // image fields set.
+        doc(
+            "RestoreRequest",
+            json!({"domain": "d", "targetRef": "t", "inPlace": false, "start": false,
+                "overwrite": false, "targetDevices": {}, "hooks": {}, "shutdownTimeoutSeconds": 120,
+                "files": {"paths": ["/etc"], "to": "/r"}}),
         ),
         doc(
             "BackupPolicy",

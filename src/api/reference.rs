@@ -151,7 +151,8 @@ mod tests {
             "| `spec.schedule` | string | yes |",
             "| `spec.retention.keepDaily` |",
             "| `spec.consistency.quiesce` | one of `Preferred`, `Required`, `None` |",
-            "set exactly one of newName and inPlace: true",
+            "set exactly one of newName, inPlace: true and files",
+            "| `spec.files.paths` | list of string | yes |",
             "| `status.phase` |",
         ] {
             assert!(md.contains(want), "missing {want}");

@@ -22,12 +22,16 @@ use super::run::{BackupType, HookResult, PhaseRecord, Progress};
     printcolumn = r#"{"name":"Point","type":"string","jsonPath":".status.point.time"}"#,
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.definedDomain"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Files To","type":"string","jsonPath":".spec.files.to","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.newName) != (has(self.inPlace) && self.inPlace)",
-    "message": "set exactly one of newName and inPlace: true"
+    "rule": "has(self.files) || has(self.newName) != (has(self.inPlace) && self.inPlace)",
+    "message": "set exactly one of newName, inPlace: true and files"
+}, {
+    "rule": "!has(self.files) || !(has(self.newName) || (has(self.inPlace) && self.inPlace) || has(self.storageDir) || (has(self.start) && self.start) || (has(self.targetDevices) && size(self.targetDevices) > 0) || (has(self.overwrite) && self.overwrite) || has(self.diskFormat))",
+    "message": "files restores files into a directory: it takes none of newName, inPlace, storageDir, start, targetDevices, overwrite and diskFormat"
 }]))]
 pub struct RestoreRequestSpec {
     /// The backed-up domain's name (its directory on the target).
@@ -69,6 +73,26 @@ pub struct RestoreRequestSpec {
     /// `targetDevices` are written raw onto their device whatever this says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_format: Option<DiskFormat>,
+    /// Files mode: restore single files or trees of the domain's files-mode backups into a
+    /// directory of the node, instead of the domain. Takes none of the image restore's
+    /// fields (newName, inPlace, storageDir, start, targetDevices, overwrite, diskFormat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesRestore>,
+}
+
+/// What a files restore brings back, and where to.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesRestore {
+    /// Guest paths, files or trees, as `snapback restore --files` takes them: `/etc/hosts`
+    /// (on every filesystem that holds it), `vdb1:/etc/hosts` (on that one), `@snapback:/`
+    /// (the point's own files: manifest, domain XML, firmware state).
+    pub paths: Vec<String>,
+    /// The absolute directory, on the node that runs the restore, the files are restored
+    /// into (created if missing). A path found on one filesystem lands at `<to>/<path>`, on
+    /// several at `<to>/<filesystem>/<path>`; files already there are overwritten. Nothing
+    /// outside it is written.
+    pub to: String,
 }
 
 /// The format of a restored disk file. In a spec, unset keeps each disk's own: a raw file
@@ -225,4 +249,43 @@ pub struct RestoreRequestStatus {
     /// back on rollback, and kept after success, as the old disks are).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced_firmware: Vec<String>,
+    /// Files mode: what was found in the backup and restored into `spec.files.to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<RestoredFiles>,
+}
+
+/// A files restore's paths and totals.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredFiles {
+    /// One entry per backed-up path found: a path asked for that several filesystems hold
+    /// has one for each.
+    pub paths: Vec<RestoredPath>,
+    /// Files restored (everything but directories: regular files, symbolic links, ...).
+    #[serde(default)]
+    pub files: u64,
+    /// The size of the regular files restored.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// One backed-up path and where it was restored.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredPath {
+    /// The path as `spec.files.paths` names it.
+    pub asked: String,
+    /// Where the backup holds it: its filesystem, then the path (`vdb1/etc/hosts`).
+    pub found: String,
+    /// Where it is restored to, under `spec.files.to`.
+    pub path: String,
+    /// It was restored whole (a restore resumed after a crash restores the others again).
+    #[serde(default)]
+    pub restored: bool,
+    /// Files restored of this path (as `files.files` counts them).
+    #[serde(default)]
+    pub files: u64,
+    /// The size of its regular files restored.
+    #[serde(default)]
+    pub bytes: u64,
 }

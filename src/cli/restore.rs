@@ -210,6 +210,7 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
             target_devices: args.to_device.iter().cloned().collect(),
             overwrite: args.overwrite,
             disk_format: args.format.map(DiskFormat::from),
+            files: None,
         },
         status: None,
     };
@@ -395,7 +396,11 @@ pub fn restore_table(reqs: &[RestoreRequest]) -> String {
                     .as_ref()
                     .map(|p| p.run.clone())
                     .unwrap_or_else(|| "-".into()),
-                s.defined_domain.clone().unwrap_or_else(|| "-".into()),
+                // A files restore's target is its directory.
+                s.defined_domain
+                    .clone()
+                    .or_else(|| r.spec.files.as_ref().map(|f| f.to.clone()))
+                    .unwrap_or_else(|| "-".into()),
                 phase,
                 s.duration.clone().unwrap_or_else(|| "-".into()),
             ]

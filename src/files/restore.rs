@@ -96,7 +96,7 @@ pub async fn restore_files(
 }
 
 /// The paths of duplicity's `list-current-files` output (each line: a date, then the path).
-fn listed_paths(stdout: &str) -> Vec<String> {
+pub fn listed_paths(stdout: &str) -> Vec<String> {
     stdout.lines().filter_map(listed_path).collect()
 }
 

@@ -16,6 +16,9 @@ pub struct Observed {
     pub disks_present: Vec<bool>,
     /// The state of the domain the restore defines (by its recorded UUID), if it exists.
     pub defined: Option<DomainState>,
+    /// A files restore: per path (as in `status.files.paths`), something is at its
+    /// destination.
+    pub files_present: Vec<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +27,9 @@ pub enum Step {
     Resolve,
     /// Fetch these chain members (indexes into `chainRuns`); the others are already verified.
     Fetch(Vec<usize>),
+    /// A files restore: restore these paths (indexes into `status.files.paths`) into `to`,
+    /// then end Succeeded; the others are restored already.
+    RestoreFiles(Vec<usize>),
     /// Rebuild these disks (indexes into `disks`), then run the endRecovery hooks.
     Rebuild(Vec<usize>),
     /// Place these rebuilt disks (indexes into `disks`) where the VM will read them (KubeVirt:
@@ -55,6 +61,16 @@ pub fn decide(spec: &RestoreRequestSpec, s: &RestoreRequestStatus, o: &Observed)
     };
     match s.phase {
         RestorePhase::Pending | RestorePhase::Resolving => Step::Resolve,
+        RestorePhase::Fetching if s.files.is_some() => {
+            // A path counts as restored only when status says so and it is there.
+            let paths = s.files.as_ref().map_or(&[][..], |f| &f.paths[..]);
+            let done: Vec<bool> = paths
+                .iter()
+                .zip(o.files_present.iter().chain(std::iter::repeat(&false)))
+                .map(|(p, present)| p.restored && *present)
+                .collect();
+            Step::RestoreFiles(todo(&done, paths.len()))
+        }
         RestorePhase::Fetching => Step::Fetch(todo(&o.members_fetched, s.chain_runs.len())),
         RestorePhase::Rebuilding => {
             // A disk counts as rebuilt only when status says so and the file is there.
@@ -322,5 +338,48 @@ mod tests {
             set(&mut s);
             assert_eq!(decide(&spec(in_place), &s, &observed), want, "{case}");
         }
+    }
+
+    #[test]
+    fn a_files_restore_resumes_with_only_the_paths_not_restored_or_gone_since() {
+        use crate::api::{RestoredFiles, RestoredPath};
+        let mut spec = spec(false);
+        spec.new_name = None;
+        let path = |restored: bool| RestoredPath {
+            asked: "/etc".into(),
+            found: "vdb/etc".into(),
+            path: "/r/etc".into(),
+            restored,
+            ..Default::default()
+        };
+        let mut s = RestoreRequestStatus {
+            phase: RestorePhase::Fetching,
+            files: Some(RestoredFiles {
+                paths: vec![path(true), path(false), path(true)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let seen = |v: &[bool]| Observed {
+            files_present: v.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&spec, &s, &seen(&[true, true, true])),
+            Step::RestoreFiles(vec![1])
+        );
+        assert_eq!(
+            decide(&spec, &s, &seen(&[true, false, false])),
+            Step::RestoreFiles(vec![1, 2]),
+            "a path recorded restored but gone from to is restored again"
+        );
+        s.files.as_mut().unwrap().paths[1].restored = true;
+        assert_eq!(
+            decide(&spec, &s, &seen(&[true, true, true])),
+            Step::RestoreFiles(vec![]),
+            "nothing left: the step only counts and ends"
+        );
+        s.phase = RestorePhase::Pending;
+        assert_eq!(decide(&spec, &s, &Observed::default()), Step::Resolve);
     }
 }

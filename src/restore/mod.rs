@@ -4,6 +4,7 @@ pub mod decide;
 #[cfg(test)]
 mod fake_tests;
 mod fetch;
+pub mod files;
 pub mod plan;
 mod steps;
 pub mod verify;
@@ -122,6 +123,14 @@ impl<'a, J: Journal<RestoreRequest>, S: Source> RestoreEngine<'a, J, S> {
         let s = self.lc.status();
         let mut o = Observed::default();
         match s.phase {
+            RestorePhase::Fetching if s.files.is_some() => {
+                o.files_present = s
+                    .files
+                    .iter()
+                    .flat_map(|f| &f.paths)
+                    .map(|p| std::fs::symlink_metadata(&p.path).is_ok())
+                    .collect();
+            }
             RestorePhase::Fetching => {
                 for m in &s.chain_runs {
                     let fetched = self.member_fetched(&m.run).await? == Fetched::Verified;
@@ -176,6 +185,7 @@ impl<J: Journal<RestoreRequest>, S: Source> Stepper for RestoreEngine<'_, J, S> 
         match step {
             Step::Resolve => self.resolve().await,
             Step::Fetch(todo) => self.fetch(todo).await,
+            Step::RestoreFiles(todo) => self.restore_files(todo).await,
             Step::Rebuild(todo) => self.rebuild(todo).await,
             Step::Place(todo) => self.place(todo).await,
             Step::DefineNew => self.define_new().await,

@@ -17,8 +17,12 @@ fn invalid(message: impl Into<String>) -> StepError {
     StepError::new(FailureReason::InvalidSpec, message)
 }
 
-/// Exactly one of a new name and in place, and a new name libvirt can take.
+/// Exactly one of a new name and in place, and a new name libvirt can take; or a files
+/// restore, well said (`files::check_spec`).
 pub fn check_destination(spec: &RestoreRequestSpec) -> Result<(), StepError> {
+    if let Some(f) = &spec.files {
+        return crate::restore::files::check_spec(spec, f);
+    }
     match (&spec.new_name, spec.in_place) {
         (Some(_), true) => Err(invalid("choose one of --as NAME and --in-place")),
         (None, false) => Err(invalid("say where to restore: --as NEWNAME or --in-place")),

@@ -157,7 +157,13 @@ mod tests {
         let c = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap();
         assert_eq!(c.targets.len(), 2);
         assert_eq!(c.policies.len(), 1);
-        assert_eq!(c.restores.len(), 1);
+        assert_eq!(c.restores.len(), 2);
+        let (_, files) = c
+            .restores
+            .iter()
+            .find(|(_, r)| r.spec.files.is_some())
+            .expect("the files restore example");
+        crate::restore::plan::check_destination(&files.spec).unwrap();
         let p = &c.policies[0].1.spec;
         p.retention.validate().unwrap();
         assert_eq!(p.time_zone.as_deref(), Some("Europe/Berlin"));

@@ -453,7 +453,8 @@ async fn mark_stale_agent<S: Store>(
 }
 
 /// Gives a RestoreRequest without a node label to an agent: the node that holds the domain
-/// (required in place), else the first live node.
+/// (required in place, and for a files restore, whose directory is on that node), else the
+/// first live node.
 async fn assign_restore<S: Store>(
     store: &S,
     rr: &RestoreRequest,
@@ -473,7 +474,8 @@ async fn assign_restore<S: Store>(
         .iter()
         .filter(|h| h.fresh)
         .find(|h| h.domains.iter().any(|d| d.name == rr.spec.domain));
-    let node = match (holder, rr.spec.in_place) {
+    let needs_holder = rr.spec.in_place || rr.spec.files.is_some();
+    let node = match (holder, needs_holder) {
         (Some(h), _) => h.node.clone(),
         (None, true) => return Ok(()),
         (None, false) => match inv.hosts.iter().find(|h| h.fresh) {

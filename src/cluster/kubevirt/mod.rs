@@ -98,6 +98,13 @@ fn restore_vm(req: &RestoreRequest, own_namespace: Option<&str>) -> Result<VmRef
             "the restore in namespace {req_ns} names VM {ns}/{name}: a restore may bring back the VMs of its own namespace only (or be in snapback's namespace)"
         ));
     }
+    if req.spec.files.is_some() {
+        return Err(
+            "files restores read files-mode backups, which only libvirt domains have: a \
+                    KubeVirt VM is backed up as images"
+                .to_string(),
+        );
+    }
     if req.spec.hooks != crate::api::Hooks::default() || !req.spec.target_devices.is_empty() {
         return Err(
             "hooks and targetDevices have no KubeVirt counterpart: KubeVirt runs no \

@@ -4,6 +4,7 @@
 mod define;
 mod devices;
 mod fetch;
+mod files;
 mod firmware;
 mod host_files;
 mod place;

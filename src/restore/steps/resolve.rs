@@ -15,6 +15,9 @@ use crate::source::Source;
 impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
     /// Resolving: choose the point and its chain; check the destination before touching anything.
     pub(crate) async fn resolve(&mut self) -> Result<(), StepError> {
+        if let Some(f) = self.lc.record.spec.files.clone() {
+            return self.resolve_files(f).await;
+        }
         self.lc.enter(RestorePhase::Resolving).await?;
         let spec = self.lc.record.spec.clone();
         plan::check_destination(&spec)?;
