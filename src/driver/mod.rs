@@ -4,8 +4,10 @@
 //! front-ends is only their `Site`: where records are kept and where targets, policies and
 //! other runs are read.
 
+pub mod admission;
 pub mod held;
 mod outcome;
+pub mod staging_need;
 pub mod target;
 pub mod tick;
 pub mod verify;
