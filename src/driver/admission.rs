@@ -7,6 +7,9 @@
 //! Restores and verifies are not counted: a restore is what a user is waiting for and
 //! should not queue behind a night of backups, and both are rare next to scheduled runs.
 
+use jiff::Timestamp;
+
+use crate::api::{reason, set_condition, BackupRun, Condition, ConditionType};
 use crate::units::human_bytes;
 
 /// The limits of one host.
@@ -17,6 +20,14 @@ pub struct Limits {
     /// Bytes of staging the runs may hold together; `None`: no budget (only the engine's own
     /// check of the filesystem's free space before each export).
     pub staging_budget: Option<u64>,
+}
+
+impl Limits {
+    /// No limit: the kubevirt-worker, whose runs are spread over the cluster's nodes.
+    pub const UNLIMITED: Limits = Limits {
+        max_runs: usize::MAX,
+        staging_budget: None,
+    };
 }
 
 /// The default of `--max-concurrent-runs`: two runs keep both halves of a run's work busy
@@ -50,7 +61,7 @@ pub enum Wait {
     },
 }
 
-use crate::api::reason::{WAITING_FOR_SLOT, WAITING_FOR_STAGING};
+use reason::{WAITING_FOR_SLOT, WAITING_FOR_STAGING};
 
 impl Wait {
     pub fn reason(&self) -> &'static str {
@@ -108,55 +119,114 @@ impl Decision {
     }
 }
 
+impl Candidate {
+    /// The staging it counts for once admitted.
+    pub fn counted(self) -> u64 {
+        match self {
+            Candidate::New { need } => need,
+            Candidate::Resumed { holds } => holds,
+        }
+    }
+}
+
 /// Decides for each candidate, oldest first, given the staging the runs in flight hold or
 /// are expected to need (one entry per run in flight). Admitted candidates count against the
 /// later ones.
 pub fn admit(limits: Limits, in_flight: &[u64], candidates: &[Candidate]) -> Vec<Decision> {
-    let max = limits.max_runs.max(1);
-    let mut running = in_flight.len();
-    let mut in_use: u64 = in_flight.iter().sum();
+    let mut flight = in_flight.to_vec();
     let mut staging_queue = false;
     candidates
         .iter()
-        .map(|c| {
-            let need = match *c {
-                Candidate::Resumed { holds } => {
-                    running += 1;
-                    in_use = in_use.saturating_add(holds);
-                    return Decision::Admit;
-                }
-                Candidate::New { need } => need,
-            };
-            if running >= max {
-                return Decision::Wait(Wait::Slots { running, max });
+        .map(|&c| {
+            let d = admit_next(limits, &flight, staging_queue, c);
+            match &d {
+                Decision::Wait(Wait::Staging { .. }) => staging_queue = true,
+                d if d.admitted() => flight.push(c.counted()),
+                _ => {}
             }
-            let decision = match limits.staging_budget {
-                None => Decision::Admit,
-                Some(budget) if staging_queue => Decision::Wait(Wait::Staging {
-                    need,
-                    in_use,
-                    budget,
-                    behind: true,
-                }),
-                Some(budget) if in_use.saturating_add(need) <= budget => Decision::Admit,
-                Some(budget) if running == 0 => Decision::AdmitAlone { need, budget },
-                Some(budget) => {
-                    staging_queue = true;
-                    Decision::Wait(Wait::Staging {
-                        need,
-                        in_use,
-                        budget,
-                        behind: false,
-                    })
-                }
-            };
-            if decision.admitted() {
-                running += 1;
-                in_use = in_use.saturating_add(need);
-            }
-            decision
+            d
         })
         .collect()
+}
+
+/// Decides for one candidate. `older_waits_for_staging`: an older candidate of the same look
+/// was told to wait for staging, so this one queues behind it.
+pub fn admit_next(
+    limits: Limits,
+    in_flight: &[u64],
+    older_waits_for_staging: bool,
+    c: Candidate,
+) -> Decision {
+    let need = match c {
+        Candidate::Resumed { .. } => return Decision::Admit,
+        Candidate::New { need } => need,
+    };
+    let max = limits.max_runs.max(1);
+    let running = in_flight.len();
+    let in_use = in_flight.iter().fold(0u64, |a, b| a.saturating_add(*b));
+    if running >= max {
+        return Decision::Wait(Wait::Slots { running, max });
+    }
+    let Some(budget) = limits.staging_budget else {
+        return Decision::Admit;
+    };
+    let wait = |behind| {
+        Decision::Wait(Wait::Staging {
+            need,
+            in_use,
+            budget,
+            behind,
+        })
+    };
+    if older_waits_for_staging {
+        wait(true)
+    } else if in_use.saturating_add(need) <= budget {
+        Decision::Admit
+    } else if running == 0 {
+        Decision::AdmitAlone { need, budget }
+    } else {
+        wait(false)
+    }
+}
+
+/// The `Admitted` condition a decision gives a run, at `now`.
+pub fn admitted_condition(d: &Decision, generation: Option<i64>, now: Timestamp) -> Condition {
+    let (status, reason, message) = match d {
+        Decision::Admit => (
+            true,
+            reason::ADMITTED,
+            "started within the host's run slots and staging budget".to_string(),
+        ),
+        Decision::AdmitAlone { need, budget } => (
+            true,
+            reason::ALONE_OVER_BUDGET,
+            format!(
+                "needs up to {}, more than the whole {} staging budget: started alone",
+                human_bytes(*need),
+                human_bytes(*budget)
+            ),
+        ),
+        Decision::Wait(w) => (false, w.reason(), w.message()),
+    };
+    Condition::at(
+        ConditionType::Admitted,
+        status,
+        reason,
+        message,
+        generation,
+        now,
+    )
+}
+
+/// Sets the run's `Admitted` condition; `true` when its status, reason or message changed
+/// (a waiting run is written only then, not on every look).
+pub fn set_admitted(run: &mut BackupRun, c: Condition) -> bool {
+    let st = run.status.get_or_insert_with(Default::default);
+    let same = st.conditions.iter().any(|o| {
+        o.type_ == c.type_ && o.status == c.status && o.reason == c.reason && o.message == c.message
+    });
+    set_condition(&mut st.conditions, c);
+    !same
 }
 
 #[cfg(test)]
@@ -258,6 +328,40 @@ mod tests {
             let got: Vec<String> = admit(limits, &flight, &cands).iter().map(short).collect();
             assert_eq!(got, want, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_waiting_run_is_rewritten_only_when_its_reason_or_figures_change() {
+        let now = Timestamp::UNIX_EPOCH;
+        let mut run = BackupRun::new("r", crate::api::BackupRunSpec::new("d", "t"));
+        let slots = Decision::Wait(Wait::Slots { running: 2, max: 2 });
+        assert!(set_admitted(
+            &mut run,
+            admitted_condition(&slots, None, now)
+        ));
+        assert!(!set_admitted(
+            &mut run,
+            admitted_condition(&slots, None, now)
+        ));
+        let later = Decision::Wait(Wait::Slots { running: 3, max: 3 });
+        assert!(set_admitted(
+            &mut run,
+            admitted_condition(&later, None, now)
+        ));
+        assert!(set_admitted(
+            &mut run,
+            admitted_condition(&Decision::Admit, None, now)
+        ));
+        let s = run.status.unwrap();
+        assert_eq!(s.phase, crate::api::BackupPhase::Pending);
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(
+            (
+                s.conditions[0].status.as_str(),
+                s.conditions[0].reason.as_str()
+            ),
+            ("True", "Admitted")
+        );
     }
 
     #[test]
