@@ -462,6 +462,20 @@ async fn the_agent_verifies_its_domains_when_the_policy_verify_tick_is_due_and_r
         .unwrap_or(true));
 }
 
+/// A staging budget that holds one of the guests' exports but not two: their allocated
+/// data plus the guest writer's region (it may not have written it yet), below twice the
+/// smallest.
+fn budget_for_one(guests: &[Guest]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let allocs: Vec<u64> = guests
+        .iter()
+        .map(|g| std::fs::metadata(&g.disk).unwrap().blocks() * 512)
+        .collect();
+    let budget = allocs.iter().max().unwrap() + (12 << 20);
+    assert!(budget < 2 * allocs.iter().min().unwrap(), "{allocs:?}");
+    budget
+}
+
 /// The run's `Admitted` condition: (status, reason).
 fn admitted(r: &BackupRun) -> Option<(String, String)> {
     r.status
@@ -560,7 +574,7 @@ async fn the_agent_starts_at_most_its_limit_of_runs_and_the_others_wait_for_a_sl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_would_not_fit_the_agents_staging_budget_waits_and_starts_when_space_frees() {
-    // 32 MiB of data in each disk: within a 48 MiB budget alone, not two at once.
+    // 32 MiB of data in each disk: a budget of about one export's need.
     let opts = GuestOpts {
         prefill_mib: 32,
         ..GuestOpts::default()
@@ -570,7 +584,7 @@ async fn a_run_that_would_not_fit_the_agents_staging_budget_waits_and_starts_whe
         .collect();
     let limits = Limits {
         max_runs: 4,
-        staging_budget: Some(48 << 20),
+        staging_budget: Some(budget_for_one(&guests)),
     };
     let runs = limited_night(&guests, limits, 1, "WaitingForStaging").await;
     assert_eq!(most_at_once(&runs), 1);

@@ -627,6 +627,20 @@ fn most_at_once(runs: &[BackupRun]) -> usize {
     most as usize
 }
 
+/// A staging budget that holds one of the guests' exports but not two: their allocated
+/// data plus the guest writer's region (it may not have written it yet), below twice the
+/// smallest.
+fn budget_for_one(guests: &[Guest]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let allocs: Vec<u64> = guests
+        .iter()
+        .map(|g| std::fs::metadata(&g.disk).unwrap().blocks() * 512)
+        .collect();
+    let budget = allocs.iter().max().unwrap() + (12 << 20);
+    assert!(budget < 2 * allocs.iter().min().unwrap(), "{allocs:?}");
+    budget
+}
+
 /// The run's `Admitted` condition: (status, reason).
 fn admitted(r: &BackupRun) -> Option<(String, String)> {
     r.status
@@ -774,13 +788,7 @@ fn a_run_that_would_not_fit_the_staging_budget_waits_and_starts_when_space_frees
     let guests: Vec<Guest> = (0..2)
         .map(|_| Guest::new("sbd-budget", opts.clone()))
         .collect();
-    let budget: u64 = 48 << 20;
-    for g in &guests {
-        use std::os::unix::fs::MetadataExt;
-        let alloc = std::fs::metadata(&g.disk).unwrap().blocks() * 512;
-        // The guest's writer can add its 8 MiB region before the estimate is read.
-        assert!(alloc > budget / 2 && alloc + (9 << 20) < budget, "{alloc}");
-    }
+    let budget = budget_for_one(&guests);
     let env = Env::new();
     let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
     let cfg = write_config(&env, "nightly", &names.join("', '"), "0 2 * * *", "");
@@ -790,7 +798,7 @@ fn a_run_that_would_not_fit_the_staging_budget_waits_and_starts_when_space_frees
         "nightly",
         &[
             ("SNAPBACK_MAX_CONCURRENT_RUNS", "4".into()),
-            ("SNAPBACK_STAGING_BUDGET", "48Mi".into()),
+            ("SNAPBACK_STAGING_BUDGET", budget.to_string()),
         ],
         1,
         1,
