@@ -249,10 +249,12 @@ mod tests {
         }
     }
 
+    /// (max runs, budget MiB, in flight MiB, candidates, expected)
+    type Case = (usize, Option<u64>, Vec<u64>, Vec<Candidate>, Vec<&'static str>);
+
     #[test]
     fn admission_follows_the_slot_limit_and_the_staging_budget_oldest_first() {
-        // (max runs, budget MiB, in flight MiB, candidates, expected)
-        let cases: Vec<(usize, Option<u64>, Vec<u64>, Vec<Candidate>, Vec<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             // Slots alone.
             (
                 2,
