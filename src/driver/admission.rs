@@ -250,7 +250,13 @@ mod tests {
     }
 
     /// (max runs, budget MiB, in flight MiB, candidates, expected)
-    type Case = (usize, Option<u64>, Vec<u64>, Vec<Candidate>, Vec<&'static str>);
+    type Case = (
+        usize,
+        Option<u64>,
+        Vec<u64>,
+        Vec<Candidate>,
+        Vec<&'static str>,
+    );
 
     #[test]
     fn admission_follows_the_slot_limit_and_the_staging_budget_oldest_first() {

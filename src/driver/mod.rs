@@ -76,7 +76,15 @@ impl<S: Source> Driver<'_, S> {
         let ns = run.metadata.namespace.clone();
         let _active = self
             .metrics
-            .map(|m| outcome::Active::new(m, run.status.is_none(), true));
+            // Fresh: no phase entered yet (a run that waited for admission has a status
+            // with its Admitted condition, and no phase).
+            .map(|m| {
+                outcome::Active::new(
+                    m,
+                    run.status.as_ref().is_none_or(|s| s.phases.is_empty()),
+                    true,
+                )
+            });
         let target = match site.target(ns.as_deref(), &run.spec.target_ref).await {
             Ok(t) => t,
             Err(e) => {
