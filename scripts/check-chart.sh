@@ -77,6 +77,7 @@ trap 'rm -rf "$work"' EXIT
   --set controller.serviceAccount.create=false --set controller.serviceAccount.name=existing \
   --set 'agent.tolerations[0].operator=Exists' --set 'agent.hostPaths.images={/srv/vm,/data/vm}' \
   --set kubevirt.enabled=true --set kubevirt.worker.backupStorageClass=fast \
+  --set agent.maxConcurrentRuns=4 --set agent.stagingBudget=20Gi \
   > "$work/options.yaml"
 for f in "$work/default.yaml" "$work/options.yaml"; do
   "$VALIDATE" --strict --quiet "$f"
@@ -85,6 +86,8 @@ done
 grep -q 'kind: ServiceMonitor' "$work/options.yaml"
 grep -q 'namespace: infra' "$work/options.yaml"
 grep -q -- '--backup-storage-class=fast' "$work/options.yaml"
+grep -q -- '--max-concurrent-runs=4' "$work/options.yaml"
+grep -q -- '--staging-budget=20Gi' "$work/options.yaml"
 if grep -q 'kind: CustomResourceDefinition' "$work/options.yaml"; then
   log "crds.install=false still rendered CRDs"
   exit 1
@@ -160,7 +163,7 @@ done
 
 # values.schema.json refuses bad values.
 for bad in controller.replicas=two agent.hostPaths.state=relative image.pullPolicy=Sometimes \
-  agent.restrictToOwnNode=maybe; do
+  agent.restrictToOwnNode=maybe agent.maxConcurrentRuns=0 agent.stagingBudget=lots; do
   if "$HELM" template bad "$CHART" --set "$bad" >/dev/null 2>&1; then
     log "values.schema.json accepted $bad"
     exit 1

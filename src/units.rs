@@ -28,6 +28,40 @@ pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     Ok(SignedDuration::from_secs(n * secs))
 }
 
+/// Parses a byte count: `20Gi`, `20GiB`, `512Mi`, `1.5Ti`, `10G` (powers of 1000, as
+/// Kubernetes quantities), or plain bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("invalid size '{s}': expected a number then a unit such as Mi, Gi or Ti")
+    })?;
+    let mult: u64 = match unit.trim_end_matches('B') {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "invalid size '{s}': unknown unit '{unit}' (use Ki, Mi, Gi, Ti, K, M, G, T or none for bytes)"
+            ))
+        }
+    };
+    let bytes = n * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("invalid size '{s}': must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
 /// `1h2m`, `3m4s`, `5.2s`: short durations for the printer column.
 pub fn human_duration(d: jiff::SignedDuration) -> String {
     let ms = d.as_millis().max(0) as u64;
@@ -74,6 +108,20 @@ mod tests {
             human_duration(jiff::SignedDuration::from_secs(3720)),
             "1h2m"
         );
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units_and_reject_the_rest() {
+        assert_eq!(parse_bytes("20Gi").unwrap(), 20 << 30);
+        assert_eq!(parse_bytes("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_bytes("1.5Ti").unwrap(), 3 << 39);
+        assert_eq!(parse_bytes("512Mi").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("10G").unwrap(), 10_000_000_000);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("20Xi").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("Gi").is_err());
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("-1Gi").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use snapback::cluster::agent::{Agent, AgentConfig};
 use snapback::cluster::labels;
 use snapback::cluster::mem::MemStore;
 use snapback::cluster::Store;
+use snapback::driver::admission::Limits;
 use snapback::libvirt::LibvirtHost;
 use snapback::metrics::{Health, Metrics};
 
@@ -41,6 +42,19 @@ async fn setup(env: &Env) -> (MemStore, Arc<Metrics>) {
 }
 
 async fn agent(store: &MemStore, env: &Env, metrics: Arc<Metrics>) -> Arc<Agent<MemStore>> {
+    let limits = Limits {
+        max_runs: 2,
+        staging_budget: None,
+    };
+    agent_limited(store, env, metrics, limits).await
+}
+
+async fn agent_limited(
+    store: &MemStore,
+    env: &Env,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> Arc<Agent<MemStore>> {
     let host = LibvirtHost::connect(&connect_uri()).await.unwrap();
     Agent::new(
         store.clone(),
@@ -51,6 +65,7 @@ async fn agent(store: &MemStore, env: &Env, metrics: Arc<Metrics>) -> Arc<Agent<
             state_dir: env.state.clone(),
             heartbeat_every: Duration::from_secs(5),
             poll: Duration::from_millis(200),
+            limits,
         },
         metrics,
         Health::default(),
@@ -445,4 +460,132 @@ async fn the_agent_verifies_its_domains_when_the_policy_verify_tick_is_due_and_r
     assert!(std::fs::read_dir(env.state.join("verify-work"))
         .map(|d| d.count() == 0)
         .unwrap_or(true));
+}
+
+/// A staging budget that holds one of the guests' exports but not two: their allocated
+/// data plus the guest writer's region (it may not have written it yet), below twice the
+/// smallest.
+fn budget_for_one(guests: &[Guest]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let allocs: Vec<u64> = guests
+        .iter()
+        .map(|g| std::fs::metadata(&g.disk).unwrap().blocks() * 512)
+        .collect();
+    let budget = allocs.iter().max().unwrap() + (12 << 20);
+    assert!(budget < 2 * allocs.iter().min().unwrap(), "{allocs:?}");
+    budget
+}
+
+/// The run's `Admitted` condition: (status, reason).
+fn admitted(r: &BackupRun) -> Option<(String, String)> {
+    r.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The most runs of `runs` past Pending at one moment, from their recorded phase timings.
+fn most_at_once(runs: &[BackupRun]) -> usize {
+    let mut edges: Vec<(jiff::Timestamp, i32)> = Vec::new();
+    for r in runs {
+        let s = r.status.as_ref().unwrap();
+        edges.push((s.phases[0].start_time, 1));
+        edges.push((s.completion_time.unwrap(), -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// One run per guest, all there at the agent's first look: after that look, `started` are
+/// in flight and the rest wait with `reason` (the look considers them one after another
+/// and counts a started run until the next look, so this holds whatever the runs' speed).
+/// The started runs are then let finish with no look in between: the waiting ones are still
+/// Pending. Then every run finishes on later looks. Returns the runs at the end.
+async fn limited_night(
+    guests: &[Guest],
+    limits: Limits,
+    started: usize,
+    reason: &str,
+) -> Vec<BackupRun> {
+    let env = Env::new();
+    let (store, metrics) = setup(&env).await;
+    let a = agent_limited(&store, &env, metrics, limits).await;
+    let names: Vec<String> = (0..guests.len()).map(|i| format!("night-{i}")).collect();
+    for (n, g) in names.iter().zip(guests) {
+        backup_run(&store, n, &g.name, serde_json::json!({})).await;
+    }
+
+    a.tick().await.unwrap();
+    assert_eq!(a.in_flight(), started);
+    let mut waiting = Vec::new();
+    for n in &names {
+        let r: BackupRun = store.get(Some(NS), n).await.unwrap().unwrap();
+        if admitted(&r) == Some(("False".into(), reason.into())) {
+            assert_eq!(run_phase(&r), BackupPhase::Pending);
+            assert!(!labels::has_finalizer(&r.metadata, labels::RUN_FINALIZER));
+            waiting.push(n.clone());
+        }
+    }
+    assert_eq!(waiting.len(), guests.len() - started, "{reason}");
+
+    a.wait_in_flight().await;
+    for n in &waiting {
+        let r: BackupRun = store.get(Some(NS), n).await.unwrap().unwrap();
+        assert_eq!(run_phase(&r), BackupPhase::Pending, "{n} waits for a look");
+    }
+    let mut runs = Vec::new();
+    for n in &names {
+        runs.push(
+            tick_until(&a, &store, n, "every run to finish", |r: &BackupRun| {
+                run_phase(r).is_terminal()
+                    && !labels::has_finalizer(&r.metadata, labels::RUN_FINALIZER)
+            })
+            .await,
+        );
+    }
+    for r in &runs {
+        let s = r.status.as_ref().unwrap();
+        assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+        assert_eq!(admitted(r), Some(("True".into(), "Admitted".into())));
+    }
+    assert!(env.staging_files().is_empty(), "{:?}", env.staging_files());
+    runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_starts_at_most_its_limit_of_runs_and_the_others_wait_for_a_slot() {
+    let guests: Vec<Guest> = (0..3)
+        .map(|_| Guest::new("sba-slots", GuestOpts::default()))
+        .collect();
+    let limits = Limits {
+        max_runs: 2,
+        staging_budget: None,
+    };
+    let runs = limited_night(&guests, limits, 2, "WaitingForSlot").await;
+    assert_eq!(most_at_once(&runs), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_would_not_fit_the_agents_staging_budget_waits_and_starts_when_space_frees() {
+    // 32 MiB of data in each disk: a budget of about one export's need.
+    let opts = GuestOpts {
+        prefill_mib: 32,
+        ..GuestOpts::default()
+    };
+    let guests: Vec<Guest> = (0..2)
+        .map(|_| Guest::new("sba-budget", opts.clone()))
+        .collect();
+    let limits = Limits {
+        max_runs: 4,
+        staging_budget: Some(budget_for_one(&guests)),
+    };
+    let runs = limited_night(&guests, limits, 1, "WaitingForStaging").await;
+    assert_eq!(most_at_once(&runs), 1);
 }

@@ -320,6 +320,7 @@ fn worker_agent(w: &World, metrics: Arc<Metrics>) -> Arc<Agent<MemStore>> {
             state_dir: w.env.state.clone(),
             heartbeat_every: Duration::from_secs(5),
             poll: Duration::from_millis(200),
+            limits: snapback::driver::admission::Limits::UNLIMITED,
         },
         Host::KubeVirt {
             storage_class: None,

@@ -607,3 +607,214 @@ fn the_daemon_backs_up_a_domain_on_a_raw_file_and_a_block_device_whole_and_it_re
     d.kill().unwrap();
     d.wait().unwrap();
 }
+
+/// The most runs of `runs` that were past Pending at one moment, from their recorded phase
+/// timings (first phase entered to completion): what the daemon let run at once.
+fn most_at_once(runs: &[BackupRun]) -> usize {
+    let mut edges: Vec<(jiff::Timestamp, i32)> = Vec::new();
+    for r in runs {
+        let s = r.status.as_ref().unwrap();
+        edges.push((s.phases[0].start_time, 1));
+        edges.push((s.completion_time.unwrap(), -1));
+    }
+    // An end sorts before a start at the same instant.
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// A staging budget that holds one of the guests' exports but not two: their allocated
+/// data plus the guest writer's region (it may not have written it yet), below twice the
+/// smallest.
+fn budget_for_one(guests: &[Guest]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let allocs: Vec<u64> = guests
+        .iter()
+        .map(|g| std::fs::metadata(&g.disk).unwrap().blocks() * 512)
+        .collect();
+    let budget = allocs.iter().max().unwrap() + (12 << 20);
+    assert!(budget < 2 * allocs.iter().min().unwrap(), "{allocs:?}");
+    budget
+}
+
+/// The run's `Admitted` condition: (status, reason).
+fn admitted(r: &BackupRun) -> Option<(String, String)> {
+    r.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Starts the daemon for `policy` at its 02:00 tick with runs held at the export's pause
+/// point and `limits` as environment (`SNAPBACK_MAX_CONCURRENT_RUNS`, ...); waits until
+/// `held` runs are held there and the others wait with `reason`; returns the daemon, the
+/// pause marker and the runs as they were then.
+fn hold_at_two(
+    env: &Env,
+    cfg: &std::path::Path,
+    policy: &str,
+    limits: &[(&'static str, String)],
+    held: usize,
+    waiting: usize,
+    reason: &str,
+) -> (Child, std::path::PathBuf, Vec<BackupRun>) {
+    let store = FileStore::new(&env.state);
+    let clock = FakeClock(env.dir.join("clock"));
+    clock.set("2026-03-01 01:58:00");
+    let marker = env.dir.join("paused");
+    let mut vars = clock.env();
+    vars.push(("SNAPBACK_PAUSE_AT", "backup:exporting:job-running".into()));
+    vars.push(("SNAPBACK_PAUSE_FILE", marker.display().to_string()));
+    vars.extend(limits.iter().cloned());
+    let d = start_with(env, cfg, &vars);
+    wait(env, "the daemon to see the policy", 60, || {
+        store
+            .read::<snapback::api::BackupPolicy>("backuppolicies", policy)
+            .ok()
+            .and_then(|p| p.status)
+            .and_then(|s| s.last_schedule_time)
+    });
+    clock.set("2026-03-01 02:00:30");
+    let runs = wait(
+        env,
+        "the admitted runs held and the others waiting",
+        180,
+        || {
+            let runs: Vec<BackupRun> = store.backup_runs().unwrap_or_default();
+            let exporting = runs
+                .iter()
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == BackupPhase::Exporting)
+                })
+                .count();
+            let waits = runs
+                .iter()
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == BackupPhase::Pending)
+                        && admitted(r) == Some(("False".into(), reason.into()))
+                })
+                .count();
+            (marker.exists() && exporting == held && waits == waiting).then_some(runs)
+        },
+    );
+    assert_eq!(runs.len(), held + waiting, "one run per domain at the tick");
+    (d, marker, runs)
+}
+
+/// Lets every held run go (each later run is held at the same point in turn) until all
+/// runs are finished; returns them.
+fn release_all(env: &Env, marker: &std::path::Path, count: usize) -> Vec<BackupRun> {
+    let store = FileStore::new(&env.state);
+    wait(env, "every run to finish", 300, || {
+        let _ = std::fs::remove_file(marker);
+        let runs: Vec<BackupRun> = store.backup_runs().unwrap_or_default();
+        let done = runs
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+            .count();
+        (runs.len() == count && done == count).then_some(runs)
+    })
+}
+
+fn stop(mut d: Child) {
+    run_ok("kill", &["-TERM", &d.id().to_string()]);
+    assert!(
+        d.wait().unwrap().success(),
+        "SIGTERM stops the daemon cleanly"
+    );
+}
+
+#[test]
+fn the_daemon_runs_at_most_its_limit_at_once_and_the_others_wait_for_a_slot() {
+    let guests: Vec<Guest> = (0..3)
+        .map(|_| Guest::new("sbd-slots", GuestOpts::default()))
+        .collect();
+    let env = Env::new();
+    let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
+    let cfg = write_config(&env, "nightly", &names.join("', '"), "0 2 * * *", "");
+    let (d, marker, held) = hold_at_two(
+        &env,
+        &cfg,
+        "nightly",
+        &[("SNAPBACK_MAX_CONCURRENT_RUNS", "2".into())],
+        2,
+        1,
+        "WaitingForSlot",
+    );
+    let waiting = held
+        .iter()
+        .find(|r| r.status.as_ref().unwrap().phase == BackupPhase::Pending)
+        .unwrap()
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let described = env.snapback(&["describe", "backuprun", &waiting]);
+    assert!(
+        described.stdout.contains("WaitingForSlot")
+            && described.stdout.contains("2 of 2 runs in flight"),
+        "{}",
+        described.stdout
+    );
+
+    let runs = release_all(&env, &marker, 3);
+    stop(d);
+    for r in &runs {
+        let s = r.status.as_ref().unwrap();
+        assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+        assert_eq!(admitted(r), Some(("True".into(), "Admitted".into())));
+    }
+    assert_eq!(most_at_once(&runs), 2, "never more than the limit at once");
+    assert!(env.staging_files().is_empty(), "{:?}", env.staging_files());
+}
+
+#[test]
+fn a_run_that_would_not_fit_the_staging_budget_waits_and_starts_when_space_frees() {
+    // 32 MiB of data in each disk: one run's export needs about that, two need twice.
+    let opts = GuestOpts {
+        prefill_mib: 32,
+        ..GuestOpts::default()
+    };
+    let guests: Vec<Guest> = (0..2)
+        .map(|_| Guest::new("sbd-budget", opts.clone()))
+        .collect();
+    let budget = budget_for_one(&guests);
+    let env = Env::new();
+    let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
+    let cfg = write_config(&env, "nightly", &names.join("', '"), "0 2 * * *", "");
+    let (d, marker, _) = hold_at_two(
+        &env,
+        &cfg,
+        "nightly",
+        &[
+            ("SNAPBACK_MAX_CONCURRENT_RUNS", "4".into()),
+            ("SNAPBACK_STAGING_BUDGET", budget.to_string()),
+        ],
+        1,
+        1,
+        "WaitingForStaging",
+    );
+    let runs = release_all(&env, &marker, 2);
+    stop(d);
+    for r in &runs {
+        let s = r.status.as_ref().unwrap();
+        assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+        assert_eq!(admitted(r), Some(("True".into(), "Admitted".into())));
+    }
+    assert_eq!(most_at_once(&runs), 1, "one at a time within the budget");
+    let log = std::fs::read_to_string(env.dir.join("daemon.log")).unwrap();
+    assert!(
+        log.contains("WaitingForStaging: waiting for staging space"),
+        "{log}"
+    );
+}

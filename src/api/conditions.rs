@@ -27,6 +27,9 @@ pub enum ConditionType {
     Verified,
     /// BackupRun: its agent stopped answering while it ran.
     AgentHeartbeatStale,
+    /// BackupRun: whether its host let it start (False while it waits for a run slot or
+    /// staging space, with `WaitingForSlot` or `WaitingForStaging`).
+    Admitted,
     /// BackupRun (`changedBlockTracking: Enable`): whether the raw disks have overlays.
     ChangedBlockTracking,
     /// RestoreRequest: the restored domain was started and keeps running.
@@ -55,6 +58,7 @@ impl ConditionType {
             Self::Expired => "Expired",
             Self::Verified => "Verified",
             Self::AgentHeartbeatStale => "AgentHeartbeatStale",
+            Self::Admitted => "Admitted",
             Self::ChangedBlockTracking => "ChangedBlockTracking",
             Self::Started => "Started",
             Self::OldDisksKept => "OldDisksKept",
@@ -100,6 +104,14 @@ pub mod reason {
     pub const ENABLE_FAILED: &str = "EnableFailed";
     /// Verified: every export of the point's chain matched its SHA-256 and read as sound qcow2.
     pub const READ_BACK_OK: &str = "ReadBackOK";
+    /// Admitted=True: the run started within its host's limits.
+    pub const ADMITTED: &str = "Admitted";
+    /// Admitted=True: it needs more staging than the whole budget, so it started alone.
+    pub const ALONE_OVER_BUDGET: &str = "AloneOverBudget";
+    /// Admitted=False: every run slot of its host is taken (`--max-concurrent-runs`).
+    pub const WAITING_FOR_SLOT: &str = "WaitingForSlot";
+    /// Admitted=False: the staging budget cannot hold it yet (`--staging-budget`).
+    pub const WAITING_FOR_STAGING: &str = "WaitingForStaging";
     /// KubeVirtReady: every VM the policy selects can be backed up.
     pub const ALL_VMS_READY: &str = "AllVMsReady";
 }

@@ -65,6 +65,8 @@ pub struct AgentArgs {
     pub listen: SocketAddr,
     #[arg(long, default_value_t = 10)]
     pub api_timeout: u64,
+    #[command(flatten)]
+    pub limits: super::limits::LimitArgs,
 }
 
 fn spawn_http(addr: SocketAddr, metrics: Arc<Metrics>, health: Health) {
@@ -261,6 +263,7 @@ pub async fn agent(args: AgentArgs) -> i32 {
             state_dir: args.state_dir.clone(),
             heartbeat_every: Duration::from_secs(args.heartbeat),
             poll: Duration::from_secs(args.poll),
+            limits: args.limits.limits(),
         },
         metrics,
         health,

@@ -97,6 +97,8 @@ pub async fn kubevirt_worker(args: KubeVirtWorkerArgs) -> i32 {
             state_dir: args.state_dir.clone(),
             heartbeat_every: Duration::from_secs(30),
             poll: Duration::from_secs(args.poll),
+            // Its runs use no node's staging and may be on any node: not limited here.
+            limits: crate::driver::admission::Limits::UNLIMITED,
         },
         crate::cluster::agent::Host::KubeVirt {
             storage_class: args.backup_storage_class.clone(),

@@ -7,6 +7,7 @@ pub mod describe;
 pub mod get;
 pub mod kubevirt_worker;
 pub mod label;
+pub mod limits;
 pub mod progress;
 pub mod prune;
 pub mod release;

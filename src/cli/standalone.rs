@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::backup::CommonArgs;
+use super::limits::LimitArgs;
 use super::progress::stderr_reporter;
 use crate::libvirt::LibvirtHost;
 use crate::process::cancel_on_signal;
@@ -25,6 +26,8 @@ pub struct StandaloneArgs {
     pub interval: u64,
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 pub async fn execute(mut args: StandaloneArgs) -> i32 {
@@ -54,6 +57,7 @@ pub async fn execute(mut args: StandaloneArgs) -> i32 {
         state_dir: &args.common.state_dir,
         cancel: cancel_on_signal(),
         reporter: stderr_reporter,
+        limits: args.limits.limits(),
     };
     if args.once {
         daemon::once(&ctx, &cfg).await

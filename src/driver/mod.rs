@@ -4,8 +4,10 @@
 //! front-ends is only their `Site`: where records are kept and where targets, policies and
 //! other runs are read.
 
+pub mod admission;
 pub mod held;
 mod outcome;
+pub mod staging_need;
 pub mod target;
 pub mod tick;
 pub mod verify;
@@ -74,7 +76,15 @@ impl<S: Source> Driver<'_, S> {
         let ns = run.metadata.namespace.clone();
         let _active = self
             .metrics
-            .map(|m| outcome::Active::new(m, run.status.is_none(), true));
+            // Fresh: no phase entered yet (a run that waited for admission has a status
+            // with its Admitted condition, and no phase).
+            .map(|m| {
+                outcome::Active::new(
+                    m,
+                    run.status.as_ref().is_none_or(|s| s.phases.is_empty()),
+                    true,
+                )
+            });
         let target = match site.target(ns.as_deref(), &run.spec.target_ref).await {
             Ok(t) => t,
             Err(e) => {

@@ -27,6 +27,29 @@ use crate::state_dir;
 
 use decide::{decide, Observed, Step};
 
+/// The staging a whole export of one disk needs at most: its allocated data. A block device,
+/// or a raw disk read through a tracking overlay, reports every byte as allocated: its export
+/// first takes its whole virtual size, and (online, image mode) the copy without its zeros up
+/// to that again. Preparing refuses a run the staging filesystem cannot hold by this figure;
+/// admission (driver/admission.rs) counts runs by it.
+pub fn whole_export_need(d: &crate::libvirt::Disk, size: u64, online: bool, files: bool) -> u64 {
+    let overlay = crate::libvirt::domain_xml::is_cbt_overlay(d.source());
+    let raw_data = overlay || !crate::api::RunDisk::tracks_changes(d.format());
+    let export = if overlay || d.kind == crate::libvirt::DiskKind::Block {
+        size
+    } else {
+        d.chain
+            .iter()
+            .map(|c| state_dir::allocated_bytes(c.path.as_ref()))
+            .sum()
+    };
+    if raw_data && online && !files {
+        export.saturating_mul(2)
+    } else {
+        export
+    }
+}
+
 /// Everything a run needs besides its own resource.
 pub struct RunContext {
     /// The target with secrets resolved. `name` is filled in per domain by the engine.

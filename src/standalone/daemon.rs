@@ -5,9 +5,11 @@
 //! tick planner the Kubernetes controller uses, so `concurrencyPolicy` and the history limits
 //! hold here too.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
 use kube::api::ObjectMeta;
 use tokio::sync::watch;
@@ -18,6 +20,8 @@ use crate::api::{
     BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, FailureReason,
     RestoreRequest,
 };
+use crate::driver::admission::{admit, admitted_condition, set_admitted, Decision, Limits};
+use crate::driver::staging_need;
 use crate::driver::tick::{plan_tick, record_outcomes, Notice, TickInput};
 use crate::driver::verify::due_verifies;
 use crate::driver::{BackupOutcome, Driver};
@@ -36,6 +40,8 @@ pub struct Ctx<'a> {
     pub cancel: watch::Receiver<bool>,
     /// A progress reporter for a run or restore of this name.
     pub reporter: fn(String) -> Reporter,
+    /// How many runs the daemon drives at once, and the staging they may hold together.
+    pub limits: Limits,
 }
 
 impl Ctx<'_> {
@@ -376,26 +382,9 @@ pub async fn daemon(ctx: &Ctx<'_>, mut cfg: Config, dir: &Path, interval: Durati
             }
         }
 
-        // 2. Drive every unfinished run, oldest first (new ones and those a crash left).
-        let mut pending: Vec<BackupRun> = ctx
-            .store
-            .backup_runs()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.spec.policy_ref.is_some())
-            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
-            .collect();
-        pending.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        for run in pending {
-            if ctx.stopping() {
-                break;
-            }
-            let name = run.metadata.name.clone().unwrap_or_default();
-            match drive(ctx, &cfg, run).await {
-                Ok(o) => eprintln!("{name}: {}", o.summary()),
-                Err(waiting) => eprintln!("{name}: {waiting}"),
-            }
-        }
+        // 2. Drive every unfinished run, oldest first (new ones and those a crash left), up
+        // to the host's limits at once.
+        drive_pending(ctx, &cfg).await;
 
         // 3. Verify the domains whose verify tick is due.
         for (_, p) in &cfg.policies {
@@ -428,6 +417,69 @@ pub async fn daemon(ctx: &Ctx<'_>, mut cfg: Config, dir: &Path, interval: Durati
         if ctx.stopping() {
             eprintln!("standalone: stopping");
             return 0;
+        }
+    }
+}
+
+/// Drives the unfinished runs, oldest first, as many at once as admission lets
+/// (driver/admission.rs), one per domain at a time; returns when none is left to drive in
+/// this pass. A run that waits gets an `Admitted=False` condition with its reason, and
+/// starts when a run in flight ends. Verifies and restores come after the pass, so they
+/// never run beside these runs.
+async fn drive_pending(ctx: &Ctx<'_>, cfg: &Config) {
+    let mut flight = FuturesUnordered::new();
+    // The runs in flight: domain and the staging each is counted for.
+    let mut in_flight: HashMap<String, (String, u64)> = HashMap::new();
+    // Driven in this pass (one that came back waiting for its target is not tried again
+    // until the next pass).
+    let mut driven: HashSet<String> = HashSet::new();
+    loop {
+        if !ctx.stopping() {
+            let mut pending: Vec<BackupRun> = ctx
+                .store
+                .backup_runs()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.spec.policy_ref.is_some())
+                .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+                .filter(|r| !driven.contains(r.metadata.name.as_deref().unwrap_or_default()))
+                .collect();
+            pending.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            // One run per domain at a time: the oldest of each domain not in flight.
+            let mut domains: HashSet<String> = in_flight.values().map(|(d, _)| d.clone()).collect();
+            pending.retain(|r| domains.insert(r.spec.domain.clone()));
+            let with_need = ctx.limits.staging_budget.is_some();
+            let mut candidates = Vec::with_capacity(pending.len());
+            for r in &pending {
+                candidates.push(staging_need::candidate(ctx.host, r, with_need).await);
+            }
+            let held: Vec<u64> = in_flight.values().map(|(_, b)| *b).collect();
+            let decisions = admit(ctx.limits, &held, &candidates);
+            for ((mut run, c), d) in pending.into_iter().zip(candidates).zip(decisions) {
+                let name = run.metadata.name.clone().unwrap_or_default();
+                let condition = admitted_condition(&d, run.metadata.generation, Timestamp::now());
+                let changed = set_admitted(&mut run, condition);
+                if let Decision::Wait(w) = &d {
+                    if changed {
+                        eprintln!("{name}: {}: {}", w.reason(), w.message());
+                        if let Err(e) = ctx.store.write("backupruns", &name, &run) {
+                            eprintln!("Internal: cannot record {name}: {e}");
+                        }
+                    }
+                    continue;
+                }
+                in_flight.insert(name.clone(), (run.spec.domain.clone(), c.counted()));
+                driven.insert(name.clone());
+                flight.push(async move { (name, drive(ctx, cfg, run).await) });
+            }
+        }
+        let Some((name, result)) = flight.next().await else {
+            return;
+        };
+        in_flight.remove(&name);
+        match result {
+            Ok(o) => eprintln!("{name}: {}", o.summary()),
+            Err(waiting) => eprintln!("{name}: {waiting}"),
         }
     }
 }

@@ -15,6 +15,7 @@ mod verifies;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,12 @@ use tracing::{info, warn};
 use crate::api::{BackupRun, RestoreRequest};
 use crate::cluster::labels;
 use crate::cluster::store::{ApiErrorKind, ApiResult, Object, Store};
-use crate::driver::Driver;
+use crate::driver::{admission, staging_need, Driver};
 use crate::libvirt::LibvirtHost;
 use crate::lifecycle::{Event, Journal, Phase, Record, Reporter, Status};
 use crate::metrics::{Health, Metrics};
 
+use inventory::FIELD_MANAGER;
 use journal::ApiJournal;
 use site::AgentSite;
 
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub heartbeat_every: Duration,
     /// How often the API is polled for new work.
     pub poll: Duration,
+    /// How many backup runs start at once on the node, and the staging they may hold.
+    pub limits: crate::driver::admission::Limits,
 }
 
 /// What the agent drives runs on: the node's libvirt, or KubeVirt (the kubevirt-worker:
@@ -66,6 +70,9 @@ struct Task {
     handle: JoinHandle<()>,
     /// A verify: it changes nothing, so stopping ends it at once instead of waiting.
     abort_on_stop: bool,
+    /// A backup run admitted within the node's limits: the staging it counts for. Restores
+    /// and verifies are not counted (driver/admission.rs).
+    staging: Option<u64>,
 }
 
 pub struct Agent<S: Store> {
@@ -79,6 +86,9 @@ pub struct Agent<S: Store> {
     verify_looked: Mutex<Option<Instant>>,
     /// Turns true when the agent stops: a run's end that cannot be written is left then.
     stopping: watch::Sender<bool>,
+    /// In this look at the API, an older run was told to wait for staging: newer ones queue
+    /// behind it rather than take the space as it frees.
+    staging_queue: AtomicBool,
 }
 
 fn key<K: Object>(o: &K) -> String {
@@ -143,6 +153,7 @@ impl<S: Store> Agent<S> {
             tasks: Mutex::new(HashMap::new()),
             verify_looked: Mutex::new(None),
             stopping: watch::channel(false).0,
+            staging_queue: AtomicBool::new(false),
         })
     }
 
@@ -175,6 +186,7 @@ impl<S: Store> Agent<S> {
             .lock()
             .unwrap()
             .retain(|_, t| !t.handle.is_finished());
+        self.staging_queue.store(false, Ordering::SeqCst);
         let (label, value) = self.selector();
         let sel = [(label, value.as_str())];
         let ns = self.cfg.namespace.as_deref();
@@ -304,10 +316,20 @@ impl<S: Store> Agent<S> {
             }
             return Ok(());
         }
+        // A run being deleted goes on at once: it only cleans up.
+        let admitted = match (obj.as_backup_run(), &self.host) {
+            (Some(run), Host::Libvirt(host)) if !deleting => match self.admit(host, run).await? {
+                Some(a) => Some(a),
+                None => return Ok(()),
+            },
+            _ => None,
+        };
         let (tx, rx) = watch::channel(deleting);
         let me = self.clone();
         let domain = obj.domain().to_string();
-        let handle = tokio::spawn(async move { me.drive(obj, rx).await });
+        let staging = admitted.as_ref().map(|(counted, _)| *counted);
+        let condition = admitted.map(|(_, c)| c);
+        let handle = tokio::spawn(async move { me.drive(obj, rx, condition).await });
         self.tasks.lock().unwrap().insert(
             k,
             Task {
@@ -315,9 +337,56 @@ impl<S: Store> Agent<S> {
                 cancel: tx,
                 handle,
                 abort_on_stop: false,
+                staging,
             },
         );
         Ok(())
+    }
+
+    /// Whether a backup run may start now within the node's limits (driver/admission.rs):
+    /// `Some` with the staging it counts for and its `Admitted=True` condition; `None` when
+    /// it waits, its `Admitted=False` condition written (only when it changed, so a waiting
+    /// run does not wake the agent's watches on every look).
+    async fn admit(
+        &self,
+        host: &LibvirtHost,
+        run: &BackupRun,
+    ) -> ApiResult<Option<(u64, crate::api::Condition)>> {
+        let limits = self.cfg.limits;
+        let candidate = staging_need::candidate(host, run, limits.staging_budget.is_some()).await;
+        let held: Vec<u64> = self
+            .tasks
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|t| t.staging)
+            .collect();
+        let queue = self.staging_queue.load(Ordering::SeqCst);
+        let decision = admission::admit_next(limits, &held, queue, candidate);
+        let condition =
+            admission::admitted_condition(&decision, run.metadata.generation, Timestamp::now());
+        let admission::Decision::Wait(wait) = &decision else {
+            return Ok(Some((candidate.counted(), condition)));
+        };
+        if matches!(wait, admission::Wait::Staging { .. }) {
+            self.staging_queue.store(true, Ordering::SeqCst);
+        }
+        // Read fresh: the look may come from a watch cache behind the API, and a run that
+        // has started since must not be written back to Pending.
+        let ns = run.metadata.namespace.as_deref();
+        let name = run.metadata.name.clone().unwrap_or_default();
+        let Some(mut fresh) = self.store.get::<BackupRun>(ns, &name).await? else {
+            return Ok(None);
+        };
+        let pending = fresh
+            .status
+            .as_ref()
+            .is_none_or(|s| s.phase == crate::api::BackupPhase::Pending);
+        if pending && admission::set_admitted(&mut fresh, condition) {
+            info!(run = %name, reason = wait.reason(), "{}", wait.message());
+            self.store.apply_status(&fresh, FIELD_MANAGER).await?;
+        }
+        Ok(None)
     }
 
     /// Adds (`add`) or removes the run finalizer on the newest version, retrying conflicts.
@@ -357,8 +426,12 @@ impl<S: Store> Agent<S> {
     /// Takes the object (its finalizer), drives it to the end and releases it.
     /// A finished one is released only once its final status is written: released while
     /// recorded in an earlier phase, it would look unfinished and be started again.
-    async fn drive<K: Work>(self: Arc<Self>, obj: K, cancel: watch::Receiver<bool>)
-    where
+    async fn drive<K: Work>(
+        self: Arc<Self>,
+        obj: K,
+        cancel: watch::Receiver<bool>,
+        admitted: Option<crate::api::Condition>,
+    ) where
         ApiJournal<S>: Journal<K>,
     {
         let name = obj.meta().name.clone().unwrap_or_default();
@@ -383,7 +456,7 @@ impl<S: Store> Agent<S> {
             }
             return;
         }
-        let obj = match self.set_finalizer(&fresh, true).await {
+        let mut obj = match self.set_finalizer(&fresh, true).await {
             Ok(Some(o)) => o,
             Ok(None) => return,
             Err(e) => {
@@ -391,6 +464,10 @@ impl<S: Store> Agent<S> {
                 return;
             }
         };
+        // Recorded with the run's first status write.
+        if let Some(c) = admitted {
+            obj.set_admitted(c);
+        }
         let site = AgentSite::new(self.store.clone(), self.cfg.state_dir.clone());
         // Not the run's cancel, which also turns true when it is deleted: a deleted run's end
         // is still written before its finalizer goes. Only the agent stopping gives it up.
@@ -441,6 +518,11 @@ struct KubeVirtAt<'a> {
 /// What the agent drives: BackupRuns and RestoreRequests.
 trait Work: Object + Record {
     fn domain(&self) -> &str;
+    /// A backup run, which admission counts; restores are not.
+    fn as_backup_run(&self) -> Option<&BackupRun> {
+        None
+    }
+    fn set_admitted(&mut self, _c: crate::api::Condition) {}
     fn terminal(&self) -> bool {
         self.status().is_some_and(|s| s.phase().is_terminal())
     }
@@ -464,6 +546,12 @@ trait Work: Object + Record {
 impl Work for BackupRun {
     fn domain(&self) -> &str {
         &self.spec.domain
+    }
+    fn as_backup_run(&self) -> Option<&BackupRun> {
+        Some(self)
+    }
+    fn set_admitted(&mut self, c: crate::api::Condition) {
+        admission::set_admitted(self, c);
     }
     async fn drive<S: Store>(
         self,

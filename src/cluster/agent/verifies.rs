@@ -87,6 +87,7 @@ impl<S: Store> Agent<S> {
                         cancel: watch::channel(false).0,
                         handle,
                         abort_on_stop: true,
+                        staging: None,
                     },
                 );
             }

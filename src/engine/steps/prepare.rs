@@ -171,9 +171,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 .is_none_or(|b| b.iter().any(|d| d == disk))
         };
         // A whole export needs up to the allocated size of its disk in staging (files mode
-        // always exports whole disks); refuse early, not half-way. A block device, or a raw
-        // disk read through a tracking overlay, reports every byte as allocated: its export
-        // first takes its whole size, and the copy without its zeros up to that again.
+        // always exports whole disks); refuse early, not half-way.
         let whole = |d: &crate::libvirt::Disk| {
             type_ == BackupType::Full
                 || files
@@ -186,23 +184,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             .iter()
             .zip(&view.sizes)
             .filter(|(d, _)| whole(d))
-            .map(|(d, size)| {
-                let overlay = crate::libvirt::domain_xml::is_cbt_overlay(d.source());
-                let raw_data = overlay || !RunDisk::tracks_changes(d.format());
-                let export = if overlay || d.kind == crate::libvirt::DiskKind::Block {
-                    *size
-                } else {
-                    d.chain
-                        .iter()
-                        .map(|c| state_dir::allocated_bytes(c.path.as_ref()))
-                        .sum()
-                };
-                if raw_data && online && !files {
-                    export.saturating_mul(2)
-                } else {
-                    export
-                }
-            })
+            .map(|(d, size)| crate::engine::whole_export_need(d, *size, online, files))
             .sum();
         let free = state_dir::free_bytes(&dir).unwrap_or(u64::MAX);
         if need > 0 && free < need {
