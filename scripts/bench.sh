@@ -164,6 +164,42 @@ full backup, 6 GiB disk, 3072 MiB allocated          ${LARGE} s   $(ratio "$LARG
   peak memory (largest process), 512 MiB / 3 GiB     $(( SMALLRSS / 1024 )) MiB / $(( LARGERSS / 1024 )) MiB        <= 100 MiB each
 full backup, 3 disks of ${THIRD} MiB                   ${THREE} s   $(ratio "$THREE" "$CP3")x cp of the 3 images
 TABLE
+
+  # A whole host's night: 8 running domains of 512 MiB at one tick (`standalone --once`),
+  # one at a time, all at once, and with the default limit plus a staging budget of three
+  # exports; the peak of staging is sampled (a bench may sample; the tests do not).
+  echo >&2 "preparing 8 domains of 512 MiB for the night"
+  NIGHT=$(seq -f "$VM-night%g" 1 8)
+  for d in $NIGHT; do define_writer_guest "$d" "$WORK/$d" 768 512 8 1000; done
+  for d in $NIGHT; do wait_writes "$WORK/$d/serial.log" 1; done
+  BUDGET=$(( 3 * 540 * 1048576 ))
+  night() { # NAME LIMIT [BUDGET] -> NS: seconds of the whole night; PEAK: most staging seen
+    local dir=$WORK/night-$1 t0 t1 sampler
+    mkdir -p "$dir/config"
+    printf 'apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata:\n  name: local\nspec:\n  url: file://%s/target\n' "$dir" >"$dir/config/target.yaml"
+    printf "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: night\nspec:\n  domainSelector:\n    globs: ['%s-night*']\n  targetRef: local\n  schedule: '0 2 * * *'\n  consistency: {quiesce: None}\n" "$VM" >"$dir/config/policy.yaml"
+    ( peak=0; while :; do n=$(du -sb "$dir/state/staging" 2>/dev/null | cut -f1); [ "${n:-0}" -gt $peak ] && peak=$n && echo $peak >"$dir/peak"; sleep 0.2; done ) &
+    sampler=$!
+    t0=$(now)
+    env SNAPBACK_STATE_DIR="$dir/state" SNAPBACK_MAX_CONCURRENT_RUNS="$2" ${3:+SNAPBACK_STAGING_BUDGET=$3} \
+      "$B" standalone --config "$dir/config" --once >"$dir/out" 2>"$dir/err"
+    t1=$(now)
+    kill $sampler; wait $sampler 2>/dev/null || true
+    grep -c Succeeded "$dir/out" >"$dir/ok" || true
+    PEAK=$(cat "$dir/peak" 2>/dev/null || echo 0)
+    NS=$(secs "$t0" "$t1")
+  }
+  night serial 1; SERIAL=$NS SERIALPEAK=$PEAK SERIALOK=$(cat "$WORK/night-serial/ok")
+  night parallel 8; PARALLEL=$NS PARALLELPEAK=$PEAK PARALLELOK=$(cat "$WORK/night-parallel/ok")
+  night limited 2 $BUDGET; LIMITED=$NS LIMITEDPEAK=$PEAK LIMITEDOK=$(cat "$WORK/night-limited/ok")
+  BEST=$(python3 -c "print(min($SERIAL, $PARALLEL))")
+  cat <<TABLE
+night of 8 x 512 MiB, one at a time                  ${SERIAL} s   $SERIALOK/8 succeeded, staging peak $(mib $SERIALPEAK) MiB
+night of 8 x 512 MiB, all at once                    ${PARALLEL} s   $PARALLELOK/8 succeeded, staging peak $(mib $PARALLELPEAK) MiB
+night, default limit (2) and a $(mib $BUDGET) MiB staging budget   ${LIMITED} s   $LIMITEDOK/8 succeeded, staging peak $(mib $LIMITEDPEAK) MiB
+  limited night / best of serial and parallel                  $(ratio "$LIMITED" "$BEST")x          <= 1.3x
+TABLE
+  for d in $NIGHT; do virsh -q destroy "$d" >/dev/null 2>&1 || true; done
 fi
 
 # Controller cost (issue 4): one scheduling pass over 1,000 domains, in-process.

@@ -325,6 +325,10 @@ fn a_files_restore_request_brings_files_back_byte_exact_through_the_daemon_after
                 state_dir: env.state.join("agent"),
                 heartbeat_every: Duration::from_secs(5),
                 poll: Duration::from_millis(200),
+                limits: snapback::driver::admission::Limits {
+                    max_runs: 2,
+                    staging_budget: None,
+                },
             },
             Arc::new(Metrics::new()),
             Health::default(),

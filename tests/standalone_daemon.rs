@@ -818,3 +818,60 @@ fn a_run_that_would_not_fit_the_staging_budget_waits_and_starts_when_space_frees
         "{log}"
     );
 }
+
+#[test]
+fn once_drives_every_selected_domain_within_the_limit_and_prints_each_result() {
+    let guests: Vec<Guest> = (0..3)
+        .map(|_| Guest::new("sbd-once", GuestOpts::default()))
+        .collect();
+    let env = Env::new();
+    let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
+    let cfg = write_config(&env, "adhoc", &names.join("', '"), "0 2 * * *", "");
+    let marker = env.dir.join("paused");
+    let table = env.dir.join("once.out");
+    let mut once = Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .args(["standalone", "--config"])
+        .arg(&cfg)
+        .arg("--once")
+        .env("SNAPBACK_STATE_DIR", &env.state)
+        .env("SNAPBACK_CONNECT", connect_uri())
+        .env("SNAPBACK_MAX_CONCURRENT_RUNS", "2")
+        .env("SNAPBACK_PAUSE_AT", "backup:exporting:job-running")
+        .env("SNAPBACK_PAUSE_FILE", &marker)
+        .stdout(Stdio::from(std::fs::File::create(&table).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(env.dir.join("once.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let store = FileStore::new(&env.state);
+    // Held in the export: two runs at once, the third waiting for a slot.
+    wait(&env, "two runs held and one waiting", 180, || {
+        let runs: Vec<BackupRun> = store.backup_runs().unwrap_or_default();
+        let phase = |p: BackupPhase| {
+            runs.iter()
+                .filter(|r| r.status.as_ref().is_some_and(|s| s.phase == p))
+                .count()
+        };
+        let waiting = runs
+            .iter()
+            .filter(|r| admitted(r) == Some(("False".into(), "WaitingForSlot".into())))
+            .count();
+        (marker.exists() && phase(BackupPhase::Exporting) == 2 && waiting == 1).then_some(())
+    });
+    let runs = release_all(&env, &marker, 3);
+    assert!(once.wait().unwrap().success(), "every run succeeded");
+    for r in &runs {
+        let s = r.status.as_ref().unwrap();
+        assert_eq!(s.phase, BackupPhase::Succeeded, "{:?}", s.failure);
+    }
+    assert_eq!(most_at_once(&runs), 2, "never more than the limit at once");
+    let out = std::fs::read_to_string(&table).unwrap();
+    for g in &guests {
+        let row = out
+            .lines()
+            .find(|l| l.contains(&g.name))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(row.contains("adhoc") && row.contains("Succeeded"), "{out}");
+    }
+}

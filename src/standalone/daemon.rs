@@ -17,8 +17,7 @@ use tokio::sync::watch;
 use super::config::{self, Config};
 use super::site::{LocalSite, Targets};
 use crate::api::{
-    BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, FailureReason,
-    RestoreRequest,
+    BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, RestoreRequest,
 };
 use crate::driver::admission::{admit, admitted_condition, set_admitted, Decision, Limits};
 use crate::driver::staging_need;
@@ -135,38 +134,45 @@ fn phase_of(r: &BackupRun) -> Option<BackupPhase> {
     r.status.as_ref().map(|s| s.phase)
 }
 
-/// `--once`: every policy now, one run per selected domain, and a table of the results.
+/// `--once`: every policy now, one run per selected domain, and a table of the results. The
+/// runs are recorded first and driven as the daemon drives its runs: as many at once as the
+/// host's limits admit.
 pub async fn once(ctx: &Ctx<'_>, cfg: &Config) -> i32 {
-    let mut rows = Vec::new();
-    let mut failed = 0;
-    'policies: for (_, policy) in &cfg.policies {
+    let mut made: Vec<(String, String, String)> = Vec::new();
+    for (_, policy) in &cfg.policies {
         let pname = policy.metadata.name.clone().unwrap_or_default();
         if policy.spec.suspend {
             continue;
         }
         for domain in matched_domains(ctx.host, policy).await {
             let name = adhoc_run_name(&domain, Timestamp::now());
-            let outcome = match drive(ctx, cfg, new_run(name.clone(), policy, &domain)).await {
-                Ok(o) => o,
-                Err(waiting) => {
-                    rows.push([pname.clone(), domain, name, waiting]);
-                    continue;
-                }
-            };
-            if phase_of(&outcome.run) == Some(BackupPhase::Failed) {
-                failed += 1;
+            if let Err(e) =
+                ctx.store
+                    .write("backupruns", &name, &new_run(name.clone(), policy, &domain))
+            {
+                eprintln!("Internal: cannot record {name}: {e}");
+                continue;
             }
-            rows.push([pname.clone(), domain, name, outcome.summary()]);
-            let interrupted = outcome
-                .run
-                .status
-                .as_ref()
-                .and_then(|s| s.failure.as_ref())
-                .is_some_and(|f| f.reason == FailureReason::Interrupted);
-            if interrupted {
-                break 'policies;
-            }
+            made.push((pname.clone(), domain, name));
         }
+    }
+    let only: HashSet<String> = made.iter().map(|(_, _, n)| n.clone()).collect();
+    let mut results = drive_pending(ctx, cfg, Some(&only)).await;
+    let mut failed = 0;
+    let mut rows = Vec::new();
+    for (pname, domain, name) in made {
+        let result = match results.remove(&name) {
+            Some(Ok(o)) => {
+                if phase_of(&o.run) == Some(BackupPhase::Failed) {
+                    failed += 1;
+                }
+                o.summary()
+            }
+            Some(Err(waiting)) => waiting,
+            // Never started: the process was told to stop first.
+            None => "not started (stopping)".to_string(),
+        };
+        rows.push([pname, domain, name, result]);
     }
     print!("{}", table(["POLICY", "DOMAIN", "RUN", "RESULT"], rows));
     i32::from(failed > 0)
@@ -384,7 +390,7 @@ pub async fn daemon(ctx: &Ctx<'_>, mut cfg: Config, dir: &Path, interval: Durati
 
         // 2. Drive every unfinished run, oldest first (new ones and those a crash left), up
         // to the host's limits at once.
-        drive_pending(ctx, &cfg).await;
+        drive_pending(ctx, &cfg, None).await;
 
         // 3. Verify the domains whose verify tick is due.
         for (_, p) in &cfg.policies {
@@ -426,7 +432,13 @@ pub async fn daemon(ctx: &Ctx<'_>, mut cfg: Config, dir: &Path, interval: Durati
 /// this pass. A run that waits gets an `Admitted=False` condition with its reason, and
 /// starts when a run in flight ends. Verifies and restores come after the pass, so they
 /// never run beside these runs.
-async fn drive_pending(ctx: &Ctx<'_>, cfg: &Config) {
+/// `only`: these runs and no others (`--once`). Answers each driven run's result.
+async fn drive_pending(
+    ctx: &Ctx<'_>,
+    cfg: &Config,
+    only: Option<&HashSet<String>>,
+) -> HashMap<String, Result<BackupOutcome, String>> {
+    let mut results = HashMap::new();
     let mut flight = FuturesUnordered::new();
     // The runs in flight: domain and the staging each is counted for.
     let mut in_flight: HashMap<String, (String, u64)> = HashMap::new();
@@ -443,6 +455,9 @@ async fn drive_pending(ctx: &Ctx<'_>, cfg: &Config) {
                 .filter(|r| r.spec.policy_ref.is_some())
                 .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
                 .filter(|r| !driven.contains(r.metadata.name.as_deref().unwrap_or_default()))
+                .filter(|r| {
+                    only.is_none_or(|o| o.contains(r.metadata.name.as_deref().unwrap_or_default()))
+                })
                 .collect();
             pending.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             // One run per domain at a time: the oldest of each domain not in flight.
@@ -474,13 +489,14 @@ async fn drive_pending(ctx: &Ctx<'_>, cfg: &Config) {
             }
         }
         let Some((name, result)) = flight.next().await else {
-            return;
+            return results;
         };
         in_flight.remove(&name);
-        match result {
+        match &result {
             Ok(o) => eprintln!("{name}: {}", o.summary()),
             Err(waiting) => eprintln!("{name}: {waiting}"),
         }
+        results.insert(name, result);
     }
 }
 
