@@ -462,47 +462,6 @@ async fn the_agent_verifies_its_domains_when_the_policy_verify_tick_is_due_and_r
         .unwrap_or(true));
 }
 
-/// A staging budget that holds one of the guests' exports but not two: their allocated
-/// data plus the guest writer's region (it may not have written it yet), below twice the
-/// smallest.
-fn budget_for_one(guests: &[Guest]) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let allocs: Vec<u64> = guests
-        .iter()
-        .map(|g| std::fs::metadata(&g.disk).unwrap().blocks() * 512)
-        .collect();
-    let budget = allocs.iter().max().unwrap() + (12 << 20);
-    assert!(budget < 2 * allocs.iter().min().unwrap(), "{allocs:?}");
-    budget
-}
-
-/// The run's `Admitted` condition: (status, reason).
-fn admitted(r: &BackupRun) -> Option<(String, String)> {
-    r.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Admitted")
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-/// The most runs of `runs` past Pending at one moment, from their recorded phase timings.
-fn most_at_once(runs: &[BackupRun]) -> usize {
-    let mut edges: Vec<(jiff::Timestamp, i32)> = Vec::new();
-    for r in runs {
-        let s = r.status.as_ref().unwrap();
-        edges.push((s.phases[0].start_time, 1));
-        edges.push((s.completion_time.unwrap(), -1));
-    }
-    edges.sort();
-    let (mut now, mut most) = (0, 0);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    most as usize
-}
-
 /// One run per guest, all there at the agent's first look: after that look, `started` are
 /// in flight and the rest wait with `reason` (the look considers them one after another
 /// and counts a started run until the next look, so this holds whatever the runs' speed).

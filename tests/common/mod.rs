@@ -921,3 +921,48 @@ pub fn ext4_raw_disk(tree: &Path, path: &Path) -> PathBuf {
     );
     path.to_path_buf()
 }
+
+// The run limits (issue 16), for the daemon and the agent alike.
+
+/// A staging budget that holds one of the guests' exports but not two: their allocated
+/// data plus the guest writer's region (it may not have written it yet), below twice the
+/// smallest.
+pub fn budget_for_one(guests: &[Guest]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let allocs: Vec<u64> = guests
+        .iter()
+        .map(|g| std::fs::metadata(&g.disk).unwrap().blocks() * 512)
+        .collect();
+    let budget = allocs.iter().max().unwrap() + (12 << 20);
+    assert!(budget < 2 * allocs.iter().min().unwrap(), "{allocs:?}");
+    budget
+}
+
+/// The run's `Admitted` condition: (status, reason).
+pub fn admitted(r: &BackupRun) -> Option<(String, String)> {
+    r.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The most runs of `runs` that were past Pending at one moment, from their recorded phase
+/// timings (first phase entered to completion): what the daemon or agent let run at once.
+pub fn most_at_once(runs: &[BackupRun]) -> usize {
+    let mut edges: Vec<(jiff::Timestamp, i32)> = Vec::new();
+    for r in runs {
+        let s = r.status.as_ref().unwrap();
+        edges.push((s.phases[0].start_time, 1));
+        edges.push((s.completion_time.unwrap(), -1));
+    }
+    // An end sorts before a start at the same instant.
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
