@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod cbt;
 pub mod cli;
 pub mod cluster;
+pub mod disk_space;
 pub mod driver;
 pub mod duplicity;
 pub mod engine;

@@ -77,16 +77,7 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Free bytes for an unprivileged writer on the filesystem holding `dir`.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
+pub use crate::disk_space::free_bytes;
 
 /// Bytes actually allocated by a file (sparse files count only their data).
 pub fn allocated_bytes(path: &Path) -> u64 {

@@ -57,7 +57,7 @@ pub fn memory_temp(target: &TargetConfig) -> Option<MemoryTemp> {
     if chosen_by_user(target, std::env::var_os("TMPDIR").as_deref()) {
         return None;
     }
-    let free = crate::state_dir::free_bytes(Path::new(SHM)).ok()?;
+    let free = crate::disk_space::free_bytes(Path::new(SHM)).ok()?;
     if !fits_in_memory(target.volsize_mib, free) {
         return None;
     }
