@@ -178,13 +178,13 @@ TABLE
     mkdir -p "$dir/config"
     printf 'apiVersion: snapback.dev/v1alpha1\nkind: BackupTarget\nmetadata:\n  name: local\nspec:\n  url: file://%s/target\n' "$dir" >"$dir/config/target.yaml"
     printf "apiVersion: snapback.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: night\nspec:\n  domainSelector:\n    globs: ['%s-night*']\n  targetRef: local\n  schedule: '0 2 * * *'\n  consistency: {quiesce: None}\n" "$VM" >"$dir/config/policy.yaml"
-    ( peak=0; while :; do n=$(du -sb "$dir/state/staging" 2>/dev/null | cut -f1); [ "${n:-0}" -gt $peak ] && peak=$n && echo $peak >"$dir/peak"; sleep 0.2; done ) &
+    ( set +e; peak=0; while :; do n=$(du -sb "$dir/state/staging" 2>/dev/null | cut -f1); [ "${n:-0}" -gt $peak ] && peak=$n && echo $peak >"$dir/peak"; sleep 0.2; done ) &
     sampler=$!
     t0=$(now)
     env SNAPBACK_STATE_DIR="$dir/state" SNAPBACK_MAX_CONCURRENT_RUNS="$2" ${3:+SNAPBACK_STAGING_BUDGET=$3} \
       "$B" standalone --config "$dir/config" --once >"$dir/out" 2>"$dir/err"
     t1=$(now)
-    kill $sampler; wait $sampler 2>/dev/null || true
+    kill $sampler 2>/dev/null || true; wait $sampler 2>/dev/null || true
     grep -c Succeeded "$dir/out" >"$dir/ok" || true
     PEAK=$(cat "$dir/peak" 2>/dev/null || echo 0)
     NS=$(secs "$t0" "$t1")
