@@ -149,8 +149,11 @@ if [ -z "$QUICK" ]; then
     truncate -s $(( THIRD + 256 ))M "$WORK/3disk/vd$n.raw"
     dd if=/dev/urandom of="$WORK/3disk/vd$n.raw" bs=1M count=$THIRD conv=notrunc status=none
     qemu-img convert -O qcow2 "$WORK/3disk/vd$n.raw" "$WORK/3disk/vd$n.qcow2"; rm -f "$WORK/3disk/vd$n.raw"
-    virsh -q attach-disk $VM-3disk "$WORK/3disk/vd$n.qcow2" vd$n --driver qemu --subdriver qcow2 --live --config >/dev/null
+    virsh -q attach-disk $VM-3disk "$WORK/3disk/vd$n.qcow2" vd$n --driver qemu --subdriver qcow2 --config >/dev/null
   done
+  # The 'pc' machine here takes no hot-plugged disks: started again on its new definition.
+  virsh -q destroy $VM-3disk >/dev/null; : >"$WORK/3disk/serial.log"; virsh -q start $VM-3disk >/dev/null
+  wait_writes "$WORK/3disk/serial.log" 1
   sync
   t0=$(now); cp --sparse=always "$WORK/3disk/"*.qcow2 "$WORK/cp/"; sync; t1=$(now)
   CP3=$(secs "$t0" "$t1"); rm -f "$WORK/cp/"*
