@@ -64,12 +64,7 @@ pub async fn restore_files(
             ));
         }
         for h in &hits {
-            let (fs, rest) = h.split_once('/').unwrap_or((h.as_str(), ""));
-            let dest = if hits.len() == 1 {
-                to.join(rest)
-            } else {
-                to.join(fs).join(rest)
-            };
+            let dest = destination(to, h, hits.len());
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| {
                     StepError::new(
@@ -115,6 +110,18 @@ fn listed_path(line: &str) -> Option<String> {
     let dated = DAYS.contains(&fields[0]) && fields[3].matches(':').count() == 2;
     let path = rest.strip_prefix(' ')?;
     (dated && !path.is_empty() && path != ".").then(|| path.to_string())
+}
+
+/// Where a backed-up path (`FS/REST`, one of `hits` hits of one asked path) is restored
+/// under `to`: a path found in one filesystem goes to `to/REST`; found in several, each
+/// goes under its filesystem's name, `to/FS/REST`, so none overwrites another.
+pub fn destination(to: &Path, hit: &str, hits: usize) -> PathBuf {
+    let (fs, rest) = hit.split_once('/').unwrap_or((hit, ""));
+    if hits == 1 {
+        to.join(rest)
+    } else {
+        to.join(fs).join(rest)
+    }
 }
 
 #[cfg(test)]

@@ -134,12 +134,7 @@ pub fn plan_paths(
             )));
         }
         for h in &hits {
-            let (fs, rest) = h.split_once('/').unwrap_or((h.as_str(), ""));
-            let dest = if hits.len() == 1 {
-                to.join(rest)
-            } else {
-                to.join(fs).join(rest)
-            };
+            let dest = crate::files::restore::destination(to, h, hits.len());
             let path = dest.display().to_string();
             // Two asked paths that land on the same place are restored once.
             if out.iter().any(|p: &RestoredPath| p.path == path) {
