@@ -119,6 +119,21 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_processs_memory_temp_dir_is_swept_and_a_live_ones_kept() {
+        // No process has a pid above the kernel's limit (at most 2^22).
+        let dead = Path::new(SHM).join("snapback-duplicity-4999999-0");
+        let live = Path::new(SHM).join(format!("snapback-duplicity-{}-999", std::process::id()));
+        for d in [&dead, &live] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("duplicity-volume"), b"x").unwrap();
+        }
+        sweep_dead();
+        assert!(!dead.exists());
+        assert!(live.join("duplicity-volume").exists());
+        std::fs::remove_dir_all(&live).unwrap();
+    }
+
+    #[test]
     fn a_temp_dir_the_user_chose_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = TargetConfig::local_for_tests(dir.path());
