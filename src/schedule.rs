@@ -116,12 +116,22 @@ pub fn due(s: &Schedule, since: Timestamp, now: Timestamp, deadline_secs: Option
 /// label of at most 63 characters. When the domain had to be changed to fit (case, `_`,
 /// length), a short hash of the real name keeps two such domains apart.
 pub fn run_name(policy: &str, domain: &str, tick: Timestamp) -> String {
-    let stamp = tick.strftime("%Y%m%d-%H%M").to_string();
+    name_with(policy, domain, tick, "")
+}
+
+/// The name of the Local run (a local restore point) of (policy, domain, tick): the run name
+/// with `-lp` after the stamp, so a backup and a point of the same tick never share a name.
+pub fn local_run_name(policy: &str, domain: &str, tick: Timestamp) -> String {
+    name_with(policy, domain, tick, "-lp")
+}
+
+fn name_with(policy: &str, domain: &str, tick: Timestamp, suffix: &str) -> String {
+    let stamp = format!("{}{suffix}", tick.strftime("%Y%m%d-%H%M"));
     let pol = dns_label_part(policy);
     let dom = dns_label_part(domain);
     let mut hashed = dom != domain || pol != policy;
-    // 63 = policy + '-' + domain + '-' + stamp (13) [+ '-' + hash (6)]
-    let mut avail = 63 - 15 - if hashed { 7 } else { 0 };
+    // 63 = policy + '-' + domain + '-' + stamp (13 + suffix) [+ '-' + hash (6)]
+    let mut avail = 63 - 15 - suffix.len() - if hashed { 7 } else { 0 };
     if !hashed && pol.len() + dom.len() > avail {
         hashed = true;
         avail -= 7;
@@ -328,6 +338,20 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
             assert!(!n.starts_with('-') && !n.ends_with('-'));
+        }
+    }
+
+    #[test]
+    fn a_local_point_and_a_backup_of_the_same_tick_never_share_a_name() {
+        let t = ts("2026-11-22T02:00:00Z");
+        assert_eq!(
+            local_run_name("nightly", "web-1", t),
+            "nightly-web-1-20261122-0200-lp"
+        );
+        for (p, d) in [("nightly", "web-1"), (&*"p".repeat(80), &*"d".repeat(200))] {
+            let (l, b) = (local_run_name(p, d, t), run_name(p, d, t));
+            assert_ne!(l, b);
+            assert!(l.len() <= 63, "{l}");
         }
     }
 

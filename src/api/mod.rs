@@ -6,6 +6,7 @@
 pub mod common;
 pub mod conditions;
 pub mod crds;
+pub mod local;
 pub mod policy;
 pub mod reference;
 pub mod restore;
@@ -16,6 +17,7 @@ pub mod virthost;
 
 pub use common::*;
 pub use conditions::{reason, ConditionType};
+pub use local::*;
 pub use policy::*;
 pub use restore::*;
 pub use retention::*;

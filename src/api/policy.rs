@@ -81,6 +81,10 @@ pub struct BackupPolicySpec {
     /// Reads the backups back from the target on a schedule of its own (`snapback verify`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+    /// Local restore points: snapshots on the VM's own host, on a schedule of their own,
+    /// expired by rules. Recorded as runs of type `Local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_snapshots: Option<super::local::LocalSnapshotsSpec>,
     #[serde(default = "default_success_limit")]
     pub successful_runs_history_limit: u32,
     #[serde(default = "default_failed_limit")]

@@ -145,12 +145,25 @@ pub enum RequestedType {
     Auto,
     Full,
     Incremental,
+    /// A local restore point (a policy's `localSnapshots`): a snapshot inside the VM's own
+    /// disks, nothing sent to the target. It is never part of a chain.
+    Local,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum BackupType {
     Full,
     Incremental,
+    /// A local restore point.
+    Local,
+}
+
+impl BackupRunSpec {
+    /// A local restore point's run: never a member of a backup chain, never verified,
+    /// never pruned with one.
+    pub fn is_local(&self) -> bool {
+        self.type_ == RequestedType::Local
+    }
 }
 
 /// Why a run is a full backup (stable words).
@@ -415,6 +428,17 @@ pub struct BackupRunStatus {
     /// (partition N) with their type; their trees are the top directories of the backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<String>,
+    /// A local point (type `Local`): the snapshot's name on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_point: Option<String>,
+    /// A local point: when its expiry rules let it go (an earlier `maxCount` may take it
+    /// first). Once deleted, the run gets the `Expired` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub expires_at: Option<Timestamp>,
+    /// How long the guest did not run while its state was captured, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_seconds: Option<f64>,
 }
 
 #[cfg(test)]

@@ -312,6 +312,7 @@ fn list_row(p: &RestorePoint) -> [String; 5] {
         match p.manifest.type_ {
             BackupType::Full => "full".into(),
             BackupType::Incremental => "incremental".into(),
+            BackupType::Local => "local".into(),
         },
         p.manifest.chain.clone(),
         human_bytes(p.size()),

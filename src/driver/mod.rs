@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod held;
+pub mod local_due;
 mod outcome;
 pub mod staging_need;
 pub mod target;

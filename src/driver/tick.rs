@@ -165,6 +165,13 @@ pub fn plan_tick(i: &TickInput<'_>) -> TickPlan {
 /// The outcome of the policy's runs so far, whatever its spec says now: the
 /// `LastRunSucceeded` condition and `lastSuccessfulTime`.
 pub fn record_outcomes(st: &mut BackupPolicyStatus, runs: &[&BackupRun], now: Timestamp) {
+    // Local points are not backups: `lastSuccessfulTime` says when a backup last reached the
+    // target, which is what an alert on it is for.
+    let runs: Vec<&BackupRun> = runs
+        .iter()
+        .copied()
+        .filter(|r| !r.spec.is_local())
+        .collect();
     let newest_done = runs
         .iter()
         .filter(|r| matches!(phase(r), BackupPhase::Succeeded | BackupPhase::Failed))
@@ -209,6 +216,14 @@ pub fn record_outcomes(st: &mut BackupPolicyStatus, runs: &[&BackupRun], now: Ti
 /// the run holding its chain's full are never deleted: the next incremental is planned from
 /// them.
 pub fn history_deletions(runs: &[&BackupRun], succeeded: u32, failed: u32) -> Vec<String> {
+    // A Local run lives as long as its point: expiry removes both. Counted here, an hourly
+    // point would push the runs a chain continues from out of the history.
+    let runs: Vec<&BackupRun> = runs
+        .iter()
+        .copied()
+        .filter(|r| !r.spec.is_local())
+        .collect();
+    let runs = runs.as_slice();
     let mut protected: Vec<String> = Vec::new();
     let mut newest: BTreeMap<&str, &BackupRun> = BTreeMap::new();
     for r in runs.iter().filter(|r| phase(r) == BackupPhase::Succeeded) {
@@ -379,6 +394,39 @@ mod tests {
         gone.sort();
         // Kept: inc6 and inc5 (limit 2), the full (inc6's chain), f2 (limit 1).
         assert_eq!(gone, ["f1", "inc2", "inc3", "inc4"]);
+    }
+
+    fn local(name: &str, domain: &str, done: &str) -> BackupRun {
+        let mut r = run(name, domain, BackupPhase::Succeeded, done);
+        r.spec.type_ = crate::api::RequestedType::Local;
+        r.status.as_mut().unwrap().chain = None;
+        r
+    }
+
+    #[test]
+    fn hourly_local_points_never_push_a_chains_runs_out_of_the_history() {
+        let full = run("full", "a", BackupPhase::Succeeded, "2026-01-01T01:00:00Z");
+        let mut inc = run("inc", "a", BackupPhase::Succeeded, "2026-01-01T02:00:00Z");
+        inc.status.as_mut().unwrap().chain = Some("full".into());
+        let points: Vec<BackupRun> = (3..=9)
+            .map(|h| local(&format!("lp{h}"), "a", &format!("2026-01-01T0{h}:00:00Z")))
+            .collect();
+        let mut all: Vec<&BackupRun> = vec![&full, &inc];
+        all.extend(points.iter());
+        assert!(history_deletions(&all, 1, 1).is_empty());
+    }
+
+    #[test]
+    fn a_local_point_is_not_the_policys_last_successful_backup() {
+        let ok = run("ok", "a", BackupPhase::Succeeded, "2026-01-01T01:00:00Z");
+        let lp = local("lp", "a", "2026-01-01T02:00:00Z");
+        let mut st = BackupPolicyStatus::default();
+        record_outcomes(&mut st, &[&ok, &lp], t("2026-01-01T03:00:00Z"));
+        assert_eq!(
+            st.last_successful_time.as_deref(),
+            Some("2026-01-01T01:00:00Z")
+        );
+        assert_eq!(st.conditions[0].message, "ok");
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn due_verifies(schedule: &Schedule, runs: &[&BackupRun], now: Timestamp) ->
         let Some(done) = s.completion_time else {
             continue;
         };
-        if s.phase != BackupPhase::Succeeded || is_expired(r) {
+        if s.phase != BackupPhase::Succeeded || is_expired(r) || r.spec.is_local() {
             continue;
         }
         let e = newest.entry(r.spec.domain.as_str()).or_insert((r, done));

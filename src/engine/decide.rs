@@ -207,6 +207,8 @@ pub fn disk_full_reason(
         (true, BackupType::Full) => Some(run_reason.unwrap_or(FullReason::Requested)),
         (true, BackupType::Incremental) if !in_parent => Some(FullReason::CheckpointMissing),
         (true, BackupType::Incremental) => None,
+        // A local point exports nothing; no disk of it is on a target.
+        (true, BackupType::Local) => None,
     }
 }
 
@@ -214,6 +216,12 @@ pub fn disk_full_reason(
 pub fn choose_type(requested: RequestedType, f: &ChainFacts) -> TypeChoice {
     match requested {
         RequestedType::Full => Ok((BackupType::Full, Some(FullReason::Requested))),
+        // The driver takes local points itself; one reaching the backup engine is a bug in
+        // the caller, refused rather than turned into a backup the user did not ask for.
+        RequestedType::Local => Err((
+            FailureReason::InvalidSpec,
+            "a Local run is a local restore point, not a backup to a target".into(),
+        )),
         RequestedType::Auto => match full_reason(f) {
             Some(r) => Ok((BackupType::Full, Some(r))),
             None => Ok((BackupType::Incremental, None)),

@@ -16,7 +16,7 @@ pub fn previous_run(
 ) -> Option<PreviousRun> {
     // Image and files backups of a domain are separate chains on the target.
     runs.iter()
-        .filter(|r| r.spec.mode == mode)
+        .filter(|r| r.spec.mode == mode && !r.spec.is_local())
         .filter(|r| r.metadata.name.as_deref() != Some(exclude))
         .filter_map(|r| r.status.as_ref().map(|s| (r, s)))
         .filter(|(_, s)| {
