@@ -21,7 +21,8 @@ pub enum ConditionType {
     DepthApplied,
     /// BackupRun: retention ran after it.
     Pruned,
-    /// BackupRun: retention deleted its chain from the target.
+    /// BackupRun: retention deleted its chain from the target; for a local point, its expiry
+    /// rules deleted its snapshot.
     Expired,
     /// BackupRun: how its point read back from the target at the last verify.
     Verified,
@@ -32,6 +33,9 @@ pub enum ConditionType {
     Admitted,
     /// BackupRun (`changedBlockTracking: Enable`): whether the raw disks have overlays.
     ChangedBlockTracking,
+    /// BackupRun (a local point, `localSnapshots.browse`): its guest filesystems are mounted
+    /// read-only under the browse dir.
+    Browsable,
     /// RestoreRequest: the restored domain was started and keeps running.
     Started,
     /// RestoreRequest (in place): the replaced disks were kept, renamed.
@@ -60,6 +64,7 @@ impl ConditionType {
             Self::AgentHeartbeatStale => "AgentHeartbeatStale",
             Self::Admitted => "Admitted",
             Self::ChangedBlockTracking => "ChangedBlockTracking",
+            Self::Browsable => "Browsable",
             Self::Started => "Started",
             Self::OldDisksKept => "OldDisksKept",
             Self::FirmwareRestored => "FirmwareRestored",
@@ -88,6 +93,10 @@ pub mod reason {
     pub const RETENTION_APPLIED: &str = "RetentionApplied";
     pub const NOT_SUPPORTED: &str = "NotSupported";
     pub const PRUNED: &str = "Pruned";
+    /// A local point's expiry rules (or `maxCount`) deleted it.
+    pub const LOCAL_POINT_EXPIRED: &str = "LocalPointExpired";
+    /// A local point's guest filesystems are mounted for browsing.
+    pub const MOUNTED: &str = "Mounted";
     pub const DOMAIN_RUNNING: &str = "DomainRunning";
     pub const RENAMED: &str = "Renamed";
     /// In place on KubeVirt: the VM's old claims were left as they were, repointed from.

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod held;
+pub mod local;
 pub mod local_due;
 mod outcome;
 pub mod staging_need;

@@ -137,7 +137,7 @@ pub fn plan_tick(i: &TickInput<'_>) -> TickPlan {
             .runs
             .iter()
             .copied()
-            .filter(|r| r.spec.domain == *domain && is_active(r))
+            .filter(|r| r.spec.domain == *domain && is_active(r) && !r.spec.is_local())
             .collect();
         if let Some(first) = active.first() {
             match spec.concurrency_policy {
@@ -216,14 +216,28 @@ pub fn record_outcomes(st: &mut BackupPolicyStatus, runs: &[&BackupRun], now: Ti
 /// the run holding its chain's full are never deleted: the next incremental is planned from
 /// them.
 pub fn history_deletions(runs: &[&BackupRun], succeeded: u32, failed: u32) -> Vec<String> {
-    // A Local run lives as long as its point: expiry removes both. Counted here, an hourly
-    // point would push the runs a chain continues from out of the history.
-    let runs: Vec<&BackupRun> = runs
-        .iter()
-        .copied()
-        .filter(|r| !r.spec.is_local())
-        .collect();
-    let runs = runs.as_slice();
+    // Local points are counted apart: counted with the backups, hourly points would push the
+    // runs a chain continues from out of the history. A live point's run stays as long as
+    // the point; those of expired and failed points are kept by the same limits.
+    let (local, backups): (Vec<&BackupRun>, Vec<&BackupRun>) =
+        runs.iter().copied().partition(|r| r.spec.is_local());
+    let ended_points: Vec<&BackupRun> = local.into_iter().filter(|r| !is_live_point(r)).collect();
+    let mut out = beyond_limits(&backups, succeeded, failed);
+    out.extend(beyond_limits(&ended_points, succeeded, failed));
+    out
+}
+
+/// A local point's run whose snapshot still exists.
+fn is_live_point(r: &BackupRun) -> bool {
+    phase(r) == BackupPhase::Succeeded
+        && !r.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == ConditionType::Expired.as_str() && c.status == "True")
+        })
+}
+
+fn beyond_limits(runs: &[&BackupRun], succeeded: u32, failed: u32) -> Vec<String> {
     let mut protected: Vec<String> = Vec::new();
     let mut newest: BTreeMap<&str, &BackupRun> = BTreeMap::new();
     for r in runs.iter().filter(|r| phase(r) == BackupPhase::Succeeded) {
@@ -414,6 +428,28 @@ mod tests {
         let mut all: Vec<&BackupRun> = vec![&full, &inc];
         all.extend(points.iter());
         assert!(history_deletions(&all, 1, 1).is_empty());
+    }
+
+    #[test]
+    fn the_runs_of_expired_points_go_by_the_history_limits_and_live_ones_stay() {
+        let mut points: Vec<BackupRun> = (1..=4)
+            .map(|h| local(&format!("lp{h}"), "a", &format!("2026-01-01T0{h}:00:00Z")))
+            .collect();
+        for p in &mut points[..3] {
+            p.status.as_mut().unwrap().conditions.push(Condition::at(
+                ConditionType::Expired,
+                true,
+                reason::LOCAL_POINT_EXPIRED,
+                String::new(),
+                None,
+                t("2026-01-02T00:00:00Z"),
+            ));
+        }
+        let all: Vec<&BackupRun> = points.iter().collect();
+        let mut gone = history_deletions(&all, 1, 1);
+        gone.sort();
+        // lp4 is live; of the expired lp1..lp3 the newest (lp3) is kept by the limit of 1.
+        assert_eq!(gone, ["lp1", "lp2"]);
     }
 
     #[test]

@@ -11,14 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use tokio::sync::watch;
 
 use super::config::{self, Config};
+use super::local;
 use super::site::{LocalSite, Targets};
 use crate::api::{
     BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, RestoreRequest,
 };
+use crate::driver::local::local_settings;
 use crate::driver::admission::{admit, admitted_condition, set_admitted, Decision, Limits};
 use crate::driver::staging_need;
 use crate::driver::tick::{plan_tick, record_outcomes, Notice, TickInput};
@@ -44,7 +47,7 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn driver(&self) -> Driver<'_, LibvirtHost> {
+    pub(super) fn driver(&self) -> Driver<'_, LibvirtHost> {
         Driver {
             host: self.host,
             state_dir: self.state_dir,
@@ -53,14 +56,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn site<'c>(&'c self, cfg: &'c Config) -> LocalSite<'c> {
+    pub(super) fn site<'c>(&'c self, cfg: &'c Config) -> LocalSite<'c> {
         LocalSite {
             store: self.store,
             targets: Targets::Config(cfg),
         }
     }
 
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         *self.cancel.borrow()
     }
 }
@@ -91,12 +94,21 @@ pub fn check_policies(cfg: &Config) -> Result<(), String> {
                 )
             })?;
         }
+        if let Some(l) = &p.spec.local_snapshots {
+            local_settings(l, p.spec.time_zone.as_deref()).map_err(|e| {
+                format!(
+                    "{}: BackupPolicy {}: spec.{e}",
+                    file.display(),
+                    p.metadata.name.clone().unwrap_or_default()
+                )
+            })?;
+        }
     }
     Ok(())
 }
 
 /// The domains a policy selects on this host (none when libvirt cannot list them).
-async fn matched_domains(host: &LibvirtHost, p: &BackupPolicy) -> Vec<String> {
+pub(super) async fn matched_domains(host: &LibvirtHost, p: &BackupPolicy) -> Vec<String> {
     selector::on_host(host, &p.spec.domain_selector)
         .await
         .unwrap_or_default()
@@ -116,6 +128,11 @@ fn new_run(name: String, p: &BackupPolicy, domain: &str) -> BackupRun {
 
 /// Drives one run, unless its target is not (yet) in the config dir: then it waits.
 async fn drive(ctx: &Ctx<'_>, cfg: &Config, run: BackupRun) -> Result<BackupOutcome, String> {
+    // A local point needs no target.
+    if run.spec.is_local() {
+        let run = ctx.driver().local_point(&ctx.site(cfg), run).await;
+        return Ok(BackupOutcome { run, pruned: None });
+    }
     if cfg.target(&run.spec.target_ref).is_none() {
         return Err(format!(
             "waiting: target '{}' is not in the config dir",
@@ -145,6 +162,15 @@ pub async fn once(ctx: &Ctx<'_>, cfg: &Config) -> i32 {
             continue;
         }
         for domain in matched_domains(ctx.host, policy).await {
+            if policy.spec.local_snapshots.is_some() {
+                let name = format!("{}-lp", adhoc_run_name(&domain, Timestamp::now()));
+                let run = local::new_local_run(name.clone(), policy, &domain, None);
+                if let Err(e) = ctx.store.write("backupruns", &name, &run) {
+                    eprintln!("Internal: cannot record {name}: {e}");
+                } else {
+                    made.push((pname.clone(), domain.clone(), name));
+                }
+            }
             let name = adhoc_run_name(&domain, Timestamp::now());
             if let Err(e) =
                 ctx.store
@@ -158,6 +184,7 @@ pub async fn once(ctx: &Ctx<'_>, cfg: &Config) -> i32 {
     }
     let only: HashSet<String> = made.iter().map(|(_, _, n)| n.clone()).collect();
     let mut results = drive_pending(ctx, cfg, Some(&only)).await;
+    local::expire_all(ctx, cfg, Timestamp::now()).await;
     let mut failed = 0;
     let mut rows = Vec::new();
     for (pname, domain, name) in made {
@@ -197,10 +224,11 @@ fn config_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 fn stored_policy(store: &FileStore, p: &BackupPolicy) -> BackupPolicy {
     let name = p.metadata.name.clone().unwrap_or_default();
     let mut out = p.clone();
-    out.status = store
-        .read::<BackupPolicy>("backuppolicies", &name)
-        .ok()
-        .and_then(|s| s.status);
+    let stored = store.read::<BackupPolicy>("backuppolicies", &name).ok();
+    out.metadata.creation_timestamp = stored
+        .as_ref()
+        .and_then(|s| s.metadata.creation_timestamp.clone());
+    out.status = stored.and_then(|s| s.status);
     out
 }
 
@@ -226,6 +254,13 @@ async fn schedule_policy(
     // First sight of the policy: ticks before it existed are not owed. Recorded, so a tick
     // that falls between two looks is still owed at the second.
     st.last_schedule_time.get_or_insert_with(|| now.to_string());
+    // When the policy was first seen: local ticks from before it are not owed either.
+    let since = rec
+        .metadata
+        .creation_timestamp
+        .get_or_insert_with(|| Time(now))
+        .0;
+    let st = rec.status.get_or_insert_with(Default::default);
     let all = ctx.store.backup_runs().unwrap_or_default();
     let runs: Vec<&BackupRun> = all
         .iter()
@@ -297,7 +332,11 @@ async fn schedule_policy(
     if let Err(e) = ctx.store.write("backuppolicies", &pname, &rec) {
         eprintln!("Internal: cannot record policy {pname}: {e}");
     }
-    plan.next_schedule_time
+    let local_next = local::schedule_local(ctx, p, since, now).await;
+    match (plan.next_schedule_time, local_next) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Reads back the backups of the policy's domains whose verify tick is due; answers the
@@ -392,7 +431,12 @@ pub async fn daemon(ctx: &Ctx<'_>, mut cfg: Config, dir: &Path, interval: Durati
         // to the host's limits at once.
         drive_pending(ctx, &cfg, None).await;
 
-        // 3. Verify the domains whose verify tick is due.
+        // 3. Expire the local points their policies' rules let go.
+        if let Some(n) = local::expire_all(ctx, &cfg, Timestamp::now()).await {
+            next_wake = next_wake.min(n);
+        }
+
+        // 4. Verify the domains whose verify tick is due.
         for (_, p) in &cfg.policies {
             if ctx.stopping() {
                 break;
@@ -402,7 +446,7 @@ pub async fn daemon(ctx: &Ctx<'_>, mut cfg: Config, dir: &Path, interval: Durati
             }
         }
 
-        // 4. RestoreRequests run once each.
+        // 5. RestoreRequests run once each.
         for (_, rr) in &cfg.restores {
             if ctx.stopping() {
                 break;

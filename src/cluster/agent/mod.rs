@@ -10,6 +10,7 @@ mod status_write_tests;
 pub mod target;
 #[cfg(test)]
 mod target_tests;
+mod local_expiry;
 mod verifies;
 
 use std::collections::HashMap;
@@ -218,6 +219,9 @@ impl<S: Store> Agent<S> {
         if look {
             if let Err(e) = self.verify_pass(Timestamp::now()).await {
                 warn!("cannot look for due verifies: {e}");
+            }
+            if let Err(e) = self.expiry_pass(Timestamp::now()).await {
+                warn!("cannot expire local points: {e}");
             }
         }
         Ok(())
@@ -562,6 +566,9 @@ impl Work for BackupRun {
     ) -> Self {
         // A run resumed while another process holds its locks is left as it is: the next
         // look tries again (nothing is written, so no watch event wakes the agent for it).
+        if self.spec.is_local() {
+            return driver.local_point(site, self).await;
+        }
         if let Some(why) = driver.held_elsewhere(site, &self).await {
             tracing::info!(run = ?self.metadata.name, "waiting: {why}");
             return self;

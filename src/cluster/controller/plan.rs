@@ -18,7 +18,9 @@ use crate::cluster::store::cut_to_bytes;
 use crate::cluster::EventType;
 use crate::driver::tick::{history_deletions, plan_tick, record_outcomes, TickInput};
 use crate::kubevirt::eligible::Selection;
-use crate::schedule::{run_name, Schedule};
+use crate::driver::local::local_settings;
+use crate::driver::local_due::due_local_points;
+use crate::schedule::{local_run_name, run_name, Schedule};
 
 #[derive(Debug, Default)]
 pub struct PolicyPlan {
@@ -55,6 +57,12 @@ pub fn validate(p: &BackupPolicy) -> Result<Schedule, String> {
     if let Some(v) = &s.verify {
         Schedule::parse(&v.schedule, s.time_zone.as_deref()).map_err(|e| format!("verify.{e}"))?;
     }
+    if let Some(l) = &s.local_snapshots {
+        if s.virtual_machine_selector.is_some() {
+            return Err("localSnapshots is not built for KubeVirt VMs yet (VirtualMachineSnapshots); it works for libvirt domains (domainSelector)".into());
+        }
+        local_settings(l, s.time_zone.as_deref())?;
+    }
     if s.starting_deadline_seconds.is_some_and(|d| d < 0) {
         return Err("startingDeadlineSeconds must not be negative".into());
     }
@@ -90,6 +98,43 @@ fn kubevirt_limits(s: &crate::api::BackupPolicySpec) -> Result<(), String> {
 pub enum Runner {
     Node(String),
     KubeVirt(VmRef),
+}
+
+/// The Local runs the policy's `localSnapshots.schedule` owes now, for the domains on nodes.
+/// A point needs no target, so a missing one does not hold them up.
+fn local_runs(
+    p: &BackupPolicy,
+    runs: &[&BackupRun],
+    runners: &BTreeMap<String, Runner>,
+    now: Timestamp,
+) -> Vec<BackupRun> {
+    let Some(l) = p.spec.local_snapshots.as_ref().filter(|_| !p.spec.suspend) else {
+        return Vec::new();
+    };
+    let Ok(settings) = local_settings(l, p.spec.time_zone.as_deref()) else {
+        return Vec::new();
+    };
+    let on_nodes: Vec<String> = runners
+        .iter()
+        .filter(|(_, r)| matches!(r, Runner::Node(_)))
+        .map(|(d, _)| d.clone())
+        .collect();
+    let since = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    due_local_points(&settings.schedule, runs, &on_nodes, since, now)
+        .into_iter()
+        .map(|due| {
+            let mut run = new_run(p, &due.domain, &runners[&due.domain], due.tick);
+            run.spec.type_ = crate::api::RequestedType::Local;
+            let pname = p.metadata.name.clone().unwrap_or_default();
+            run.metadata.name = Some(local_run_name(&pname, &due.domain, due.tick));
+            run
+        })
+        .collect()
 }
 
 fn new_run(p: &BackupPolicy, domain: &str, runner: &Runner, tick: Timestamp) -> BackupRun {
@@ -339,6 +384,7 @@ pub fn plan_policy(
         };
         plan.events.push((ty, n.reason, n.message.clone()));
     }
+    plan.create.extend(local_runs(p, runs, &runners, now));
     if let Some(at) = tick.tick {
         for domain in &tick.start {
             let runner = &runners[domain];
