@@ -49,6 +49,15 @@ pub fn describe_backup_run(r: &BackupRun) -> String {
     if let Some(c) = &s.checkpoint {
         line(&mut out, "Checkpoint", c);
     }
+    if let Some(p) = &s.local_point {
+        line(&mut out, "Local point", p);
+    }
+    if let Some(t) = s.expires_at {
+        line(&mut out, "Expires", t);
+    }
+    if let Some(p) = s.paused_seconds {
+        line(&mut out, "Guest paused", format!("{p:.3} s"));
+    }
     if let Some(t) = s.start_time {
         line(&mut out, "Started", t);
     }

@@ -20,6 +20,10 @@ use super::admission::Candidate;
 /// The candidate `run` is. `with_need`: read the domain's disks for the estimate (only
 /// worth it with a staging budget); without, a new run counts as needing nothing.
 pub async fn candidate<S: Source>(source: &S, run: &BackupRun, with_need: bool) -> Candidate {
+    // A local point is a snapshot inside the disks: it stages nothing.
+    if run.spec.is_local() {
+        return Candidate::New { need: 0 };
+    }
     let need = if with_need {
         expected_need(source, run).await
     } else {
