@@ -78,6 +78,7 @@ trap 'rm -rf "$work"' EXIT
   --set 'agent.tolerations[0].operator=Exists' --set 'agent.hostPaths.images={/srv/vm,/data/vm}' \
   --set kubevirt.enabled=true --set kubevirt.worker.backupStorageClass=fast \
   --set agent.maxConcurrentRuns=4 --set agent.stagingBudget=20Gi \
+  --set agent.hostPaths.browse=/srv/points --set agent.securityContext.privileged=true \
   > "$work/options.yaml"
 for f in "$work/default.yaml" "$work/options.yaml"; do
   "$VALIDATE" --strict --quiet "$f"
@@ -88,6 +89,7 @@ grep -q 'namespace: infra' "$work/options.yaml"
 grep -q -- '--backup-storage-class=fast' "$work/options.yaml"
 grep -q -- '--max-concurrent-runs=4' "$work/options.yaml"
 grep -q -- '--staging-budget=20Gi' "$work/options.yaml"
+grep -q 'mountPropagation: Bidirectional' "$work/options.yaml"
 if grep -q 'kind: CustomResourceDefinition' "$work/options.yaml"; then
   log "crds.install=false still rendered CRDs"
   exit 1
@@ -162,8 +164,10 @@ for ns in vms infra; do
 done
 
 # values.schema.json refuses bad values.
+# agent.hostPaths.browse without a privileged container: the chart fails with the reason.
 for bad in controller.replicas=two agent.hostPaths.state=relative image.pullPolicy=Sometimes \
-  agent.restrictToOwnNode=maybe agent.maxConcurrentRuns=0 agent.stagingBudget=lots; do
+  agent.restrictToOwnNode=maybe agent.maxConcurrentRuns=0 agent.stagingBudget=lots \
+  agent.hostPaths.browse=/srv/points agent.hostPaths.browse=relative; do
   if "$HELM" template bad "$CHART" --set "$bad" >/dev/null 2>&1; then
     log "values.schema.json accepted $bad"
     exit 1
