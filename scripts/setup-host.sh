@@ -52,7 +52,7 @@ need_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   duplicity gpg gpg-agent python3-boto3 python3-venv cpio e2fsprogs xfsprogs fdisk
   busybox-static qemu-guest-agent time lvm2 libfaketime ovmf swtpm swtpm-tools
   lftp python3-paramiko python3-pyftpdlib openssh-server openssh-client
-  samba smbclient nfs-ganesha nfs-ganesha-vfs libnfs-utils)
+  samba samba-vfs-modules smbclient nfs-ganesha nfs-ganesha-vfs libnfs-utils)
 # npm comes with Node.js where that is installed (NodeSource's nodejs conflicts with Debian's npm).
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 # The qemu packages built from one source, which must come from one build of it.
