@@ -173,8 +173,9 @@ pub async fn mount_point(settings: &Settings, p: &PointRef) -> Result<MountedPoi
     match mount_recorded(settings, p, &name, &state).await {
         Ok(m) => Ok(m),
         Err(e) => {
-            let _ = teardown(&settings.dir, &name).await;
-            let _ = std::fs::remove_dir_all(&state);
+            if teardown(&settings.dir, &name).await.is_ok() {
+                let _ = forget(&settings.dir, &name);
+            }
             Err(e)
         }
     }
@@ -336,17 +337,22 @@ pub async fn unmount_point(dir: &Path, time: Timestamp) -> Result<bool, StepErro
 }
 
 async fn unmount_named(dir: &Path, name: &str) -> Result<bool, StepError> {
-    let state = state_dir(dir, name);
-    let had = state.exists() || dir.join(name).exists();
+    let had = state_dir(dir, name).exists() || dir.join(name).exists();
     teardown(dir, name).await?;
-    match std::fs::remove_dir_all(&state) {
+    forget(dir, name)?;
+    Ok(had)
+}
+
+/// Removes the record of a point taken down.
+fn forget(dir: &Path, name: &str) -> Result<(), StepError> {
+    match std::fs::remove_dir_all(state_dir(dir, name)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(internal("remove browse state", e)),
     }
     // The state root goes when its last point does, so an unused browse dir is left empty.
     let _ = std::fs::remove_dir(dir.join(STATE));
-    Ok(had)
+    Ok(())
 }
 
 /// Whether the point taken at `time` is mounted under `dir`, whole or partly: then its
