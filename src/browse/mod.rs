@@ -22,6 +22,6 @@ pub mod servers;
 
 pub use name::{gmt_name, parse_gmt_name, GMT_FORMAT};
 pub use point::{
-    in_use, is_mounted, list_points, mount_point, unmount_point, Disk, MountedPoint, PointRef,
-    Settings,
+    in_use, is_mounted, list_points, mount_point, unmount_all, unmount_point, Disk, MountedPoint,
+    PointRef, Settings,
 };

@@ -95,6 +95,23 @@ fn socket(state: &Path, i: usize) -> PathBuf {
     PathBuf::from(format!("{}{i}.sock", socket_prefix(state)))
 }
 
+/// One mount or unmount at a time per browse dir (a CLI call beside the daemon's expiry):
+/// a flock outside the dir, so neither Samba nor NFS shows it, gone with its process.
+fn lock(dir: &Path) -> Result<std::fs::File, StepError> {
+    let h = hex::encode(Sha256::digest(dir.as_os_str().as_encoded_bytes()));
+    match crate::state_dir::lock(Path::new("/run/snapback"), "browse", &h[..16]) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(err(
+            FailureReason::Busy,
+            format!(
+                "another snapback is mounting or unmounting under {}",
+                dir.display()
+            ),
+        )),
+        Err(e) => Err(internal("browse lock", e)),
+    }
+}
+
 fn validate(settings: &Settings, p: &PointRef) -> Result<(), StepError> {
     let bad = |m: String| Err(err(FailureReason::InvalidSpec, m));
     if !settings.dir.is_absolute() {
@@ -147,6 +164,7 @@ fn image_opts(path: &Path) -> String {
 /// first; on error everything this started is taken down again.
 pub async fn mount_point(settings: &Settings, p: &PointRef) -> Result<MountedPoint, StepError> {
     validate(settings, p)?;
+    let _lock = lock(&settings.dir)?;
     let name = gmt_name(p.time);
     let state = state_dir(&settings.dir, &name);
     if let Some(other) = read_record(&state) {
@@ -333,6 +351,7 @@ async fn teardown(dir: &Path, name: &str) -> Result<(), StepError> {
 /// partly) and stops what served it. Returns whether there was anything to take down; safe
 /// to call again, also after a crash halfway through.
 pub async fn unmount_point(dir: &Path, time: Timestamp) -> Result<bool, StepError> {
+    let _lock = lock(dir)?;
     unmount_named(dir, &gmt_name(time)).await
 }
 
@@ -437,6 +456,7 @@ fn is_mount_point(p: &Path) -> bool {
 
 /// Unmounts every point under `dir` (a domain's browsing switched off, or removed).
 pub async fn unmount_all(dir: &Path) -> Result<Vec<String>, StepError> {
+    let _lock = lock(dir)?;
     let mut done = Vec::new();
     for p in list_points(dir) {
         unmount_named(dir, &p.name).await?;

@@ -235,7 +235,7 @@ async fn mount(a: MountArgs) -> Result<(), StepError> {
 async fn unmount(a: UnmountArgs) -> Result<(), StepError> {
     let dir = absolute(&a.dir);
     if a.all {
-        for name in browse::point::unmount_all(&dir).await? {
+        for name in browse::unmount_all(&dir).await? {
             println!("{name}");
         }
         return Ok(());
