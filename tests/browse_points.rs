@@ -594,9 +594,9 @@ fn a_mount_or_unmount_killed_at_any_moment_converges_when_rerun() {
     let g1 = f.gmt("snapback-1");
     let dir = f.dir().to_str().unwrap().to_string();
     for point in [
-        "browse-mount-recorded",
-        "browse-mount-served",
-        "browse-mount-attached",
+        "browse:mount:recorded",
+        "browse:mount:served",
+        "browse:mount:attached",
     ] {
         // Killed while mounting, then mounted again: one whole mount.
         let out = f.mount_with("snapback-1", &[], &[("SNAPBACK_CRASH_AT", point)]);
@@ -622,7 +622,7 @@ fn a_mount_or_unmount_killed_at_any_moment_converges_when_rerun() {
     f.mount("snapback-1", &[]).assert_ok();
     let out = f.env.snapback_with(
         &["browse", "unmount", "--point", &g1, "--dir", &dir],
-        &[("SNAPBACK_CRASH_AT", "browse-unmount-detached")],
+        &[("SNAPBACK_CRASH_AT", "browse:unmount:detached")],
     );
     assert_eq!(out.code, -1, "not killed: {}", out.stderr);
     f.env

@@ -187,7 +187,7 @@ pub async fn mount_point(settings: &Settings, p: &PointRef) -> Result<MountedPoi
     std::fs::write(&tmp, json)
         .and_then(|()| std::fs::rename(&tmp, state.join(RECORD)))
         .map_err(|e| internal("point record", e))?;
-    crash_point("browse-mount-recorded");
+    crash_point("browse:mount:recorded");
     match mount_recorded(settings, p, &name, &state).await {
         Ok(m) => Ok(m),
         Err(e) => {
@@ -243,10 +243,10 @@ async fn mount_recorded(
         })?;
         sources.push((d.target.clone(), Source::Nbd(sock)));
     }
-    crash_point("browse-mount-served");
+    crash_point("browse:mount:served");
     let layout = layout(&settings.dir, name);
     let mounted = attach::attach_sources(&layout, &sources).await?;
-    crash_point("browse-mount-attached");
+    crash_point("browse:mount:attached");
     if let Some(link_dir) = &settings.link_dir {
         std::fs::create_dir_all(link_dir).map_err(|e| internal("link dir", e))?;
         let link = link_dir.join(name);
@@ -297,7 +297,7 @@ fn nbd_servers(state: &Path) -> Vec<i32> {
 async fn teardown(dir: &Path, name: &str) -> Result<(), StepError> {
     let state = state_dir(dir, name);
     attach::detach(&layout(dir, name)).await?;
-    crash_point("browse-unmount-detached");
+    crash_point("browse:unmount:detached");
     let mut pids: Vec<i32> = std::fs::read_dir(&state)
         .map(|d| {
             d.filter_map(|e| e.ok())
