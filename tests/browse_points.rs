@@ -306,8 +306,7 @@ fn each_points_directory_shows_the_files_as_they_were_at_that_point_while_the_vm
     let list = f
         .env
         .snapback(&["browse", "list", "--dir", f.dir().to_str().unwrap()]);
-    let out = list.assert_ok();
-    let _ = out;
+    list.assert_ok();
     for (g, s) in [(&g1, "snapback-1"), (&g2, "snapback-2")] {
         let row = list
             .stdout
@@ -317,6 +316,16 @@ fn each_points_directory_shows_the_files_as_they_were_at_that_point_while_the_vm
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cols, [g.as_str(), &f.g.name, s, "vdb", "Mounted"]);
     }
+
+    // What expiry asks before deleting a point's snapshot: mounted? in use, by whom?
+    let t1 = snapback::browse::parse_gmt_name(&g1).unwrap();
+    assert!(snapback::browse::is_mounted(f.dir(), t1));
+    assert!(snapback::browse::in_use(f.dir(), t1).is_empty());
+    let open = std::fs::File::open(f.dir().join(&g1).join("vdb/same.txt")).unwrap();
+    let me = std::process::id() as i32;
+    assert_eq!(snapback::browse::in_use(f.dir(), t1), [me]);
+    drop(open);
+    assert!(snapback::browse::in_use(f.dir(), t1).is_empty());
 
     // Unmounting one point leaves the other mounted.
     f.env
@@ -330,6 +339,7 @@ fn each_points_directory_shows_the_files_as_they_were_at_that_point_while_the_vm
         ])
         .assert_ok();
     assert!(!f.dir().join(&g1).exists());
+    assert!(!snapback::browse::is_mounted(f.dir(), t1));
     assert!(links.join(&g1).symlink_metadata().is_err(), "link left");
     same_files(&f.dir().join(&g2).join("vdb"), &f.trees[1]);
     f.env
