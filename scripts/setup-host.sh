@@ -124,12 +124,16 @@ pkgs_installed=0
 # Servers the tests run privately on loopback (their own sshd, smbd and ganesha), whose
 # packages start the host's copy on install: package:service. The host's own listening on
 # 22, 139/445, 2049 and 111 (rpcbind, which nfs-ganesha pulls in) would open doors on the
-# machine, so a service whose package this script brought is kept from starting and then
-# disabled. One whose package was there before stays as it was.
+# machine, so a service whose package this script brought is kept from starting and disabled.
+# What it brought is marked before installing (a run cut short is finished by the next); a
+# service whose package was there before stays as it was.
 door_services=(openssh-server:ssh samba:smbd samba:nmbd samba:samba-ad-dc
   nfs-ganesha:nfs-ganesha rpcbind:rpcbind rpcbind:rpcbind.socket nfs-common:nfs-common)
-declare -A pkg_before=()
-for e in "${door_services[@]}"; do pkg_before[${e%%:*}]=$(installed "${e%%:*}" || true); done
+brought=/var/lib/snapback-setup/brought
+mkdir -p "$brought"
+for e in "${door_services[@]}"; do
+  [ -n "$(installed "${e%%:*}" || true)" ] || touch "$brought/${e%%:*}"
+done
 if [ "${#todo[@]}" -gt 0 ]; then
   pkgs_installed=1
   log "installing from Debian: ${todo[*]} (qemu $(candidate qemu-system-x86))"
@@ -138,6 +142,7 @@ if [ "${#todo[@]}" -gt 0 ]; then
   policy=/usr/sbin/policy-rc.d
   own_policy=0
   if [ ! -e "$policy" ]; then
+    trap 'rm -f "$policy"' EXIT
     printf '#!/bin/sh\n# Written by snapback setup-host.sh during apt-get install; removed after.\nexit 101\n' >"$policy"
     chmod 755 "$policy"
     own_policy=1
@@ -145,7 +150,10 @@ if [ "${#todo[@]}" -gt 0 ]; then
   rc=0
   apt-get install -y -q --allow-downgrades --no-install-recommends "${need_pkgs[@]}" \
     >/tmp/snapback-setup-apt.log 2>&1 || rc=$?
-  [ "$own_policy" = 1 ] && rm -f "$policy"
+  if [ "$own_policy" = 1 ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
   if [ "$rc" != 0 ]; then
     tail -n 25 /tmp/snapback-setup-apt.log >&2
     die "step 'install Debian packages: ${todo[*]}' (exit $rc)"
@@ -153,7 +161,7 @@ if [ "${#todo[@]}" -gt 0 ]; then
 fi
 for e in "${door_services[@]}"; do
   pkg=${e%%:*} svc=${e#*:}
-  [ -z "${pkg_before[$pkg]}" ] && [ -n "$(installed "$pkg" || true)" ] || continue
+  [ -e "$brought/$pkg" ] || continue
   if [ -d /run/systemd/system ]; then
     if systemctl is-enabled "$svc" >/dev/null 2>&1 || systemctl is-active "$svc" >/dev/null 2>&1; then
       log "disabling the host's $svc that installing $pkg brought (the tests run their own)"
