@@ -159,6 +159,11 @@ fn image_opts(path: &Path) -> String {
     )
 }
 
+/// qemu-nbd's `--load-snapshot` value for the internal snapshot `name` (',' doubled).
+fn snapshot_opt(name: &str) -> String {
+    format!("snapshot.name={}", name.replace(',', ",,"))
+}
+
 /// Mounts the point's guest filesystems read-only under `<dir>/@GMT-...` and returns what
 /// was mounted. Whatever an earlier mount of the same point left (a crash) is taken down
 /// first; on error everything this started is taken down again.
@@ -212,7 +217,7 @@ async fn mount_recorded(
         let pid = state.join(format!("nbd-{i}.pid"));
         let (sock_s, pid_s) = (sock.display().to_string(), pid.display().to_string());
         let opts = image_opts(&d.path);
-        let snap = format!("snapshot.name={}", p.snapshot);
+        let snap = snapshot_opt(&p.snapshot);
         // --persistent: the server outlives each client connection (qemu-storage-daemon
         // reconnects); --fork: it returns once the socket listens.
         attach::run(&[
@@ -231,6 +236,8 @@ async fn mount_recorded(
         ])
         .await
         .map_err(|e| {
+            // qemu-nbd says "Failed to load snapshot: Can't find snapshot" for a name the
+            // image does not hold: the caller's mistake, not the host's.
             let reason = if e.contains("napshot") {
                 FailureReason::InvalidSpec
             } else {
@@ -521,6 +528,12 @@ mod tests {
             image_opts(Path::new("/i/a,b.qcow2")),
             "driver=qcow2,read-only=on,force-share=on,file.driver=file,file.filename=/i/a,,b.qcow2"
         );
+    }
+
+    #[test]
+    fn qemu_option_commas_in_snapshot_names_are_doubled() {
+        assert_eq!(snapshot_opt("snapback-1"), "snapshot.name=snapback-1");
+        assert_eq!(snapshot_opt("a,b"), "snapshot.name=a,,b");
     }
 
     #[test]
