@@ -342,6 +342,7 @@ fn each_points_directory_shows_the_files_as_they_were_at_that_point_while_the_vm
     assert!(!snapback::browse::is_mounted(f.dir(), t1));
     assert!(links.join(&g1).symlink_metadata().is_err(), "link left");
     same_files(&f.dir().join(&g2).join("vdb"), &f.trees[1]);
+    let started = Instant::now();
     f.env
         .snapback(&[
             "browse",
@@ -351,6 +352,7 @@ fn each_points_directory_shows_the_files_as_they_were_at_that_point_while_the_vm
             f.dir().to_str().unwrap(),
         ])
         .assert_ok();
+    eprintln!("unmounting one point took {:?}", started.elapsed());
     f.assert_nothing_left();
     assert_eq!(f.g.state(), "running");
 }
