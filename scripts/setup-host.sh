@@ -51,7 +51,8 @@ need_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   qemu-system-x86 qemu-utils qemu-block-extra qemu-system-common qemu-system-data
   duplicity gpg gpg-agent python3-boto3 python3-venv cpio e2fsprogs xfsprogs fdisk
   busybox-static qemu-guest-agent time lvm2 libfaketime ovmf swtpm swtpm-tools
-  lftp python3-paramiko python3-pyftpdlib openssh-server openssh-client)
+  lftp python3-paramiko python3-pyftpdlib openssh-server openssh-client
+  samba samba-vfs-modules smbclient nfs-ganesha nfs-ganesha-vfs libnfs-utils)
 # npm comes with Node.js where that is installed (NodeSource's nodejs conflicts with Debian's npm).
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 # The qemu packages built from one source, which must come from one build of it.
@@ -120,21 +121,60 @@ for p in "${qemu_family[@]}"; do
   [ "$(installed "$p")" = "$(candidate "$p")" ] || todo+=("$p")
 done
 pkgs_installed=0
-ssh_before=$(installed openssh-server)
+# Servers the tests run privately on loopback (their own sshd, smbd and ganesha), whose
+# packages start the host's copy on install: package:service. The host's own listening on
+# 22, 139/445, 2049 and 111 (rpcbind, which nfs-ganesha pulls in) would open doors on the
+# machine, so a service whose package this script brought is kept from starting and disabled.
+# What it brought is marked before installing (a run cut short is finished by the next); a
+# service whose package was there before stays as it was.
+door_services=(openssh-server:ssh samba:smbd samba:nmbd samba:samba-ad-dc
+  nfs-ganesha:nfs-ganesha rpcbind:rpcbind rpcbind:rpcbind.socket nfs-common:nfs-common)
+brought=/var/lib/snapback-setup/brought
+mkdir -p "$brought"
+for e in "${door_services[@]}"; do
+  [ -n "$(installed "${e%%:*}" || true)" ] || touch "$brought/${e%%:*}"
+done
 if [ "${#todo[@]}" -gt 0 ]; then
   pkgs_installed=1
   log "installing from Debian: ${todo[*]} (qemu $(candidate qemu-system-x86))"
-  step "install Debian packages: ${todo[*]}" \
-    apt-get install -y -q --allow-downgrades --no-install-recommends "${need_pkgs[@]}"
+  # Debian's policy-rc.d: exit 101 tells maintainer scripts not to start services (also
+  # deb-systemd-invoke), so none listens even for a moment. Only one this script wrote is removed.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\n# Written by snapback setup-host.sh during apt-get install; removed after.\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  rc=0
+  apt-get install -y -q --allow-downgrades --no-install-recommends "${need_pkgs[@]}" \
+    >/tmp/snapback-setup-apt.log 2>&1 || rc=$?
+  if [ "$own_policy" = 1 ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+  if [ "$rc" != 0 ]; then
+    tail -n 25 /tmp/snapback-setup-apt.log >&2
+    die "step 'install Debian packages: ${todo[*]}' (exit $rc)"
+  fi
 fi
-# The SFTP tests start an sshd of their own on loopback. Installing openssh-server starts the
-# host's sshd on port 22 where systemd runs: one this script brought is stopped and disabled
-# again, so that setting up the tests opens no door on the machine. One already there stays.
-if [ -z "$ssh_before" ] && command -v systemctl >/dev/null 2>&1 &&
-  systemctl is-enabled ssh.service >/dev/null 2>&1; then
-  log "stopping the host sshd that installing openssh-server started (the tests run their own)"
-  systemctl disable --now ssh.service >/dev/null 2>&1 || true
-fi
+for e in "${door_services[@]}"; do
+  pkg=${e%%:*} svc=${e#*:}
+  [ -e "$brought/$pkg" ] || continue
+  if [ -d /run/systemd/system ]; then
+    if systemctl is-enabled "$svc" >/dev/null 2>&1 || systemctl is-active "$svc" >/dev/null 2>&1; then
+      log "disabling the host's $svc that installing $pkg brought (the tests run their own)"
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  elif [ -x "/etc/init.d/$svc" ]; then
+    "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+    if ls /etc/rc[2-5S].d/S*"$svc" >/dev/null 2>&1; then
+      log "disabling the host's $svc that installing $pkg brought (the tests run their own)"
+      update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+  fi
+done
 for p in "${qemu_family[@]}"; do
   [ "$(source_version "$(installed "$p")")" = "$(source_version "$(installed qemu-system-x86)")" ] ||
     die "$p $(installed "$p") does not match qemu-system-x86 $(installed qemu-system-x86)"

@@ -1,6 +1,7 @@
 //! snapback: back up and restore libvirt/KVM virtual machines the Kubernetes way.
 
 pub mod api;
+pub mod browse;
 pub mod catalog;
 pub mod cbt;
 pub mod cli;

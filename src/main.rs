@@ -41,6 +41,7 @@ async fn main() {
         },
         Command::Restore(args) => snapback::cli::restore::execute(args).await,
         Command::List(args) => snapback::cli::restore::list(args).await,
+        Command::Browse(args) => snapback::cli::browse::execute(args).await,
         Command::Verify(args) => snapback::cli::verify::execute(args).await,
         Command::Cbt(args) => snapback::cli::cbt::execute(args).await,
         Command::Label(args) => snapback::cli::label::label(args).await,

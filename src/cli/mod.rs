@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 pub mod backup;
+pub mod browse;
 pub mod cbt;
 pub mod cluster;
 pub mod describe;
@@ -59,6 +60,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List a domain's restore points on a target
     List(restore::ListArgs),
+    /// Local restore points read-only under @GMT dirs: mount, unmount, list; Samba and NFS snippets
+    Browse(browse::BrowseArgs),
     /// Read a domain's backups back from the target and check them (checksums, qemu-img check)
     Verify(verify::VerifyArgs),
     /// Changed-block tracking for raw and block-device disks: enable, disable, status

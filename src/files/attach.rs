@@ -34,6 +34,34 @@ impl Layout {
     }
 }
 
+/// What one disk is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A qcow2 file (files mode's export of the disk).
+    Qcow2(PathBuf),
+    /// An NBD server on a unix socket serving the disk's raw contents (qemu-nbd over an
+    /// internal snapshot, for browsing local points).
+    Nbd(PathBuf),
+}
+
+impl Source {
+    /// qemu's `--blockdev` options (JSON, so paths need no escaping of qemu's ',') for the
+    /// node `q` the FUSE export serves, read-only.
+    fn blockdevs(&self) -> Vec<String> {
+        match self {
+            Source::Qcow2(file) => vec![
+                serde_json::json!({"driver": "file", "node-name": "f", "filename": p(file), "read-only": true}).to_string(),
+                serde_json::json!({"driver": "qcow2", "node-name": "q", "file": "f", "read-only": true}).to_string(),
+            ],
+            Source::Nbd(socket) => vec![serde_json::json!({
+                "driver": "nbd", "node-name": "q", "read-only": true,
+                "server": {"type": "unix", "path": p(socket)}
+            })
+            .to_string()],
+        }
+    }
+}
+
 /// A guest filesystem mounted in the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mounted {
@@ -172,17 +200,33 @@ pub async fn detach(layout: &Layout) -> Result<(), StepError> {
     }
 }
 
+/// Whether `pid` is a live (not zombie) process whose command name starts with `comm`.
+pub(crate) fn is_live(pid: i32, comm: &str) -> bool {
+    let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim().starts_with(comm));
+    // A daemonized child that exited stays a zombie until its new parent reaps it.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    });
+    named && !zombie
+}
+
 /// SIGTERM, then SIGKILL after 5 s, if the process is a qemu-storage-daemon.
 async fn stop_process(pid: i32) {
-    let is_qsd = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| c.trim().starts_with("qemu-storage"));
-    if !is_qsd {
+    stop_named(pid, "qemu-storage").await;
+}
+
+/// SIGTERM, then SIGKILL after 5 s, if `pid` is a live process named `comm...` (a pid file can
+/// outlive its process, and the pid be reused by another).
+pub(crate) async fn stop_named(pid: i32, comm: &str) {
+    if pid <= 1 || !is_live(pid, comm) {
         return;
     }
-    // SAFETY: kill(2) with a pid read from our own pid file, checked to be qemu-storage-daemon.
+    // SAFETY: kill(2) with a pid read from our own pid file, checked to be that program.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     for _ in 0..50 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !is_live(pid, comm) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -278,6 +322,18 @@ pub async fn attach(
     layout: &Layout,
     exports: &[(String, PathBuf)],
 ) -> Result<Vec<Mounted>, StepError> {
+    let sources: Vec<(String, Source)> = exports
+        .iter()
+        .map(|(d, f)| (d.clone(), Source::Qcow2(f.clone())))
+        .collect();
+    attach_sources(layout, &sources).await
+}
+
+/// `attach` for disks read from any `Source`.
+pub async fn attach_sources(
+    layout: &Layout,
+    exports: &[(String, Source)],
+) -> Result<Vec<Mounted>, StepError> {
     detach(layout).await?;
     match attach_inner(layout, exports).await {
         Ok(m) => Ok(m),
@@ -290,7 +346,7 @@ pub async fn attach(
 
 async fn attach_inner(
     layout: &Layout,
-    exports: &[(String, PathBuf)],
+    exports: &[(String, Source)],
 ) -> Result<Vec<Mounted>, StepError> {
     let io = |what: &str, e: std::io::Error| err(FailureReason::Internal, format!("{what}: {e}"));
     std::fs::create_dir_all(&layout.attach).map_err(|e| io("attach dir", e))?;
@@ -305,24 +361,15 @@ async fn attach_inner(
         let fuse = layout.attach.join(format!("{i}.raw"));
         std::fs::write(&fuse, b"").map_err(|e| io("FUSE mount point", e))?;
         let pidfile = layout.attach.join(format!("{i}.pid"));
-        // JSON option syntax: paths need no escaping of qemu's ',' separators.
-        let file = serde_json::json!({"driver": "file", "node-name": "f", "filename": p(export), "read-only": true}).to_string();
-        let fmt = serde_json::json!({"driver": "qcow2", "node-name": "q", "file": "f", "read-only": true}).to_string();
         let exp = serde_json::json!({"type": "fuse", "id": "e", "node-name": "q", "mountpoint": p(&fuse), "writable": false}).to_string();
-        run(&[
-            "qemu-storage-daemon",
-            "--blockdev",
-            &file,
-            "--blockdev",
-            &fmt,
-            "--export",
-            &exp,
-            "--pidfile",
-            &p(&pidfile),
-            "--daemonize",
-        ])
-        .await
-        .map_err(|e| {
+        let blockdevs = export.blockdevs();
+        let mut argv = vec!["qemu-storage-daemon"];
+        for b in &blockdevs {
+            argv.extend(["--blockdev", b.as_str()]);
+        }
+        let pidfile = p(&pidfile);
+        argv.extend(["--export", &exp, "--pidfile", &pidfile, "--daemonize"]);
+        run(&argv).await.map_err(|e| {
             err(
                 FailureReason::Internal,
                 format!("FUSE export of {disk}: {e}"),
