@@ -36,6 +36,9 @@ pub enum ConditionType {
     /// BackupRun (a local point, `localSnapshots.browse`): its guest filesystems are mounted
     /// read-only under the browse dir.
     Browsable,
+    /// BackupRun (a local point, `browse.samba` or `browse.nfs`): the share and export
+    /// snippets are written and the host has the servers to serve them.
+    Shared,
     /// RestoreRequest: the restored domain was started and keeps running.
     Started,
     /// RestoreRequest (in place): the replaced disks were kept, renamed.
@@ -65,6 +68,7 @@ impl ConditionType {
             Self::Admitted => "Admitted",
             Self::ChangedBlockTracking => "ChangedBlockTracking",
             Self::Browsable => "Browsable",
+            Self::Shared => "Shared",
             Self::Started => "Started",
             Self::OldDisksKept => "OldDisksKept",
             Self::FirmwareRestored => "FirmwareRestored",
@@ -97,6 +101,8 @@ pub mod reason {
     pub const LOCAL_POINT_EXPIRED: &str = "LocalPointExpired";
     /// A local point's guest filesystems are mounted for browsing.
     pub const MOUNTED: &str = "Mounted";
+    /// A local point's Samba and NFS snippets are written, and the servers are installed.
+    pub const SNIPPETS_WRITTEN: &str = "SnippetsWritten";
     pub const DOMAIN_RUNNING: &str = "DomainRunning";
     pub const RENAMED: &str = "Renamed";
     /// In place on KubeVirt: the VM's old claims were left as they were, repointed from.

@@ -17,7 +17,9 @@ use crate::api::{
     BrowseSpec, Condition, ConditionType, Failure, FailureReason, LocalSnapshotsSpec, MemoryState,
     Quiesce,
 };
+use crate::browse::name::gmt_name;
 use crate::browse::point::{self as browse, Disk, PointRef, Settings};
+use crate::browse::{nfs, samba, servers};
 use crate::error::StepError;
 use crate::lifecycle::Journal;
 use crate::localpoints::expire::expire;
@@ -114,6 +116,85 @@ fn failed(mut run: BackupRun, e: StepError) -> BackupRun {
     run
 }
 
+/// The Samba share and the NFS export of one VM's points, as files beside its browse dir
+/// (`<dir>/<vm>.samba.conf`, `<dir>/<vm>.ganesha.conf`) for smb.conf and ganesha.conf to
+/// include. The share serves the newest point (`newest`, rewritten with each point: smbd
+/// reloads an included file when it changes) and offers the older ones as Windows "Previous
+/// Versions"; the export serves every point's directory.
+fn write_snippets(
+    b: &BrowseSpec,
+    domain: &str,
+    vm_dir: &Path,
+    newest: Timestamp,
+) -> Result<(), (String, String)> {
+    let root = Path::new(&b.dir);
+    let bad = |e: String| (FailureReason::InvalidSpec.as_str().to_string(), e);
+    if b.samba {
+        let tree = vm_dir.join(gmt_name(newest));
+        let text = samba::share_snippet(&samba::SambaShare {
+            name: domain,
+            path: &tree,
+            snapdir: vm_dir,
+        })
+        .map_err(bad)?;
+        write_file(&root.join(format!("{domain}.samba.conf")), &text)?;
+    }
+    if b.nfs {
+        let text = nfs::export_block(&nfs::NfsExport {
+            export_id: export_id(vm_dir),
+            path: vm_dir,
+            pseudo: &format!("/snapback/{domain}"),
+            clients: &[],
+        })
+        .map_err(bad)?;
+        write_file(&root.join(format!("{domain}.ganesha.conf")), &text)?;
+    }
+    Ok(())
+}
+
+/// A ganesha export id for a VM's browse dir that stays the same from point to point: from a
+/// hash of the dir, above the ids people usually give by hand (1..1000).
+fn export_id(vm_dir: &Path) -> u32 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(vm_dir.as_os_str().as_encoded_bytes());
+    1001 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % 64_000
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), (String, String)> {
+    let tmp = path.with_extension("conf.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            (
+                FailureReason::Internal.as_str().to_string(),
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })
+}
+
+/// The `Shared` condition of a mounted point whose policy asks for Samba or NFS: the
+/// snippets are written either way, and a host without the server says so.
+fn shared_condition(b: &BrowseSpec, domain: &str, vm_dir: &Path, newest: Timestamp) -> Condition {
+    let (ok, why, msg) = match write_snippets(b, domain, vm_dir, newest) {
+        Err((why, msg)) => (false, why, msg),
+        Ok(()) => {
+            let missing = [
+                b.samba.then(servers::samba_missing).flatten(),
+                b.nfs.then(servers::nfs_server_missing).flatten(),
+            ];
+            match missing.into_iter().flatten().next() {
+                Some((why, msg)) => (false, why.to_string(), msg),
+                None => (
+                    true,
+                    reason::SNIPPETS_WRITTEN.to_string(),
+                    format!("include {}/{domain}.*.conf in the servers' config", b.dir),
+                ),
+            }
+        }
+    };
+    Condition::now(ConditionType::Shared, ok, &why, msg, None)
+}
+
 impl<S: Source> Driver<'_, S> {
     /// Takes the point a Local run asks for, mounts it where the policy browses, and records
     /// it on the run. A run left unfinished by a kill is taken again: `take` first deletes a
@@ -170,7 +251,21 @@ impl<S: Source> Driver<'_, S> {
                     None,
                 ),
             };
+            let mounted = c.status == "True";
             set_condition(&mut s.conditions, c);
+            if mounted && (b.samba || b.nfs) {
+                let shared = match browse_settings(b, &point.domain) {
+                    Ok(at) => shared_condition(b, &point.domain, &at.dir, point.created),
+                    Err(e) => Condition::now(
+                        ConditionType::Shared,
+                        false,
+                        e.reason.as_str(),
+                        e.message,
+                        None,
+                    ),
+                };
+                set_condition(&mut s.conditions, shared);
+            }
         }
         s.phase = BackupPhase::Succeeded;
         s.completion_time = Some(Timestamp::now());
