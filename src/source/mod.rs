@@ -67,6 +67,36 @@ pub struct JobOutcome {
     pub full: Option<bool>,
 }
 
+/// A snapshot of a VM as the source keeps it (snapback's own or not: the caller tells them
+/// apart by `description`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub description: String,
+    /// When the source recorded it, in seconds since the epoch.
+    pub created_secs: i64,
+    /// Whether it holds the VM's RAM and device state.
+    pub memory: bool,
+    /// Whether its disk state is inside the disks' images (qcow2 internal snapshots) rather
+    /// than in overlay files beside them.
+    pub internal: bool,
+}
+
+/// A snapshot to take: internal, with the VM's memory when `memory`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub name: String,
+    pub description: String,
+    pub memory: bool,
+}
+
+fn unsupported<T>(source: String, what: &str) -> Result<T, LibvirtError> {
+    Err(LibvirtError::new(
+        crate::libvirt::VirtErrorKind::Unsupported,
+        format!("{what} is not supported by this source ({source})"),
+    ))
+}
+
 /// What a begun backup job is known by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupBegun {
@@ -262,6 +292,66 @@ pub trait Source: Send + Sync {
         crate::libvirt::domain_xml::parse_domain(saved)
             .map(|f| f.firmware)
             .map_err(|e| e.to_string())
+    }
+
+    // Snapshots (local restore points). A source without them answers `Unsupported`; KubeVirt
+    // would map them to VirtualMachineSnapshots.
+
+    /// Every snapshot of the VM, whoever made it.
+    fn snapshots(
+        &self,
+        _vm: &str,
+    ) -> impl Future<Output = Result<Vec<SnapshotInfo>, LibvirtError>> + Send {
+        async { unsupported(self.location(), "listing snapshots") }
+    }
+    /// Takes a snapshot under the name asked for; fails (nothing made) when the name is taken.
+    fn create_snapshot(
+        &self,
+        _vm: &str,
+        _req: &SnapshotRequest,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "taking a snapshot") }
+    }
+    /// Replaces a snapshot's description (what was measured while it was taken).
+    fn describe_snapshot(
+        &self,
+        _vm: &str,
+        _name: &str,
+        _description: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "describing a snapshot") }
+    }
+    /// Deletes a snapshot; one that is not there is no error.
+    fn delete_snapshot(
+        &self,
+        _vm: &str,
+        _name: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "deleting a snapshot") }
+    }
+    /// Returns the VM to a snapshot: disks, and RAM (running) where the snapshot has it.
+    fn revert_snapshot(
+        &self,
+        _vm: &str,
+        _name: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "reverting to a snapshot") }
+    }
+    /// Records, durably with the VM, checkpoints a revert drops: the next backup then knows
+    /// its chain was cut by a revert (`FullReason::LocalRevert`). Added to what is recorded.
+    fn record_dropped_checkpoints(
+        &self,
+        _vm: &str,
+        _names: &[String],
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "recording dropped checkpoints") }
+    }
+    /// The checkpoints reverts dropped; none where the source has no reverts.
+    fn dropped_checkpoints(
+        &self,
+        _vm: &str,
+    ) -> impl Future<Output = Result<Vec<String>, LibvirtError>> + Send {
+        async { Ok(Vec::new()) }
     }
 
     /// In place: what the disks the original definition named are kept as, where they stay
