@@ -113,7 +113,12 @@ fn with_description(xml: &str, description: &str) -> Result<String, LibvirtError
     let start = xml
         .find("<description>")
         .ok_or_else(|| other("the snapshot has no description to replace"))?;
-    let domain_at = xml.find("<domain").unwrap_or(xml.len());
+    // `<domain ` or `<domain>`, not the root `<domainsnapshot>`.
+    let domain_at = ["<domain ", "<domain>"]
+        .iter()
+        .filter_map(|t| xml.find(t))
+        .min()
+        .unwrap_or(xml.len());
     if start > domain_at {
         return Err(other("the snapshot has no description of its own"));
     }

@@ -36,6 +36,24 @@ pub struct Reverted {
     pub total_time: Duration,
 }
 
+/// How long the guest agent may take to be connected again after a revert.
+const AGENT_BACK: Duration = Duration::from_secs(60);
+
+/// Thaws the reverted guest. libvirt drops its connection to the guest agent across the
+/// revert and connects again when the agent's port opens, so "not connected" is waited out
+/// (polled to a deadline: the agent's return is an event of the guest, not of snapback).
+async fn thaw_after_revert<S: Source>(source: &S, uuid: &str) -> Result<(), StepError> {
+    let deadline = Instant::now() + AGENT_BACK;
+    loop {
+        match thaw(source, uuid).await {
+            Err(e) if e.message.contains("not connected") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 pub async fn revert<S: Source>(
     source: &S,
     state: &Path,
@@ -117,7 +135,7 @@ pub async fn revert<S: Source>(
     crash_point("local-revert-reverted");
     // A point taken with the filesystems frozen comes back frozen: its RAM says so.
     if point.quiesced {
-        thaw(source, &uuid).await?;
+        thaw_after_revert(source, &uuid).await?;
     }
     journal::clear(state, &uuid)?;
     Ok(Reverted {
