@@ -320,6 +320,7 @@ fn a_revert_killed_midway_is_finished_by_rerunning_it_and_the_vm_is_never_harmed
     for at in [
         "local-revert-recorded",
         "local-revert-checkpoints-dropped",
+        "local-revert-loaded",
         "local-revert-reverted",
     ] {
         env.snapback_crash(&revert, at);

@@ -23,6 +23,10 @@ pub struct Entry {
     pub point: String,
     /// The guest may be frozen: by the take's freeze, or by a revert to a quiesced point.
     pub may_be_frozen: bool,
+    /// The checkpoints a revert dropped: recorded with the domain again after the revert,
+    /// which brings back the point's definition and so loses the record made before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 fn path(state: &Path, uuid: &str) -> PathBuf {
@@ -82,6 +86,7 @@ mod tests {
             op: Op::Take,
             point: "snapback-x".into(),
             may_be_frozen: true,
+            dropped: vec![],
         };
         write(d.path(), "u", &e).unwrap();
         assert_eq!(read(d.path(), "u").unwrap(), Some(e));

@@ -67,6 +67,11 @@ async fn recover<S: Source>(source: &S, state: &Path, uuid: &str) -> Result<(), 
     if entry.may_be_frozen {
         thaw(source, uuid).await?;
     }
+    if !entry.dropped.is_empty() {
+        source
+            .record_dropped_checkpoints(uuid, &entry.dropped)
+            .await?;
+    }
     if entry.op == journal::Op::Take {
         let ours =
             source.snapshots(uuid).await?.iter().any(|s| {

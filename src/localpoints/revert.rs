@@ -89,6 +89,15 @@ pub async fn revert<S: Source>(
     };
     let was_running = view.state == DomainState::Running;
 
+    let checkpoints = source.checkpoints(&uuid).await?;
+    // Everything the record must hold after the revert: what earlier reverts dropped too,
+    // as the revert brings back the definition of the point's time, record and all.
+    let mut record = source.dropped_checkpoints(&uuid).await?;
+    for cp in &checkpoints {
+        if !record.contains(cp) {
+            record.push(cp.clone());
+        }
+    }
     journal::write(
         state,
         &uuid,
@@ -96,9 +105,9 @@ pub async fn revert<S: Source>(
             op: Op::Revert,
             point: point.name.clone(),
             may_be_frozen: point.quiesced,
+            dropped: record.clone(),
         },
     )?;
-    let checkpoints = source.checkpoints(&uuid).await?;
     if !checkpoints.is_empty() {
         // Recorded before dropping: a revert killed in between still explains the full.
         source
@@ -131,6 +140,12 @@ pub async fn revert<S: Source>(
             FailureReason::LibvirtError,
             format!("revert of {vm} to {} failed: {}", point.name, e.message),
         ));
+    }
+    crash_point("local-revert-loaded");
+    // The revert brought back the definition the domain had at the point, without the
+    // record: it is made again.
+    if !record.is_empty() {
+        source.record_dropped_checkpoints(&uuid, &record).await?;
     }
     crash_point("local-revert-reverted");
     // A point taken with the filesystems frozen comes back frozen: its RAM says so.

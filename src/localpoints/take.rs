@@ -138,6 +138,7 @@ async fn take_as<S: Source>(
             op: Op::Take,
             point: name.to_string(),
             may_be_frozen: freeze,
+            dropped: vec![],
         },
     )?;
     let mut rec = Recorded {
