@@ -18,6 +18,9 @@ pub mod revert;
 pub mod rules;
 pub mod take;
 
+#[cfg(test)]
+mod fake_tests;
+
 use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
