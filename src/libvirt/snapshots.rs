@@ -14,7 +14,29 @@ use virt::sys;
 use super::domain_xml::escape_attr;
 use super::error::{LibvirtError, VirtErrorKind};
 use super::host::LibvirtHost;
-use crate::source::{SnapshotInfo, SnapshotRequest};
+
+/// A snapshot of a VM as the source keeps it (snapback's own or not: the caller tells them
+/// apart by `description`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub description: String,
+    /// When the source recorded it, in seconds since the epoch.
+    pub created_secs: i64,
+    /// Whether it holds the VM's RAM and device state.
+    pub memory: bool,
+    /// Whether its disk state is inside the disks' images (qcow2 internal snapshots) rather
+    /// than in overlay files beside them.
+    pub internal: bool,
+}
+
+/// A snapshot to take: internal, with the VM's memory when `memory`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub name: String,
+    pub description: String,
+    pub memory: bool,
+}
 
 /// The namespace of the record of dropped checkpoints: apart from the labels' element
 /// (`METADATA_NS`), since libvirt keeps one element per namespace and setting one replaces it.

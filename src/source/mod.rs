@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use fake::FakeSource;
+// The snapshot types are the libvirt adapter's, as the VM view is (see above).
+pub use crate::libvirt::snapshots::{SnapshotInfo, SnapshotRequest};
 
 use crate::api::FirmwareKind;
 use crate::libvirt::domain_xml::Firmware;
@@ -65,29 +67,6 @@ pub struct JobOutcome {
     /// `Some(true)`: everything was copied; `Some(false)`: only what changed; `None`: not
     /// said yet.
     pub full: Option<bool>,
-}
-
-/// A snapshot of a VM as the source keeps it (snapback's own or not: the caller tells them
-/// apart by `description`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotInfo {
-    pub name: String,
-    pub description: String,
-    /// When the source recorded it, in seconds since the epoch.
-    pub created_secs: i64,
-    /// Whether it holds the VM's RAM and device state.
-    pub memory: bool,
-    /// Whether its disk state is inside the disks' images (qcow2 internal snapshots) rather
-    /// than in overlay files beside them.
-    pub internal: bool,
-}
-
-/// A snapshot to take: internal, with the VM's memory when `memory`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotRequest {
-    pub name: String,
-    pub description: String,
-    pub memory: bool,
 }
 
 fn unsupported<T>(source: String, what: &str) -> Result<T, LibvirtError> {
