@@ -114,6 +114,7 @@ fn points_are_taken_listed_and_expired_by_rules_and_count_from_a_running_writer_
     wait_counters_since(&g, &at, 2);
 
     let rows = list(&env, &g, &["--rule", "* * * * *=1h"]);
+    eprintln!("points: {rows:?}");
     assert_eq!(rows.len(), 3, "{rows:?}");
     for (row, name) in rows.iter().zip(&names) {
         assert_eq!(&row[0], name, "oldest first");
