@@ -27,6 +27,8 @@ impl From<crate::libvirt::LibvirtError> for StepError {
             VirtErrorKind::Unavailable => FailureReason::LibvirtUnavailable,
             VirtErrorKind::DomainNotFound => FailureReason::DomainNotFound,
             VirtErrorKind::CheckpointInconsistent => FailureReason::CheckpointInconsistent,
+            // Asked of a source that cannot: a request to change, not a fault to retry.
+            VirtErrorKind::Unsupported => FailureReason::InvalidSpec,
             _ => FailureReason::LibvirtError,
         };
         Self::new(reason, e.message)

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod kubevirt;
 pub mod libvirt;
 pub mod lifecycle;
+pub mod localpoints;
 pub mod metrics;
 pub mod process;
 pub mod qemu_img;

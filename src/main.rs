@@ -46,6 +46,8 @@ async fn main() {
         Command::Cbt(args) => snapback::cli::cbt::execute(args).await,
         Command::Label(args) => snapback::cli::label::label(args).await,
         Command::Unlabel(args) => snapback::cli::label::unlabel(args).await,
+        Command::Local(args) => snapback::cli::local::local(args).await,
+        Command::Revert(args) => snapback::cli::local::revert_cmd(args).await,
         Command::Prune(args) => snapback::cli::prune::execute(args).await,
         Command::Controller(args) => snapback::cli::cluster::controller(args).await,
         Command::Agent(args) => snapback::cli::cluster::agent(args).await,

@@ -176,6 +176,9 @@ pub enum FullReason {
     NoChain,
     /// The previous run's checkpoint is gone from libvirt.
     CheckpointMissing,
+    /// The domain was reverted to a local restore point since the previous run: the revert
+    /// dropped the chain's checkpoints (QEMU cannot revert with dirty bitmaps present).
+    LocalRevert,
     /// The previous run's checkpoint bitmap is missing or inconsistent (e.g. after a qemu crash).
     CheckpointInconsistent,
     /// The target no longer holds the chain the previous run wrote.

@@ -9,6 +9,7 @@ pub mod get;
 pub mod kubevirt_worker;
 pub mod label;
 pub mod limits;
+pub mod local;
 pub mod progress;
 pub mod prune;
 pub mod release;
@@ -70,6 +71,10 @@ pub enum Command {
     Label(label::LabelArgs),
     /// Remove labels from a domain
     Unlabel(label::UnlabelArgs),
+    /// Local restore points of a domain (snapshots with RAM on this host): take, list, expire
+    Local(local::LocalArgs),
+    /// Return a domain to a local restore point (RAM included: it resumes where it was)
+    Revert(local::RevertArgs),
     /// Apply every policy's retention in a config dir (whole chains only)
     Prune(prune::PruneArgs),
     /// Single-host mode: run the schedules of a config dir (or every policy now with --once)

@@ -127,6 +127,9 @@ pub struct ChainFacts {
     pub online: bool,
     /// The previous checkpoint: present in libvirt, and its bitmaps valid.
     pub checkpoint_present: bool,
+    /// The previous checkpoint is gone because a revert to a local point dropped it (the
+    /// source's durable record says so).
+    pub checkpoint_dropped_by_revert: bool,
     pub checkpoint_valid: bool,
     /// Whether the target still ends with the previous run.
     pub target_has_previous: bool,
@@ -154,7 +157,14 @@ pub fn full_reason(f: &ChainFacts) -> Option<FullReason> {
     let Some(prev) = &f.previous else {
         return Some(FullReason::NoChain);
     };
-    if f.image && (prev.checkpoint.is_none() || !f.checkpoint_present) {
+    if f.image && prev.checkpoint.is_some() && !f.checkpoint_present {
+        return Some(if f.checkpoint_dropped_by_revert {
+            FullReason::LocalRevert
+        } else {
+            FullReason::CheckpointMissing
+        });
+    }
+    if f.image && prev.checkpoint.is_none() {
         return Some(FullReason::CheckpointMissing);
     }
     if f.image && !f.checkpoint_valid {
@@ -400,6 +410,7 @@ mod tests {
             }),
             online: true,
             checkpoint_present: true,
+            checkpoint_dropped_by_revert: false,
             checkpoint_valid: true,
             target_has_previous: true,
             disks: vec![("vdb".into(), 50), ("vda".into(), 100)],
@@ -441,6 +452,13 @@ mod tests {
             (
                 Box::new(|f| f.checkpoint_present = false),
                 FullReason::CheckpointMissing,
+            ),
+            (
+                Box::new(|f| {
+                    f.checkpoint_present = false;
+                    f.checkpoint_dropped_by_revert = true;
+                }),
+                FullReason::LocalRevert,
             ),
             (
                 Box::new(|f| f.checkpoint_valid = false),

@@ -17,6 +17,8 @@ pub enum VirtErrorKind {
     AgentTimeout,
     /// The domain is not in a state that allows the operation (e.g. shut off).
     InvalidState,
+    /// The source cannot do this at all (snapshots of a source without them).
+    Unsupported,
     Other,
 }
 

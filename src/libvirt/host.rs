@@ -205,7 +205,7 @@ impl LibvirtHost {
     }
 
     /// A read, or a change that is the same when made twice: run again after a reconnect.
-    async fn with_domain<T: Send + 'static>(
+    pub(super) async fn with_domain<T: Send + 'static>(
         &self,
         id: &str,
         f: impl Fn(&Domain) -> Result<T, LibvirtError> + Send + 'static,
@@ -214,7 +214,7 @@ impl LibvirtHost {
     }
 
     /// A change that must not be made twice (begin a job, freeze, pause, start...).
-    async fn with_domain_once<T: Send + 'static>(
+    pub(super) async fn with_domain_once<T: Send + 'static>(
         &self,
         id: &str,
         f: impl Fn(&Domain) -> Result<T, LibvirtError> + Send + 'static,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{BackupBegun, BackupRequest, Source};
+use super::{BackupBegun, BackupRequest, SnapshotInfo, SnapshotRequest, Source};
 use crate::api::FirmwareKind;
 use crate::libvirt::domain_xml::parse_domain;
 use crate::libvirt::{DomainState, DomainView, JobState, LibvirtError, VirtErrorKind};
@@ -24,6 +24,11 @@ pub struct FakeVm {
     pub frozen: bool,
     pub checkpoints: Vec<String>,
     pub job: JobState,
+    pub snapshots: Vec<SnapshotInfo>,
+    /// What `record_dropped_checkpoints` recorded.
+    pub dropped: Vec<String>,
+    /// Each snapshot's run state and frozen flag, which a revert brings back.
+    pub snapshot_states: BTreeMap<String, (DomainState, bool)>,
 }
 
 #[derive(Default)]
@@ -68,6 +73,9 @@ impl FakeSource {
             frozen: false,
             checkpoints: Vec::new(),
             job: JobState::None,
+            snapshots: Vec::new(),
+            dropped: Vec::new(),
+            snapshot_states: BTreeMap::new(),
         };
         self.state
             .lock()
@@ -397,6 +405,9 @@ impl Source for FakeSource {
                     frozen: false,
                     checkpoints: Vec::new(),
                     job: JobState::None,
+                    snapshots: Vec::new(),
+                    dropped: Vec::new(),
+                    snapshot_states: BTreeMap::new(),
                 },
             );
             Ok(uuid)
@@ -445,6 +456,109 @@ impl Source for FakeSource {
             v.job = JobState::None;
             Ok(())
         })
+    }
+
+    async fn snapshots(&self, vm: &str) -> Result<Vec<SnapshotInfo>, LibvirtError> {
+        self.with_vm("snapshots", vm, |v, _| Ok(v.snapshots.clone()))
+    }
+
+    /// As libvirt: a name that exists is refused; a running VM's snapshot has its memory.
+    async fn create_snapshot(&self, vm: &str, req: &SnapshotRequest) -> Result<(), LibvirtError> {
+        self.with_vm("create_snapshot", vm, |v, _| {
+            if v.snapshots.iter().any(|s| s.name == req.name) {
+                return Err(LibvirtError::new(
+                    VirtErrorKind::Other,
+                    format!("domain snapshot {} already exists", req.name),
+                ));
+            }
+            let on = matches!(v.state, DomainState::Running | DomainState::Paused);
+            if on && !req.memory {
+                return Err(LibvirtError::new(
+                    VirtErrorKind::Other,
+                    "active qemu domains require external disk snapshots",
+                ));
+            }
+            v.snapshots.push(SnapshotInfo {
+                name: req.name.clone(),
+                description: req.description.clone(),
+                created_secs: jiff::Timestamp::now().as_second(),
+                memory: req.memory,
+                internal: true,
+            });
+            v.snapshot_states
+                .insert(req.name.clone(), (v.state, v.frozen));
+            Ok(())
+        })
+    }
+
+    async fn describe_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<(), LibvirtError> {
+        self.with_vm("describe_snapshot", vm, |v, _| {
+            let s = v
+                .snapshots
+                .iter_mut()
+                .find(|s| s.name == name)
+                .ok_or_else(|| {
+                    LibvirtError::new(VirtErrorKind::Other, format!("no snapshot '{name}'"))
+                })?;
+            s.description = description.to_string();
+            Ok(())
+        })
+    }
+
+    async fn delete_snapshot(&self, vm: &str, name: &str) -> Result<(), LibvirtError> {
+        self.with_vm("delete_snapshot", vm, |v, _| {
+            v.snapshots.retain(|s| s.name != name);
+            v.snapshot_states.remove(name);
+            Ok(())
+        })
+    }
+
+    /// As QEMU 7.2 does: a revert while any checkpoint exists kills the VM and leaves every
+    /// checkpoint inconsistent. Otherwise the VM's run state and frozen flag come back.
+    async fn revert_snapshot(&self, vm: &str, name: &str) -> Result<(), LibvirtError> {
+        self.with_vm("revert_snapshot", vm, |v, _| {
+            let Some(&(state, frozen)) = v.snapshot_states.get(name) else {
+                return Err(LibvirtError::new(
+                    VirtErrorKind::Other,
+                    format!("no snapshot '{name}'"),
+                ));
+            };
+            if !v.checkpoints.is_empty() {
+                v.state = DomainState::ShutOff;
+                v.frozen = false;
+                return Err(LibvirtError::new(
+                    VirtErrorKind::Other,
+                    "internal error: Device has active dirty bitmaps",
+                ));
+            }
+            v.state = state;
+            v.frozen = frozen;
+            Ok(())
+        })
+    }
+
+    async fn record_dropped_checkpoints(
+        &self,
+        vm: &str,
+        names: &[String],
+    ) -> Result<(), LibvirtError> {
+        self.with_vm("record_dropped_checkpoints", vm, |v, _| {
+            for n in names {
+                if !v.dropped.contains(n) {
+                    v.dropped.push(n.clone());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn dropped_checkpoints(&self, vm: &str) -> Result<Vec<String>, LibvirtError> {
+        self.with_vm("dropped_checkpoints", vm, |v, _| Ok(v.dropped.clone()))
     }
 }
 

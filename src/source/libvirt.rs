@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{BackupBegun, BackupRequest, Source};
+use super::{BackupBegun, BackupRequest, SnapshotInfo, SnapshotRequest, Source};
 use crate::api::FirmwareKind;
 use crate::libvirt::domain_xml::{backup_xml, checkpoint_create_xml, BackupDisk};
 use crate::libvirt::firmware;
@@ -130,5 +130,35 @@ impl Source for LibvirtHost {
     }
     async fn destroy(&self, vm: &str) -> Result<(), LibvirtError> {
         LibvirtHost::destroy(self, vm).await
+    }
+    async fn snapshots(&self, vm: &str) -> Result<Vec<SnapshotInfo>, LibvirtError> {
+        LibvirtHost::snapshots(self, vm).await
+    }
+    async fn create_snapshot(&self, vm: &str, req: &SnapshotRequest) -> Result<(), LibvirtError> {
+        LibvirtHost::create_snapshot(self, vm, req).await
+    }
+    async fn describe_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<(), LibvirtError> {
+        LibvirtHost::describe_snapshot(self, vm, name, description).await
+    }
+    async fn delete_snapshot(&self, vm: &str, name: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::delete_snapshot(self, vm, name).await
+    }
+    async fn revert_snapshot(&self, vm: &str, name: &str) -> Result<(), LibvirtError> {
+        LibvirtHost::revert_snapshot(self, vm, name).await
+    }
+    async fn record_dropped_checkpoints(
+        &self,
+        vm: &str,
+        names: &[String],
+    ) -> Result<(), LibvirtError> {
+        LibvirtHost::record_dropped_checkpoints(self, vm, names).await
+    }
+    async fn dropped_checkpoints(&self, vm: &str) -> Result<Vec<String>, LibvirtError> {
+        LibvirtHost::dropped_checkpoints(self, vm).await
     }
 }

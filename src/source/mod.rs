@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use fake::FakeSource;
+// The snapshot types are the libvirt adapter's, as the VM view is (see above).
+pub use crate::libvirt::snapshots::{SnapshotInfo, SnapshotRequest};
 
 use crate::api::FirmwareKind;
 use crate::libvirt::domain_xml::Firmware;
@@ -65,6 +67,13 @@ pub struct JobOutcome {
     /// `Some(true)`: everything was copied; `Some(false)`: only what changed; `None`: not
     /// said yet.
     pub full: Option<bool>,
+}
+
+fn unsupported<T>(source: String, what: &str) -> Result<T, LibvirtError> {
+    Err(LibvirtError::new(
+        crate::libvirt::VirtErrorKind::Unsupported,
+        format!("{what} is not supported by this source ({source})"),
+    ))
 }
 
 /// What a begun backup job is known by.
@@ -262,6 +271,66 @@ pub trait Source: Send + Sync {
         crate::libvirt::domain_xml::parse_domain(saved)
             .map(|f| f.firmware)
             .map_err(|e| e.to_string())
+    }
+
+    // Snapshots (local restore points). A source without them answers `Unsupported`; KubeVirt
+    // would map them to VirtualMachineSnapshots.
+
+    /// Every snapshot of the VM, whoever made it.
+    fn snapshots(
+        &self,
+        _vm: &str,
+    ) -> impl Future<Output = Result<Vec<SnapshotInfo>, LibvirtError>> + Send {
+        async { unsupported(self.location(), "listing snapshots") }
+    }
+    /// Takes a snapshot under the name asked for; fails (nothing made) when the name is taken.
+    fn create_snapshot(
+        &self,
+        _vm: &str,
+        _req: &SnapshotRequest,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "taking a snapshot") }
+    }
+    /// Replaces a snapshot's description (what was measured while it was taken).
+    fn describe_snapshot(
+        &self,
+        _vm: &str,
+        _name: &str,
+        _description: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "describing a snapshot") }
+    }
+    /// Deletes a snapshot; one that is not there is no error.
+    fn delete_snapshot(
+        &self,
+        _vm: &str,
+        _name: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "deleting a snapshot") }
+    }
+    /// Returns the VM to a snapshot: disks, and RAM (running) where the snapshot has it.
+    fn revert_snapshot(
+        &self,
+        _vm: &str,
+        _name: &str,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "reverting to a snapshot") }
+    }
+    /// Records, durably with the VM, checkpoints a revert drops: the next backup then knows
+    /// its chain was cut by a revert (`FullReason::LocalRevert`). Added to what is recorded.
+    fn record_dropped_checkpoints(
+        &self,
+        _vm: &str,
+        _names: &[String],
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { unsupported(self.location(), "recording dropped checkpoints") }
+    }
+    /// The checkpoints reverts dropped; none where the source has no reverts.
+    fn dropped_checkpoints(
+        &self,
+        _vm: &str,
+    ) -> impl Future<Output = Result<Vec<String>, LibvirtError>> + Send {
+        async { Ok(Vec::new()) }
     }
 
     /// In place: what the disks the original definition named are kept as, where they stay

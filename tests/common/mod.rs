@@ -354,10 +354,16 @@ impl Drop for Guest {
             "undefine",
             &self.name,
             "--checkpoints-metadata",
+            "--snapshots-metadata",
             "--nvram",
             "--tpm",
         ]);
-        let _ = virsh(&["undefine", &self.name, "--checkpoints-metadata"]);
+        let _ = virsh(&[
+            "undefine",
+            &self.name,
+            "--checkpoints-metadata",
+            "--snapshots-metadata",
+        ]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -113,6 +113,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             previous: previous.clone(),
             online,
             checkpoint_present: false,
+            checkpoint_dropped_by_revert: false,
             checkpoint_valid: false,
             target_has_previous: false,
             disks: disks_now,
@@ -132,6 +133,11 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         if let (true, false, Some(prev)) = (online, files, &previous) {
             if let Some(cp) = &prev.checkpoint {
                 facts.checkpoint_present = self.source.checkpoints(&uuid).await?.contains(cp);
+                if !facts.checkpoint_present {
+                    // A revert to a local point drops the checkpoints and records which.
+                    facts.checkpoint_dropped_by_revert =
+                        self.source.dropped_checkpoints(&uuid).await?.contains(cp);
+                }
                 if facts.checkpoint_present {
                     facts.checkpoint_valid = match self.source.validate_checkpoint(&uuid, cp).await
                     {
