@@ -71,8 +71,11 @@ fn once_takes_a_local_point_beside_the_backup_and_max_count_expires_the_oldest()
     let s = points[0].status.clone().unwrap();
     assert_eq!(s.phase, BackupPhase::Succeeded, "{s:?}");
     assert_eq!(s.type_, Some(BackupType::Local));
-    let first = s.local_point.clone().expect("the point's snapshot is named");
-    assert_eq!(snapshots(&g.name), [first.clone()]);
+    let first = s
+        .local_point
+        .clone()
+        .expect("the point's snapshot is named");
+    assert_eq!(snapshots(&g.name), std::slice::from_ref(&first));
     let taken = s.snapshot_time.expect("taken at");
     let expires = s.expires_at.expect("an expiry time");
     assert_eq!(
@@ -84,7 +87,10 @@ fn once_takes_a_local_point_beside_the_backup_and_max_count_expires_the_oldest()
     assert_eq!(g.state(), "running");
     assert_eq!(backups.len(), 1);
     let b = backups[0].status.clone().unwrap();
-    assert_eq!((b.phase, b.type_), (BackupPhase::Succeeded, Some(BackupType::Full)));
+    assert_eq!(
+        (b.phase, b.type_),
+        (BackupPhase::Succeeded, Some(BackupType::Full))
+    );
 
     assert_once_ok(&env, &config);
     let (points, backups) = runs(&env);
@@ -97,7 +103,11 @@ fn once_takes_a_local_point_beside_the_backup_and_max_count_expires_the_oldest()
     let new = points.iter().find(|r| !expired(r)).expect("a live point");
     let second = new.status.as_ref().unwrap().local_point.clone().unwrap();
     assert_ne!(second, first);
-    assert_eq!(snapshots(&g.name), [second], "only the newest point is left");
+    assert_eq!(
+        snapshots(&g.name),
+        [second],
+        "only the newest point is left"
+    );
     let b = backups.last().unwrap().status.clone().unwrap();
     assert_eq!(
         (b.phase, b.type_),

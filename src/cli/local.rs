@@ -115,6 +115,8 @@ async fn take_cmd(mut a: TakeArgs) -> Result<(), StepError> {
     let host = LibvirtHost::connect(&a.common.connect).await?;
     let opts = take::TakeOptions {
         quiesce: !a.no_quiesce,
+        policy: None,
+        scheduled: None,
     };
     let p = take::take(&host, &a.common.state_dir, &a.domain, &opts).await?;
     eprintln!(

@@ -22,7 +22,7 @@ use crate::browse::point::{self as browse, Disk, PointRef, Settings};
 use crate::browse::{nfs, samba, servers};
 use crate::error::StepError;
 use crate::lifecycle::Journal;
-use crate::localpoints::expire::expire;
+use crate::localpoints::expire::expire_policy;
 use crate::localpoints::rules::{self, Aged, Rule};
 use crate::localpoints::take::{take, TakeOptions};
 use crate::localpoints::{self, Point};
@@ -46,7 +46,8 @@ pub fn local_settings(
     spec: &LocalSnapshotsSpec,
     tz: Option<&str>,
 ) -> Result<LocalSettings, String> {
-    let schedule = Schedule::parse(&spec.schedule, tz).map_err(|e| format!("localSnapshots.{e}"))?;
+    let schedule =
+        Schedule::parse(&spec.schedule, tz).map_err(|e| format!("localSnapshots.{e}"))?;
     if spec.expire.is_empty() {
         return Err("localSnapshots.expire: give at least one rule (match and after)".into());
     }
@@ -67,10 +68,19 @@ pub fn local_settings(
     }
     if let Some(b) = &spec.browse {
         if !Path::new(&b.dir).is_absolute() {
-            return Err(format!("localSnapshots.browse.dir: {} is not absolute", b.dir));
+            return Err(format!(
+                "localSnapshots.browse.dir: {} is not absolute",
+                b.dir
+            ));
         }
-        if let Some(l) = b.link_dir.as_deref().filter(|l| !Path::new(l).is_absolute()) {
-            return Err(format!("localSnapshots.browse.linkDir: {l} is not absolute"));
+        if let Some(l) = b
+            .link_dir
+            .as_deref()
+            .filter(|l| !Path::new(l).is_absolute())
+        {
+            return Err(format!(
+                "localSnapshots.browse.linkDir: {l} is not absolute"
+            ));
         }
     }
     Ok(LocalSettings {
@@ -96,13 +106,6 @@ pub fn browse_settings(b: &BrowseSpec, domain: &str) -> Result<Settings, StepErr
         dir: PathBuf::from(&b.dir).join(domain),
         link_dir: b.link_dir.as_ref().map(|l| PathBuf::from(l).join(domain)),
     })
-}
-
-/// The time a point's expiry rules are matched against: the tick it answers when it was
-/// scheduled (a point taken a minute late is still the midnight point), else when it was
-/// taken.
-fn rule_time(p: &Point) -> Timestamp {
-    p.scheduled.unwrap_or(p.created)
 }
 
 fn failed(mut run: BackupRun, e: StepError) -> BackupRun {
@@ -211,7 +214,14 @@ impl<S: Source> Driver<'_, S> {
         };
         let settings = match settings {
             Ok(s) => s,
-            Err(m) => return self.save_local(site, failed(run, StepError::new(FailureReason::InvalidSpec, m))).await,
+            Err(m) => {
+                return self
+                    .save_local(
+                        site,
+                        failed(run, StepError::new(FailureReason::InvalidSpec, m)),
+                    )
+                    .await
+            }
         };
         let s = run.status.get_or_insert_with(BackupRunStatus::default);
         s.phase = BackupPhase::Snapshotting;
@@ -232,7 +242,7 @@ impl<S: Source> Driver<'_, S> {
         s.snapshot_time = Some(point.created);
         s.quiesced = point.quiesced;
         s.paused_seconds = point.paused_ms.map(|ms| ms as f64 / 1000.0);
-        s.expires_at = rules::expires_at(&settings.rules, rule_time(&point));
+        s.expires_at = rules::expires_at(&settings.rules, point.rule_time());
         if let Some(b) = &settings.browse {
             let c = match self.mount_point(b, &point).await {
                 Ok(dir) => Condition::now(
@@ -289,7 +299,7 @@ impl<S: Source> Driver<'_, S> {
             .filter(|d| d.format() == "qcow2")
             .map(|d| Disk {
                 target: d.name.clone(),
-                path: PathBuf::from(&d.source),
+                path: PathBuf::from(d.source()),
             })
             .collect();
         Ok(PointRef {
@@ -345,7 +355,7 @@ impl<S: Source> Driver<'_, S> {
             .iter()
             .map(|p| Aged {
                 name: p.name.clone(),
-                created: rule_time(p),
+                created: p.rule_time(),
             })
             .collect();
         let due = rules::due(&aged, &settings.rules, now, settings.max_count, &in_use);
@@ -360,15 +370,13 @@ impl<S: Source> Driver<'_, S> {
                 }
             }
         }
-        let done = expire(
+        let done = expire_policy(
             self.host,
             self.state_dir,
             domain,
-            &settings.rules,
-            now,
-            settings.max_count,
+            (&settings.rules, now, settings.max_count),
             &in_use,
-            Some(pname),
+            pname,
         )
         .await?;
         let deleted: Vec<String> = done.deleted.iter().map(|(p, _)| p.name.clone()).collect();

@@ -21,7 +21,11 @@ const RAW_XML: &str = "<domain type='kvm'><name>raw</name>\
 </devices></domain>";
 
 fn quiesced() -> TakeOptions {
-    TakeOptions { quiesce: true }
+    TakeOptions {
+        quiesce: true,
+        policy: None,
+        scheduled: None,
+    }
 }
 
 #[tokio::test]

@@ -27,6 +27,13 @@ pub struct Recorded {
     /// until measured (a take that was killed in the middle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_ms: Option<u64>,
+    /// The policy that took it (its `localSnapshots` rules expire it); `None`: taken by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The schedule's tick it answers: the time its policy's rules match, so a point taken a
+    /// minute late (it waited for a run slot) is still the midnight point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<Timestamp>,
 }
 
 /// A local restore point of a domain.
@@ -41,9 +48,17 @@ pub struct Point {
     pub internal: bool,
     pub quiesced: bool,
     pub paused_ms: Option<u64>,
+    pub policy: Option<String>,
+    pub scheduled: Option<Timestamp>,
 }
 
 impl Point {
+    /// The time its expiry rules are matched against: the tick it answers, else when it was
+    /// taken.
+    pub fn rule_time(&self) -> Timestamp {
+        self.scheduled.unwrap_or(self.created)
+    }
+
     /// The point a snapshot is, if snapback made it.
     pub fn from_snapshot(domain: &str, s: &SnapshotInfo) -> Option<Point> {
         let rec = parse_description(&s.description)?;
@@ -55,6 +70,8 @@ impl Point {
             internal: s.internal,
             quiesced: rec.quiesced,
             paused_ms: rec.paused_ms,
+            policy: rec.policy,
+            scheduled: rec.scheduled,
         })
     }
 }
@@ -114,6 +131,7 @@ mod tests {
             created: "2026-12-01T03:15:00.5Z".parse().unwrap(),
             quiesced: true,
             paused_ms: Some(412),
+            ..Default::default()
         });
         let snaps = [
             snap("snapback-20261201T031500Z", &ours),
@@ -142,6 +160,8 @@ mod tests {
             created: "2026-12-01T03:15:00Z".parse().unwrap(),
             quiesced: false,
             paused_ms: None,
+            policy: Some("hourly".into()),
+            scheduled: Some("2026-12-01T03:00:00Z".parse().unwrap()),
         };
         assert_eq!(parse_description(&description(&r)), Some(r));
     }

@@ -23,10 +23,16 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// `match` is read in UTC, as point times are.
+    /// `match` is read in UTC.
     pub fn parse(matches: &str, after: &str) -> Result<Self, String> {
+        Self::parse_in(matches, after, None)
+    }
+
+    /// `match` read in an IANA time zone (a policy's `timeZone`; UTC when `None`), so that
+    /// `0 0 * * *` means the policy's midnight, as its schedule does.
+    pub fn parse_in(matches: &str, after: &str, tz: Option<&str>) -> Result<Self, String> {
         Ok(Self {
-            matches: Schedule::parse(matches, None)?,
+            matches: Schedule::parse(matches, tz)?,
             after: parse_duration(after)?,
             text: format!("{matches} after {after}"),
         })

@@ -23,6 +23,10 @@ pub struct TakeOptions {
     /// Freeze the guest's filesystems through its agent (best effort: a guest without one
     /// gets a crash-consistent point, and says so on the point).
     pub quiesce: bool,
+    /// The policy taking it, recorded on the point: only that policy's rules expire it.
+    pub policy: Option<String>,
+    /// The schedule's tick the point answers, recorded for its rules.
+    pub scheduled: Option<Timestamp>,
 }
 
 /// Why a domain cannot have a point, if it cannot: every disk must be qcow2 (the snapshot is
@@ -99,7 +103,12 @@ pub async fn take<S: Source>(
             state,
             &uuid,
             &name,
-            created,
+            Recorded {
+                created,
+                policy: opts.policy.clone(),
+                scheduled: opts.scheduled,
+                ..Default::default()
+            },
             running,
             view.facts.has_agent_channel && opts.quiesce,
         )
@@ -115,6 +124,8 @@ pub async fn take<S: Source>(
                     internal: true,
                     quiesced: rec.quiesced,
                     paused_ms: rec.paused_ms,
+                    policy: rec.policy,
+                    scheduled: rec.scheduled,
                 })
             }
         }
@@ -126,7 +137,7 @@ async fn take_as<S: Source>(
     state: &Path,
     uuid: &str,
     name: &str,
-    created: Timestamp,
+    base: Recorded,
     running: bool,
     quiesce: bool,
 ) -> Result<Recorded, StepError> {
@@ -141,11 +152,7 @@ async fn take_as<S: Source>(
             dropped: vec![],
         },
     )?;
-    let mut rec = Recorded {
-        created,
-        quiesced: false,
-        paused_ms: None,
-    };
+    let mut rec = base;
     if freeze {
         match source.freeze(uuid, FREEZE_TIMEOUT).await {
             Ok(_) => rec.quiesced = true,

@@ -21,8 +21,8 @@ use super::site::{LocalSite, Targets};
 use crate::api::{
     BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRun, BackupRunSpec, RestoreRequest,
 };
-use crate::driver::local::local_settings;
 use crate::driver::admission::{admit, admitted_condition, set_admitted, Decision, Limits};
+use crate::driver::local::local_settings;
 use crate::driver::staging_need;
 use crate::driver::tick::{plan_tick, record_outcomes, Notice, TickInput};
 use crate::driver::verify::due_verifies;
@@ -255,11 +255,7 @@ async fn schedule_policy(
     // that falls between two looks is still owed at the second.
     st.last_schedule_time.get_or_insert_with(|| now.to_string());
     // When the policy was first seen: local ticks from before it are not owed either.
-    let since = rec
-        .metadata
-        .creation_timestamp
-        .get_or_insert_with(|| Time(now))
-        .0;
+    let since = rec.metadata.creation_timestamp.get_or_insert(Time(now)).0;
     let st = rec.status.get_or_insert_with(Default::default);
     let all = ctx.store.backup_runs().unwrap_or_default();
     let runs: Vec<&BackupRun> = all

@@ -14,7 +14,12 @@ use crate::schedule::local_run_name;
 
 /// A Local run of `domain` for `policy`; `tick`: the schedule's tick it answers (none for
 /// `--once`).
-pub fn new_local_run(name: String, p: &BackupPolicy, domain: &str, tick: Option<Timestamp>) -> BackupRun {
+pub fn new_local_run(
+    name: String,
+    p: &BackupPolicy,
+    domain: &str,
+    tick: Option<Timestamp>,
+) -> BackupRun {
     let pname = p.metadata.name.clone().unwrap_or_default();
     let mut spec = BackupRunSpec::from_policy(&pname, &p.spec, domain);
     spec.type_ = RequestedType::Local;
@@ -93,7 +98,11 @@ pub async fn expire_all(ctx: &Ctx<'_>, cfg: &Config, now: Timestamp) -> Option<T
         .iter()
         .filter(|r| r.spec.is_local())
         .filter_map(|r| r.status.as_ref())
-        .filter(|s| !s.conditions.iter().any(|c| c.type_ == "Expired" && c.status == "True"))
+        .filter(|s| {
+            !s.conditions
+                .iter()
+                .any(|c| c.type_ == "Expired" && c.status == "True")
+        })
         .filter_map(|s| s.expires_at)
         .filter(|t| *t > now)
         .min()

@@ -4,13 +4,13 @@
 
 pub mod inventory;
 pub mod journal;
+mod local_expiry;
 pub mod site;
 #[cfg(test)]
 mod status_write_tests;
 pub mod target;
 #[cfg(test)]
 mod target_tests;
-mod local_expiry;
 mod verifies;
 
 use std::collections::HashMap;

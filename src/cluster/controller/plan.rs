@@ -16,10 +16,10 @@ use crate::api::{
 use crate::cluster::labels;
 use crate::cluster::store::cut_to_bytes;
 use crate::cluster::EventType;
-use crate::driver::tick::{history_deletions, plan_tick, record_outcomes, TickInput};
-use crate::kubevirt::eligible::Selection;
 use crate::driver::local::local_settings;
 use crate::driver::local_due::due_local_points;
+use crate::driver::tick::{history_deletions, plan_tick, record_outcomes, TickInput};
+use crate::kubevirt::eligible::Selection;
 use crate::schedule::{local_run_name, run_name, Schedule};
 
 #[derive(Debug, Default)]
