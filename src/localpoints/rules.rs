@@ -97,15 +97,16 @@ pub fn due(
         .map(|p| (p.name.clone(), Why::Expired))
         .collect();
     if let Some(max) = max_count {
-        let mut remaining = sorted.len() - out.len();
-        for p in &sorted {
-            if remaining <= max {
-                break;
-            }
-            if free(p) && !out.iter().any(|(n, _)| *n == p.name) {
-                out.push((p.name.clone(), Why::OverMaxCount));
-                remaining -= 1;
-            }
+        // The oldest of the points left, as many as are over the count: those in use are
+        // skipped, not replaced by newer ones.
+        let over = (sorted.len() - out.len()).saturating_sub(max);
+        let oldest: Vec<&&Aged> = sorted
+            .iter()
+            .filter(|p| !out.iter().any(|(n, _)| *n == p.name))
+            .take(over)
+            .collect();
+        for p in oldest.into_iter().filter(|p| free(p)) {
+            out.push((p.name.clone(), Why::OverMaxCount));
         }
         out.sort_by_key(|(n, _)| sorted.iter().position(|p| p.name == *n));
     }
@@ -245,6 +246,17 @@ mod tests {
         );
         assert!(!gone.iter().any(|(n, _)| in_use.contains(n)));
         assert_eq!(gone.len(), points.len() - 2);
+    }
+
+    #[test]
+    fn an_oldest_point_in_use_over_the_count_is_kept_and_no_newer_one_goes_in_its_place() {
+        let points = hourly_week();
+        let now = t("2026-11-23T03:30:00Z");
+        let in_use = vec!["p000".to_string()];
+        let gone = due(&points[..3], &week_rules(), now, Some(2), &in_use);
+        assert!(gone.is_empty(), "{gone:?}");
+        let gone = due(&points[..3], &week_rules(), now, Some(1), &in_use);
+        assert_eq!(gone, [("p001".to_string(), Why::OverMaxCount)]);
     }
 
     #[test]
