@@ -76,6 +76,9 @@ pub struct BackupRunSpec {
     /// The directory for those overlays (default `/var/lib/libvirt/images`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_block_tracking_dir: Option<String>,
+    /// `Include`: the point also holds the domain's saved RAM and device state.
+    #[serde(default, skip_serializing_if = "crate::api::MemoryState::is_exclude")]
+    pub memory: crate::api::MemoryState,
 }
 
 /// A KubeVirt VirtualMachine by namespace and name.
@@ -113,6 +116,7 @@ impl BackupRunSpec {
         spec.exclude = p.exclude.clone();
         spec.changed_block_tracking = p.changed_block_tracking;
         spec.changed_block_tracking_dir = p.changed_block_tracking_dir.clone();
+        spec.memory = p.memory;
         spec
     }
 
@@ -134,6 +138,7 @@ impl BackupRunSpec {
             exclude: Vec::new(),
             changed_block_tracking: crate::api::ChangedBlockTracking::Leave,
             changed_block_tracking_dir: None,
+            memory: crate::api::MemoryState::Exclude,
         }
     }
 }
@@ -270,6 +275,17 @@ pub struct FirmwareFile {
     pub sha256: String,
 }
 
+/// A domain's saved RAM and device state, one file of a point: libvirt's save image
+/// (`virsh restore` loads it), taken while the vCPUs were paused at the disks' instant.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryFile {
+    /// The file name in staging and on the target.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
 /// The output of one hook execution.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -374,6 +390,11 @@ pub struct BackupRunStatus {
     /// Recorded before the guest is paused and cleared after resume.
     #[serde(default)]
     pub guest_paused: bool,
+    /// Memory runs: set when the run begins capturing the RAM state and cleared once it is
+    /// saved or given up, so a resumed run knows the state is missing (it fails: the disks'
+    /// instant is gone) and waits for libvirt's save to end before it resumes the guest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_pending: bool,
     #[serde(default)]
     pub quiesced: bool,
     /// How long guest filesystems were frozen (or vCPUs paused), in milliseconds.
@@ -406,6 +427,9 @@ pub struct BackupRunStatus {
     /// The firmware state saved with this point (UEFI NVRAM, TPM state).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firmware: Vec<FirmwareFile>,
+    /// The RAM and device state saved with this point (`memory: Include`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_state: Option<MemoryFile>,
 
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookResult>,
@@ -415,6 +439,10 @@ pub struct BackupRunStatus {
     /// (partition N) with their type; their trees are the top directories of the backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<String>,
+    /// Memory runs: how long the guest's vCPUs were paused for the disks' instant and the
+    /// RAM state, in seconds (the guest's downtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_seconds: Option<f64>,
 }
 
 #[cfg(test)]

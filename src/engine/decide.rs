@@ -64,7 +64,14 @@ pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
         BackupPhase::Snapshotting => {
             let begun =
                 s.online && (matches!(o.job, JobState::Active { .. }) || o.checkpoint_exists);
-            if begun {
+            if begun && s.memory_pending {
+                // The guest ran again since the job's instant: its memory cannot be saved to
+                // match the disks any more.
+                Step::Fail(
+                    FailureReason::Interrupted,
+                    "the run was interrupted while the guest's memory state was being saved; it cannot be taken at the disks' instant any more".into(),
+                )
+            } else if begun {
                 Step::FinishSnapshot
             } else {
                 Step::Snapshot
