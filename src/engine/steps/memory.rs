@@ -22,6 +22,9 @@ pub(crate) fn memory_file_name(run: &str) -> String {
     format!("{run}.memory.state")
 }
 
+/// How often the job is looked at while the guest waits for it, paused.
+const PAUSED_POLL: Duration = Duration::from_millis(50);
+
 /// How long a resumed run waits for a job that is still running before it resumes the guest
 /// anyway (a save of the memory state takes seconds; a job may take long).
 const RECOVER_WAIT: Duration = Duration::from_secs(30 * 60);
@@ -56,9 +59,10 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                     ))
                 }
             }
+            // Polled often: every poll interval is the guest's downtime.
             let mut cancel = self.lc.cancel.clone();
             tokio::select! {
-                _ = tokio::time::sleep(self.ctx.poll) => {}
+                _ = tokio::time::sleep(self.ctx.poll.min(PAUSED_POLL)) => {}
                 _ = cancel.changed() => return Err(StepError::new(FailureReason::Interrupted, "interrupted while the guest was paused for its memory state")),
             }
         }

@@ -15,7 +15,9 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
     /// running.
     pub(crate) async fn start(&mut self, running: bool) -> Result<(), StepError> {
         let id = self.lc.status().defined_uuid.clone().unwrap_or_default();
-        if !running {
+        if !running && self.lc.record.spec.resume {
+            self.resume_from_memory(&id).await?;
+        } else if !running {
             self.source.start(&id).await?;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -25,12 +27,47 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                 "the restored domain stopped right after starting",
             ));
         }
+        let how = if self.lc.record.spec.resume {
+            "the restored domain is running, resumed from the point's memory state"
+        } else {
+            "the restored domain is running"
+        };
         self.lc.condition(
             ConditionType::Started,
             true,
             reason::DOMAIN_RUNNING,
-            "the restored domain is running".into(),
+            how.into(),
         );
         self.lc.enter(RestorePhase::Recovering).await
+    }
+}
+
+impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
+    /// Starts the defined domain from the point's memory state. The source rewrites the
+    /// definition the file carries, so it is given a copy: the fetched file keeps the checksum
+    /// it was verified with, and a resumed restore finds it as it was.
+    async fn resume_from_memory(&mut self, id: &str) -> Result<(), StepError> {
+        let run = self.point_run();
+        let man = self.read_manifest(&run).await?;
+        let state = super::fetch::resume_state(&run, &man)?;
+        let fetched = self.member_dir(&run).join(&state.file);
+        let copy = self.work_dir().join(format!("{}.resume", state.file));
+        let (from, to) = (fetched.clone(), copy.clone());
+        tokio::task::spawn_blocking(move || std::fs::copy(from, to))
+            .await
+            .map_err(|e| StepError::new(FailureReason::Internal, e.to_string()))?
+            .map_err(|e| super::io_err(&format!("cannot copy {}", fetched.display()), e))?;
+        crate::process::crash_point("restore:starting:memory-copied");
+        let res = self.source.restore_memory(id, &copy).await;
+        let _ = std::fs::remove_file(&copy);
+        res.map_err(|e| {
+            StepError::new(
+                FailureReason::LibvirtError,
+                format!(
+                    "cannot resume the domain from its memory state: {}",
+                    e.message
+                ),
+            )
+        })
     }
 }
