@@ -323,6 +323,40 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_run_resumed_after_its_job_began_without_its_state_fails_and_one_before_snapshots() {
+        let mut s = status(BackupPhase::Snapshotting);
+        s.memory_pending = true;
+        let rows = [
+            (obs(JobState::Completed, true, true), "fail"),
+            (obs(JobState::Active { done: 0, total: 1 }, true, false), "fail"),
+            (obs(JobState::None, false, false), "snapshot"),
+        ];
+        for (o, want) in rows {
+            let got = decide(&s, &o);
+            match want {
+                "fail" => assert!(
+                    matches!(&got, Step::Fail(FailureReason::Interrupted, m) if m.contains("memory")),
+                    "{o:?}: {got:?}"
+                ),
+                _ => assert_eq!(got, Step::Snapshot, "{o:?}"),
+            }
+        }
+        // Paused or frozen by the dead run: the guest is given back first, whatever else.
+        s.guest_paused = true;
+        assert_eq!(
+            decide(&s, &obs(JobState::Completed, true, true)),
+            Step::Recover
+        );
+        // Saved before the process died: the run goes on with it.
+        s.guest_paused = false;
+        s.memory_pending = false;
+        assert_eq!(
+            decide(&s, &obs(JobState::Completed, true, true)),
+            Step::FinishSnapshot
+        );
+    }
+
+    #[test]
     fn decide_fails_an_export_whose_job_failed_or_vanished() {
         let s = status(BackupPhase::Exporting);
         assert!(matches!(
