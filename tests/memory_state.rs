@@ -42,7 +42,10 @@ fn wait_counts(log: &Path, n: usize) -> Vec<u64> {
 /// The file a domain's serial port writes to (a restored copy gets its own).
 fn serial_log(domain: &str) -> PathBuf {
     let xml = virsh_ok(&["dumpxml", domain]);
-    let serial = xml.split("<serial type='file'>").nth(1).expect("a file serial");
+    let serial = xml
+        .split("<serial type='file'>")
+        .nth(1)
+        .expect("a file serial");
     let path = serial
         .split("path='")
         .nth(1)
@@ -101,8 +104,14 @@ fn backup_with_memory(env: &Env, g: &Guest, extra: &[&str]) -> (String, u64, u64
     let run = env.backup(&g.name, &args).assert_ok();
     let after = g.writes();
     let s = env.read_run(&run).status.unwrap();
-    let mem = s.memory_state.as_ref().expect("the run saved the memory state");
-    assert!(mem.bytes > 0 && mem.file.ends_with(".memory.state"), "{mem:?}");
+    let mem = s
+        .memory_state
+        .as_ref()
+        .expect("the run saved the memory state");
+    assert!(
+        mem.bytes > 0 && mem.file.ends_with(".memory.state"),
+        "{mem:?}"
+    );
     let paused = s.paused_seconds.expect("the guest's downtime is recorded");
     assert!(paused > 0.0, "{paused}");
     assert!(!s.guest_paused && !s.guest_frozen && !s.memory_pending);
@@ -138,7 +147,12 @@ fn restore_resumed(env: &Env, domain: &str, run: &str, copy: &str) -> PathBuf {
     );
     let disks = virsh_ok(&["domblklist", copy]);
     assert!(
-        disks.contains(&storage.join(format!("{copy}-vda.qcow2")).display().to_string()),
+        disks.contains(
+            &storage
+                .join(format!("{copy}-vda.qcow2"))
+                .display()
+                .to_string()
+        ),
         "the copy runs on its restored disk: {disks}"
     );
     assert!(memory_files(env).is_empty(), "{:?}", memory_files(env));
@@ -165,8 +179,8 @@ fn assert_goes_on_from(log: &Path, before: u64, after: u64) {
 }
 
 #[test]
-fn a_backup_with_memory_restored_with_resume_goes_on_from_the_backups_count_on_the_restored_disks(
-) {
+fn a_backup_with_memory_restored_with_resume_goes_on_from_the_backups_count_on_the_restored_disks()
+{
     let env = Env::new();
     let g = Guest::new("mem", GuestOpts::default());
     g.wait_for_writes(4);
@@ -195,8 +209,7 @@ fn a_backup_with_memory_restored_with_resume_goes_on_from_the_backups_count_on_t
 }
 
 #[test]
-fn a_kill_while_the_memory_is_captured_leaves_the_guest_running_on_its_disks_and_nothing_behind()
-{
+fn a_kill_while_the_memory_is_captured_leaves_the_guest_running_on_its_disks_and_nothing_behind() {
     let env = Env::new();
     let g = Guest::new("memkill", GuestOpts::default());
     g.wait_for_writes(3);
@@ -225,7 +238,11 @@ fn a_kill_while_the_memory_is_captured_leaves_the_guest_running_on_its_disks_and
             s.failure
         );
         assert!(!s.guest_paused && !s.memory_pending, "{point}");
-        assert!(memory_files(&env).is_empty(), "{point}: {:?}", memory_files(&env));
+        assert!(
+            memory_files(&env).is_empty(),
+            "{point}: {:?}",
+            memory_files(&env)
+        );
         assert!(snapshots(&g.name).is_empty(), "{point}");
         let cp = env.read_run(&run).status.unwrap().checkpoint.unwrap();
         assert_left_clean(&g, &env, true, &[cp]);
@@ -265,11 +282,7 @@ fn a_backup_without_memory_saves_none_and_cannot_be_resumed() {
         "--resume",
     ]);
     out.assert_failed_with("InvalidSpec");
-    assert!(
-        out.stderr.contains("no memory state"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("no memory state"), "{}", out.stderr);
     let state = virsh(&["domstate", &copy]);
     assert!(
         !state.status.success() || !String::from_utf8_lossy(&state.stdout).contains("running"),

@@ -328,7 +328,10 @@ mod tests {
         s.memory_pending = true;
         let rows = [
             (obs(JobState::Completed, true, true), "fail"),
-            (obs(JobState::Active { done: 0, total: 1 }, true, false), "fail"),
+            (
+                obs(JobState::Active { done: 0, total: 1 }, true, false),
+                "fail",
+            ),
             (obs(JobState::None, false, false), "snapshot"),
         ];
         for (o, want) in rows {

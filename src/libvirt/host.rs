@@ -76,7 +76,10 @@ pub struct LibvirtHost {
 /// in place: only the header and its data area are read and written.
 fn put_definition(file: &Path, xml: &str) -> std::io::Result<()> {
     let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(file)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
     let mut head = vec![0u8; memory_state::SAVE_HEADER_LEN];
     f.read_exact(&mut head)?;
     let len = memory_state::save_data_len(&head).map_err(bad)?;

@@ -104,7 +104,11 @@ pub fn rewrite_save_data(header: &[u8], xml: &str) -> Result<Vec<u8>, String> {
     }
     let mut out = Vec::with_capacity(header.len());
     out.extend_from_slice(&header[..16 + 4 * 4]);
-    let new_cookie_offset = if cookie.is_empty() { 0 } else { xml.len() as u32 + 1 };
+    let new_cookie_offset = if cookie.is_empty() {
+        0
+    } else {
+        xml.len() as u32 + 1
+    };
     out.extend_from_slice(&new_cookie_offset.to_le_bytes());
     out.extend_from_slice(&header[16 + 4 * 5..SAVE_HEADER_LEN]);
     out.extend_from_slice(xml.as_bytes());
@@ -145,12 +149,22 @@ mod tests {
 
     #[test]
     fn a_new_definition_replaces_the_old_one_and_keeps_the_cookie_and_the_length() {
-        let old = image("<domain><name>web</name></domain>", Some("<cookie/>"), 200, 0);
+        let old = image(
+            "<domain><name>web</name></domain>",
+            Some("<cookie/>"),
+            200,
+            0,
+        );
         let new = rewrite_save_data(&old, "<domain><name>web-copy</name></domain>").unwrap();
         assert_eq!(new.len(), old.len());
         assert_eq!(
             new,
-            image("<domain><name>web-copy</name></domain>", Some("<cookie/>"), 200, 0)
+            image(
+                "<domain><name>web-copy</name></domain>",
+                Some("<cookie/>"),
+                200,
+                0
+            )
         );
         assert_eq!(save_data_len(&new).unwrap(), 200);
     }
@@ -165,7 +179,11 @@ mod tests {
                 "does not fit",
             ),
             ("compressed", image("<d/>", None, 64, 1), "compressed"),
-            ("cut short", image("<d/>", None, 64, 0)[..100].to_vec(), "cut short"),
+            (
+                "cut short",
+                image("<d/>", None, 64, 0)[..100].to_vec(),
+                "cut short",
+            ),
         ];
         for (what, img, want) in cases {
             let xml = if what == "too long" {
