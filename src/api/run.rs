@@ -450,6 +450,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_scheduled_run_carries_the_policys_memory_state_and_a_plain_one_does_not_name_it() {
+        let policy: crate::api::BackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "domainSelector": {"names": ["web"]}, "targetRef": "t", "schedule": "@daily",
+            "memory": "Include"
+        }))
+        .unwrap();
+        let run = BackupRunSpec::from_policy("nightly", &policy, "web");
+        assert_eq!(run.memory, crate::api::MemoryState::Include);
+        let plain = serde_json::to_string(&BackupRunSpec::new("web", "t")).unwrap();
+        assert!(!plain.contains("memory"), "{plain}");
+        let status = serde_json::to_string(&BackupRunStatus::default()).unwrap();
+        assert!(!status.contains("pausedSeconds") && !status.contains("memory"));
+    }
+
+    #[test]
     fn a_scheduled_run_carries_the_policys_changed_block_tracking() {
         let policy: crate::api::BackupPolicySpec = serde_json::from_value(serde_json::json!({
             "domainSelector": {"names": ["web"]}, "targetRef": "t", "schedule": "@daily",
