@@ -289,3 +289,54 @@ fn a_backup_without_memory_saves_none_and_cannot_be_resumed() {
         "a restore refused for resume starts nothing"
     );
 }
+
+#[test]
+fn an_in_place_restore_with_resume_brings_the_domain_back_to_the_backups_count() {
+    let env = Env::new();
+    let g = Guest::new("meminplace", GuestOpts::default());
+    g.wait_for_writes(4);
+    let (run, before, after) = backup_with_memory(&env, &g, &[]);
+    // The guest counts on past the backup before it is put back.
+    g.wait_for_writes(after + 5);
+    let old_log = std::fs::read_to_string(&g.log).unwrap_or_default();
+    let out = env.snapback(&[
+        "restore",
+        "--domain",
+        &g.name,
+        "--target",
+        &env.target,
+        "--at",
+        &run,
+        "--in-place",
+        "--resume",
+        "--shutdown-timeout",
+        "5",
+    ]);
+    out.assert_ok();
+    assert_eq!(g.state(), "running");
+    // The serial log is the domain's own file: what the resumed guest printed is what
+    // follows the old content (or the whole file, had it been started afresh).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let printed = loop {
+        let now = std::fs::read_to_string(&g.log).unwrap_or_default();
+        let new = now
+            .strip_prefix(old_log.as_str())
+            .unwrap_or(&now)
+            .to_string();
+        let c: Vec<u64> = new
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("SNAPBACK-WRITER wrote "))
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        if c.len() >= 2 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the resumed guest printed {c:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        printed[0] + 1 >= before && printed[0] <= after,
+        "in place, the guest goes on from the backup's count ({before}..={after}): {printed:?}"
+    );
+    assert!(memory_files(&env).is_empty());
+}
