@@ -353,6 +353,14 @@ async fn a_resumed_restore_starts_the_copy_from_the_points_memory_state_instead_
     m["memory"] = serde_json::json!({"file": "r1.memory.state", "sha256": sum, "bytes": 9});
     std::fs::write(&manifest, m.to_string()).unwrap();
     req.spec.resume = true;
+    // The point was quiesced: its memory holds the guest's filesystems frozen.
+    let with_agent = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>";
+    let xml = std::fs::read_to_string(member.join("r1.domain.xml")).unwrap();
+    std::fs::write(
+        member.join("r1.domain.xml"),
+        xml.replace("</devices>", with_agent),
+    )
+    .unwrap();
     let fake = FakeSource::new();
     fake.add(ORIGINAL, DomainState::Running);
 
@@ -366,6 +374,11 @@ async fn a_resumed_restore_starts_the_copy_from_the_points_memory_state_instead_
         calls.contains(&format!("restore_memory {}", copy.uuid))
             && !calls.iter().any(|c| c.starts_with("start ")),
         "resumed, not booted: {calls:?}"
+    );
+    let at = |op: &str| calls.iter().position(|c| c.starts_with(op)).unwrap();
+    assert!(
+        at("restore_memory") < at("thaw"),
+        "the resumed copy's filesystems are thawed: {calls:?}"
     );
     let left: Vec<_> = std::fs::read_dir(dir.path().join("work"))
         .into_iter()

@@ -10,6 +10,9 @@ use crate::lifecycle::Journal;
 use crate::restore::RestoreEngine;
 use crate::source::Source;
 
+/// How long a resumed guest's agent is given to answer the thaw.
+const THAW_WAIT: Duration = Duration::from_secs(60);
+
 impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
     /// Starts the restored domain (unless a run before a crash did) and checks that it keeps
     /// running.
@@ -68,6 +71,36 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
                     e.message
                 ),
             )
-        })
+        })?;
+        self.thaw_resumed(id).await
+    }
+
+    /// A point taken with quiesce froze the guest's filesystems before the vCPUs were paused,
+    /// so its memory holds them frozen: the original was thawed after the save, the resumed
+    /// copy must be too, through its own guest agent (which may take a moment to answer
+    /// after the restore). Not thawing would leave its filesystems blocked.
+    async fn thaw_resumed(&mut self, id: &str) -> Result<(), StepError> {
+        if !self.source.domain(id).await?.facts.has_agent_channel {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + THAW_WAIT;
+        loop {
+            match self.source.thaw(id).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    self.lc.note(format!(
+                        "thawed {n} guest filesystem(s) frozen at the backup's instant"
+                    ));
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    self.lc.note(format!(
+                        "warning: could not thaw the resumed guest's filesystems (frozen if the point was quiesced): {e}"
+                    ));
+                    return Ok(());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
 }
