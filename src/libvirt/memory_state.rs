@@ -52,6 +52,29 @@ pub fn all_disk_targets(xml: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The domain's RAM in bytes, from `<memory unit=...>` (libvirt writes KiB): the most its
+/// saved state can take, which holds the RAM the guest touched plus its devices' state.
+pub fn ram_bytes(xml: &str) -> Option<u64> {
+    let doc = Document::parse(xml).ok()?;
+    let m = doc
+        .root_element()
+        .children()
+        .find(|c| c.has_tag_name("memory"))?;
+    let n: u64 = m.text()?.trim().parse().ok()?;
+    let scale: u64 = match m.attribute("unit").unwrap_or("KiB") {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
 /// The data area a save image's header announces, in bytes (what follows the header before
 /// the qemu stream): checks the magic.
 pub fn save_data_len(header: &[u8]) -> Result<usize, String> {
@@ -193,6 +216,26 @@ mod tests {
             };
             let err = rewrite_save_data(&img, xml).unwrap_err();
             assert!(err.contains(want), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_domains_ram_is_read_in_its_unit() {
+        let table = [
+            (
+                "<domain><memory unit='KiB'>262144</memory></domain>",
+                Some(256 << 20),
+            ),
+            ("<domain><memory>1024</memory></domain>", Some(1 << 20)),
+            (
+                "<domain><memory unit='GiB'>2</memory></domain>",
+                Some(2 << 30),
+            ),
+            ("<domain><memory unit='parsec'>2</memory></domain>", None),
+            ("<domain><name>x</name></domain>", None),
+        ];
+        for (xml, want) in table {
+            assert_eq!(ram_bytes(xml), want, "{xml}");
         }
     }
 

@@ -202,7 +202,12 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             .zip(&view.sizes)
             .filter(|(d, _)| whole(d))
             .map(|(d, size)| crate::engine::whole_export_need(d, *size, online, files))
-            .sum();
+            .sum::<u64>()
+            // The memory state takes up to the domain's RAM beside the exports.
+            + (memory && online)
+                .then(|| crate::libvirt::memory_state::ram_bytes(&view.xml))
+                .flatten()
+                .unwrap_or(0);
         let free = state_dir::free_bytes(&dir).unwrap_or(u64::MAX);
         if need > 0 && free < need {
             return Err(StepError::new(
