@@ -150,7 +150,7 @@ fn doc(kind: &str, spec: Value) -> Value {
     json!({"apiVersion": "snapback.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec})
 }
 
-const FILES_ALONE: &str = "files restores files into a directory: it takes none of newName, inPlace, storageDir, start, targetDevices, overwrite and diskFormat";
+const FILES_ALONE: &str = "files restores files into a directory: it takes none of newName, inPlace, storageDir, start, resume, targetDevices, overwrite and diskFormat";
 
 #[test]
 fn one_of_mistakes_are_refused_with_the_rule_message() {
@@ -192,6 +192,14 @@ fn one_of_mistakes_are_refused_with_the_rule_message() {
             doc(
                 "RestoreRequest",
                 json!({"domain": "d", "targetRef": "t", "newName": "n",
+                    "files": {"paths": ["/etc"], "to": "/r"}}),
+            ),
+            FILES_ALONE,
+        ),
+        (
+            doc(
+                "RestoreRequest",
+                json!({"domain": "d", "targetRef": "t", "resume": true,
                     "files": {"paths": ["/etc"], "to": "/r"}}),
             ),
             FILES_ALONE,

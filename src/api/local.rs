@@ -4,7 +4,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::policy::Quiesce;
+use super::policy::{MemoryState, Quiesce};
+
+fn include() -> MemoryState {
+    MemoryState::Include
+}
 
 /// Local restore points of each selected VM, taken on a schedule of their own and expired by
 /// rules. They need no target: each is a snapshot inside the VM's own disks.
@@ -18,8 +22,9 @@ pub struct LocalSnapshotsSpec {
     /// `after` of all.
     #[schemars(length(min = 1))]
     pub expire: Vec<ExpireRule>,
-    /// `Include`: a point keeps the VM's RAM, and a revert resumes it where it was.
-    #[serde(default)]
+    /// `Include` (the default here): a point of a running VM keeps its RAM, and a revert
+    /// resumes it where it was. `Exclude` is not built yet.
+    #[serde(default = "include")]
     pub memory: MemoryState,
     /// At most this many points per VM: the oldest go first, whatever their rules say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,16 +47,6 @@ pub struct ExpireRule {
     pub match_: String,
     /// How long a covered point is kept after it was taken (`36h`, `14d`).
     pub after: String,
-}
-
-/// Whether a local point holds the VM's RAM.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-pub enum MemoryState {
-    /// The VM's RAM and device state with its disks: a revert resumes the VM running.
-    #[default]
-    Include,
-    /// Disks only: a revert leaves the VM shut off at the point, to be booted.
-    Exclude,
 }
 
 /// Where a policy's points are mounted for browsing.

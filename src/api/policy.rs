@@ -78,6 +78,11 @@ pub struct BackupPolicySpec {
     /// The directory for those overlays (default `/var/lib/libvirt/images`); it must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_block_tracking_dir: Option<String>,
+    /// `Include`: each point of a running domain also holds its saved RAM and device state,
+    /// captured at the disks' instant (the guest is paused while the job and the state are
+    /// taken: `status.pausedSeconds`), so `restore --resume` brings it back running.
+    #[serde(default, skip_serializing_if = "MemoryState::is_exclude")]
+    pub memory: MemoryState,
     /// Reads the backups back from the target on a schedule of its own (`snapback verify`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
@@ -176,6 +181,23 @@ pub enum ChangedBlockTracking {
 impl ChangedBlockTracking {
     pub fn is_leave(&self) -> bool {
         *self == Self::Leave
+    }
+}
+
+/// Whether a point holds the VM's RAM and device state beside its disks.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum MemoryState {
+    /// Disks (and firmware state) only: a restored VM boots.
+    #[default]
+    Exclude,
+    /// The saved RAM and device state too, of the disks' instant: a restored VM can resume
+    /// where it was (`restore --resume`).
+    Include,
+}
+
+impl MemoryState {
+    pub fn is_exclude(&self) -> bool {
+        *self == Self::Exclude
     }
 }
 

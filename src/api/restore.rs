@@ -30,8 +30,8 @@ use super::run::{BackupType, HookResult, PhaseRecord, Progress};
     "rule": "has(self.files) || has(self.newName) != (has(self.inPlace) && self.inPlace)",
     "message": "set exactly one of newName, inPlace: true and files"
 }, {
-    "rule": "!has(self.files) || !(has(self.newName) || (has(self.inPlace) && self.inPlace) || has(self.storageDir) || (has(self.start) && self.start) || (has(self.targetDevices) && size(self.targetDevices) > 0) || (has(self.overwrite) && self.overwrite) || has(self.diskFormat))",
-    "message": "files restores files into a directory: it takes none of newName, inPlace, storageDir, start, targetDevices, overwrite and diskFormat"
+    "rule": "!has(self.files) || !(has(self.newName) || (has(self.inPlace) && self.inPlace) || has(self.storageDir) || (has(self.start) && self.start) || (has(self.resume) && self.resume) || (has(self.targetDevices) && size(self.targetDevices) > 0) || (has(self.overwrite) && self.overwrite) || has(self.diskFormat))",
+    "message": "files restores files into a directory: it takes none of newName, inPlace, storageDir, start, resume, targetDevices, overwrite and diskFormat"
 }]))]
 pub struct RestoreRequestSpec {
     /// The backed-up domain's name (its directory on the target).
@@ -53,6 +53,11 @@ pub struct RestoreRequestSpec {
     /// Start the domain after the restore.
     #[serde(default)]
     pub start: bool,
+    /// Bring the domain back running from the point's saved RAM and device state (a point
+    /// taken with `memory: Include`) instead of booting it; implies `start`. The guest
+    /// continues where it was at the backup's instant, on the restored disks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
     #[serde(default)]
     pub hooks: Hooks,
     /// How long an in-place restore waits for a graceful shutdown before forcing it off.

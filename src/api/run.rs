@@ -77,6 +77,9 @@ pub struct BackupRunSpec {
     /// The directory for those overlays (default `/var/lib/libvirt/images`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_block_tracking_dir: Option<String>,
+    /// `Include`: the point also holds the domain's saved RAM and device state.
+    #[serde(default, skip_serializing_if = "crate::api::MemoryState::is_exclude")]
+    pub memory: crate::api::MemoryState,
 }
 
 /// A KubeVirt VirtualMachine by namespace and name.
@@ -114,6 +117,7 @@ impl BackupRunSpec {
         spec.exclude = p.exclude.clone();
         spec.changed_block_tracking = p.changed_block_tracking;
         spec.changed_block_tracking_dir = p.changed_block_tracking_dir.clone();
+        spec.memory = p.memory;
         spec
     }
 
@@ -135,6 +139,7 @@ impl BackupRunSpec {
             exclude: Vec::new(),
             changed_block_tracking: crate::api::ChangedBlockTracking::Leave,
             changed_block_tracking_dir: None,
+            memory: crate::api::MemoryState::Exclude,
         }
     }
 }
@@ -287,6 +292,17 @@ pub struct FirmwareFile {
     pub sha256: String,
 }
 
+/// A domain's saved RAM and device state, one file of a point: libvirt's save image
+/// (`virsh restore` loads it), taken while the vCPUs were paused at the disks' instant.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryFile {
+    /// The file name in staging and on the target.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
 /// The output of one hook execution.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -391,6 +407,11 @@ pub struct BackupRunStatus {
     /// Recorded before the guest is paused and cleared after resume.
     #[serde(default)]
     pub guest_paused: bool,
+    /// Memory runs: set when the run begins capturing the RAM state and cleared once it is
+    /// saved or given up, so a resumed run knows the state is missing (it fails: the disks'
+    /// instant is gone) and waits for libvirt's save to end before it resumes the guest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_pending: bool,
     #[serde(default)]
     pub quiesced: bool,
     /// How long guest filesystems were frozen (or vCPUs paused), in milliseconds.
@@ -423,6 +444,9 @@ pub struct BackupRunStatus {
     /// The firmware state saved with this point (UEFI NVRAM, TPM state).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firmware: Vec<FirmwareFile>,
+    /// The RAM and device state saved with this point (`memory: Include`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_state: Option<MemoryFile>,
 
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookResult>,
@@ -440,7 +464,9 @@ pub struct BackupRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub expires_at: Option<Timestamp>,
-    /// How long the guest did not run while its state was captured, in seconds.
+    /// How long the guest did not run while its state was captured, in seconds: for a memory
+    /// run, the pause for the disks' instant and the RAM state; for a local point, the
+    /// snapshot's pause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_seconds: Option<f64>,
 }
@@ -448,6 +474,21 @@ pub struct BackupRunStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scheduled_run_carries_the_policys_memory_state_and_a_plain_one_does_not_name_it() {
+        let policy: crate::api::BackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "domainSelector": {"names": ["web"]}, "targetRef": "t", "schedule": "@daily",
+            "memory": "Include"
+        }))
+        .unwrap();
+        let run = BackupRunSpec::from_policy("nightly", &policy, "web");
+        assert_eq!(run.memory, crate::api::MemoryState::Include);
+        let plain = serde_json::to_string(&BackupRunSpec::new("web", "t")).unwrap();
+        assert!(!plain.contains("memory"), "{plain}");
+        let status = serde_json::to_string(&BackupRunStatus::default()).unwrap();
+        assert!(!status.contains("pausedSeconds") && !status.contains("memory"));
+    }
 
     #[test]
     fn a_scheduled_run_carries_the_policys_changed_block_tracking() {

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{BackupType, DomainFile, FirmwareFile, FullReason, RunDisk};
+use crate::api::{BackupType, DomainFile, FirmwareFile, FullReason, MemoryFile, RunDisk};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -32,6 +32,9 @@ pub struct Manifest {
     /// before snapback saved it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firmware: Vec<FirmwareFile>,
+    /// The domain's RAM and device state saved at the disks' instant (`memory: Include`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryFile>,
     /// Every file the domain XML names beside its disks, so a restore knows what it needs
     /// from the host and what it must not share.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

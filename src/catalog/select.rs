@@ -175,6 +175,7 @@ mod tests {
                 online: true,
                 disks: vec![],
                 firmware: vec![],
+                memory: None,
                 domain_files: vec![],
             },
         }

@@ -89,6 +89,10 @@ pub struct BackupArgs {
     /// Where those overlays go (default /var/lib/libvirt/images)
     #[arg(long, value_name = "DIR", requires = "enable_cbt")]
     pub cbt_dir: Option<PathBuf>,
+    /// Also save the guest's RAM and device state in the point, at the disks' instant (the
+    /// guest stays paused until the job and the state are taken), for `restore --resume`
+    #[arg(long)]
+    pub memory: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -242,6 +246,11 @@ pub async fn execute(mut args: BackupArgs) -> i32 {
                 .display()
                 .to_string()
         }),
+        memory: if args.memory {
+            crate::api::MemoryState::Include
+        } else {
+            crate::api::MemoryState::Exclude
+        },
     };
     let run = BackupRun {
         metadata: ObjectMeta {

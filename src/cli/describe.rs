@@ -74,6 +74,17 @@ pub fn describe_backup_run(r: &BackupRun) -> String {
         let how = if s.quiesced { "frozen" } else { "paused" };
         line(&mut out, "Guest window", format!("{w} ms {how}"));
     }
+    if let Some(m) = &s.memory_state {
+        let paused = s
+            .paused_seconds
+            .map(|p| format!(", guest paused {p:.3} s"))
+            .unwrap_or_default();
+        line(
+            &mut out,
+            "Memory state",
+            format!("{} ({}){paused}", m.file, human_bytes(m.bytes)),
+        );
+    }
     if let Some(f) = &s.failure {
         line(&mut out, "Failure", format!("{}: {}", f.reason, f.message));
     }
@@ -219,5 +230,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("    | retry later"), "{text}");
+    }
+
+    #[test]
+    fn describe_shows_a_points_memory_state_and_how_long_the_guest_was_paused() {
+        let mut r = BackupRun::new("web-2", BackupRunSpec::new("web", "file:///b"));
+        r.status = Some(BackupRunStatus {
+            phase: BackupPhase::Succeeded,
+            memory_state: Some(MemoryFile {
+                file: "web-2.memory.state".into(),
+                sha256: "0".into(),
+                bytes: 101 << 20,
+            }),
+            paused_seconds: Some(1.233),
+            ..Default::default()
+        });
+        let text = describe_backup_run(&r);
+        assert!(
+            text.contains("web-2.memory.state (101.0MiB), guest paused 1.233 s"),
+            "{text}"
+        );
     }
 }

@@ -59,6 +59,10 @@ pub struct RestoreArgs {
     /// Start the domain after the restore
     #[arg(long)]
     pub start: bool,
+    /// Bring the domain back running from the point's saved RAM state (a backup taken with
+    /// --memory) instead of booting it; implies --start
+    #[arg(long)]
+    pub resume: bool,
     /// A YAML file with preRecovery, endRecovery and postRecovery hooks
     #[arg(long)]
     pub hooks_file: Option<PathBuf>,
@@ -204,7 +208,8 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
             new_name: args.as_name.clone(),
             in_place: args.in_place,
             storage_dir,
-            start: args.start,
+            start: args.start || args.resume,
+            resume: args.resume,
             hooks,
             shutdown_timeout_seconds: args.shutdown_timeout,
             target_devices: args.to_device.iter().cloned().collect(),

@@ -64,7 +64,14 @@ pub fn decide(s: &BackupRunStatus, o: &Observed) -> Step {
         BackupPhase::Snapshotting => {
             let begun =
                 s.online && (matches!(o.job, JobState::Active { .. }) || o.checkpoint_exists);
-            if begun {
+            if begun && s.memory_pending {
+                // The guest ran again since the job's instant: its memory cannot be saved to
+                // match the disks any more.
+                Step::Fail(
+                    FailureReason::Interrupted,
+                    "the run was interrupted while the guest's memory state was being saved; it cannot be taken at the disks' instant any more".into(),
+                )
+            } else if begun {
                 Step::FinishSnapshot
             } else {
                 Step::Snapshot
@@ -331,6 +338,43 @@ mod tests {
                 "phase {phase:?} with {o:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_memory_run_resumed_after_its_job_began_without_its_state_fails_and_one_before_snapshots() {
+        let mut s = status(BackupPhase::Snapshotting);
+        s.memory_pending = true;
+        let rows = [
+            (obs(JobState::Completed, true, true), "fail"),
+            (
+                obs(JobState::Active { done: 0, total: 1 }, true, false),
+                "fail",
+            ),
+            (obs(JobState::None, false, false), "snapshot"),
+        ];
+        for (o, want) in rows {
+            let got = decide(&s, &o);
+            match want {
+                "fail" => assert!(
+                    matches!(&got, Step::Fail(FailureReason::Interrupted, m) if m.contains("memory")),
+                    "{o:?}: {got:?}"
+                ),
+                _ => assert_eq!(got, Step::Snapshot, "{o:?}"),
+            }
+        }
+        // Paused or frozen by the dead run: the guest is given back first, whatever else.
+        s.guest_paused = true;
+        assert_eq!(
+            decide(&s, &obs(JobState::Completed, true, true)),
+            Step::Recover
+        );
+        // Saved before the process died: the run goes on with it.
+        s.guest_paused = false;
+        s.memory_pending = false;
+        assert_eq!(
+            decide(&s, &obs(JobState::Completed, true, true)),
+            Step::FinishSnapshot
+        );
     }
 
     #[test]

@@ -233,3 +233,45 @@ async fn a_failed_run_forgets_an_lvm_snapshot_it_recorded_once_lvm_says_it_is_go
         "cleanup had nothing to complain of"
     );
 }
+
+#[tokio::test]
+async fn a_memory_run_saves_the_state_after_its_job_with_the_guest_paused_and_resumes_it_on_failure(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let fake = FakeSource::new();
+    let uuid = fake.add(VM_XML, DomainState::Running);
+    fake.hold_jobs();
+    let mut r = run_in(BackupPhase::Snapshotting, &uuid, &staging);
+    r.status.as_mut().unwrap().memory_pending = true;
+    fake.fail_next("save_memory", "write failed: No space left on device");
+    // The job runs until this ends it; the save must wait for that, the guest still paused.
+    let ending = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if matches!(fake.vm(&uuid).unwrap().job, JobState::Active { .. }) {
+                assert_eq!(fake.vm(&uuid).unwrap().state, DomainState::Paused);
+                fake.edit(&uuid, |v| v.job = JobState::Completed);
+                break;
+            }
+        }
+    };
+    let ((done, _), ()) = tokio::join!(run(&fake, r, dir.path(), false), ending);
+
+    assert_eq!(
+        failure(&done),
+        (BackupPhase::Failed, Some(FailureReason::StagingFull))
+    );
+    let calls = fake.calls();
+    let first = |op: &str| calls.iter().position(|c| c.starts_with(op)).unwrap();
+    assert!(
+        first("suspend") < first("begin_backup")
+            && first("begin_backup") < first("save_memory")
+            && first("save_memory") < first("resume"),
+        "pause, job, state, resume: {calls:?}"
+    );
+    let s = done.status.unwrap();
+    assert!(s.paused_seconds.is_some() && !s.memory_pending && s.memory_state.is_none());
+    assert_left_as_found(&fake, &staging);
+}

@@ -1,5 +1,7 @@
 //! The libvirt adapter: one connection, every operation as one blocking closure.
 
+use std::io::{Read, Seek, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use super::bitmaps;
 use super::domain_xml::{self, DomainFacts};
 use super::error::{LibvirtError, VirtErrorKind};
 use super::ffi;
+use super::memory_state;
 
 /// The run state of a domain as snapback sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +70,25 @@ struct Shared {
 pub struct LibvirtHost {
     shared: Arc<Shared>,
     pub uri: String,
+}
+
+/// Writes `xml` as the definition a save image carries (`memory_state::rewrite_save_data`),
+/// in place: only the header and its data area are read and written.
+fn put_definition(file: &Path, xml: &str) -> std::io::Result<()> {
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let mut head = vec![0u8; memory_state::SAVE_HEADER_LEN];
+    f.read_exact(&mut head)?;
+    let len = memory_state::save_data_len(&head).map_err(bad)?;
+    head.resize(memory_state::SAVE_HEADER_LEN + len, 0);
+    f.read_exact(&mut head[memory_state::SAVE_HEADER_LEN..])?;
+    let new = memory_state::rewrite_save_data(&head, xml).map_err(bad)?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    f.write_all(&new)?;
+    f.sync_all()
 }
 
 fn open(uri: &str) -> Result<Connect, LibvirtError> {
@@ -462,6 +484,50 @@ impl LibvirtHost {
         let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
         self.with_domain_once(dom, move |d| Ok(d.qemu_agent_command(&json, secs, 0)?))
             .await
+    }
+
+    /// Saves the domain's RAM and device state into `file` (libvirt's save image) and leaves
+    /// the domain as it was: a paused domain stays paused, the qemu process goes on. An
+    /// external memory-only snapshot without metadata, so no snapshot record is left behind
+    /// (see `memory_state`). The file is libvirt's to write; it replaces one already there.
+    pub async fn save_memory(&self, dom: &str, file: &Path) -> Result<(), LibvirtError> {
+        let file = file.display().to_string();
+        self.with_domain_once(dom, move |d| {
+            let live = d.xml_desc(0)?;
+            let disks = memory_state::all_disk_targets(&live)
+                .map_err(|e| LibvirtError::new(VirtErrorKind::Other, e))?;
+            let _ = std::fs::remove_file(&file);
+            let xml = memory_state::memory_snapshot_xml("snapback-memory", &file, &disks);
+            d.create_snapshot_xml(&xml, sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts the defined domain `dom` running from a saved state file, on the disks its own
+    /// definition names: the file's embedded definition is replaced by the domain's (the file
+    /// is rewritten in place; callers give a copy), since libvirt loads a save image only into
+    /// the domain it names.
+    pub async fn restore_memory(&self, dom: &str, file: &Path) -> Result<(), LibvirtError> {
+        let file = file.to_path_buf();
+        let id = dom.to_string();
+        self.with_conn(false, move |conn| {
+            let d = Self::lookup(conn, &id)?;
+            let xml = d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_SECURE)?;
+            put_definition(&file, &xml).map_err(|e| {
+                LibvirtError::new(
+                    VirtErrorKind::Other,
+                    format!("cannot prepare {}: {e}", file.display()),
+                )
+            })?;
+            conn.restore_domain_flags(
+                &file.display().to_string(),
+                None,
+                sys::VIR_DOMAIN_SAVE_RUNNING,
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Defines (or redefines) a persistent domain; returns its UUID.

@@ -9,6 +9,7 @@ pub mod firmware;
 mod host;
 pub mod host_files;
 pub mod labels;
+pub mod memory_state;
 pub mod snapshots;
 pub mod xml_edit;
 

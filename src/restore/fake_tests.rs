@@ -339,3 +339,52 @@ async fn a_failed_in_place_restore_puts_the_replaced_firmware_state_back_before_
     assert!(!kept.exists());
     assert_eq!(fake.vm(&uuid).unwrap().state, DomainState::Running);
 }
+
+#[tokio::test]
+async fn a_resumed_restore_starts_the_copy_from_the_points_memory_state_instead_of_booting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut req, member) = uefi_point(dir.path(), "", serde_json::json!([]));
+    let state = member.join("r1.memory.state");
+    std::fs::write(&state, b"saved ram").unwrap();
+    let sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"saved ram"));
+    let manifest = member.join("r1.manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["memory"] = serde_json::json!({"file": "r1.memory.state", "sha256": sum, "bytes": 9});
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    req.spec.resume = true;
+    // The point was quiesced: its memory holds the guest's filesystems frozen.
+    let with_agent = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>";
+    let xml = std::fs::read_to_string(member.join("r1.domain.xml")).unwrap();
+    std::fs::write(
+        member.join("r1.domain.xml"),
+        xml.replace("</devices>", with_agent),
+    )
+    .unwrap();
+    let fake = FakeSource::new();
+    fake.add(ORIGINAL, DomainState::Running);
+
+    let done = run(&fake, req, dir.path()).await;
+
+    assert_eq!(outcome(&done), (RestorePhase::Succeeded, None));
+    let copy = fake.vm("web-copy").unwrap();
+    assert_eq!(copy.state, DomainState::Running);
+    let calls = fake.calls();
+    assert!(
+        calls.contains(&format!("restore_memory {}", copy.uuid))
+            && !calls.iter().any(|c| c.starts_with("start ")),
+        "resumed, not booted: {calls:?}"
+    );
+    let at = |op: &str| calls.iter().position(|c| c.starts_with(op)).unwrap();
+    assert!(
+        at("restore_memory") < at("thaw"),
+        "the resumed copy's filesystems are thawed: {calls:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("work"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".resume"))
+        .collect();
+    assert!(left.is_empty(), "the copy handed to the source is removed");
+}

@@ -33,6 +33,9 @@ pub fn check_spec(spec: &RestoreRequestSpec, f: &FilesRestore) -> Result<(), Ste
     if spec.start {
         image_fields.push("start");
     }
+    if spec.resume {
+        image_fields.push("resume");
+    }
     if !spec.target_devices.is_empty() {
         image_fields.push("targetDevices");
     }

@@ -427,6 +427,42 @@ impl Source for FakeSource {
         })
     }
 
+    fn saves_memory(&self) -> bool {
+        true
+    }
+
+    /// Writes a small state file. As libvirt, it saves only once no backup job runs (libvirt
+    /// queues the save behind the job), and leaves a paused VM paused.
+    async fn save_memory(&self, vm: &str, file: &Path) -> Result<(), LibvirtError> {
+        self.with_vm("save_memory", vm, |v, _| {
+            running(v, "save the memory of")?;
+            if matches!(v.job, JobState::Active { .. }) {
+                return Err(LibvirtError::new(
+                    VirtErrorKind::InvalidState,
+                    "cannot acquire state change lock: a backup job is running",
+                ));
+            }
+            std::fs::write(file, format!("memory of {}\n", v.name))
+                .map_err(|e| LibvirtError::new(VirtErrorKind::Other, e.to_string()))
+        })
+    }
+
+    async fn restore_memory(&self, vm: &str, file: &Path) -> Result<(), LibvirtError> {
+        self.with_vm("restore_memory", vm, |v, _| {
+            if v.state != DomainState::ShutOff {
+                return Err(LibvirtError::new(
+                    VirtErrorKind::InvalidState,
+                    "domain is already running",
+                ));
+            }
+            std::fs::read(file).map_err(|e| {
+                LibvirtError::new(VirtErrorKind::Other, format!("{}: {e}", file.display()))
+            })?;
+            v.state = DomainState::Running;
+            Ok(())
+        })
+    }
+
     async fn start(&self, vm: &str) -> Result<(), LibvirtError> {
         self.with_vm("start", vm, |v, _| {
             if v.state != DomainState::ShutOff {

@@ -1,7 +1,7 @@
 //! A local libvirt as a source: the adapter's calls, and a backup request turned into
 //! libvirt's backup and checkpoint XML.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{BackupBegun, BackupRequest, SnapshotInfo, SnapshotRequest, Source};
@@ -115,6 +115,15 @@ impl Source for LibvirtHost {
     /// it manages ownership, and otherwise qemu runs as the directory's owner.
     fn firmware_owner(&self, kind: FirmwareKind) -> Option<(u32, u32)> {
         (kind == FirmwareKind::TpmState).then(firmware::swtpm_owner)
+    }
+    fn saves_memory(&self) -> bool {
+        true
+    }
+    async fn save_memory(&self, vm: &str, file: &Path) -> Result<(), LibvirtError> {
+        LibvirtHost::save_memory(self, vm, file).await
+    }
+    async fn restore_memory(&self, vm: &str, file: &Path) -> Result<(), LibvirtError> {
+        LibvirtHost::restore_memory(self, vm, file).await
     }
     async fn define(&self, definition: String) -> Result<String, LibvirtError> {
         LibvirtHost::define(self, definition).await

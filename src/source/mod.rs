@@ -200,6 +200,33 @@ pub trait Source: Send + Sync {
         async { Ok(None) }
     }
 
+    /// Whether the source can save a VM's RAM and device state into a file (`save_memory`,
+    /// `restore_memory`): points with `memory: Include` need it.
+    fn saves_memory(&self) -> bool {
+        false
+    }
+
+    /// Saves the VM's RAM and device state into `file` and leaves the VM as it was (a paused
+    /// VM stays paused), with no record of it kept beside the file. Called while the vCPUs
+    /// are paused and after the backup job ended, so the state is of the job's instant.
+    fn save_memory(
+        &self,
+        _vm: &str,
+        _file: &Path,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { Err(memory_unsupported()) }
+    }
+
+    /// Starts a defined, shut-off VM running from a file `save_memory` wrote (a copy the
+    /// source may change), on the disks its own definition names.
+    fn restore_memory(
+        &self,
+        _vm: &str,
+        _file: &Path,
+    ) -> impl Future<Output = Result<(), LibvirtError>> + Send {
+        async { Err(memory_unsupported()) }
+    }
+
     /// Whether the disks' images are files on this machine (their bitmaps can be read).
     fn disks_are_local(&self) -> bool {
         true
@@ -339,4 +366,11 @@ pub trait Source: Send + Sync {
     fn kept_in_place(&self, _original: &str) -> Option<Vec<String>> {
         None
     }
+}
+
+fn memory_unsupported() -> LibvirtError {
+    LibvirtError::new(
+        crate::libvirt::VirtErrorKind::Other,
+        "this source cannot save or load a VM's memory state",
+    )
 }

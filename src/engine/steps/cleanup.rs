@@ -17,6 +17,8 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
     /// and empties staging. Earlier backups on the target are never touched.
     pub(crate) async fn cleanup(&mut self) -> Result<(), StepError> {
         let s = self.lc.status().clone();
+        // A memory state not taken by now never will be (staging is emptied below).
+        self.lc.status_mut().memory_pending = false;
         if s.domain_uuid.is_none() {
             return Ok(());
         }

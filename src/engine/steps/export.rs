@@ -349,6 +349,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             online: s.online,
             disks: s.disks.clone(),
             firmware: s.firmware.clone(),
+            memory: s.memory_state.clone(),
             domain_files: domain_files(&dir.join(format!("{name}.domain.xml")), &s.firmware),
         };
         let text = serde_json::to_vec_pretty(&manifest)

@@ -8,6 +8,7 @@ mod files;
 mod finalize;
 mod firmware;
 mod lvm;
+mod memory;
 mod prepare;
 mod reconcile;
 mod snapshot;

@@ -5,7 +5,8 @@ use jiff::Timestamp;
 use crate::api::BackupRun;
 use crate::api::{reason, ConditionType};
 use crate::api::{
-    BackupPhase, BackupType, ChangedBlockTracking, FailureReason, OfflinePolicy, RunDisk,
+    BackupPhase, BackupType, ChangedBlockTracking, FailureReason, MemoryState, OfflinePolicy,
+    RunDisk,
 };
 use crate::catalog::layout;
 use crate::duplicity::{self, Action};
@@ -28,6 +29,22 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         let spec = self.lc.record.spec.clone();
         let full_every = plan::validate_spec(&spec)?;
         let files = self.files_mode();
+        let memory = spec.memory == MemoryState::Include;
+        if memory && files {
+            return Err(StepError::new(
+                FailureReason::InvalidSpec,
+                "memory: Include keeps the RAM state beside disk images; files mode keeps files only (use mode: Image)",
+            ));
+        }
+        if memory && !self.source.saves_memory() {
+            return Err(StepError::new(
+                FailureReason::InvalidSpec,
+                format!(
+                    "memory: Include: {} cannot save a VM's memory state",
+                    self.source.location()
+                ),
+            ));
+        }
 
         let view = self
             .source
@@ -191,7 +208,12 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             .zip(&view.sizes)
             .filter(|(d, _)| whole(d))
             .map(|(d, size)| crate::engine::whole_export_need(d, *size, online, files))
-            .sum();
+            .sum::<u64>()
+            // The memory state takes up to the domain's RAM beside the exports.
+            + (memory && online)
+                .then(|| crate::libvirt::memory_state::ram_bytes(&view.xml))
+                .flatten()
+                .unwrap_or(0);
         let free = state_dir::free_bytes(&dir).unwrap_or(u64::MAX);
         if need > 0 && free < need {
             return Err(StepError::new(
@@ -227,8 +249,14 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             // No disk can hold a bitmap: a checkpoint would have nothing in it.
             place.checkpoint = None;
         }
+        if memory && !online {
+            self.lc.note(
+                "memory: Include: the domain is shut off, so there is no memory state; the point holds its disks",
+            );
+        }
         let s = self.lc.status_mut();
         s.online = online;
+        s.memory_pending = memory && online;
         s.type_ = Some(type_);
         s.full_reason = full_reason;
         s.checkpoint = place.checkpoint;

@@ -128,9 +128,14 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
                 }
             }
         }
-        if c.pause && !paused {
+        // Memory runs pause the vCPUs whatever `pause` says: the saved RAM must be of the
+        // disks' instant (see `memory.rs`).
+        let memory = self.lc.status().memory_pending;
+        let mut paused_at: Option<Instant> = None;
+        if (c.pause || memory) && !paused {
             self.lc.status_mut().guest_paused = true;
             self.lc.save().await?;
+            paused_at = Some(Instant::now());
             if let Err(e) = self.source.suspend(&id).await {
                 self.undo_freeze_and_pause(window_start).await?;
                 return Err(e.into());
@@ -171,8 +176,18 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
             }
         }
         self.lc.status_mut().snapshot_time = Some(Timestamp::now());
+        let captured = match (&begun, memory) {
+            (Ok(_), true) => self.capture_memory().await,
+            _ => Ok(()),
+        };
         // Thaw (and resume) whatever happened: the job's point in time is fixed once it began.
         self.undo_freeze_and_pause(window_start).await?;
+        if let (Some(t), true) = (paused_at, memory) {
+            let secs = t.elapsed().as_secs_f64();
+            self.lc.status_mut().paused_seconds = Some((secs * 1000.0).round() / 1000.0);
+            self.lc.save().await?;
+        }
+        captured?;
         begun.map(|_| ()).map_err(|e| {
             StepError::new(
                 FailureReason::BackupJobFailed,
@@ -219,6 +234,7 @@ impl<J: Journal<BackupRun>, S: Source> BackupEngine<'_, J, S> {
         self.lc.report(Event::Note(
             "recovering: thawing/resuming the guest left by an interrupted run".into(),
         ));
+        self.wait_for_memory_save().await;
         if self.lc.status().guest_paused {
             // "not paused" is fine: someone resumed it already.
             let _ = self.source.resume(&id).await;

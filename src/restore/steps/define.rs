@@ -165,7 +165,8 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
 
     /// The domain is defined (or swapped): start it, or go straight to recovery.
     pub(crate) async fn defined(&mut self) -> Result<(), StepError> {
-        let next = if self.lc.record.spec.start {
+        let spec = &self.lc.record.spec;
+        let next = if spec.start || spec.resume {
             RestorePhase::Starting
         } else {
             RestorePhase::Recovering

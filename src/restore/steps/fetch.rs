@@ -10,6 +10,21 @@ use crate::lifecycle::{Event, Journal};
 use crate::restore::RestoreEngine;
 use crate::source::Source;
 
+/// The memory state a restore with `resume` starts the domain from: the point must hold one.
+pub(crate) fn resume_state(
+    run: &str,
+    man: &crate::catalog::manifest::Manifest,
+) -> Result<crate::api::MemoryFile, StepError> {
+    man.memory.clone().ok_or_else(|| {
+        StepError::new(
+            FailureReason::InvalidSpec,
+            format!(
+                "resume: point {run} holds no memory state (it was taken without memory: Include, or of a shut-off domain); restore it without resume to boot it"
+            ),
+        )
+    })
+}
+
 impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
     /// Restores one file of a member from the target (see `fetch::fetch_file`).
     async fn fetch_file(
@@ -86,6 +101,9 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             );
             if Some(&m.run) == self.lc.status().point.as_ref().map(|p| &p.run) {
                 files.extend(man.firmware.iter().map(|f| f.file.clone()));
+                if self.lc.record.spec.resume {
+                    files.push(resume_state(&m.run, &man)?.file);
+                }
             }
             // One file at a time: duplicity then reads only the volumes that hold it, not every
             // earlier set of the chain (restoring a whole later set re-reads the full).

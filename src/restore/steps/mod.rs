@@ -186,7 +186,12 @@ impl<J: Journal<RestoreRequest>, S: Source> RestoreEngine<'_, J, S> {
             .iter()
             .filter(|_| is_point)
             .map(|f| (f.file.clone(), Some(f.sha256.clone())));
-        for (file, want) in disks.chain(firmware) {
+        let memory = m
+            .memory
+            .iter()
+            .filter(|_| is_point && self.lc.record.spec.resume)
+            .map(|f| (f.file.clone(), Some(f.sha256.clone())));
+        for (file, want) in disks.chain(firmware).chain(memory) {
             let p = self.member_dir(run).join(&file);
             if !p.exists() {
                 return Ok(Fetched::Missing);
