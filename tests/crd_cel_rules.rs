@@ -222,6 +222,24 @@ fn one_of_mistakes_are_refused_with_the_rule_message() {
         ),
         (
             doc(
+                "RestoreRequest",
+                json!({"domain": "d", "source": "Local", "newName": "n"}),
+            ),
+            "source: Local reverts the domain in place to a local point: it takes inPlace: true and none of storageDir, targetDevices, diskFormat and resume (a point with RAM resumes by itself)",
+        ),
+        (
+            doc(
+                "RestoreRequest",
+                json!({"domain": "d", "targetRef": "t", "inPlace": true, "localPoint": "p"}),
+            ),
+            "localPoint names a local point: it needs source: Local",
+        ),
+        (
+            doc("RestoreRequest", json!({"domain": "d", "inPlace": true})),
+            "targetRef is required unless source is Local",
+        ),
+        (
+            doc(
                 "BackupPolicy",
                 json!({"domainSelector": {"names": []}, "targetRef": "t", "schedule": "@daily"}),
             ),

@@ -402,3 +402,76 @@ fn a_shut_off_domain_gets_a_point_without_memory_and_a_revert_brings_its_disk_ba
     assert!(!has_pattern(), "the write after the point is gone");
     assert!(image_bitmaps(&g.disk).is_empty());
 }
+
+#[test]
+fn a_restore_request_with_source_local_reverts_the_vm_in_place_and_the_next_backup_is_a_full() {
+    let g = Guest::new("sbt-lp-rr", GuestOpts::default());
+    let env = Env::new();
+    g.wait_for_writes(3);
+    env.backup(&g.name, &[]).assert_ok();
+    let before = g.writes();
+    let point = take(&env, &g);
+    let after_take = g.writes();
+    let at = mark(&g);
+    wait_counters_since(&g, &at, 8);
+
+    let config = write_config(&env, "p", &g.name, "0 3 1 1 *", "");
+    std::fs::write(
+        config.join("revert.yaml"),
+        format!(
+            "apiVersion: snapback.dev/v1alpha1\nkind: RestoreRequest\nmetadata:\n  name: back\nspec:\n  domain: {}\n  source: Local\n  localPoint: {point}\n  inPlace: true\n",
+            g.name
+        ),
+    )
+    .unwrap();
+    let at = mark(&g);
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .args(["standalone", "--interval", "1", "--config"])
+            .arg(&config)
+            .env("SNAPBACK_STATE_DIR", &env.state)
+            .env("SNAPBACK_CONNECT", connect_uri())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(env.dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let r = snapback::store::FileStore::new(&env.state)
+            .read::<snapback::api::RestoreRequest>("restorerequests", "back")
+            .ok();
+        if let Some(r) = r.filter(|r| r.status.as_ref().is_some_and(|s| s.phase.is_terminal())) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revert did not finish; daemon log:\n{}",
+            std::fs::read_to_string(env.dir.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let s = done.status.unwrap();
+    assert_eq!(s.phase, snapback::api::RestorePhase::Succeeded, "{s:?}");
+    assert_eq!(s.point.unwrap().run, point);
+    assert_eq!(g.state(), "running");
+    let resumed = wait_counters_since(&g, &at, 3);
+    assert!(
+        resumed[0] + 1 >= before && resumed[0] <= after_take + 1,
+        "the guest counts on from the point ({before}..{after_take}), not from {}",
+        resumed[0]
+    );
+    let full = env.backup(&g.name, &[]).assert_ok();
+    let s = env.read_run(&full).status.unwrap();
+    assert_eq!(
+        (s.type_, s.full_reason),
+        (Some(BackupType::Full), Some(FullReason::LocalRevert))
+    );
+}

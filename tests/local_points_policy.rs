@@ -278,6 +278,7 @@ fn the_daemon_takes_a_point_for_the_schedules_tick_and_its_rules_match_the_tick(
         .arg(&config)
         .env("SNAPBACK_STATE_DIR", &env.state)
         .env("SNAPBACK_CONNECT", connect_uri())
+        .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(env.dir.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();

@@ -32,12 +32,32 @@ use super::run::{BackupType, HookResult, PhaseRecord, Progress};
 }, {
     "rule": "!has(self.files) || !(has(self.newName) || (has(self.inPlace) && self.inPlace) || has(self.storageDir) || (has(self.start) && self.start) || (has(self.resume) && self.resume) || (has(self.targetDevices) && size(self.targetDevices) > 0) || (has(self.overwrite) && self.overwrite) || has(self.diskFormat))",
     "message": "files restores files into a directory: it takes none of newName, inPlace, storageDir, start, resume, targetDevices, overwrite and diskFormat"
+}, {
+    "rule": "!has(self.source) || self.source != 'Local' || ((has(self.inPlace) && self.inPlace) && !has(self.storageDir) && !(has(self.targetDevices) && size(self.targetDevices) > 0) && !has(self.diskFormat) && !(has(self.resume) && self.resume))",
+    "message": "source: Local reverts the domain in place to a local point: it takes inPlace: true and none of storageDir, targetDevices, diskFormat and resume (a point with RAM resumes by itself)"
+}, {
+    "rule": "!has(self.localPoint) || (has(self.source) && self.source == 'Local')",
+    "message": "localPoint names a local point: it needs source: Local"
+}, {
+    "rule": "(has(self.source) && self.source == 'Local') || (has(self.targetRef) && size(self.targetRef) > 0)",
+    "message": "targetRef is required unless source is Local"
 }]))]
 pub struct RestoreRequestSpec {
     /// The backed-up domain's name (its directory on the target).
     pub domain: String,
-    /// Name of a BackupTarget (Kubernetes) or the target URL (single host).
+    /// Name of a BackupTarget (Kubernetes) or the target URL (single host). Not read for
+    /// `source: Local`.
+    #[serde(default)]
     pub target_ref: String,
+    /// `Target` (the default): restore from the backups on the target. `Local`: revert the
+    /// domain in place to one of its local restore points (a policy's `localSnapshots`),
+    /// with its RAM where the point has it.
+    #[serde(default, skip_serializing_if = "RestoreSource::is_target")]
+    pub source: RestoreSource,
+    /// `source: Local`: the point's name (`snapback local list`); unset, the newest point at
+    /// or before `at` (the newest when `at` is unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_point: Option<String>,
     /// RFC 3339 time: the newest point at or before it is restored. Empty or `latest`: the newest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
@@ -100,6 +120,22 @@ pub struct FilesRestore {
     pub to: String,
 }
 
+/// Where a restore comes from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum RestoreSource {
+    /// The backups on the target.
+    #[default]
+    Target,
+    /// A local restore point on the domain's host.
+    Local,
+}
+
+impl RestoreSource {
+    pub fn is_target(&self) -> bool {
+        *self == Self::Target
+    }
+}
+
 /// The format of a restored disk file. In a spec, unset keeps each disk's own: a raw file
 /// or block disk comes back as a sparse raw file, a qcow2 disk as a standalone qcow2 file.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -148,7 +184,7 @@ impl RestorePhase {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PointRef {
-    /// The backup run that made the point.
+    /// The backup run that made the point (a local revert: the point's name).
     pub run: String,
     /// duplicity's time of the point's backup set.
     #[schemars(with = "String")]

@@ -204,6 +204,8 @@ pub async fn execute(mut args: RestoreArgs) -> i32 {
         spec: RestoreRequestSpec {
             domain: args.domain.clone(),
             target_ref: crate::duplicity::url::redact(&args.target.target),
+            source: crate::api::RestoreSource::Target,
+            local_point: None,
             at: args.at.clone(),
             new_name: args.as_name.clone(),
             in_place: args.in_place,

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod held;
 pub mod local;
 pub mod local_due;
+pub mod local_revert;
 mod outcome;
 pub mod staging_need;
 pub mod target;
@@ -197,6 +198,13 @@ impl<S: Source> Driver<'_, S> {
         let _active = self
             .metrics
             .map(|m| outcome::Active::new(m, req.status.is_none(), false));
+        if req.spec.source == crate::api::RestoreSource::Local {
+            let done = self.revert_local(site, req).await;
+            if let Some(m) = self.metrics {
+                outcome::record_restore(m, &done);
+            }
+            return done;
+        }
         let done = match site.target(ns.as_deref(), &req.spec.target_ref).await {
             Err(e) => {
                 let mut lc = Lifecycle::new(req, site, report, cancel);

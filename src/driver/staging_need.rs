@@ -55,12 +55,21 @@ async fn expected_need<S: Source>(source: &S, run: &BackupRun) -> u64 {
     };
     let online = crate::engine::plan::online(view.state).unwrap_or(false);
     let files = run.spec.mode == BackupMode::Files;
-    view.facts
+    let disks: u64 = view
+        .facts
         .disks
         .iter()
         .zip(&view.sizes)
         .map(|(d, size)| crate::engine::whole_export_need(d, *size, online, files))
-        .sum()
+        .sum();
+    // A memory run stages the RAM state beside the exports (at most the domain's RAM).
+    let memory = match run.spec.memory {
+        crate::api::MemoryState::Include if online => {
+            crate::libvirt::memory_state::ram_bytes(&view.xml).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    disks + memory
 }
 
 /// Allocated bytes of every file under `dir`.

@@ -551,7 +551,8 @@ async fn run_restore_once(ctx: &Ctx<'_>, cfg: &Config, rr: &RestoreRequest) {
         }
         req.status = prev.status;
     }
-    if cfg.target(&rr.spec.target_ref).is_none() {
+    let local = rr.spec.source == crate::api::RestoreSource::Local;
+    if !local && cfg.target(&rr.spec.target_ref).is_none() {
         eprintln!(
             "{name}: waiting: target '{}' is not in the config dir",
             rr.spec.target_ref
