@@ -406,3 +406,92 @@ pub fn plan_policy(
     }
     plan
 }
+
+#[cfg(test)]
+mod local_tests {
+    use super::*;
+    use crate::api::{HostDomain, RequestedType};
+    use crate::cluster::controller::inventory::HostEntry;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn policy(extra: serde_json::Value) -> BackupPolicy {
+        let mut spec = serde_json::json!({
+            "domainSelector": {"names": ["web"]},
+            "targetRef": "t",
+            "schedule": "0 3 * * *",
+            "localSnapshots": {
+                "schedule": "0 * * * *",
+                "expire": [{"match": "* * * * *", "after": "1d"}],
+            },
+        });
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let mut p = BackupPolicy::new("pol", serde_json::from_value(spec).unwrap());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.creation_timestamp = Some(Time(t("2026-12-01T00:00:00Z")));
+        p
+    }
+
+    fn inventory() -> Inventory {
+        Inventory {
+            hosts: vec![HostEntry {
+                node: "n1".into(),
+                labels: BTreeMap::new(),
+                heartbeat: Some(t("2026-12-01T10:29:00Z")),
+                fresh: true,
+                domains: vec![HostDomain {
+                    name: "web".into(),
+                    uuid: "u".into(),
+                    state: "Running".into(),
+                    ..Default::default()
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_policys_local_tick_creates_a_local_run_on_the_domains_node_even_without_a_target() {
+        let p = policy(serde_json::json!({}));
+        let plan = plan_policy(&p, None, &[], &inventory(), None, t("2026-12-01T10:30:00Z"));
+        let local: Vec<&BackupRun> = plan.create.iter().filter(|r| r.spec.is_local()).collect();
+        assert_eq!(local.len(), 1, "{:?}", plan.create);
+        let r = local[0];
+        assert_eq!(r.spec.type_, RequestedType::Local);
+        assert_eq!(r.spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(r.metadata.name.as_deref(), Some("pol-web-20261201-1000-lp"));
+        assert_eq!(
+            crate::driver::local_due::scheduled_at(r),
+            Some(t("2026-12-01T10:00:00Z"))
+        );
+        // Answered: the next pass in the same hour creates nothing.
+        let plan = plan_policy(
+            &p,
+            None,
+            &[r],
+            &inventory(),
+            None,
+            t("2026-12-01T10:45:00Z"),
+        );
+        assert!(!plan.create.iter().any(|r| r.spec.is_local()));
+    }
+
+    #[test]
+    fn local_points_are_refused_for_kubevirt_vms_and_bad_rules_are_named() {
+        let mut p = policy(serde_json::json!({}));
+        p.spec.domain_selector = Default::default();
+        p.spec.virtual_machine_selector = Some(Default::default());
+        assert!(validate(&p).unwrap_err().contains("KubeVirt"));
+        let p = policy(serde_json::json!({"localSnapshots": {
+            "schedule": "0 * * * *",
+            "expire": [{"match": "sometimes", "after": "1d"}],
+        }}));
+        assert!(validate(&p)
+            .unwrap_err()
+            .contains("localSnapshots.expire[0]"));
+    }
+}
