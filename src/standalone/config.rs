@@ -156,15 +156,28 @@ mod tests {
     fn the_shipped_examples_load_in_single_host_mode() {
         let c = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap();
         assert_eq!(c.targets.len(), 2);
-        assert_eq!(c.policies.len(), 1);
-        assert_eq!(c.restores.len(), 2);
+        assert_eq!(c.policies.len(), 2);
+        assert_eq!(c.restores.len(), 3);
+        crate::standalone::daemon::check_policies(&c).unwrap();
+        let (_, points) = c
+            .policies
+            .iter()
+            .find(|(_, p)| p.spec.local_snapshots.is_some())
+            .expect("the local points example");
+        let l = points.spec.local_snapshots.as_ref().unwrap();
+        crate::driver::local::local_settings(l, points.spec.time_zone.as_deref()).unwrap();
         let (_, files) = c
             .restores
             .iter()
             .find(|(_, r)| r.spec.files.is_some())
             .expect("the files restore example");
         crate::restore::plan::check_destination(&files.spec).unwrap();
-        let p = &c.policies[0].1.spec;
+        let (_, nightly) = c
+            .policies
+            .iter()
+            .find(|(_, p)| p.spec.local_snapshots.is_none())
+            .expect("the nightly example");
+        let p = &nightly.spec;
         p.retention.validate().unwrap();
         assert_eq!(p.time_zone.as_deref(), Some("Europe/Berlin"));
         assert!(jiff::tz::TimeZone::get("Europe/Berlin").is_ok());
